@@ -1,0 +1,50 @@
+"""Install sd_keras (library + `sd-keras` CLI) and its export pipeline as `sd_keras.export`."""
+from setuptools import setup
+
+TF = ["tensorflow>=2.16", "ai-edge-litert>=1.2"]
+JAX = ["jax>=0.4.30"]
+SERVE = ["fastapi>=0.110", "uvicorn>=0.29"]
+DEV = TF + JAX + SERVE + [
+    "keras-cv==0.9.0",       # parity oracle (imports TensorFlow)
+    "tf-keras",              # writes KerasCV's legacy h5 layout in tests
+    "torch==2.13.0",         # CPU build; diffusers parity
+    "diffusers>=0.30",
+    "transformers>=4.40",    # reference CLIP tokenizer / text model
+    "ftfy",
+    "httpx",
+    "pytest>=8",
+    "nbclient>=0.10",
+    "ipykernel",
+    "matplotlib",
+]
+
+setup(
+    name="sd_keras",
+    version="0.1.0",
+    description="Keras 3 Stable Diffusion: XLA-compiled sampling, LiteRT export, serving",
+    python_requires=">=3.10",
+    packages=[
+        "sd_keras",
+        "sd_keras.models",
+        "sd_keras.schedulers",
+        "sd_keras.weights",
+        "sd_keras.data",
+        "sd_keras.server",
+        "sd_keras.export",
+    ],
+    package_dir={"sd_keras.export": "export"},
+    package_data={"sd_keras": ["assets/*", "assets/**/*"], "sd_keras.server": ["static/*"],
+                  "sd_keras.export": ["*.md"]},
+    include_package_data=True,
+    install_requires=[
+        "keras>=3.8",
+        "numpy>=1.24",
+        "pillow>=9",
+        "safetensors>=0.4",
+        "omegaconf>=2.3",
+        "h5py>=3.8",
+        "tqdm>=4.60",
+    ],
+    extras_require={"tf": TF, "jax": JAX, "serve": SERVE, "dev": DEV},
+    entry_points={"console_scripts": ["sd-keras=sd_keras.cli:main"]},
+)
