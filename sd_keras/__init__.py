@@ -1,0 +1,24 @@
+"""sd_keras: Keras 3 Stable Diffusion with XLA-compiled sampling, LiteRT export and serving.
+
+Example:
+    >>> import sd_keras
+    >>> sd = sd_keras.StableDiffusion.from_preset("tiny")
+    >>> sd.text_to_image("a red circle", num_steps=2, seed=0, height=64, width=64).shape
+    (1, 64, 64, 3)
+"""
+
+__version__ = "0.1.0"
+__all__ = ["StableDiffusion", "presets", "__version__"]
+
+
+def __getattr__(name):
+    # Lazy: `sd-keras info` and the tokenizer work without importing Keras and a backend.
+    if name == "StableDiffusion":
+        from sd_keras.pipeline import StableDiffusion
+
+        return StableDiffusion
+    if name == "presets":
+        import importlib
+
+        return importlib.import_module("sd_keras.presets")
+    raise AttributeError(f"module 'sd_keras' has no attribute {name!r}")

@@ -1,0 +1,160 @@
+"""The ``sd-keras`` command line.
+
+Flags of ``generate`` follow stable-diffusion.cpp (``-p``, ``-n``, ``-m``, ``-s``, ``-W``, ``-H``, ``--steps``,
+``--cfg-scale``, ``--sampling-method``, ``-b``, ``-o``, ``-i``, ``--strength``, ``--mask``). Bad input prints one
+line and exits with status 2.
+"""
+
+import argparse
+import os
+import sys
+
+from sd_keras.weights.download import WeightsUnavailableError
+
+EXIT_USAGE = 2
+DEFAULT_MODEL = "tiny"
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+def _output_paths(pattern, count):
+    if "%d" in pattern:
+        return [pattern % i for i in range(count)]
+    if count == 1:
+        return [pattern]
+    stem, ext = os.path.splitext(pattern)
+    return [f"{stem}_{i}{ext or '.png'}" for i in range(count)]
+
+
+def load_model(spec, *, dtype="float32"):
+    """A preset name, an sd_keras saved model / checkpoint path, or an exported bundle folder."""
+    from sd_keras import presets
+    from sd_keras.pipeline import StableDiffusion
+
+    if spec in presets.names():
+        return StableDiffusion.from_preset(spec, dtype=dtype)
+    if os.path.isdir(spec) and os.path.exists(os.path.join(spec, "manifest.json")):
+        from sd_keras.export.runner import BundleRunner
+
+        return BundleRunner(spec)
+    if os.path.exists(spec):
+        return StableDiffusion.from_checkpoint(spec, dtype=dtype)
+    raise CliError(f"unknown model {spec!r}: not a preset ({', '.join(presets.names())}) and no such file or folder")
+
+
+def _progress_bar(total, enabled):
+    if not enabled:
+        return None, lambda: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc="sampling", unit="step", file=sys.stderr, leave=False)
+
+    def update(step_done):
+        bar.n = step_done
+        bar.refresh()
+
+    return update, bar.close
+
+
+def cmd_generate(args):
+    import numpy as np
+
+    from sd_keras import metadata, noise
+    from sd_keras.pipeline import check_size
+
+    if args.width is not None or args.height is not None:
+        check_size(args.height or 512, args.width or 512)
+    model = load_model(args.model, dtype=args.dtype)
+    seed = noise.random_seed() if args.seed is None or args.seed < 0 else args.seed
+    height = args.height or model.config.image_size[0]
+    width = args.width or model.config.image_size[1]
+    common = dict(negative_prompt=args.negative_prompt or None, batch_size=args.batch_count,
+                  num_steps=args.steps, unconditional_guidance_scale=args.cfg_scale, seed=seed,
+                  sampler=args.sampling_method, height=height, width=width)
+    steps_run = args.steps
+    progress, close = _progress_bar(steps_run, args.progress and sys.stderr.isatty() or args.progress == "always")
+    try:
+        if args.init_img and args.mask:
+            images = model.inpaint(args.prompt, args.init_img, args.mask, strength=args.strength, progress=progress,
+                                   **common)
+        elif args.init_img:
+            images = model.image_to_image(args.prompt, args.init_img, args.strength, progress=progress, **common)
+        else:
+            if args.mask:
+                raise CliError("--mask needs --init-img")
+            images = model.text_to_image(args.prompt, progress=progress, **common)
+    finally:
+        close()
+    settings = {"Steps": args.steps, "Sampler": args.sampling_method, "CFG scale": args.cfg_scale}
+    for i, (image, path) in enumerate(zip(np.asarray(images), _output_paths(args.output, len(images)))):
+        extra = {"Denoising strength": args.strength} if args.init_img else {}
+        text = metadata.format_parameters(args.prompt, args.negative_prompt or None, **settings, Seed=seed + i,
+                                          Size=f"{width}x{height}", Model=os.path.basename(args.model.rstrip("/")),
+                                          **extra)
+        metadata.save_png(image, path, text)
+        print(f"{path}\n{text}", flush=True)
+    return 0
+
+
+def cmd_info(args):
+    from sd_keras import metadata
+
+    text = metadata.read_parameters(args.image)
+    if text is None:
+        raise CliError(f"{args.image}: no generation parameters in this image")
+    parsed = metadata.parse_parameters(text)
+    print(text)
+    print()
+    for key, value in parsed.items():
+        print(f"{key}: {value}")
+    return 0
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="sd-keras", description="Keras 3 Stable Diffusion toolkit")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    gen = commands.add_parser("generate", help="text-to-image, image-to-image and inpainting")
+    gen.add_argument("-p", "--prompt", required=True)
+    gen.add_argument("-n", "--negative-prompt", default="")
+    gen.add_argument("-m", "--model", default=DEFAULT_MODEL, help="preset name, checkpoint path or bundle folder")
+    gen.add_argument("-s", "--seed", type=int, default=42, help="-1 for a random seed")
+    gen.add_argument("-W", "--width", type=int)
+    gen.add_argument("-H", "--height", type=int)
+    gen.add_argument("--steps", type=int, default=20)
+    gen.add_argument("--cfg-scale", type=float, default=7.0)
+    gen.add_argument("--sampling-method", default="Euler a")
+    gen.add_argument("-b", "--batch-count", type=int, default=1)
+    gen.add_argument("-o", "--output", default="output.png", help="PNG path; %%d is replaced by the image index")
+    gen.add_argument("-i", "--init-img")
+    gen.add_argument("--strength", type=float, default=0.75)
+    gen.add_argument("--mask")
+    gen.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    gen.add_argument("--progress", nargs="?", const="always", default=True,
+                     help="progress bar (on when stderr is a terminal; --progress forces it)")
+    gen.add_argument("--no-progress", dest="progress", action="store_false")
+    gen.set_defaults(func=cmd_generate)
+
+    info = commands.add_parser("info", help="print the generation parameters stored in a PNG")
+    info.add_argument("image")
+    info.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (CliError, ValueError, TypeError, FileNotFoundError, FloatingPointError) as error:
+        print("sd-keras: error: " + " ".join(str(error).split()), file=sys.stderr)
+        return EXIT_USAGE
+    except (WeightsUnavailableError, OSError) as error:
+        print(f"sd-keras: error: {error}", file=sys.stderr)  # several lines: every missing file and its URL
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,371 @@
+"""``StableDiffusion``: the generation API (KerasCV-compatible names, new options keyword-only)."""
+
+import math
+import warnings
+
+import numpy as np
+
+from sd_keras import noise as noise_lib
+from sd_keras import sampler as sampler_lib
+from sd_keras.config import ModelConfig, get_config
+from sd_keras.schedulers import get_sampler
+
+MAX_STEPS = 1000
+MAX_SIDE = 4096
+
+
+def _nearest_multiples(value, base=64):
+    low = max(base, (value // base) * base)
+    high = low + base if low < value else low
+    return sorted({low, high})
+
+
+def check_size(height, width):
+    """ValueError unless both sides are positive multiples of 64 (the UNet downsamples the latent by 8)."""
+    for name, value in (("height", height), ("width", width)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ValueError(f"{name} must be an integer multiple of 64, got {value!r}")
+        if value < 64 or value % 64 or value > MAX_SIDE:
+            options = " or ".join(str(v) for v in _nearest_multiples(max(int(value), 1)))
+            raise ValueError(f"{name}={value} is not a multiple of 64 in [64, {MAX_SIDE}]; nearest valid: {options}")
+
+
+def check_steps(num_steps):
+    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
+        raise ValueError(f"num_steps must be an integer, got {num_steps!r}")
+    if not 1 <= num_steps <= MAX_STEPS:
+        raise ValueError(f"num_steps must be in [1, {MAX_STEPS}], got {num_steps}")
+
+
+def check_guidance(scale):
+    if isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating, np.integer)):
+        raise ValueError(f"unconditional_guidance_scale must be a number, got {scale!r}")
+    if not math.isfinite(scale) or scale < 0:
+        raise ValueError(f"unconditional_guidance_scale must be finite and >= 0, got {scale}")
+
+
+def check_strength(strength):
+    if isinstance(strength, bool) or not isinstance(strength, (int, float, np.floating)) or not (
+        0.0 <= float(strength) <= 1.0
+    ):
+        raise ValueError(f"strength must be a number in [0, 1], got {strength!r}")
+
+
+def to_uint8(images):
+    """Decoder output in [-1, 1] → uint8 (B, H, W, 3), exactly as KerasCV converts it."""
+    images = ((np.asarray(images, np.float32) + 1.0) / 2.0) * 255.0
+    return np.clip(images, 0, 255).astype("uint8")
+
+
+def to_pil(images):
+    """uint8 (B, H, W, 3) or (H, W, 3) arrays → list of PIL images."""
+    from PIL import Image
+
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[None]
+    return [Image.fromarray(image) for image in images]
+
+
+def load_image(image, height=None, width=None, *, name="image"):
+    """A path, PIL image or uint8/float array → float32 (H, W, C) in [0, 255]; resized to (height, width)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__"):
+        try:
+            with Image.open(image) as opened:
+                image = opened.convert("RGB")
+        except (OSError, UnidentifiedImageError) as error:
+            raise ValueError(f"{name}: cannot read image file {image!r} ({error})") from None
+    if isinstance(image, Image.Image):
+        if height and width and image.size != (width, height):
+            image = image.resize((width, height), Image.LANCZOS)
+        image = np.asarray(image)
+    array = np.asarray(image)
+    if array.ndim == 4 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim not in (2, 3):
+        raise ValueError(f"{name} must be (H, W, C) or (H, W), got shape {array.shape}")
+    if height and width and array.shape[:2] != (height, width):
+        mode_image = Image.fromarray(array.astype(np.uint8) if array.dtype != np.uint8 else array)
+        array = np.asarray(mode_image.resize((width, height), Image.LANCZOS))
+    return array.astype(np.float32)
+
+
+class StableDiffusion:
+    """Text-to-image, image-to-image and inpainting with one set of Keras 3 models.
+
+    The sub-models keep KerasCV's signatures (``text_encoder``, ``diffusion_model``, ``decoder``,
+    ``image_encoder``), so KerasCV code ports by changing the import.
+
+    Example:
+        >>> sd = StableDiffusion.from_preset("tiny")
+        >>> images = sd.text_to_image("a red circle", num_steps=2, seed=1, height=64, width=64)
+        >>> images.shape, images.dtype
+        ((1, 64, 64, 3), dtype('uint8'))
+    """
+
+    def __init__(self, config, text_encoder, diffusion_model, decoder, image_encoder=None, tokenizer=None, *,
+                 dtype="float32"):
+        if not isinstance(config, ModelConfig):
+            raise TypeError(f"config must be an sd_keras ModelConfig, got {type(config).__name__}")
+        from sd_keras.tokenizer import CLIPTokenizer
+
+        self.config = config
+        self.tokenizer = tokenizer or CLIPTokenizer()
+        self.dtype = dtype
+        policy = sampler_lib.keras_dtype_policy(dtype)
+        if policy.name != "float32":
+            text_encoder = _with_policy(text_encoder, policy)
+            diffusion_model = _with_policy(diffusion_model, policy)
+        self.text_encoder = text_encoder
+        self.diffusion_model = diffusion_model
+        self.decoder = decoder
+        self.image_encoder = image_encoder
+        self._loop = sampler_lib.DenoisingLoop(diffusion_model)
+        self._encode = sampler_lib.CompiledFunction(text_encoder)
+        self._decode = sampler_lib.CompiledFunction(decoder)
+        self._encode_image = sampler_lib.CompiledFunction(image_encoder) if image_encoder is not None else None
+        self.last_truncated = False
+
+    # -- constructors ----------------------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config, *, seed=0, dtype="float32"):
+        """Randomly initialised models for ``config`` (a ModelConfig or preset name)."""
+        import keras
+
+        from sd_keras import models
+
+        if isinstance(config, str):
+            config = get_config(config)
+        keras.utils.set_random_seed(seed)
+        return cls(config, models.build_text_encoder(config), models.build_diffusion_model(config),
+                   models.build_decoder(config), models.build_image_encoder(config), dtype=dtype)
+
+    @classmethod
+    def from_preset(cls, name, *, dtype="float32"):
+        """Load a preset: ``"tiny"`` (random, for tests), ``"shapes"`` (shipped demo model), ``"sd-v1"`` /
+        ``"sd-v2"`` (KerasCV's published weights, downloaded once, sha256-checked and cached)."""
+        from sd_keras import presets
+
+        return presets.load(cls, name, dtype=dtype)
+
+    @classmethod
+    def from_keras_cv(cls, kcv_model, *, dtype="float32"):
+        """Wrap a ``keras_cv.models.StableDiffusion`` / ``StableDiffusionV2`` (sub-models built), same weights."""
+        from sd_keras.weights.keras_cv import from_keras_cv_models
+
+        config, parts = from_keras_cv_models(kcv_model)
+        return cls(config, parts["text_encoder"], parts["diffusion_model"], parts["decoder"],
+                   parts["image_encoder"], dtype=dtype)
+
+    # -- text ------------------------------------------------------------------------------------------------
+    def tokenize(self, prompts):
+        """(B, 77) int32 token ids, padded as KerasCV pads for this model's version."""
+        ids, truncated = self.tokenizer.tokenize_batch(prompts, pad_token_id=self.config.pad_token_id)
+        self.last_truncated = bool(any(truncated))
+        return ids
+
+    def encode_text(self, prompt):
+        """Text encoder output (B, 77, D) for a prompt or a list of prompts (KerasCV's ``encode_text``)."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        for p in prompts:
+            if not isinstance(p, str):
+                raise ValueError(f"prompt must be a string or a list of strings, got {type(p).__name__}")
+        tokens = self.tokenize(prompts)
+        positions = np.repeat(np.arange(tokens.shape[1], dtype=np.int32)[None], len(prompts), axis=0)
+        context = self._encode({"tokens": tokens, "positions": positions})
+        return np.asarray(context, np.float32)
+
+    def _contexts(self, encoded_text, negative_prompt, batch_size):
+        context = np.asarray(encoded_text, np.float32)
+        if context.ndim == 2:
+            context = context[None]
+        if context.shape[0] == 1 and batch_size > 1:
+            context = np.repeat(context, batch_size, axis=0)
+        if context.shape[0] != batch_size:
+            raise ValueError(f"encoded_text has batch {context.shape[0]} but batch_size is {batch_size}")
+        negative = "" if negative_prompt is None else negative_prompt
+        unconditional = self.encode_text(negative)
+        if unconditional.shape[0] == 1:
+            unconditional = np.repeat(unconditional, batch_size, axis=0)
+        if unconditional.shape[0] != batch_size:
+            raise ValueError(f"negative_prompt has {unconditional.shape[0]} entries for batch_size {batch_size}")
+        return context, unconditional
+
+    # -- sampling --------------------------------------------------------------------------------------------
+    def _resolve(self, num_steps, guidance, sampler, height, width, batch_size):
+        check_steps(num_steps)
+        check_guidance(guidance)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        height = self.config.image_size[0] if height is None else height
+        width = self.config.image_size[1] if width is None else width
+        check_size(height, width)
+        scheduler = get_sampler(sampler, int(num_steps), prediction_type=self.config.prediction_type)
+        return scheduler, height, width
+
+    def _noise(self, seed, batch_size, latent_shape, scheduler):
+        seed = noise_lib.random_seed() if seed is None or seed == -1 else seed
+        extra_draws = scheduler.num_steps if scheduler.needs_noise else 0
+        initial, step_noise = noise_lib.latent_noise(seed, batch_size, latent_shape, extra_draws)
+        self.last_seed = int(seed)
+        return initial, (step_noise if scheduler.needs_noise else None)
+
+    def _decode_latent(self, latent):
+        images = self._decode(np.asarray(latent, np.float32))
+        if not np.all(np.isfinite(images)):
+            raise FloatingPointError(
+                "the generated image contains NaN or inf (numerical overflow, often float16 in the UNet or VAE); "
+                "try dtype='float32' or 'bfloat16'"
+            )
+        return to_uint8(images)
+
+    def generate_image(self, encoded_text, negative_prompt=None, batch_size=1, num_steps=50,
+                       unconditional_guidance_scale=7.5, diffusion_noise=None, seed=None, *, sampler="DDIM",
+                       height=None, width=None, progress=None, return_latent=False):
+        """Denoise from ``diffusion_noise`` (or seeded noise) with the compiled loop and decode (KerasCV API).
+
+        ``progress(step_done)`` is called after every step when given.
+        """
+        scheduler, height, width = self._resolve(num_steps, unconditional_guidance_scale, sampler, height, width,
+                                                 batch_size)
+        context, unconditional = self._contexts(encoded_text, negative_prompt, batch_size)
+        latent_shape = (height // 8, width // 8, self.latent_channels)
+        initial, step_noise = self._noise(seed, batch_size, latent_shape, scheduler)
+        if diffusion_noise is not None:
+            initial = np.asarray(diffusion_noise, np.float32)
+            if initial.shape != (batch_size,) + latent_shape:
+                raise ValueError(f"diffusion_noise must have shape {(batch_size,) + latent_shape}, got {initial.shape}")
+        latent = initial * np.float32(scheduler.init_noise_sigma)
+        extra, mode = None, sampler_lib.TXT2IMG
+        if self.unet_in_channels != self.latent_channels:
+            # a 9-channel inpainting UNet asked for plain text-to-image: everything is "to repaint"
+            mode = sampler_lib.CONCAT
+            extra = {"cond": np.concatenate([np.ones(latent.shape[:3] + (1,), np.float32),
+                                             np.zeros(latent.shape, np.float32)], -1)}
+        latent = self._loop(scheduler, context, unconditional, latent, step_noise,
+                            guidance_scale=unconditional_guidance_scale, mode=mode, extra=extra, progress=progress)
+        return latent if return_latent else self._decode_latent(latent)
+
+    def text_to_image(self, prompt, negative_prompt=None, batch_size=1, num_steps=50,
+                      unconditional_guidance_scale=7.5, seed=None, *, sampler="DDIM", height=None, width=None,
+                      progress=None):
+        """Generate uint8 images (B, H, W, 3) for ``prompt`` (KerasCV's ``text_to_image``).
+
+        Image ``i`` of a batch with seed ``s`` equals a single generation with seed ``s + i``.
+        """
+        encoded = self.encode_text(prompt)
+        return self.generate_image(encoded, negative_prompt, batch_size, num_steps, unconditional_guidance_scale,
+                                   seed=seed, sampler=sampler, height=height, width=width, progress=progress)
+
+    # -- image conditioning ----------------------------------------------------------------------------------
+    @property
+    def latent_channels(self):
+        return int(self.diffusion_model.output.shape[-1])
+
+    @property
+    def unet_in_channels(self):
+        return int(self.diffusion_model.input["latent"].shape[-1])
+
+    def _image_latent(self, image, height, width, batch_size, name="image"):
+        if self._encode_image is None:
+            raise ValueError("this model has no image encoder (VAE encoder); image_to_image and inpaint need one")
+        pixels = load_image(image, height, width, name=name)
+        if pixels.ndim == 2:
+            pixels = np.repeat(pixels[..., None], 3, -1)
+        pixels = pixels[..., :3] / 127.5 - 1.0
+        latent = self._encode_image(pixels[None].astype(np.float32))
+        return np.repeat(np.asarray(latent, np.float32), batch_size, axis=0)
+
+    def _prepare_image_call(self, prompt, image, negative_prompt, batch_size, num_steps, guidance, sampler, height,
+                            width):
+        scheduler, height, width = self._resolve(num_steps, guidance, sampler, height, width, batch_size)
+        if isinstance(image, np.ndarray) and image.ndim >= 2 and height is None:
+            height, width = image.shape[-3:-1] if image.ndim >= 3 else image.shape
+        context, unconditional = self._contexts(self.encode_text(prompt), negative_prompt, batch_size)
+        return scheduler, height, width, context, unconditional
+
+    def image_to_image(self, prompt, image, strength=0.75, negative_prompt=None, batch_size=1, num_steps=50,
+                       unconditional_guidance_scale=7.5, seed=None, *, sampler="DDIM", height=None, width=None,
+                       progress=None):
+        """Encode ``image``, noise it to the step that ``strength`` selects and denoise the remaining steps.
+
+        ``strength`` 0 returns the (re-decoded) input, 1 ignores it entirely.
+        """
+        check_strength(strength)
+        scheduler, height, width, context, unconditional = self._prepare_image_call(
+            prompt, image, negative_prompt, batch_size, num_steps, unconditional_guidance_scale, sampler, height,
+            width)
+        original = self._image_latent(image, height, width, batch_size)
+        initial, step_noise = self._noise(seed, batch_size, original.shape[1:], scheduler)
+        start = scheduler.start_index(float(strength))
+        latent = np.asarray(scheduler.add_noise(original, initial, start), np.float32)
+        if start >= scheduler.num_steps:
+            return self._decode_latent(original)
+        latent = self._loop(scheduler, context, unconditional, latent, step_noise,
+                            guidance_scale=unconditional_guidance_scale, start_index=start, progress=progress)
+        return self._decode_latent(latent)
+
+    def inpaint(self, prompt, image, mask, negative_prompt=None, batch_size=1, num_steps=50,
+                unconditional_guidance_scale=7.5, seed=None, *, strength=1.0, sampler="DDIM", height=None,
+                width=None, progress=None):
+        """Repaint the region where ``mask`` is white (>= 0.5 after scaling to [0, 1]); keep the rest.
+
+        A 9-channel inpainting UNet gets the mask and the masked image's latent as extra inputs; a plain UNet
+        re-blends the known region from the noised original after every step.
+        """
+        check_strength(strength)
+        scheduler, height, width, context, unconditional = self._prepare_image_call(
+            prompt, image, negative_prompt, batch_size, num_steps, unconditional_guidance_scale, sampler, height,
+            width)
+        pixels = load_image(image, height, width)
+        mask_pixels = load_image(mask, name="mask")
+        if mask_pixels.shape[:2] != pixels.shape[:2]:
+            raise ValueError(f"mask size {mask_pixels.shape[1]}x{mask_pixels.shape[0]} differs from the image size "
+                             f"{pixels.shape[1]}x{pixels.shape[0]}")
+        mask_gray = mask_pixels if mask_pixels.ndim == 2 else mask_pixels[..., :3].mean(-1)
+        mask_gray = (mask_gray / (255.0 if mask_gray.max() > 1.0 else 1.0) >= 0.5).astype(np.float32)
+        original = self._image_latent(pixels, height, width, batch_size)
+        h, w = original.shape[1:3]
+        latent_mask = mask_gray.reshape(h, 8, w, 8).max(axis=(1, 3))[None, :, :, None]
+        latent_mask = np.repeat(latent_mask, batch_size, axis=0).astype(np.float32)
+        initial, step_noise = self._noise(seed, batch_size, original.shape[1:], scheduler)
+        if self.unet_in_channels == self.latent_channels + 5:
+            masked_pixels = pixels * (1.0 - mask_gray[..., None])
+            masked_latent = self._image_latent(masked_pixels, height, width, batch_size)
+            start = scheduler.start_index(float(strength))
+            latent = (initial * np.float32(scheduler.init_noise_sigma) if start == 0
+                      else np.asarray(scheduler.add_noise(original, initial, start), np.float32))
+            extra = {"cond": np.concatenate([latent_mask, masked_latent], -1)}
+            mode = sampler_lib.CONCAT
+        elif self.unet_in_channels == self.latent_channels:
+            start = scheduler.start_index(float(strength))
+            latent = np.asarray(scheduler.add_noise(original, initial, start), np.float32)
+            extra = {"original": original, "noise": initial, "mask": latent_mask}
+            mode = sampler_lib.BLEND
+        else:
+            raise ValueError(f"cannot inpaint with a UNet of {self.unet_in_channels} input channels")
+        if start >= scheduler.num_steps:
+            return self._decode_latent(original)
+        latent = self._loop(scheduler, context, unconditional, latent, step_noise,
+                            guidance_scale=unconditional_guidance_scale, start_index=start, mode=mode, extra=extra,
+                            progress=progress)
+        return self._decode_latent(latent)
+
+
+def _with_policy(model, policy):
+    """Rebuild ``model`` from its config under a dtype policy and copy the float32 weights into it."""
+    import keras
+
+    config = model.get_config()
+    rebuilt = model.__class__.from_config(config) if not isinstance(model, keras.Model) or hasattr(
+        model, "sd_keras_builder") is False else None
+    builder = getattr(model, "sd_keras_builder", None)
+    if builder is not None:
+        rebuilt = builder(dtype=policy)
+    if rebuilt is None:
+        warnings.warn("cannot rebuild this model under a mixed precision policy; keeping float32")
+        return model
+    rebuilt.set_weights(model.get_weights())
+    return rebuilt

@@ -1,0 +1,179 @@
+"""The compiled denoising loop.
+
+One XLA program runs every step of a generation: the classifier-free-guidance pair as one batched UNet call,
+guidance, the scheduler update and (for inpainting with a plain UNet) the re-blend of the known region. The UNet
+weights are arguments of the program (``stateless_call``), so a second call with the same shapes neither retraces
+nor recompiles, and loading new weights of the same architecture reuses the compiled program.
+
+A program is cached per (sampler tables, mode, progress); the backend's jit caches it per input shape
+(batch, height, width, dtype), which is the (batch, size, steps, sampler) key of the design.
+"""
+
+import hashlib
+
+import keras
+import numpy as np
+from keras import ops
+
+from sd_keras import backend
+from sd_keras.models.layers import timestep_embedding
+
+TXT2IMG, BLEND, CONCAT = "txt2img", "blend", "concat"
+
+
+def _sampler_key(sampler):
+    digest = hashlib.sha1()
+    for key, value in sorted(sampler.tables().items()):
+        digest.update(key.encode())
+        digest.update(np.ascontiguousarray(value).tobytes())
+    return (type(sampler).__name__, int(sampler.num_steps), bool(sampler.needs_noise), digest.hexdigest())
+
+
+def model_state(model):
+    """The weight values of ``model`` in the form ``stateless_call`` takes."""
+    return (
+        [v.value for v in model.trainable_variables],
+        [v.value for v in model.non_trainable_variables],
+    )
+
+
+class DenoisingLoop:
+    """Runs the sampling loop of one diffusion model as a compiled program.
+
+    Example:
+        >>> loop = DenoisingLoop(diffusion_model)                                  # doctest: +SKIP
+        >>> latent = loop(sampler, context, unconditional_context, latent, noise,  # doctest: +SKIP
+        ...               guidance_scale=7.5)
+    """
+
+    def __init__(self, diffusion_model):
+        self.diffusion_model = diffusion_model
+        self.timestep_dim = int(diffusion_model.input["timestep_embedding"].shape[-1])
+        self.trace_count = 0  # incremented each time a program is traced; tests read it
+        self._programs = {}
+        self._progress_sink = None
+
+    # -- the program -----------------------------------------------------------------------------------------
+    def _build(self, sampler, mode, with_callback):
+        model = self.diffusion_model
+        timesteps = np.asarray(sampler.timesteps, dtype=np.float32)
+
+        def program(weights, latent, state, context, unconditional_context, noise, guidance_scale, start, stop,
+                    extra):
+            self.trace_count += 1
+            trainable, non_trainable = weights
+            batch = ops.shape(latent)[0]
+            both_contexts = ops.concatenate([unconditional_context, context], axis=0)
+            guidance = ops.cast(guidance_scale, "float32")
+
+            def body(i, carry):
+                latent, state = carry
+                t = ops.take(ops.convert_to_tensor(timesteps), i)
+                t_embedding = timestep_embedding(ops.reshape(t, (1,)), self.timestep_dim)
+                t_embedding = ops.repeat(t_embedding, 2 * batch, axis=0)
+                model_input = sampler.scale_model_input(latent, i)
+                model_input = ops.concatenate([model_input, model_input], axis=0)
+                if mode == CONCAT:
+                    model_input = ops.concatenate([model_input, ops.concatenate([extra["cond"]] * 2, 0)], -1)
+                outputs, _ = model.stateless_call(
+                    trainable, non_trainable,
+                    {"latent": model_input, "timestep_embedding": t_embedding, "context": both_contexts},
+                )
+                outputs = ops.cast(outputs, "float32")
+                unconditional, conditional = outputs[:batch], outputs[batch:]
+                prediction = unconditional + guidance * (conditional - unconditional)
+                step_noise = ops.take(noise, i, axis=0) if sampler.needs_noise else None
+                latent, state = sampler.step(latent, prediction, i, state, step_noise)
+                if mode == BLEND:
+                    known = sampler.add_noise(extra["original"], extra["noise"], i + 1)
+                    latent = extra["mask"] * latent + (1.0 - extra["mask"]) * known
+                if with_callback:
+                    backend.loop_callback(self._on_step, i)
+                return latent, state
+
+            return ops.fori_loop(start, stop, body, (latent, state))
+
+        return backend.jit(program)
+
+    def _on_step(self, i):
+        if self._progress_sink is not None:
+            self._progress_sink(int(i) + 1)
+
+    def _program(self, sampler, mode, with_callback):
+        key = (_sampler_key(sampler), mode, with_callback)
+        if key not in self._programs:
+            self._programs[key] = self._build(sampler, mode, with_callback)
+        return self._programs[key]
+
+    # -- running it ------------------------------------------------------------------------------------------
+    def __call__(self, sampler, context, unconditional_context, latent, noise=None, *, guidance_scale=7.5,
+                 start_index=0, mode=TXT2IMG, extra=None, progress=None):
+        """Denoise ``latent`` from step ``start_index`` to the end and return the final latent (float32).
+
+        Args:
+            sampler: a scheduler from ``sd_keras.schedulers``.
+            context, unconditional_context: text encoder outputs, (B, 77, D) each.
+            latent: the starting latent (B, h, w, 4), already scaled/noised for ``start_index``.
+            noise: (num_steps, B, h, w, 4) per-step unit noise for ancestral samplers (else ignored).
+            guidance_scale: classifier-free guidance scale.
+            start_index: first step to run (image-to-image starts later).
+            mode: ``"txt2img"`` (also image-to-image), ``"blend"`` (inpainting with a plain UNet: ``extra`` has
+                ``original`` latent, ``noise`` (B,h,w,4) and ``mask`` (B,h,w,1), 1 = repaint) or ``"concat"``
+                (9-channel inpainting UNet: ``extra["cond"]`` is the (B,h,w,5) mask + masked-image latent).
+            progress: ``callable(step_done)`` or None. On JAX it is called from inside the compiled loop; on
+                TensorFlow, whose XLA programs cannot call Python, the same program is run one step per call.
+        """
+        num_steps = int(sampler.num_steps)
+        latent = np.asarray(latent, dtype=np.float32)
+        if noise is None or not sampler.needs_noise:
+            noise = np.zeros((1,) + latent.shape, np.float32)
+        extra = {k: np.asarray(v, np.float32) for k, v in (extra or {}).items()}
+        if mode == TXT2IMG:
+            extra = {"unused": np.zeros((1,), np.float32)}
+        weights = model_state(self.diffusion_model)
+        context = ops.convert_to_tensor(context)
+        unconditional_context = ops.convert_to_tensor(unconditional_context)
+        state = sampler.initial_state(ops.convert_to_tensor(latent))
+        guidance = np.float32(guidance_scale)
+        args = (context, unconditional_context, noise, guidance)
+        if progress is None or backend.supports_loop_callback():
+            program = self._program(sampler, mode, progress is not None)
+            self._progress_sink = progress
+            try:
+                latent, state = program(weights, latent, state, *args, np.int32(start_index), np.int32(num_steps),
+                                        extra)
+            finally:
+                self._progress_sink = None
+        else:
+            program = self._program(sampler, mode, False)
+            for i in range(start_index, num_steps):
+                latent, state = program(weights, latent, state, *args, np.int32(i), np.int32(i + 1), extra)
+                progress(i + 1)
+        return backend.to_numpy(latent)
+
+
+class CompiledFunction:
+    """A model's forward pass compiled once per input shape, weights passed as arguments."""
+
+    def __init__(self, model, postprocess=None):
+        self.model = model
+        self.trace_count = 0
+
+        def forward(weights, inputs):
+            self.trace_count += 1
+            outputs, _ = model.stateless_call(weights[0], weights[1], inputs)
+            return postprocess(outputs) if postprocess else outputs
+
+        self._forward = backend.jit(forward)
+
+    def __call__(self, inputs):
+        return backend.to_numpy(self._forward(model_state(self.model), inputs))
+
+
+def keras_dtype_policy(dtype):
+    """Map a user dtype name to the Keras policy the text encoder / UNet are built with."""
+    names = {"float32": "float32", "fp32": "float32", "bfloat16": "mixed_bfloat16", "bf16": "mixed_bfloat16",
+             "float16": "mixed_float16", "fp16": "mixed_float16"}
+    if dtype not in names:
+        raise ValueError(f"dtype must be one of {sorted(set(names))}, got {dtype!r}")
+    return keras.DTypePolicy(names[dtype])
