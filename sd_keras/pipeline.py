@@ -1,7 +1,6 @@
 """``StableDiffusion``: the generation API (KerasCV-compatible names, new options keyword-only)."""
 
 import math
-import warnings
 
 import numpy as np
 
@@ -11,6 +10,8 @@ from sd_keras.config import ModelConfig, get_config
 from sd_keras.schedulers import get_sampler
 
 MAX_STEPS = 1000
+# KerasCV 0.9's generate_image schedule, so that KerasCV code ported to sd_keras gives KerasCV's images
+DEFAULT_SAMPLER = "DDIM KerasCV"
 MAX_SIDE = 4096
 
 
@@ -116,14 +117,16 @@ class StableDiffusion:
         self.dtype = dtype
         policy = sampler_lib.keras_dtype_policy(dtype)
         if policy.name != "float32":
-            text_encoder = _with_policy(text_encoder, policy)
-            diffusion_model = _with_policy(diffusion_model, policy)
+            from sd_keras import models
+
+            text_encoder = _with_policy(models.build_text_encoder, config, text_encoder, policy)
+            diffusion_model = _with_policy(models.build_diffusion_model, config, diffusion_model, policy)
         self.text_encoder = text_encoder
         self.diffusion_model = diffusion_model
         self.decoder = decoder
         self.image_encoder = image_encoder
         self._loop = sampler_lib.DenoisingLoop(diffusion_model)
-        self._encode = sampler_lib.CompiledFunction(text_encoder)
+        self._encode_text = sampler_lib.CompiledFunction(text_encoder)
         self._decode = sampler_lib.CompiledFunction(decoder)
         self._encode_image = sampler_lib.CompiledFunction(image_encoder) if image_encoder is not None else None
         self.last_truncated = False
@@ -162,20 +165,25 @@ class StableDiffusion:
     # -- text ------------------------------------------------------------------------------------------------
     def tokenize(self, prompts):
         """(B, 77) int32 token ids, padded as KerasCV pads for this model's version."""
-        ids, truncated = self.tokenizer.tokenize_batch(prompts, pad_token_id=self.config.pad_token_id)
-        self.last_truncated = bool(any(truncated))
-        return ids
+        return self.tokenizer.tokenize(prompts, pad_token_id=self.config.pad_token_id)
 
-    def encode_text(self, prompt):
-        """Text encoder output (B, 77, D) for a prompt or a list of prompts (KerasCV's ``encode_text``)."""
+    def _encode(self, prompt):
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         for p in prompts:
             if not isinstance(p, str):
                 raise ValueError(f"prompt must be a string or a list of strings, got {type(p).__name__}")
-        tokens = self.tokenize(prompts)
-        positions = np.repeat(np.arange(tokens.shape[1], dtype=np.int32)[None], len(prompts), axis=0)
-        context = self._encode({"tokens": tokens, "positions": positions})
-        return np.asarray(context, np.float32)
+        tokenized = self.tokenizer.tokenize_with_info(prompts, pad_token_id=self.config.pad_token_id)
+        positions = np.repeat(np.arange(tokenized.ids.shape[1], dtype=np.int32)[None], len(prompts), axis=0)
+        context = self._encode_text({"tokens": tokenized.ids, "positions": positions})
+        return np.asarray(context, np.float32), tokenized.any_truncated
+
+    def encode_text(self, prompt):
+        """Text encoder output (B, 77, D) for a prompt or a list of prompts (KerasCV's ``encode_text``).
+
+        A prompt over 77 tokens is truncated with a ``PromptTruncatedWarning``; ``last_truncated`` tells.
+        """
+        context, self.last_truncated = self._encode(prompt)
+        return context
 
     def _contexts(self, encoded_text, negative_prompt, batch_size):
         context = np.asarray(encoded_text, np.float32)
@@ -186,7 +194,7 @@ class StableDiffusion:
         if context.shape[0] != batch_size:
             raise ValueError(f"encoded_text has batch {context.shape[0]} but batch_size is {batch_size}")
         negative = "" if negative_prompt is None else negative_prompt
-        unconditional = self.encode_text(negative)
+        unconditional, _ = self._encode(negative)
         if unconditional.shape[0] == 1:
             unconditional = np.repeat(unconditional, batch_size, axis=0)
         if unconditional.shape[0] != batch_size:
@@ -222,7 +230,7 @@ class StableDiffusion:
         return to_uint8(images)
 
     def generate_image(self, encoded_text, negative_prompt=None, batch_size=1, num_steps=50,
-                       unconditional_guidance_scale=7.5, diffusion_noise=None, seed=None, *, sampler="DDIM",
+                       unconditional_guidance_scale=7.5, diffusion_noise=None, seed=None, *, sampler=DEFAULT_SAMPLER,
                        height=None, width=None, progress=None, return_latent=False):
         """Denoise from ``diffusion_noise`` (or seeded noise) with the compiled loop and decode (KerasCV API).
 
@@ -249,7 +257,7 @@ class StableDiffusion:
         return latent if return_latent else self._decode_latent(latent)
 
     def text_to_image(self, prompt, negative_prompt=None, batch_size=1, num_steps=50,
-                      unconditional_guidance_scale=7.5, seed=None, *, sampler="DDIM", height=None, width=None,
+                      unconditional_guidance_scale=7.5, seed=None, *, sampler=DEFAULT_SAMPLER, height=None, width=None,
                       progress=None):
         """Generate uint8 images (B, H, W, 3) for ``prompt`` (KerasCV's ``text_to_image``).
 
@@ -281,13 +289,11 @@ class StableDiffusion:
     def _prepare_image_call(self, prompt, image, negative_prompt, batch_size, num_steps, guidance, sampler, height,
                             width):
         scheduler, height, width = self._resolve(num_steps, guidance, sampler, height, width, batch_size)
-        if isinstance(image, np.ndarray) and image.ndim >= 2 and height is None:
-            height, width = image.shape[-3:-1] if image.ndim >= 3 else image.shape
         context, unconditional = self._contexts(self.encode_text(prompt), negative_prompt, batch_size)
         return scheduler, height, width, context, unconditional
 
     def image_to_image(self, prompt, image, strength=0.75, negative_prompt=None, batch_size=1, num_steps=50,
-                       unconditional_guidance_scale=7.5, seed=None, *, sampler="DDIM", height=None, width=None,
+                       unconditional_guidance_scale=7.5, seed=None, *, sampler=DEFAULT_SAMPLER, height=None, width=None,
                        progress=None):
         """Encode ``image``, noise it to the step that ``strength`` selects and denoise the remaining steps.
 
@@ -308,7 +314,7 @@ class StableDiffusion:
         return self._decode_latent(latent)
 
     def inpaint(self, prompt, image, mask, negative_prompt=None, batch_size=1, num_steps=50,
-                unconditional_guidance_scale=7.5, seed=None, *, strength=1.0, sampler="DDIM", height=None,
+                unconditional_guidance_scale=7.5, seed=None, *, strength=1.0, sampler=DEFAULT_SAMPLER, height=None,
                 width=None, progress=None):
         """Repaint the region where ``mask`` is white (>= 0.5 after scaling to [0, 1]); keep the rest.
 
@@ -354,18 +360,8 @@ class StableDiffusion:
         return self._decode_latent(latent)
 
 
-def _with_policy(model, policy):
-    """Rebuild ``model`` from its config under a dtype policy and copy the float32 weights into it."""
-    import keras
-
-    config = model.get_config()
-    rebuilt = model.__class__.from_config(config) if not isinstance(model, keras.Model) or hasattr(
-        model, "sd_keras_builder") is False else None
-    builder = getattr(model, "sd_keras_builder", None)
-    if builder is not None:
-        rebuilt = builder(dtype=policy)
-    if rebuilt is None:
-        warnings.warn("cannot rebuild this model under a mixed precision policy; keeping float32")
-        return model
+def _with_policy(builder, config, model, policy):
+    """Rebuild ``model`` under a mixed-precision policy (float32 weights, low-precision compute), same weights."""
+    rebuilt = builder(config, dtype=policy)
     rebuilt.set_weights(model.get_weights())
     return rebuilt

@@ -1,0 +1,187 @@
+"""The generation API on the tiny preset: compilation, seeds, image conditioning, bad input."""
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from sd_keras import noise
+from sd_keras.pipeline import DEFAULT_SAMPLER, StableDiffusion
+from sd_keras.schedulers import get_sampler
+
+SIZE = dict(height=64, width=64)
+
+
+@pytest.fixture(scope="module")
+def sd():
+    return StableDiffusion.from_preset("tiny")
+
+
+def test_second_call_does_not_retrace_and_new_weights_do_not_recompile(sd):
+    sd.text_to_image("a red circle", num_steps=3, seed=1, **SIZE)
+    traces = sd._loop.trace_count
+    encode_traces, decode_traces = sd._encode_text.trace_count, sd._decode.trace_count
+    first = sd.text_to_image("a blue square", num_steps=3, seed=2, **SIZE)
+    assert sd._loop.trace_count == traces
+    assert (sd._encode_text.trace_count, sd._decode.trace_count) == (encode_traces, decode_traces)
+    old = sd.diffusion_model.get_weights()
+    try:
+        sd.diffusion_model.set_weights([w * 0.5 for w in old])
+        changed = sd.text_to_image("a blue square", num_steps=3, seed=2, **SIZE)
+        assert sd._loop.trace_count == traces  # weights are arguments of the compiled program
+        assert not np.array_equal(first, changed)
+    finally:
+        sd.diffusion_model.set_weights(old)
+    sd.text_to_image("a blue square", num_steps=3, seed=2, height=128, width=64)
+    assert sd._loop.trace_count == traces + 1  # a new shape is a new program
+
+
+@pytest.mark.parametrize("sampler", ["DDIM", "Euler", "Euler a", "DPM++ 2M", "DPM++ 2M Karras"])
+def test_batch_image_i_equals_single_generation_with_seed_plus_i(sd, sampler):
+    batch = sd.text_to_image("a green triangle", batch_size=3, num_steps=4, seed=10, sampler=sampler, **SIZE)
+    assert batch.shape == (3, 64, 64, 3) and batch.dtype == np.uint8
+    for i in range(3):
+        single = sd.text_to_image("a green triangle", num_steps=4, seed=10 + i, sampler=sampler, **SIZE)
+        assert np.abs(batch[i].astype(int) - single[0].astype(int)).max() <= 1
+    assert not np.array_equal(batch[0], batch[1])
+
+
+def test_generate_image_with_diffusion_noise_matches_manual_loop(sd):
+    """KerasCV's two-step API: encode_text then generate_image with explicit noise."""
+    context = sd.encode_text("a cat")
+    assert context.shape == (1, 77, sd.config.text_encoder.width)
+    latent_noise = noise.gaussian(3, (1, 8, 8, 4))
+    images = sd.generate_image(context, num_steps=3, diffusion_noise=latent_noise, **SIZE)
+    # the same generation written out step by step with the un-compiled model
+    unconditional = sd.encode_text("")
+    scheduler = get_sampler(DEFAULT_SAMPLER, 3)
+    from sd_keras.models.layers import timestep_embedding
+
+    latent = latent_noise
+    for i, t in enumerate(scheduler.timesteps):
+        emb = keras.ops.convert_to_numpy(keras.ops.repeat(
+            timestep_embedding(keras.ops.convert_to_tensor([float(t)]), sd._loop.timestep_dim), 2, axis=0))
+        out = sd.diffusion_model({"latent": np.concatenate([latent, latent]), "timestep_embedding": emb,
+                                  "context": np.concatenate([unconditional, context])})
+        out = keras.ops.convert_to_numpy(out)
+        eps = out[:1] + 7.5 * (out[1:] - out[:1])
+        latent, _ = scheduler.step(latent, eps, i, scheduler.initial_state(latent))
+        latent = keras.ops.convert_to_numpy(latent)
+    decoded = keras.ops.convert_to_numpy(sd.decoder(latent))
+    expected = np.clip((decoded + 1) / 2 * 255, 0, 255).astype(np.uint8)
+    assert np.abs(images.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_progress_reports_every_step(sd):
+    seen = []
+    sd.text_to_image("x", num_steps=5, seed=0, progress=seen.append, **SIZE)
+    assert sorted(seen) == [1, 2, 3, 4, 5]
+
+
+def test_image_to_image_and_strength_limits(sd):
+    image = sd.text_to_image("a red circle", num_steps=2, seed=0, **SIZE)[0]
+    out = sd.image_to_image("a blue circle", image, strength=0.5, num_steps=4, seed=0, **SIZE)
+    assert out.shape == (1, 64, 64, 3)
+    same_as_decode = sd.image_to_image("a blue circle", image, strength=0.0, num_steps=4, seed=0, **SIZE)
+    expected = sd._decode_latent(sd._image_latent(image, 64, 64, 1))
+    np.testing.assert_array_equal(same_as_decode, expected)
+
+
+def test_inpaint_with_plain_unet_keeps_known_latent(sd):
+    """After the last step the known region is exactly the original latent (re-blended each step)."""
+    from sd_keras import sampler as sampler_lib
+
+    scheduler = get_sampler("Euler", 4)
+    original = noise.gaussian(1, (1, 8, 8, 4))
+    initial = noise.gaussian(2, (1, 8, 8, 4))
+    mask = np.zeros((1, 8, 8, 1), np.float32)
+    mask[:, :4] = 1.0
+    context = sd.encode_text("a cat")
+    latent = np.asarray(scheduler.add_noise(original, initial, 0), np.float32)
+    out = sd._loop(scheduler, context, sd.encode_text(""), latent, guidance_scale=5.0, mode=sampler_lib.BLEND,
+                   extra={"original": original, "noise": initial, "mask": mask})
+    np.testing.assert_allclose(out[:, 4:], original[:, 4:], atol=1e-5)
+    assert np.abs(out[:, :4] - original[:, :4]).max() > 1e-2
+    image = sd.text_to_image("x", num_steps=2, seed=0, **SIZE)[0]
+    pixel_mask = np.zeros((64, 64), np.uint8)
+    pixel_mask[:32] = 255
+    assert sd.inpaint("a dog", image, pixel_mask, num_steps=3, seed=1, **SIZE).shape == (1, 64, 64, 3)
+
+
+def test_nine_channel_unet_inpaints():
+    from sd_keras import models
+    from sd_keras.config import get_config
+    import dataclasses
+
+    base = get_config("tiny")
+    config = dataclasses.replace(base, unet=dataclasses.replace(base.unet, in_channels=9))
+    keras.utils.set_random_seed(0)
+    sd = StableDiffusion(config, models.build_text_encoder(config), models.build_diffusion_model(config),
+                         models.build_decoder(config), models.build_image_encoder(config))
+    image = np.full((64, 64, 3), 128, np.uint8)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:48, 16:48] = 255
+    out = sd.inpaint("a cat", image, mask, num_steps=3, seed=1, **SIZE)
+    assert out.shape == (1, 64, 64, 3)
+    assert sd.text_to_image("a cat", num_steps=2, seed=1, **SIZE).shape == (1, 64, 64, 3)
+
+
+def test_nan_result_raises(sd):
+    old = sd.decoder.get_weights()
+    try:
+        sd.decoder.set_weights([np.full_like(w, np.nan) for w in old])
+        with pytest.raises(FloatingPointError, match="NaN"):
+            sd.text_to_image("x", num_steps=1, seed=0, **SIZE)
+    finally:
+        sd.decoder.set_weights(old)
+
+
+def test_long_prompt_is_truncated_with_warning(sd):
+    with pytest.warns(UserWarning):
+        sd.text_to_image("cat " * 100, num_steps=1, seed=0, **SIZE)
+    assert sd.last_truncated
+    sd.text_to_image("", num_steps=1, seed=0, **SIZE)  # empty prompt: unconditional generation
+    assert not sd.last_truncated
+
+
+@pytest.mark.parametrize("kwargs, argument", [
+    (dict(num_steps=0), "num_steps"),
+    (dict(num_steps=10**6), "num_steps"),
+    (dict(unconditional_guidance_scale=float("nan")), "guidance"),
+    (dict(unconditional_guidance_scale=-1.0), "guidance"),
+    (dict(height=100), "height=100 .*64 or 128"),
+    (dict(width=65), "width"),
+    (dict(sampler="Heun++"), "sampler"),
+    (dict(batch_size=0), "batch_size"),
+    (dict(seed=1.5), "seed"),
+])
+def test_bad_input_names_the_argument(sd, kwargs, argument):
+    call = dict(num_steps=2, seed=0, **SIZE)
+    call.update(kwargs)
+    with pytest.raises(ValueError, match=argument):
+        sd.text_to_image("x", **call)
+
+
+def test_bad_image_input(sd, tmp_path):
+    image = np.zeros((64, 64, 3), np.uint8)
+    with pytest.raises(ValueError, match="strength"):
+        sd.image_to_image("x", image, strength=1.5, num_steps=2, **SIZE)
+    with pytest.raises(ValueError, match="mask size"):
+        sd.inpaint("x", image, np.zeros((32, 32), np.uint8), num_steps=2, **SIZE)
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG broken")
+    with pytest.raises(ValueError, match="cannot read image"):
+        sd.image_to_image("x", str(bad), num_steps=2, **SIZE)
+
+
+def test_same_seed_same_image_on_the_other_backend(sd, tmp_path):
+    here = sd.text_to_image("a red circle", num_steps=3, seed=5, sampler="Euler a", **SIZE)
+    other = "jax" if keras.backend.backend() == "tensorflow" else "tensorflow"
+    out = tmp_path / "other.npy"
+    code = ("import numpy as np, sd_keras; sd = sd_keras.StableDiffusion.from_preset('tiny'); "
+            f"np.save({str(out)!r}, sd.text_to_image('a red circle', num_steps=3, seed=5, sampler='Euler a', "
+            "height=64, width=64))")
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "KERAS_BACKEND": other})
+    assert np.abs(np.load(out).astype(int) - here.astype(int)).max() <= 2
