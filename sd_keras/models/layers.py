@@ -1,0 +1,382 @@
+"""Blocks shared by the text encoder, UNet and VAE (``keras`` + ``keras.ops`` only).
+
+Every size is a constructor argument (filled from ``sd_keras.config``). Sub-layers are created in the same
+order as KerasCV's so that ``model.weights`` lists tensors in KerasCV's order; their names follow diffusers'
+(``norm1``, ``conv1``, ``time_emb_proj``, ``proj_in``, ``attn1``, ``q_proj``...). Attention runs through
+``keras.ops.dot_product_attention`` so that backends may use fused kernels.
+"""
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+_serializable = keras.saving.register_keras_serializable(package="sd_keras")
+
+
+@_serializable
+class HostUniform(keras.initializers.Initializer):
+    """Uniform in [-limit, limit] drawn with numpy on the host (``limit=None``: Glorot's).
+
+    Seeded by ``keras.utils.set_random_seed`` (numpy's global RNG), so a seed gives the same random weights on
+    every backend, and JAX compiles no RNG program per weight shape (that dominated building the tiny model).
+    """
+
+    def __init__(self, limit=None):
+        self.limit = limit
+
+    def __call__(self, shape, dtype=None):
+        limit = self.limit
+        if limit is None:
+            receptive = math.prod(shape[:-2]) if len(shape) > 2 else 1
+            fan_in, fan_out = shape[-2] * receptive, shape[-1] * receptive
+            limit = math.sqrt(6.0 / (fan_in + fan_out))
+        rng = np.random.default_rng(np.random.randint(2**31))
+        values = rng.random(shape, dtype=np.float32)
+        values *= np.float32(2.0 * limit)
+        values -= np.float32(limit)
+        return ops.cast(values, dtype or "float32")
+
+    def get_config(self):
+        return {"limit": self.limit}
+
+
+def dense(units, **kwargs):
+    """``keras.layers.Dense`` with host-seeded Glorot initialisation."""
+    return keras.layers.Dense(units, kernel_initializer=HostUniform(), **kwargs)
+
+
+def conv2d(filters, kernel_size, **kwargs):
+    """``keras.layers.Conv2D`` with host-seeded Glorot initialisation."""
+    return keras.layers.Conv2D(filters, kernel_size, kernel_initializer=HostUniform(), **kwargs)
+
+
+def embedding(input_dim, output_dim, **kwargs):
+    """``keras.layers.Embedding`` with host-seeded uniform(-0.05, 0.05) initialisation (Keras' default)."""
+    return keras.layers.Embedding(input_dim, output_dim, embeddings_initializer=HostUniform(0.05), **kwargs)
+
+
+def timestep_embedding(timesteps, dim, max_period=10000):
+    """Sinusoidal timestep embedding, exactly as KerasCV's ``_get_timestep_embedding``: ``[cos, sin]``.
+
+    ``timesteps`` may be a Python number or a (traced) tensor of any shape; the result has shape
+    ``timesteps.shape + (dim,)`` in float32.
+
+    Example:
+        >>> timestep_embedding([999.0], 320).shape
+        (1, 320)
+    """
+    half = dim // 2
+    freqs = ops.exp(-math.log(max_period) * ops.cast(ops.arange(0, half), "float32") / half)
+    args = ops.expand_dims(ops.cast(timesteps, "float32"), -1) * freqs
+    return ops.concatenate([ops.cos(args), ops.sin(args)], axis=-1)
+
+
+def apply_activation(x, name):
+    """The text encoder's MLP activation by config name."""
+    if name == "quick_gelu":
+        return x * ops.sigmoid(x * 1.702)
+    if name == "gelu":
+        return ops.gelu(x, approximate=False)
+    if name == "gelu_tanh":
+        return ops.gelu(x, approximate=True)
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def _with_channels(shape, channels):
+    return tuple(shape[:-1]) + (channels,)
+
+
+class _Block(keras.layers.Layer):
+    """Base: sub-layers share the block's dtype policy; ``get_config`` returns the constructor arguments."""
+
+    _arg_names = ()
+
+    def _sub(self, layer_cls, *args, **kwargs):
+        return layer_cls(*args, dtype=self.dtype_policy, **kwargs)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({name: getattr(self, name) for name in self._arg_names})
+        return config
+
+
+@_serializable
+class CLIPEmbedding(_Block):
+    """Token embedding + learned position embedding. Called as ``layer(tokens, positions)``."""
+
+    _arg_names = ("vocab_size", "width", "max_length")
+
+    def __init__(self, vocab_size, width, max_length, **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_size, self.width, self.max_length = vocab_size, width, max_length
+        self.token_embedding = self._sub(embedding, vocab_size, width, name="token_embedding")
+        self.position_embedding = self._sub(embedding, max_length, width, name="position_embedding")
+
+    def build(self, tokens_shape):
+        self.token_embedding.build(tokens_shape)
+        self.position_embedding.build(tokens_shape)
+
+    def call(self, tokens, positions):
+        return self.token_embedding(tokens) + self.position_embedding(positions)
+
+    def compute_output_shape(self, tokens_shape):
+        return tuple(tokens_shape) + (self.width,)
+
+
+@_serializable
+class MultiHeadAttention(_Block):
+    """Multi-head (cross-)attention: ``layer(inputs, context=None)``; self-attention when context is None.
+
+    CLIP's self-attention has biased q/k/v projections and a causal mask; the UNet's has unbiased q/k/v.
+    """
+
+    _arg_names = ("num_heads", "head_size", "qkv_bias", "causal")
+
+    def __init__(self, num_heads, head_size, qkv_bias=True, causal=False, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads, self.head_size, self.qkv_bias, self.causal = num_heads, head_size, qkv_bias, causal
+        width = num_heads * head_size
+        self.q_proj = self._sub(dense, width, use_bias=qkv_bias, name="q_proj")
+        self.k_proj = self._sub(dense, width, use_bias=qkv_bias, name="k_proj")
+        self.v_proj = self._sub(dense, width, use_bias=qkv_bias, name="v_proj")
+        self.out_proj = self._sub(dense, width, name="out_proj")
+
+    def build(self, inputs_shape, context_shape=None):
+        context_shape = inputs_shape if context_shape is None else context_shape
+        self.q_proj.build(inputs_shape)
+        self.k_proj.build(context_shape)
+        self.v_proj.build(context_shape)
+        self.out_proj.build(_with_channels(inputs_shape, self.num_heads * self.head_size))
+
+    def compute_output_shape(self, inputs_shape, context_shape=None):
+        return _with_channels(inputs_shape, self.num_heads * self.head_size)
+
+    def _split_heads(self, x):
+        return ops.reshape(x, (-1, ops.shape(x)[1], self.num_heads, self.head_size))
+
+    def call(self, inputs, context=None):
+        context = inputs if context is None else context
+        query = self._split_heads(self.q_proj(inputs))
+        key = self._split_heads(self.k_proj(context))
+        value = self._split_heads(self.v_proj(context))
+        out = ops.dot_product_attention(query, key, value, scale=self.head_size**-0.5, is_causal=self.causal)
+        out = ops.reshape(out, (-1, ops.shape(out)[1], self.num_heads * self.head_size))
+        return self.out_proj(out)
+
+
+@_serializable
+class CLIPEncoderLayer(_Block):
+    """Pre-LayerNorm transformer layer of the CLIP text model (causal self-attention + MLP)."""
+
+    _arg_names = ("width", "num_heads", "intermediate_size", "activation", "epsilon")
+
+    def __init__(self, width, num_heads, intermediate_size, activation="quick_gelu", epsilon=1e-5, **kwargs):
+        super().__init__(**kwargs)
+        self.width, self.num_heads, self.intermediate_size = width, num_heads, intermediate_size
+        self.activation, self.epsilon = activation, epsilon
+        self.layer_norm1 = self._sub(keras.layers.LayerNormalization, epsilon=epsilon, name="layer_norm1")
+        self.self_attn = self._sub(MultiHeadAttention, num_heads, width // num_heads, qkv_bias=True, causal=True,
+                                   name="self_attn")
+        self.layer_norm2 = self._sub(keras.layers.LayerNormalization, epsilon=epsilon, name="layer_norm2")
+        self.fc1 = self._sub(dense, intermediate_size, name="fc1")
+        self.fc2 = self._sub(dense, width, name="fc2")
+
+    def build(self, input_shape):
+        for layer in (self.layer_norm1, self.self_attn, self.layer_norm2, self.fc1):
+            layer.build(input_shape)
+        self.fc2.build(_with_channels(input_shape, self.intermediate_size))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def call(self, inputs):
+        x = self.self_attn(self.layer_norm1(inputs)) + inputs
+        return self.fc2(apply_activation(self.fc1(self.layer_norm2(x)), self.activation)) + x
+
+
+@_serializable
+class ResnetBlock(_Block):
+    """GroupNorm-swish-conv residual block: ``layer(x)`` (VAE) or ``layer(x, time_embedding)`` (UNet).
+
+    A 1x1 ``conv_shortcut`` is created at build time when the input width differs from ``channels``.
+    """
+
+    _arg_names = ("channels", "norm_groups", "epsilon", "use_time_embedding")
+
+    def __init__(self, channels, norm_groups=32, epsilon=1e-5, use_time_embedding=False, **kwargs):
+        super().__init__(**kwargs)
+        self.channels, self.norm_groups, self.epsilon = channels, norm_groups, epsilon
+        self.use_time_embedding = use_time_embedding
+        norm = keras.layers.GroupNormalization
+        self.norm1 = self._sub(norm, groups=norm_groups, epsilon=epsilon, name="norm1")
+        self.conv1 = self._sub(conv2d, channels, 3, padding="same", name="conv1")
+        if use_time_embedding:
+            self.time_emb_proj = self._sub(dense, channels, name="time_emb_proj")
+        self.norm2 = self._sub(norm, groups=norm_groups, epsilon=epsilon, name="norm2")
+        self.conv2 = self._sub(conv2d, channels, 3, padding="same", name="conv2")
+
+    def build(self, inputs_shape, time_embedding_shape=None):
+        output_shape = _with_channels(inputs_shape, self.channels)
+        self.norm1.build(inputs_shape)
+        self.conv1.build(inputs_shape)
+        if self.use_time_embedding:
+            self.time_emb_proj.build(time_embedding_shape)
+        self.norm2.build(output_shape)
+        self.conv2.build(output_shape)
+        # Created last, as KerasCV does, so that it comes last in the weight order.
+        self.conv_shortcut = None
+        if inputs_shape[-1] != self.channels:
+            self.conv_shortcut = self._sub(conv2d, self.channels, 1, name="conv_shortcut")
+            self.conv_shortcut.build(inputs_shape)
+
+    def compute_output_shape(self, inputs_shape, time_embedding_shape=None):
+        return _with_channels(inputs_shape, self.channels)
+
+    def call(self, inputs, time_embedding=None):
+        x = self.conv1(ops.silu(self.norm1(inputs)))
+        if self.use_time_embedding:
+            x = x + self.time_emb_proj(ops.silu(time_embedding))[:, None, None, :]
+        x = self.conv2(ops.silu(self.norm2(x)))
+        shortcut = inputs if self.conv_shortcut is None else self.conv_shortcut(inputs)
+        return x + shortcut
+
+
+@_serializable
+class TransformerBlock(_Block):
+    """Self-attention, cross-attention on ``context``, GEGLU feed-forward; each pre-LayerNorm + residual."""
+
+    _arg_names = ("num_heads", "head_size", "ff_mult", "gelu_approximate")
+
+    def __init__(self, num_heads, head_size, ff_mult=4, gelu_approximate=True, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads, self.head_size, self.ff_mult = num_heads, head_size, ff_mult
+        self.gelu_approximate = gelu_approximate
+        width = num_heads * head_size
+        self.ff_inner = width * ff_mult
+        layer_norm = keras.layers.LayerNormalization
+        self.norm1 = self._sub(layer_norm, epsilon=1e-5, name="norm1")
+        self.attn1 = self._sub(MultiHeadAttention, num_heads, head_size, qkv_bias=False, name="attn1")
+        self.norm2 = self._sub(layer_norm, epsilon=1e-5, name="norm2")
+        self.attn2 = self._sub(MultiHeadAttention, num_heads, head_size, qkv_bias=False, name="attn2")
+        self.norm3 = self._sub(layer_norm, epsilon=1e-5, name="norm3")
+        self.ff_proj = self._sub(dense, self.ff_inner * 2, name="ff_proj")
+        self.ff_out = self._sub(dense, width, name="ff_out")
+
+    def build(self, inputs_shape, context_shape):
+        for layer in (self.norm1, self.attn1, self.norm2):
+            layer.build(inputs_shape)
+        self.attn2.build(inputs_shape, context_shape)
+        self.norm3.build(inputs_shape)
+        self.ff_proj.build(inputs_shape)
+        self.ff_out.build(_with_channels(inputs_shape, self.ff_inner))
+
+    def compute_output_shape(self, inputs_shape, context_shape):
+        return inputs_shape
+
+    def call(self, inputs, context):
+        x = self.attn1(self.norm1(inputs)) + inputs
+        x = self.attn2(self.norm2(x), context) + x
+        hidden, gate = ops.split(self.ff_proj(self.norm3(x)), 2, axis=-1)
+        return self.ff_out(hidden * ops.gelu(gate, approximate=self.gelu_approximate)) + x
+
+
+@_serializable
+class SpatialTransformer(_Block):
+    """GroupNorm, proj_in, a ``TransformerBlock`` over the h*w tokens, proj_out, residual.
+
+    ``layer(x, context)``; ``linear_proj`` picks Dense projections (SD 2) over 1x1 convolutions (SD 1).
+    """
+
+    _arg_names = ("num_heads", "head_size", "linear_proj", "ff_mult", "gelu_approximate", "norm_groups",
+                  "epsilon")
+
+    def __init__(self, num_heads, head_size, linear_proj=False, ff_mult=4, gelu_approximate=True, norm_groups=32,
+                 epsilon=1e-5, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads, self.head_size, self.linear_proj = num_heads, head_size, linear_proj
+        self.ff_mult, self.gelu_approximate = ff_mult, gelu_approximate
+        self.norm_groups, self.epsilon = norm_groups, epsilon
+        self.channels = num_heads * head_size
+        self.norm = self._sub(keras.layers.GroupNormalization, groups=norm_groups, epsilon=epsilon, name="norm")
+        self.proj_in = self._projection("proj_in")
+        self.transformer_block = self._sub(TransformerBlock, num_heads, head_size, ff_mult, gelu_approximate,
+                                           name="transformer_block")
+        self.proj_out = self._projection("proj_out")
+
+    def _projection(self, name):
+        if self.linear_proj:
+            return self._sub(dense, self.channels, name=name)
+        return self._sub(conv2d, self.channels, 1, name=name)
+
+    def build(self, inputs_shape, context_shape):
+        self.norm.build(inputs_shape)
+        self.proj_in.build(inputs_shape)
+        self.transformer_block.build((None, None, self.channels), context_shape)
+        self.proj_out.build(_with_channels(inputs_shape, self.channels))
+
+    def compute_output_shape(self, inputs_shape, context_shape):
+        return inputs_shape
+
+    def call(self, inputs, context):
+        shape = ops.shape(inputs)
+        height, width = shape[1], shape[2]
+        x = self.proj_in(self.norm(inputs))
+        x = ops.reshape(x, (-1, height * width, self.channels))
+        x = self.transformer_block(x, context)
+        x = ops.reshape(x, (-1, height, width, self.channels))
+        return self.proj_out(x) + inputs
+
+
+@_serializable
+class AttentionBlock(_Block):
+    """The VAE's single-head spatial self-attention (1x1 conv projections), with residual."""
+
+    _arg_names = ("channels", "norm_groups", "epsilon")
+
+    def __init__(self, channels, norm_groups=32, epsilon=1e-5, **kwargs):
+        super().__init__(**kwargs)
+        self.channels, self.norm_groups, self.epsilon = channels, norm_groups, epsilon
+        self.norm = self._sub(keras.layers.GroupNormalization, groups=norm_groups, epsilon=epsilon, name="norm")
+        self.to_q = self._sub(conv2d, channels, 1, name="to_q")
+        self.to_k = self._sub(conv2d, channels, 1, name="to_k")
+        self.to_v = self._sub(conv2d, channels, 1, name="to_v")
+        self.proj_out = self._sub(conv2d, channels, 1, name="proj_out")
+
+    def build(self, input_shape):
+        for layer in (self.norm, self.to_q, self.to_k, self.to_v, self.proj_out):
+            layer.build(input_shape)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def call(self, inputs):
+        shape = ops.shape(inputs)
+        height, width = shape[1], shape[2]
+        x = self.norm(inputs)
+
+        def tokens(t):
+            return ops.reshape(t, (-1, height * width, 1, self.channels))
+
+        out = ops.dot_product_attention(tokens(self.to_q(x)), tokens(self.to_k(x)), tokens(self.to_v(x)),
+                                        scale=self.channels**-0.5)
+        out = ops.reshape(out, (-1, height, width, self.channels))
+        return self.proj_out(out) + inputs
+
+
+@_serializable
+class LatentMean(_Block):
+    """The mean half of the encoder's moments, times the VAE scaling factor (KerasCV's ImageEncoder output)."""
+
+    _arg_names = ("latent_channels", "scaling_factor")
+
+    def __init__(self, latent_channels, scaling_factor, **kwargs):
+        super().__init__(**kwargs)
+        self.latent_channels, self.scaling_factor = latent_channels, scaling_factor
+
+    def call(self, moments):
+        return moments[..., : self.latent_channels] * self.scaling_factor
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.latent_channels,)

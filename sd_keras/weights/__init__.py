@@ -1,0 +1,1 @@
+"""Weight loading: KerasCV h5 files and models (``keras_cv``), checkpoints, LoRA, verified downloads."""
