@@ -6,6 +6,7 @@ line and exits with status 2.
 """
 
 import argparse
+import importlib
 import os
 import sys
 
@@ -13,6 +14,15 @@ from sd_keras.weights.download import WeightsUnavailableError
 
 EXIT_USAGE = 2
 DEFAULT_MODEL = "tiny"
+# Modules that add sub-commands: each has ``register(subparsers)`` and sets ``func`` on its parser; a command's
+# ``func(args)`` returns the exit status and raises CliError/ValueError for bad input.
+_COMMAND_MODULES = (
+    "sd_keras.weights.convert_cli",   # convert
+    "sd_keras.export.cli",            # export, golden
+    "sd_keras.train_cli",             # train
+    "sd_keras.server.cli",            # serve
+    "sd_keras.bench_cli",             # bench
+)
 
 
 class CliError(Exception):
@@ -140,6 +150,15 @@ def build_parser():
     info = commands.add_parser("info", help="print the generation parameters stored in a PNG")
     info.add_argument("image")
     info.set_defaults(func=cmd_info)
+
+    for module_name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if not module_name.startswith(error.name or "?"):  # a broken module must not pass for a missing one
+                raise
+            continue
+        module.register(commands)
     return parser
 
 
