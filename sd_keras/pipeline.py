@@ -154,6 +154,24 @@ class StableDiffusion:
         return presets.load(cls, name, dtype=dtype)
 
     @classmethod
+    def from_checkpoint(cls, path, *, dtype="float32"):
+        """Load a checkpoint: an sd_keras saved folder (``save_pretrained`` / ``sd-keras convert``), a diffusers
+        folder, or a single original-layout ``.safetensors`` / ``.ckpt`` file."""
+        from sd_keras.weights import saved
+
+        if saved.is_saved_folder(path):
+            return saved.load_pretrained(cls, path, dtype=dtype)
+        from sd_keras.weights.checkpoints import load_checkpoint
+
+        return load_checkpoint(cls, path, dtype=dtype)
+
+    def save_pretrained(self, folder, *, weight_dtype=None):
+        """Write this model in sd_keras's own format (loadable by ``from_checkpoint``), atomically."""
+        from sd_keras.weights.saved import save_pretrained
+
+        return save_pretrained(self, folder, weight_dtype=weight_dtype)
+
+    @classmethod
     def from_keras_cv(cls, kcv_model, *, dtype="float32"):
         """Wrap a ``keras_cv.models.StableDiffusion`` / ``StableDiffusionV2`` (sub-models built), same weights."""
         from sd_keras.weights.keras_cv import from_keras_cv_models
