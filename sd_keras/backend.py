@@ -66,3 +66,40 @@ def enable_compilation_cache(path=None):
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     return path
+
+
+def use_devices(devices):
+    """Spread generation (and training) batches over several local accelerators: data parallel.
+
+    ``devices``: None or 1 (default device), ``"all"``, or a count. Sets Keras' ``DataParallel`` distribution,
+    so it must be called before the models are built (weights are then replicated on every device). Returns the
+    number of devices used. JAX only: Keras' distribution API runs on the JAX backend.
+    """
+    if devices in (None, 1, "1"):
+        return 1
+    if name() != "jax":
+        raise ValueError(f"devices={devices!r}: multi-device generation needs the JAX backend (KERAS_BACKEND=jax)")
+    available = keras.distribution.list_devices()
+    if devices != "all":
+        try:
+            count = int(devices)
+        except (TypeError, ValueError):
+            raise ValueError(f"devices must be 'all' or a device count, got {devices!r}") from None
+        if not 1 <= count <= len(available):
+            raise ValueError(f"devices={count} but only {len(available)} device(s) are available")
+        available = available[:count]
+    if len(available) > 1:
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=available))
+    return len(available)
+
+
+def shard_batch(value):
+    """Place ``value`` split along its first axis over the data-parallel devices (no-op without a distribution,
+    or when the batch does not divide evenly: then it stays replicated)."""
+    distribution = keras.distribution.distribution() if name() == "jax" else None
+    if distribution is None or not hasattr(value, "shape") or len(value.shape) == 0:
+        return value
+    batch_devices = distribution.device_mesh.shape[0]
+    if value.shape[0] % batch_devices:
+        return value
+    return keras.distribution.distribute_tensor(value, distribution.get_data_layout(value.shape))

@@ -76,6 +76,9 @@ def cmd_generate(args):
 
     if args.width is not None or args.height is not None:
         check_size(args.height or 512, args.width or 512)
+    from sd_keras import backend
+
+    backend.use_devices(args.devices)  # before the model is built: weights are replicated per device
     model = load_model(args.model, dtype=args.dtype)
     seed = noise.random_seed() if args.seed is None or args.seed < 0 else args.seed
     height = args.height or model.config.image_size[0]
@@ -142,6 +145,7 @@ def build_parser():
     gen.add_argument("--strength", type=float, default=0.75)
     gen.add_argument("--mask")
     gen.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    gen.add_argument("--devices", default=None, help="'all' or a count: data-parallel over local GPUs (JAX)")
     gen.add_argument("--progress", nargs="?", const="always", default=True,
                      help="progress bar (on when stderr is a terminal; --progress forces it)")
     gen.add_argument("--no-progress", dest="progress", action="store_false")

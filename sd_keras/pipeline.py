@@ -116,10 +116,11 @@ class StableDiffusion:
         self.tokenizer = tokenizer or CLIPTokenizer()
         self.dtype = dtype
         policy = sampler_lib.keras_dtype_policy(dtype)
-        if policy.name != "float32":
-            from sd_keras import models
+        from sd_keras import models
 
+        if not _built_with(text_encoder, policy):
             text_encoder = _with_policy(models.build_text_encoder, config, text_encoder, policy)
+        if not _built_with(diffusion_model, policy):
             diffusion_model = _with_policy(models.build_diffusion_model, config, diffusion_model, policy)
         self.text_encoder = text_encoder
         self.diffusion_model = diffusion_model
@@ -142,8 +143,10 @@ class StableDiffusion:
         if isinstance(config, str):
             config = get_config(config)
         keras.utils.set_random_seed(seed)
-        return cls(config, models.build_text_encoder(config), models.build_diffusion_model(config),
-                   models.build_decoder(config), models.build_image_encoder(config), dtype=dtype)
+        policy = sampler_lib.keras_dtype_policy(dtype)  # build once, directly in the compute dtype
+        return cls(config, models.build_text_encoder(config, dtype=policy),
+                   models.build_diffusion_model(config, dtype=policy), models.build_decoder(config),
+                   models.build_image_encoder(config), dtype=dtype)
 
     @classmethod
     def from_preset(cls, name, *, dtype="float32"):
@@ -376,6 +379,10 @@ class StableDiffusion:
                             guidance_scale=unconditional_guidance_scale, start_index=start, mode=mode, extra=extra,
                             progress=progress)
         return self._decode_latent(latent)
+
+
+def _built_with(model, policy):
+    return all(layer.dtype_policy.name == policy.name for layer in model.layers if layer.weights)
 
 
 def _with_policy(builder, config, model, policy):

@@ -131,8 +131,10 @@ class DenoisingLoop:
         if mode == TXT2IMG:
             extra = {"unused": np.zeros((1,), np.float32)}
         weights = model_state(self.diffusion_model)
-        context = ops.convert_to_tensor(context)
-        unconditional_context = ops.convert_to_tensor(unconditional_context)
+        latent = backend.shard_batch(latent)  # data parallel over devices when a distribution is set
+        context = backend.shard_batch(ops.convert_to_tensor(context))
+        unconditional_context = backend.shard_batch(ops.convert_to_tensor(unconditional_context))
+        extra = {k: backend.shard_batch(v) if v.ndim == 4 else v for k, v in extra.items()}
         state = sampler.initial_state(ops.convert_to_tensor(latent))
         guidance = np.float32(guidance_scale)
         args = (context, unconditional_context, noise, guidance)
