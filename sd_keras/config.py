@@ -75,6 +75,7 @@ class UNetConfig:
     gelu_approximate: bool = True
     norm_groups: int = 32
     norm_eps: float = 1e-5
+    transformer_norm_eps: float = 1e-5  # GroupNorm of the spatial transformers: KerasCV 1e-5, diffusers 1e-6
 
     def __post_init__(self):
         if len(self.attention_levels) != len(self.block_out_channels):

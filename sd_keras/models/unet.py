@@ -35,7 +35,7 @@ def build_diffusion_model(config, *, dtype=None, name="diffusion_model"):
     def transformer(channels, layer_name):
         num_heads, head_size = cfg.attention_heads(channels)
         return SpatialTransformer(num_heads, head_size, cfg.linear_proj, cfg.ff_mult, cfg.gelu_approximate,
-                                  cfg.norm_groups, cfg.norm_eps, dtype=dtype, name=layer_name)
+                                  cfg.norm_groups, cfg.transformer_norm_eps, dtype=dtype, name=layer_name)
 
     def conv(channels, layer_name, **kwargs):
         return conv2d(channels, 3, padding="same", dtype=dtype, name=layer_name, **kwargs)
