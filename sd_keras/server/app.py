@@ -1,0 +1,350 @@
+"""The FastAPI application: AUTOMATIC1111-compatible ``/sdapi/v1`` endpoints, health, metrics and the web page.
+
+Example:
+    >>> settings = ServerSettings(models={"tiny": "tiny"}, model="tiny")    # doctest: +SKIP
+    >>> app = create_app(settings)        # loads the model; serve it with uvicorn.run(app, port=7860)
+"""
+
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Any, Dict, Optional
+
+from fastapi import Body, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+
+import sd_keras
+from sd_keras import metadata
+from sd_keras.server import images as image_io
+from sd_keras.server import schemas
+from sd_keras.server.generation import (LOAD_MODEL, GenerationRunner, GenerationSpec, ModelRegistry,
+                                        UnknownModelError, install_cancel_log_filter)
+from sd_keras.server.metrics import CONTENT_TYPE, ServerMetrics
+from sd_keras.server.middleware import ApiKeyMiddleware, BodyLimitMiddleware, MetricsMiddleware
+from sd_keras.server.queue import GenerationCancelled, Job, JobQueue, QueueFullError, ServerStopping
+from sd_keras.server.samplers import resolve_sampler, sampler_items, scheduler_items
+
+LOG = logging.getLogger("sd_keras.server")
+STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+DISCONNECT_POLL_SECONDS = 0.25
+
+
+@dataclasses.dataclass
+class ServerSettings:
+    """How ``sd-keras serve`` runs: registered models (name → preset or path), the key and the limits."""
+
+    models: Dict[str, str]
+    model: str
+    api_key: Optional[str] = None
+    queue_size: int = 16
+    max_batch: int = 4
+    max_body_bytes: int = 20 * 2**20
+    dtype: str = "float32"
+    output_dir: Optional[str] = None
+
+
+class ApiError(Exception):
+    def __init__(self, status, detail, headers=None):
+        super().__init__(detail)
+        self.status, self.detail, self.headers = status, detail, headers
+
+
+def _error_response(status, detail, headers=None):
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+def _validation_message(errors):
+    parts = []
+    for error in errors:
+        location = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"{location}: {message}" if location else message)
+    return "; ".join(parts)
+
+
+class _Server:
+    """State shared by the route handlers: the queue, the model registry, the metrics."""
+
+    def __init__(self, settings, registry):
+        self.settings = settings
+        self.registry = registry
+        self.queue = JobQueue(GenerationRunner(registry), max_depth=settings.queue_size,
+                              max_batch=settings.max_batch, on_finish=self._on_finish)
+        self.metrics = ServerMetrics(self.queue)
+
+    def _on_finish(self, job, seconds, outcome):
+        if isinstance(outcome, BaseException):
+            cancelled = isinstance(outcome, GenerationCancelled)
+            result = "cancelled" if cancelled else "error"
+            if not cancelled:
+                self.metrics.errors.inc(type="model_load" if job.kind == LOAD_MODEL else "generation")
+        elif job.kind == LOAD_MODEL:
+            result = "ok"
+        else:
+            result = "interrupted" if outcome.interrupted else "ok"
+            if job.cancelled.is_set() and not job.interrupted:
+                result = "cancelled"
+            self.metrics.images.inc(len(outcome.images))
+            self.metrics.generation_seconds.observe(seconds, kind=job.kind)
+        self.metrics.jobs.inc(kind=job.kind, outcome=result)
+
+    # -- requests → jobs ---------------------------------------------------------------------------------------
+    def build_spec(self, body, mode):
+        """Validate what pydantic cannot (sampler, model, images) and decode the images; ApiError if bad."""
+        from sd_keras import noise
+
+        try:
+            sampler = resolve_sampler(body.sampler_name or body.sampler_index, body.scheduler)
+        except ValueError as error:
+            raise ApiError(422, str(error)) from None
+        model_name = body.override_settings.get("sd_model_checkpoint")
+        if model_name is not None:
+            try:
+                self.registry.check(model_name)
+            except UnknownModelError as error:
+                raise ApiError(404, f"override_settings.sd_model_checkpoint: {error}") from None
+        seed = noise.random_seed() if body.seed == -1 else body.seed
+        spec = GenerationSpec(mode=mode, model_name=model_name, prompt=body.prompt,
+                              negative_prompt=body.negative_prompt, seed=seed, batch_size=body.batch_size,
+                              n_iter=body.n_iter, steps=body.steps, cfg_scale=body.cfg_scale, width=body.width,
+                              height=body.height, sampler=sampler)
+        if mode == "img2img":
+            from PIL import ImageFilter, ImageOps
+
+            try:
+                spec.init_image = image_io.decode_image(body.init_images[0], "init_images[0]")
+                spec.strength = body.denoising_strength
+                if body.mask:
+                    mask = image_io.decode_image(body.mask, "mask").convert("L")
+                    mask = mask.resize((body.width, body.height))  # A1111 fits the mask to the output size
+                    if body.inpainting_mask_invert:
+                        mask = ImageOps.invert(mask)
+                    if body.mask_blur:
+                        mask = mask.filter(ImageFilter.GaussianBlur(body.mask_blur))
+                    spec.mode, spec.mask, spec.mask_blur = "inpaint", mask, body.mask_blur
+            except image_io.ImageInputError as error:
+                raise ApiError(422, str(error)) from None
+        return spec
+
+    async def run_job(self, request, job):
+        """Queue ``job`` and wait for it; None when the client went away (the job is then cancelled)."""
+        try:
+            self.queue.submit(job)
+        except QueueFullError as error:
+            self.metrics.jobs.inc(kind=job.kind, outcome="rejected")
+            raise ApiError(503, str(error), {"Retry-After": str(error.retry_after)}) from None
+        except ServerStopping as error:
+            raise ApiError(503, str(error)) from None
+        future = asyncio.wrap_future(job.future)
+        # a result nobody awaits (client gone) must not be logged as "exception never retrieved"
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        while True:
+            done, _ = await asyncio.wait({future}, timeout=DISCONNECT_POLL_SECONDS)
+            if done:
+                break
+            if await request.is_disconnected():
+                self.queue.cancel(job)
+                LOG.info("%s cancelled: the client disconnected", job.kind)
+                return None
+        try:
+            return future.result()
+        except UnknownModelError as error:
+            raise ApiError(404, str(error)) from None
+        except (ValueError, TypeError) as error:
+            raise ApiError(422, " ".join(str(error).split())) from None
+        except ServerStopping as error:
+            raise ApiError(503, str(error)) from None
+        except GenerationCancelled as error:
+            raise ApiError(409, str(error)) from None
+        except FloatingPointError as error:
+            raise ApiError(500, str(error)) from None
+        except Exception as error:  # noqa: BLE001 - reported to the client without a traceback
+            LOG.error("%s failed: %s: %s", job.kind, type(error).__name__, error, exc_info=error)
+            raise ApiError(500, f"{job.kind} failed: {type(error).__name__}: {' '.join(str(error).split())}"
+                           ) from None
+
+    def respond(self, body, spec, outcome):
+        """Encode the images (PNG + parameters) and build A1111's response; optionally save the PNGs."""
+        encoded = [image_io.encode_png(image, text) for image, text in zip(outcome.images, outcome.infotexts)]
+        if body.save_images and self.settings.output_dir:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            for image, seed, text in zip(outcome.images, outcome.seeds, outcome.infotexts):
+                metadata.save_png(image, os.path.join(self.settings.output_dir, f"{stamp}-{seed}.png"), text)
+        parameters = body.model_dump()
+        if isinstance(body, schemas.Img2ImgRequest) and not body.include_init_images:
+            parameters["init_images"], parameters["mask"] = None, None
+        seeds = outcome.seeds or [spec.seed]
+        count = len(outcome.images)
+        info = {
+            "prompt": spec.prompt, "all_prompts": [spec.prompt] * count,
+            "negative_prompt": spec.negative_prompt, "all_negative_prompts": [spec.negative_prompt] * count,
+            "seed": seeds[0], "all_seeds": outcome.seeds, "subseed": body.subseed,
+            "all_subseeds": [body.subseed] * count, "subseed_strength": body.subseed_strength,
+            "width": spec.width, "height": spec.height, "sampler_name": spec.sampler.name,
+            "cfg_scale": spec.cfg_scale, "steps": spec.steps, "batch_size": spec.batch_size,
+            "restore_faces": False, "face_restoration_model": None, "sd_model_name": outcome.model_name,
+            "sd_model_hash": None, "sd_vae_name": None, "sd_vae_hash": None,
+            "seed_resize_from_w": body.seed_resize_from_w, "seed_resize_from_h": body.seed_resize_from_h,
+            "denoising_strength": spec.strength,
+            "extra_generation_params": {"Schedule type": spec.sampler.schedule_label},
+            "index_of_first_image": 0, "infotexts": outcome.infotexts, "styles": body.styles,
+            "job_timestamp": time.strftime("%Y%m%d%H%M%S"), "clip_skip": 1,
+            "is_using_inpainting_conditioning": False, "version": f"sd_keras {sd_keras.__version__}",
+            "interrupted": outcome.interrupted,
+        }
+        return {"images": encoded if body.send_images else [], "parameters": parameters, "info": json.dumps(info)}
+
+
+def create_app(settings, *, registry=None, loader=None):
+    """The ASGI app for ``settings``; loads the initial model unless a ready ``registry`` is given."""
+    if registry is None:
+        registry = ModelRegistry(settings.models, settings.model, loader=loader, dtype=settings.dtype)
+        registry.ensure(settings.model)
+    install_cancel_log_filter()
+    server = _Server(settings, registry)
+
+    async def lifespan(app):
+        server.queue.start()
+        yield
+        await run_in_threadpool(server.queue.stop)
+
+    app = FastAPI(title="sd_keras", version=sd_keras.__version__, lifespan=lifespan,
+                  description="Stable Diffusion with Keras 3: an AUTOMATIC1111-compatible API (/sdapi/v1).")
+    app.state.server = server
+
+    @app.exception_handler(ApiError)
+    async def api_error(request, error):
+        return _error_response(error.status, error.detail, error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request, error):
+        errors = error.errors()
+        return JSONResponse({"detail": _validation_message(errors),
+                             "errors": json.loads(json.dumps(errors, default=str))}, status_code=422)
+
+    async def generate(request, body, mode):
+        spec = await run_in_threadpool(server.build_spec, body, mode)
+        job = Job(spec.mode, spec, batch_key=spec.batch_key(), num_images=spec.num_images)
+        started = time.monotonic()
+        outcome = await server.run_job(request, job)
+        if outcome is None:
+            return Response(status_code=499)  # nobody is there to read it
+        LOG.info("%s %dx%d steps=%d sampler=%r seed=%d images=%d%s prompt=%r in %.2f s", spec.mode, spec.width,
+                 spec.height, spec.steps, spec.sampler.sd_keras_name, spec.seed, len(outcome.images),
+                 " (interrupted)" if outcome.interrupted else "", spec.prompt, time.monotonic() - started)
+        return await run_in_threadpool(server.respond, body, spec, outcome)
+
+    @app.post("/sdapi/v1/txt2img", response_model=schemas.ImageResponse, tags=["generation"])
+    async def txt2img(request: Request, body: schemas.Txt2ImgRequest):
+        """Text to image. Returns base64 PNGs (with the A1111 ``parameters`` chunk) and ``info`` (JSON text)."""
+        return await generate(request, body, "txt2img")
+
+    @app.post("/sdapi/v1/img2img", response_model=schemas.ImageResponse, tags=["generation"])
+    async def img2img(request: Request, body: schemas.Img2ImgRequest):
+        """Image to image from ``init_images[0]``; inpainting when ``mask`` is given (white = repaint)."""
+        return await generate(request, body, "img2img")
+
+    @app.get("/sdapi/v1/progress", response_model=schemas.ProgressResponse, tags=["generation"])
+    async def progress(skip_current_image: bool = False):
+        """Progress of the running generation (0 to 1), its ETA and A1111's state snapshot."""
+        value, eta, state = server.queue.progress.snapshot()
+        state["queue_depth"] = server.queue.depth
+        textinfo = f"Step {state['sampling_step']}/{state['sampling_steps']}" if state["job_count"] else None
+        return {"progress": value, "eta_relative": eta, "state": state, "current_image": None,
+                "textinfo": textinfo}
+
+    @app.post("/sdapi/v1/interrupt", tags=["generation"])
+    async def interrupt():
+        """Stop the running generation at its next step; it answers with the images finished so far."""
+        server.queue.interrupt()
+        return {}
+
+    @app.get("/sdapi/v1/options", tags=["settings"])
+    async def get_options():
+        """A1111's settings that apply here, plus the loaded model's native size (``sd_keras_default_*``)."""
+        config = getattr(registry.model, "config", None)
+        height, width = getattr(config, "image_size", (512, 512))
+        return {"sd_model_checkpoint": registry.name, "sd_checkpoint_hash": None, "samples_format": "png",
+                "CLIP_stop_at_last_layers": 1, "sd_vae": "Automatic", "sd_keras_default_width": width,
+                "sd_keras_default_height": height}
+
+    @app.post("/sdapi/v1/options", tags=["settings"])
+    async def set_options(request: Request, options: Dict[str, Any] = Body(...)):
+        """Only ``sd_model_checkpoint`` is honoured (a registered model name); other keys are ignored."""
+        name = options.get("sd_model_checkpoint")
+        if name is None:
+            return None
+        try:
+            registry.check(name)
+        except UnknownModelError as error:
+            raise ApiError(404, f"sd_model_checkpoint: {error}") from None
+        if await server.run_job(request, Job(LOAD_MODEL, name)) is None:
+            return Response(status_code=499)
+        return None
+
+    @app.get("/sdapi/v1/sd-models", response_model=list[schemas.SDModelItem], tags=["settings"])
+    async def sd_models():
+        return [{"title": name, "model_name": name, "filename": spec} for name, spec in registry.specs.items()]
+
+    @app.get("/sdapi/v1/samplers", response_model=list[schemas.SamplerItem], tags=["settings"])
+    async def samplers():
+        return sampler_items()
+
+    @app.get("/sdapi/v1/schedulers", response_model=list[schemas.SchedulerItem], tags=["settings"])
+    async def schedulers():
+        return scheduler_items()
+
+    @app.get("/sdapi/v1/scripts", response_model=schemas.ScriptsList, tags=["settings"])
+    async def scripts():
+        return {"txt2img": [], "img2img": []}
+
+    @app.post("/sdapi/v1/png-info", response_model=schemas.PNGInfoResponse, tags=["tools"])
+    async def png_info(body: schemas.PNGInfoRequest):
+        """The ``parameters`` text of a PNG, its other text chunks, and the parameters parsed A1111's way."""
+        try:
+            chunks = await run_in_threadpool(image_io.image_text_chunks, body.image, "image")
+        except image_io.ImageInputError as error:
+            raise ApiError(422, str(error)) from None
+        text = chunks.pop("parameters", "")
+        return {"info": text, "items": chunks, "parameters": _a1111_parameters(text) if text else {}}
+
+    @app.get("/health", tags=["service"])
+    async def health():
+        """Liveness: public, no API key needed."""
+        return {"status": "ok", "model_loaded": registry.model is not None,
+                "auth_required": bool(settings.api_key)}
+
+    @app.get("/metrics", tags=["service"], response_class=PlainTextResponse)
+    async def metrics():
+        """Prometheus text format: requests by endpoint and status, queue depth, generation seconds, errors."""
+        return PlainTextResponse(server.metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return FileResponse(os.path.join(STATIC_DIR, "index.html"), media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    known_paths = {route.path for route in app.routes if hasattr(route, "path")}
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
+    app.add_middleware(MetricsMiddleware, metrics=server.metrics, known_paths=known_paths)
+    return app
+
+
+def _a1111_parameters(text):
+    """sd_keras's parsed parameters under A1111's keys (``Prompt``, ``Negative prompt``, ``Size-1``...)."""
+    parsed = metadata.parse_parameters(text)
+    result = {"Prompt": parsed.pop("prompt"), "Negative prompt": parsed.pop("negative_prompt")}
+    for key, value in parsed.items():
+        if key == "Size" and "x" in value:
+            result["Size-1"], result["Size-2"] = value.split("x", 1)
+        else:
+            result[key] = value
+    return result

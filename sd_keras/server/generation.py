@@ -1,0 +1,266 @@
+"""What the worker runs: the model registry (one model in memory) and generations for batches of jobs.
+
+Models are chosen by registered name only (the presets plus the names given with ``-m`` at start), never by a
+path from a request. A batch of compatible text-to-image jobs (same model, size, steps, sampler, CFG; a sampler
+without per-step noise) runs as one ``generate_image`` call: each job's initial noise is drawn from its own
+seed, so every image equals the one a lone request with that seed gives.
+
+Example:
+    >>> registry = ModelRegistry({"tiny": "tiny"}, "tiny")              # doctest: +SKIP
+    >>> runner = GenerationRunner(registry)                               # doctest: +SKIP
+    >>> queue = JobQueue(runner, max_depth=16)                            # doctest: +SKIP
+"""
+
+import dataclasses
+import gc
+import logging
+import os
+import threading
+import time
+from typing import Any, List, Optional
+
+import numpy as np
+
+import sd_keras
+from sd_keras import metadata
+from sd_keras.server.queue import GenerationCancelled
+from sd_keras.server.samplers import ResolvedSampler
+
+LOG = logging.getLogger("sd_keras.server")
+LOAD_MODEL = "load_model"
+
+
+class UnknownModelError(LookupError):
+    """A model name that is not registered."""
+
+
+def model_name_for(spec):
+    """The name a ``-m`` spec is served under: a preset's name, or a file or folder's base name."""
+    base = os.path.basename(os.path.normpath(spec))
+    stem, ext = os.path.splitext(base)
+    return stem if ext.lower() in (".safetensors", ".ckpt", ".h5", ".keras") else base
+
+
+class ModelRegistry:
+    """Registered model names → how to load them; holds the one loaded model.
+
+    Only the worker thread calls ``ensure``; request handlers read ``name`` and ``names()``.
+    """
+
+    def __init__(self, specs, initial, *, loader=None, dtype="float32"):
+        if initial not in specs:
+            raise UnknownModelError(f"model {initial!r} is not registered")
+        self.specs = dict(specs)
+        self.initial = initial
+        self.dtype = dtype
+        self._loader = loader
+        self.model = None
+        self.name = None
+        self._lock = threading.Lock()
+
+    def names(self):
+        return list(self.specs)
+
+    def check(self, name):
+        """ValueError-like UnknownModelError unless ``name`` is registered."""
+        if not isinstance(name, str) or name not in self.specs:
+            raise UnknownModelError(f"model {name!r} is not registered; available: {', '.join(self.specs)}")
+        return name
+
+    def _load(self, name):
+        loader = self._loader
+        if loader is None:
+            from sd_keras.cli import load_model as loader
+        return loader(self.specs[name], dtype=self.dtype)
+
+    def ensure(self, name):
+        """Make ``name`` the loaded model (freeing the previous one first: one model in memory)."""
+        self.check(name)
+        with self._lock:
+            if self.name == name and self.model is not None:
+                return self.model
+            previous = self.name
+            self.model, self.name = None, None
+            gc.collect()
+            started = time.monotonic()
+            try:
+                self.model = self._load(name)
+            except BaseException:
+                if previous is not None and previous != name:
+                    LOG.warning("loading model %r failed; reloading %r", name, previous)
+                    try:
+                        self.model = self._load(previous)
+                        self.name = previous
+                    except Exception:  # noqa: BLE001 - the original error is the one to report
+                        LOG.exception("reloading model %r failed too; no model is loaded", previous)
+                raise
+            self.name = name
+            LOG.info("model %r loaded in %.1f s", name, time.monotonic() - started)
+            return self.model
+
+
+@dataclasses.dataclass
+class GenerationSpec:
+    """One request, validated and decoded: everything the worker needs to generate."""
+
+    mode: str                 # "txt2img" | "img2img" | "inpaint"
+    model_name: Optional[str]  # None: whichever model is loaded when the job runs
+    prompt: str
+    negative_prompt: str
+    seed: int
+    batch_size: int
+    n_iter: int
+    steps: int
+    cfg_scale: float
+    width: int
+    height: int
+    sampler: ResolvedSampler
+    strength: Optional[float] = None
+    init_image: Any = None    # PIL image
+    mask: Any = None          # PIL image, white = repaint, already blurred / inverted
+    mask_blur: int = 0
+
+    @property
+    def num_images(self):
+        return self.batch_size * self.n_iter
+
+    def seeds(self):
+        """A1111's seeds: image ``i`` of the request uses ``seed + i`` (across ``n_iter`` too)."""
+        return [self.seed + i for i in range(self.num_images)]
+
+    def infotext(self, seed, model_name):
+        settings = {"Steps": self.steps, "Sampler": self.sampler.name, "Schedule type": self.sampler.schedule_label,
+                    "CFG scale": self.cfg_scale, "Seed": seed, "Size": f"{self.width}x{self.height}",
+                    "Model": model_name}
+        if self.mode != "txt2img":
+            settings["Denoising strength"] = self.strength
+        if self.mode == "inpaint":
+            settings["Mask blur"] = self.mask_blur
+        settings["Version"] = f"sd_keras {sd_keras.__version__}"
+        return metadata.format_parameters(self.prompt, self.negative_prompt or None, **settings)
+
+    def batch_key(self):
+        """Jobs with equal keys may share one batch; None for jobs that must run alone."""
+        from sd_keras.schedulers import get_sampler
+
+        if self.mode != "txt2img" or self.n_iter != 1:
+            return None
+        if get_sampler(self.sampler.sd_keras_name, self.steps).needs_noise:
+            # ancestral samplers draw per-step noise from the batch's seed; batching would change the images
+            return None
+        return (self.model_name, self.width, self.height, self.steps, self.sampler.sd_keras_name,
+                float(self.cfg_scale))
+
+
+@dataclasses.dataclass
+class GenerationOutcome:
+    """Images (uint8 arrays) with their seeds and infotexts; ``interrupted`` when stopped early."""
+
+    images: List[np.ndarray]
+    seeds: List[int]
+    infotexts: List[str]
+    model_name: str
+    interrupted: bool = False
+    seconds: float = 0.0
+
+
+class GenerationRunner:
+    """The ``runner`` of the ``JobQueue``: loads models and runs generations, on the worker thread only."""
+
+    def __init__(self, registry):
+        self.registry = registry
+
+    def __call__(self, jobs, context):
+        first = jobs[0]
+        if first.kind == LOAD_MODEL:
+            self.registry.ensure(first.spec)
+            return [self.registry.name]
+        # no model named: the one loaded when the job runs (a model switch queued before it has happened)
+        model = self.registry.ensure(first.spec.model_name or self.registry.name or self.registry.initial)
+        if len(jobs) > 1 and hasattr(model, "generate_image"):
+            return self._run_batched(model, jobs, context)
+        return [self._run_one(model, job, context) for job in jobs]
+
+    def _call(self, model, spec, seed, progress):
+        common = dict(negative_prompt=spec.negative_prompt or None, batch_size=spec.batch_size,
+                      num_steps=spec.steps, unconditional_guidance_scale=spec.cfg_scale, seed=seed,
+                      sampler=spec.sampler.sd_keras_name, height=spec.height, width=spec.width, progress=progress)
+        if spec.mode == "txt2img":
+            return model.text_to_image(spec.prompt, **common)
+        if not hasattr(model, "inpaint" if spec.mode == "inpaint" else "image_to_image"):
+            raise ValueError(f"model {self.registry.name!r} does not support {spec.mode}")
+        if spec.mode == "inpaint":
+            return model.inpaint(spec.prompt, spec.init_image, spec.mask, strength=spec.strength, **common)
+        return model.image_to_image(spec.prompt, spec.init_image, spec.strength, **common)
+
+    def _run_one(self, model, job, context):
+        spec = job.spec
+        started = time.monotonic()
+        context.progress.begin(spec.mode, spec.n_iter, spec.steps)
+        images, seeds = [], spec.seeds()
+        interrupted = False
+        for iteration in range(spec.n_iter):
+            context.progress.update(job_no=iteration)
+            if context.all_cancelled():
+                interrupted = True
+                break
+            try:
+                batch = self._call(model, spec, spec.seed + iteration * spec.batch_size, context.step)
+            except Exception:
+                # an abort from the step callback surfaces as the backend's own error type on JAX
+                if context.all_cancelled():
+                    interrupted = True
+                    break
+                raise
+            images.extend(np.asarray(batch))
+        seeds = seeds[: len(images)]
+        return GenerationOutcome(images, seeds, [spec.infotext(s, self.registry.name) for s in seeds],
+                                 self.registry.name, interrupted, time.monotonic() - started)
+
+    def _run_batched(self, model, jobs, context):
+        from sd_keras import noise
+
+        specs = [job.spec for job in jobs]
+        first = specs[0]
+        started = time.monotonic()
+        context.progress.begin("txt2img", 1, first.steps)
+        prompts = [spec.prompt for spec in specs for _ in range(spec.batch_size)]
+        negatives = [spec.negative_prompt for spec in specs for _ in range(spec.batch_size)]
+        latent_shape = (first.height // 8, first.width // 8, model.latent_channels)
+        initial = np.concatenate([noise.latent_noise(spec.seed, spec.batch_size, latent_shape)[0] for spec in specs])
+        try:
+            images = model.generate_image(
+                model.encode_text(prompts), negatives if any(negatives) else None, len(prompts), first.steps,
+                first.cfg_scale, diffusion_noise=initial, sampler=first.sampler.sd_keras_name, height=first.height,
+                width=first.width, progress=context.step)
+        except Exception:
+            if not context.all_cancelled():
+                raise
+            images = None
+        seconds = time.monotonic() - started
+        outcomes, offset = [], 0
+        for spec in specs:
+            if images is None:
+                outcomes.append(GenerationOutcome([], [], [], self.registry.name, True, seconds))
+                continue
+            own = list(np.asarray(images[offset: offset + spec.batch_size]))
+            offset += spec.batch_size
+            seeds = spec.seeds()
+            outcomes.append(GenerationOutcome(own, seeds, [spec.infotext(s, self.registry.name) for s in seeds],
+                                              self.registry.name, False, seconds))
+        return outcomes
+
+
+def install_cancel_log_filter():
+    """Keep JAX from logging a traceback for every cancelled generation (the abort is raised on purpose)."""
+
+    class _DropCancelled(logging.Filter):
+        def filter(self, record):
+            error = record.exc_info[1] if record.exc_info else None
+            return not isinstance(error, GenerationCancelled)
+
+    logging.getLogger("jax._src.debugging").addFilter(_DropCancelled())
+
+
+__all__ = ["ModelRegistry", "GenerationSpec", "GenerationOutcome", "GenerationRunner", "UnknownModelError",
+           "GenerationCancelled", "LOAD_MODEL", "model_name_for", "install_cancel_log_filter"]
