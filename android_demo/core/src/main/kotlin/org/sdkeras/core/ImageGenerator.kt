@@ -1,0 +1,215 @@
+package org.sdkeras.core
+
+/**
+ * What a generation needs to know about the model, besides the networks: read from a bundle with
+ * [GeneratorConfig.fromManifest].
+ */
+class GeneratorConfig(
+    val imageHeight: Int,
+    val imageWidth: Int,
+    val latentHeight: Int,
+    val latentWidth: Int,
+    val latentChannels: Int,
+    val timestepEmbeddingDim: Int,
+    val schedule: NoiseSchedule,
+    val padId: Int = ClipTokenizer.END_ID
+) {
+    val latentSize: Int get() = latentHeight * latentWidth * latentChannels
+
+    companion object {
+        @JvmStatic
+        fun fromManifest(manifest: BundleManifest) = GeneratorConfig(
+            manifest.imageHeight, manifest.imageWidth, manifest.latentHeight, manifest.latentWidth,
+            manifest.latentChannels, manifest.timestepEmbeddingDim, manifest.schedule, manifest.tokenizer.padId
+        )
+    }
+}
+
+/** The resolved inputs of a generation ([ImageGenerator.setInputs]), including what truncation did. */
+class GenerationInputs internal constructor(
+    val prompt: TokenizedPrompt,
+    val negativePrompt: TokenizedPrompt,
+    val seed: Long,
+    val guidanceScale: Float,
+    val sampler: Sampler
+) {
+    val anyTruncated: Boolean get() = prompt.truncated || negativePrompt.truncated
+
+    /** A message for the user when a prompt was cut to fit the text encoder, else null (Python warns the same). */
+    fun truncationMessage(): String? {
+        val parts = ArrayList<String>()
+        for ((label, tokenized) in listOf("prompt" to prompt, "negative prompt" to negativePrompt)) {
+            if (!tokenized.truncated) continue
+            val capacity = tokenized.ids.size - 2
+            var dropped = tokenized.droppedText
+            if (dropped.length > 80) dropped = dropped.substring(0, 77) + "..."
+            parts.add(
+                "The $label has ${tokenized.numTokens} tokens but the text encoder reads $capacity; " +
+                    "dropped the last ${tokenized.numTokens - capacity}: \"$dropped\""
+            )
+        }
+        return if (parts.isEmpty()) null else parts.joinToString("\n")
+    }
+}
+
+/**
+ * One step's outcome.
+ *
+ * @property stepsDone steps finished so far (1 after the first call of [ImageGenerator.execute]).
+ * @property image the final image on the last step; a preview (the decoded denoised estimate) when asked for.
+ */
+class StepResult(val stepsDone: Int, val totalSteps: Int, val image: RgbImage?, val isFinal: Boolean)
+
+/**
+ * Text-to-image with any [TextEncoder], [DiffusionModel] and [Decoder], one step at a time, following MediaPipe's
+ * image generator contract: [setInputs] (prompt, settings, seed), then [execute] once per step, optionally
+ * decoding a preview; the last call returns the image. Cancelling is simply not calling [execute] again.
+ *
+ * The maths is the Python pipeline's: the prompt and negative prompt are tokenized and encoded (batch 1 each), the
+ * initial latent (and for ancestral samplers one draw per step) comes from [SeedNoise], and each step runs the
+ * UNet on the `[unconditional, conditional]` pair, applies [ClassifierFreeGuidance] and the sampler's update.
+ *
+ * Example:
+ * ```
+ * val generator = ImageGenerator(tokenizer, textEncoder, unet, decoder, GeneratorConfig.fromManifest(manifest))
+ * val inputs = generator.setInputs("a red circle", "", steps = 20, guidanceScale = 7.5f, seed = 42L, sampler = "Euler a")
+ * inputs.truncationMessage()?.let { showWarning(it) }
+ * var result: StepResult
+ * do { result = generator.execute(showResult = it % 5 == 0) } while (!result.isFinal)
+ * showImage(result.image!!)
+ * ```
+ */
+class ImageGenerator(
+    private val tokenizer: ClipTokenizer,
+    private val textEncoder: TextEncoder,
+    private val diffusionModel: DiffusionModel,
+    private val decoder: Decoder,
+    val config: GeneratorConfig
+) {
+    private var inputs: GenerationInputs? = null
+    private var latent = FloatArray(0)
+    private var contexts = FloatArray(0)
+    private var stepNoise = FloatArray(0)
+    private var state = SamplerState()
+    private var nextStep = 0
+
+    /** Steps finished in the current generation. */
+    val stepsDone: Int get() = nextStep
+
+    /** Whether the current generation has run its last step (or none was set up). */
+    val isFinished: Boolean get() = inputs.let { it == null || nextStep >= it.sampler.numSteps }
+
+    /**
+     * Prepare a generation: tokenize and encode both prompts, build the sampler, draw the seeded noise.
+     *
+     * @throws IllegalArgumentException a bad setting (the message names it) or an invalid prompt.
+     */
+    fun setInputs(
+        prompt: String,
+        negativePrompt: String,
+        steps: Int,
+        guidanceScale: Float,
+        seed: Long,
+        sampler: String
+    ): GenerationInputs {
+        if (steps < 1 || steps > MAX_STEPS) throw IllegalArgumentException("steps must be in [1, $MAX_STEPS], got $steps")
+        if (guidanceScale.isNaN() || guidanceScale.isInfinite() || guidanceScale < 0f) {
+            throw IllegalArgumentException("guidance scale must be finite and >= 0, got $guidanceScale")
+        }
+        val built = Samplers.create(sampler, steps, config.schedule)
+        val positive = tokenizer.tokenize(prompt, config.padId)
+        val negative = tokenizer.tokenize(negativePrompt, config.padId)
+        val conditional = textEncoder.encode(positive.ids)
+        val unconditional = textEncoder.encode(negative.ids)
+        if (conditional.size != unconditional.size || conditional.isEmpty() || conditional.size % positive.ids.size != 0) {
+            throw IllegalStateException(
+                "text encoder returned ${conditional.size} and ${unconditional.size} values for " +
+                    "${positive.ids.size} tokens; expected (${positive.ids.size}, width) each"
+            )
+        }
+        val size = config.latentSize
+        val (initial, extra) = SeedNoise.latentNoise(seed, 1, size, if (built.needsNoise) steps else 0)
+        val sigma = built.tables.initNoiseSigma
+        latent = FloatArray(size) { initial[it] * sigma }
+        contexts = unconditional + conditional
+        stepNoise = extra
+        state = built.newState()
+        nextStep = 0
+        val resolved = GenerationInputs(positive, negative, seed, guidanceScale, built)
+        inputs = resolved
+        return resolved
+    }
+
+    /**
+     * Run the next step. With [showResult] (or on the last step) the result carries an image: a preview decoded
+     * from the step's denoised estimate, or the final image.
+     *
+     * @throws IllegalStateException no generation is set up, it is finished, or a network returned a wrong size.
+     * @throws ArithmeticException the image contains NaN or inf (a broken or overflowing model).
+     */
+    fun execute(showResult: Boolean = false): StepResult {
+        val current = inputs ?: throw IllegalStateException("call setInputs before execute")
+        val sampler = current.sampler
+        if (nextStep >= sampler.numSteps) throw IllegalStateException("the generation is finished; call setInputs")
+        val i = nextStep
+        val size = latent.size
+        val modelInput = sampler.scaleModelInput(latent, i)
+        val embedding = TimestepEmbedding.compute(sampler.tables.timesteps[i], config.timestepEmbeddingDim)
+        val output = diffusionModel.predict(modelInput + modelInput, embedding + embedding, contexts)
+        if (output.size != 2 * size) {
+            throw IllegalStateException("diffusion model returned ${output.size} values; expected ${2 * size} (batch 2)")
+        }
+        val prediction = ClassifierFreeGuidance.combine(output, current.guidanceScale)
+        val noise = if (sampler.needsNoise) stepNoise.copyOfRange(i * size, (i + 1) * size) else null
+        val (next, denoised) = sampler.stepWithDenoised(latent, prediction, i, state, noise)
+        latent = next
+        nextStep = i + 1
+        val isFinal = nextStep == sampler.numSteps
+        val image = when {
+            isFinal -> decode(latent)
+            showResult -> decode(denoised)
+            else -> null
+        }
+        return StepResult(nextStep, sampler.numSteps, image, isFinal)
+    }
+
+    /**
+     * Run every remaining step; [onStep] sees each result and returns false to cancel (then null is returned).
+     * [previewEvery] > 0 asks for a preview every that many steps.
+     */
+    fun run(previewEvery: Int = 0, onStep: (StepResult) -> Boolean): RgbImage? {
+        while (!isFinished) {
+            val upcoming = nextStep + 1
+            val result = execute(previewEvery > 0 && upcoming % previewEvery == 0)
+            if (!onStep(result)) return null
+            if (result.isFinal) return result.image
+        }
+        throw IllegalStateException("call setInputs before run")
+    }
+
+    /** A copy of the current latent `(h, w, c)`. */
+    fun currentLatent(): FloatArray = latent.copyOf()
+
+    private fun decode(latent: FloatArray): RgbImage {
+        val image = decoder.decode(latent)
+        val expected = config.imageHeight * config.imageWidth * 3
+        if (image.size != expected) {
+            throw IllegalStateException("decoder returned ${image.size} values; expected $expected " +
+                "(${config.imageWidth}x${config.imageHeight} RGB)")
+        }
+        for (value in image) {
+            if (value.isNaN() || value.isInfinite()) {
+                throw ArithmeticException(
+                    "the generated image contains NaN or inf (numerical overflow in the model); try another " +
+                        "quantization of the bundle or the CPU"
+                )
+            }
+        }
+        return Pixels.toImage(image, config.imageHeight, config.imageWidth)
+    }
+
+    companion object {
+        /** The most steps a generation may take (as the Python pipeline allows). */
+        const val MAX_STEPS = 1000
+    }
+}

@@ -1,0 +1,24 @@
+package org.sdkeras.core
+
+/**
+ * The three networks of a generation, as the sampling loop sees them: flat float arrays in C order (batch first,
+ * channels last), the shapes a bundle's manifest lists. The Android app binds them to LiteRT; tests bind fakes.
+ */
+interface TextEncoder {
+    /** `tokens` (77 ids, one prompt) to the context `(77, D)`; the binding supplies positions 0..76. */
+    fun encode(tokens: IntArray): FloatArray
+}
+
+interface DiffusionModel {
+    /**
+     * The predicted noise (or v) for a classifier-free-guidance pair: `latent` `(2, h, w, c)`,
+     * `timestepEmbedding` `(2, dim)`, `context` `(2, 77, D)`; row 0 is unconditional, row 1 conditional.
+     * Returns `(2, h, w, c)`.
+     */
+    fun predict(latent: FloatArray, timestepEmbedding: FloatArray, context: FloatArray): FloatArray
+}
+
+interface Decoder {
+    /** One latent `(h, w, c)` to an image `(H, W, 3)` with values in [-1, 1]. */
+    fun decode(latent: FloatArray): FloatArray
+}
