@@ -1,0 +1,93 @@
+"""``sd-keras convert PATH -o OUT``: a diffusers folder or original ``.safetensors`` / ``.ckpt`` to sd_keras's
+saved format (load it with ``StableDiffusion.from_checkpoint(OUT)`` or ``sd-keras generate -m OUT``).
+
+Also the reusable ``--lora FILE[:SCALE]`` option (repeatable): ``add_lora_argument(parser)`` adds it and
+``apply_lora_arguments(model, args)`` merges the LoRAs into a loaded model.
+
+Example:
+    $ sd-keras convert v1-5-pruned-emaonly.safetensors -o sd15
+    $ sd-keras convert v2-1_768-ema-pruned.ckpt -o sd21 --prediction-type v_prediction
+    $ sd-keras convert sd15 -o sd15_pixel --lora pixel_art.safetensors:0.8
+"""
+
+import os
+import sys
+
+from sd_keras.config import PREDICTION_TYPES
+
+
+def add_lora_argument(parser):
+    """Add ``--lora FILE[:SCALE]`` (repeatable; scale 1.0 when omitted) to an argparse parser."""
+    parser.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
+                        help="merge a LoRA (.safetensors; diffusers/PEFT or kohya format) with an optional scale; "
+                             "repeatable")
+
+
+def lora_specs(args):
+    """The ``(path, scale)`` pairs of ``args.lora``; ``ValueError`` naming a missing file."""
+    from sd_keras.weights.lora import parse_lora_spec
+
+    specs = [parse_lora_spec(spec) for spec in getattr(args, "lora", None) or []]
+    for path, _ in specs:
+        if not os.path.isfile(path):
+            raise ValueError(f"--lora {path}: no such file")
+    return specs
+
+
+def apply_lora_arguments(model, args):
+    """Merge every ``--lora`` of ``args`` into ``model`` (a StableDiffusion); returns the ``AppliedLoRA`` list.
+
+    A model without Keras sub-models (an exported bundle) cannot take a LoRA: ``ValueError``.
+    """
+    specs = lora_specs(args)
+    if not specs:
+        return []
+    if not hasattr(model, "diffusion_model") or not hasattr(model, "text_encoder"):
+        raise ValueError("--lora needs a Keras model (a preset or checkpoint), not an exported bundle")
+    from sd_keras.weights.lora import apply_lora
+
+    return [apply_lora(model, path, scale) for path, scale in specs]
+
+
+def cmd_convert(args):
+    from sd_keras.weights import saved
+    from sd_keras.weights.checkpoints import convert_checkpoint
+
+    if not os.path.exists(args.path):
+        raise FileNotFoundError(f"{args.path}: no such checkpoint file or folder")
+    if os.path.abspath(args.path) == os.path.abspath(args.output):
+        raise ValueError("-o/--output must differ from the input checkpoint")
+    loras = lora_specs(args)
+    if saved.is_saved_folder(args.path):
+        # already sd_keras's format: re-save (with LoRAs merged, or another weight dtype)
+        from sd_keras.pipeline import StableDiffusion
+        from sd_keras.weights.lora import apply_lora
+
+        model = StableDiffusion.from_checkpoint(args.path)
+        for path, scale in loras:
+            apply_lora(model, path, scale)
+        output = saved.save_pretrained(model, args.output, weight_dtype=args.weight_dtype)
+    else:
+        output = convert_checkpoint(args.path, args.output, prediction_type=args.prediction_type,
+                                    weight_dtype=args.weight_dtype, loras=loras)
+    config = saved.read_config(output)
+    print(f"{output}: {config.name}: UNet {config.unet.block_out_channels} ({config.unet.in_channels} input "
+          f"channels), text encoder width {config.text_encoder.width} x {config.text_encoder.num_layers} layers, "
+          f"{config.prediction_type}, {config.image_size[1]}x{config.image_size[0]}", file=sys.stdout)
+    return 0
+
+
+def register(subparsers):
+    parser = subparsers.add_parser(
+        "convert", help="convert a diffusers folder or .safetensors/.ckpt checkpoint to sd_keras's format",
+        description="Convert a Stable Diffusion 1.x/2.x checkpoint (diffusers folder, or an original single "
+                    ".safetensors/.ckpt file) to sd_keras's saved format, usable as `generate -m OUT`.")
+    parser.add_argument("path", help="diffusers folder, .safetensors or .ckpt file")
+    parser.add_argument("-o", "--output", required=True, help="output folder (replaced atomically)")
+    parser.add_argument("--prediction-type", choices=PREDICTION_TYPES, default=None,
+                        help="what the UNet predicts; single files do not say: use v_prediction for the SD 2.x "
+                             "768-v models (default: the diffusers scheduler config, else epsilon)")
+    parser.add_argument("--weight-dtype", choices=["float32", "float16"], default=None,
+                        help="storage dtype of the written weights (default: float32)")
+    add_lora_argument(parser)
+    parser.set_defaults(func=cmd_convert)
