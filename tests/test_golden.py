@@ -1,0 +1,142 @@
+"""The golden vectors of the Kotlin port (android_demo/core) stay what the Python library computes.
+
+``sd-keras golden`` regenerates the fixtures and the Unicode/HTML tables; they must equal the committed copies
+(integers and text exactly, floats to float32 rounding), so a change in the tokenizer, the samplers or the noise
+that is not carried over to Kotlin fails here, and the Kotlin tests (tests/test_android_core.py) then show where
+the port differs. The trajectory fixture is also checked against the compiled sampling loop of the pipeline.
+"""
+
+import json
+import math
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from sd_keras.cli import main
+from sd_keras.export import golden
+from sd_keras.sampler import DenoisingLoop
+from sd_keras.schedulers import get_sampler
+from sd_keras.tokenizer import CLIPTokenizer
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = REPO / "android_demo" / "core" / "src" / "test" / "resources" / "golden"
+TABLES = REPO / "android_demo" / "core" / "src" / "main" / "resources" / "org" / "sdkeras" / "core"
+REGENERATE = ("sd-keras golden -o android_demo/core/src/test/resources/golden "
+              "--tables android_demo/core/src/main/resources/org/sdkeras/core")
+
+# float32 exp differs in the last bit between TensorFlow, JAX and numpy; at t = 999 that moves the embedding by
+# 6e-5 (see TimestepEmbeddingGoldenTest), so the embedding fixture depends on the backend that wrote it.
+EMBEDDING_TOLERANCE = 1e-4
+FLOAT_TOLERANCE = 1e-6
+
+
+def _differences(expected, actual, path, tolerance, found):
+    if len(found) >= 20:
+        return
+    if isinstance(expected, dict):
+        if not isinstance(actual, dict) or list(expected) != list(actual):
+            found.append(f"{path}: keys {list(actual) if isinstance(actual, dict) else actual!r:.80} "
+                         f"!= {list(expected)}")
+            return
+        for key in expected:
+            _differences(expected[key], actual[key], f"{path}.{key}", tolerance, found)
+    elif isinstance(expected, list):
+        if not isinstance(actual, list) or len(expected) != len(actual):
+            found.append(f"{path}: length {len(actual) if isinstance(actual, list) else '-'} != {len(expected)}")
+            return
+        for index, (want, got) in enumerate(zip(expected, actual)):
+            _differences(want, got, f"{path}[{index}]", tolerance, found)
+    elif isinstance(expected, float) or isinstance(actual, float):
+        if not (isinstance(actual, (int, float)) and not isinstance(actual, bool)
+                and math.isclose(actual, expected, rel_tol=tolerance, abs_tol=tolerance)):
+            found.append(f"{path}: {actual!r} != {expected!r}")
+    elif expected != actual or type(expected) is not type(actual):
+        found.append(f"{path}: {actual!r:.120} != {expected!r:.120}")
+
+
+@pytest.fixture(scope="module")
+def regenerated(tmp_path_factory):
+    out = tmp_path_factory.mktemp("golden")
+    assert main(["golden", "-o", str(out / "fixtures"), "--tables", str(out / "tables")]) == 0
+    return out
+
+
+@pytest.mark.parametrize("name", golden.FIXTURE_NAMES)
+def test_committed_fixture_is_what_the_library_computes(regenerated, name):
+    committed_path = FIXTURES / name
+    assert committed_path.is_file(), f"{committed_path} is missing; run {REGENERATE}"
+    committed = json.loads(committed_path.read_text(encoding="utf-8"))
+    fresh = json.loads((regenerated / "fixtures" / name).read_text(encoding="utf-8"))
+    tolerance = EMBEDDING_TOLERANCE if name == "timestep_embedding.json" else FLOAT_TOLERANCE
+    found = []
+    _differences(fresh, committed, name, tolerance, found)
+    assert not found, f"{name} no longer matches the library; run {REGENERATE} and update the Kotlin port:\n" + \
+        "\n".join(found)
+
+
+@pytest.mark.parametrize("name", golden.TABLE_NAMES)
+def test_committed_tables_are_what_python_computes(regenerated, name):
+    committed = (TABLES / name).read_text(encoding="utf-8")
+    fresh = (regenerated / "tables" / name).read_text(encoding="utf-8")
+    assert committed == fresh, f"{name} differs from this Python's tables; run {REGENERATE}"
+
+
+def test_fixtures_cover_the_issue():
+    tokenizer = json.loads((FIXTURES / "tokenizer.json").read_text(encoding="utf-8"))
+    shared = json.loads((REPO / "tests" / "data" / "tokenizer_prompts.json").read_text(encoding="utf-8"))
+    texts = [p["text"] for p in tokenizer["prompts"]]
+    assert all(p["text"] in texts for p in shared["prompts"])
+    assert any(p["truncated"] for p in tokenizer["prompts"]) and tokenizer["errors"]
+    samplers = json.loads((FIXTURES / "samplers.json").read_text(encoding="utf-8"))
+    covered = {(e["sampler"], e["steps"], e["prediction_type"]) for e in samplers["entries"]}
+    from sd_keras.schedulers import SAMPLER_NAMES
+
+    assert covered == {(name, steps, kind) for name in SAMPLER_NAMES for steps in golden.STEP_COUNTS
+                       for kind in ("epsilon", "v_prediction")}
+    noise = json.loads((FIXTURES / "noise.json").read_text(encoding="utf-8"))
+    seeds = [case["seed"] for case in noise["gaussian"]]
+    assert min(seeds) < 0 and max(seeds) >= 2**63
+    trajectories = json.loads((FIXTURES / "trajectories.json").read_text(encoding="utf-8"))
+    assert {case["sampler"] for case in trajectories["cases"]} == set(SAMPLER_NAMES)
+
+
+def test_golden_decoder_output_rounds_like_the_pipeline():
+    from sd_keras.pipeline import to_uint8
+
+    pixels = json.loads((FIXTURES / "pixels.json").read_text(encoding="utf-8"))
+    np.testing.assert_array_equal(to_uint8(np.array(pixels["inputs"], np.float32)), pixels["outputs"])
+
+
+def _fake_keras_unet():
+    """trajectories.json's fake noise predictor as a Keras model with the diffusion model's signature."""
+    height, width, channels = golden.TRAJECTORY_LATENT_SHAPE
+    dim = golden.TRAJECTORY_EMBEDDING_DIM
+    latent = keras.Input((height, width, channels), name="latent")
+    embedding = keras.Input((dim,), name="timestep_embedding")
+    context = keras.Input((77, golden.TRAJECTORY_CONTEXT_DIM), name="context")
+    sin_t = ops.reshape(embedding[:, dim // 2], (-1, 1, 1, 1))
+    shift = ops.reshape(context[:, 1, 0], (-1, 1, 1, 1))
+    output = (0.1 * latent + 0.01 * sin_t) + shift
+    return keras.Model({"latent": latent, "timestep_embedding": embedding, "context": context}, output)
+
+
+def test_trajectories_equal_the_compiled_pipeline_loop():
+    """The fixture's host loop (what Kotlin and the bundle runner do) equals the pipeline's compiled loop."""
+    from sd_keras import noise as noise_lib
+
+    trajectories = json.loads((FIXTURES / "trajectories.json").read_text(encoding="utf-8"))
+    loop = DenoisingLoop(_fake_keras_unet())
+    tokenizer = CLIPTokenizer()
+    shape = tuple(trajectories["latent_shape"])
+    for case in trajectories["cases"]:
+        sampler = get_sampler(case["sampler"], trajectories["steps"], prediction_type=case["prediction_type"])
+        contexts = golden.fake_text_encoder(tokenizer.tokenize([case["negative_prompt"], case["prompt"]]))
+        initial, step_noise = noise_lib.latent_noise(case["seed"], 1, shape,
+                                                     sampler.num_steps if sampler.needs_noise else 0)
+        latent = loop(sampler, contexts[1:], contexts[:1], initial * np.float32(sampler.init_noise_sigma),
+                      step_noise if sampler.needs_noise else None, guidance_scale=trajectories["guidance_scale"])
+        expected = np.array(case["latents"][-1], np.float32).reshape(latent.shape)
+        np.testing.assert_allclose(latent, expected, rtol=1e-5, atol=1e-5, err_msg=case["sampler"])
