@@ -29,6 +29,17 @@ def _sampler_key(sampler):
     return (type(sampler).__name__, int(sampler.num_steps), bool(sampler.needs_noise), digest.hexdigest())
 
 
+def _compute_dtype(model):
+    dtypes = {layer.dtype_policy.compute_dtype for layer in model.layers if layer.weights}
+    return dtypes.pop() if len(dtypes) == 1 else "float32"
+
+
+def _cast_floats(values, dtype):
+    if dtype == "float32":
+        return values
+    return [ops.cast(v, dtype) if str(v.dtype) == "float32" else v for v in values]
+
+
 def model_state(model):
     """The weight values of ``model`` in the form ``stateless_call`` takes."""
     return (
@@ -58,10 +69,14 @@ class DenoisingLoop:
         model = self.diffusion_model
         timesteps = np.asarray(sampler.timesteps, dtype=np.float32)
 
+        compute_dtype = _compute_dtype(model)
+
         def program(weights, latent, state, context, unconditional_context, noise, guidance_scale, start, stop,
                     extra):
             self.trace_count += 1
-            trainable, non_trainable = weights
+            # Mixed precision keeps float32 weights; cast them once per generation rather than in every step
+            # (XLA folds the per-layer float32 round trip of an already-cast value away).
+            trainable, non_trainable = (_cast_floats(part, compute_dtype) for part in weights)
             batch = ops.shape(latent)[0]
             both_contexts = ops.concatenate([unconditional_context, context], axis=0)
             guidance = ops.cast(guidance_scale, "float32")
