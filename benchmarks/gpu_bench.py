@@ -93,13 +93,24 @@ def components(sd, repeats):
     return out
 
 
-def top_kernels(sd, out_dir, count=15):
-    """Run one generation under the JAX profiler and sum GPU kernel time by name."""
+def _category(name):
+    lowered = name.lower()
+    for key, label in (("sdpa", "attention (cuDNN flash)"), ("fprop", "convolution (cuDNN)"),
+                       ("xmma", "convolution (cuDNN)"), ("gemm", "matmul"), ("dot", "matmul"),
+                       ("reduce", "reductions (norms)"), ("convert", "dtype converts"), ("transpose", "transposes")):
+        if key in lowered:
+            return label
+    return "other fusions"
+
+
+def top_kernels(sd, out_dir, count=15, batch=8):
+    """Run one generation under the JAX profiler and sum GPU kernel time by name and by kind."""
     import jax
 
     trace_dir = os.path.join(out_dir, "jax_trace")
     with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
-        sd.text_to_image("a photograph", num_steps=STEPS, seed=0, sampler="DDIM", height=SIZE, width=SIZE)
+        sd.text_to_image("a photograph", batch_size=batch, num_steps=STEPS, seed=0, sampler="DDIM", height=SIZE,
+                         width=SIZE)
     paths = [os.path.join(root, name) for root, _, names in os.walk(trace_dir) for name in names
              if name.endswith(".trace.json.gz")]
     if not paths:
@@ -115,10 +126,17 @@ def top_kernels(sd, out_dir, count=15):
             totals[event["name"]] = totals.get(event["name"], 0.0) + event["dur"] / 1e6
     total = sum(totals.values())
     top = sorted(totals.items(), key=lambda kv: -kv[1])[:count]
-    print(f"GPU kernel time in one batch-1 generation: {total:.3f} s; top kernels:", flush=True)
+    categories = {}
+    for name, seconds in totals.items():
+        categories[_category(name)] = categories.get(_category(name), 0.0) + seconds
+    print(f"GPU kernel time in one batch-{batch} generation: {total:.3f} s; by kind:", flush=True)
+    for name, seconds in sorted(categories.items(), key=lambda kv: -kv[1]):
+        print(f"  {seconds * 1e3:8.1f} ms  {100 * seconds / max(total, 1e-9):5.1f}%  {name}", flush=True)
+    print("top kernels:", flush=True)
     for name, seconds in top:
         print(f"  {seconds * 1e3:8.1f} ms  {100 * seconds / max(total, 1e-9):5.1f}%  {name[:100]}", flush=True)
-    return {"total_kernel_s": total, "top": [{"name": n, "seconds": s} for n, s in top]}
+    return {"batch": batch, "total_kernel_s": total, "by_kind": categories,
+            "top": [{"name": n, "seconds": s} for n, s in top]}
 
 
 def cold_start(cache_dir):
