@@ -32,7 +32,7 @@ from sd_keras.server.samplers import resolve_sampler, sampler_items, scheduler_i
 
 LOG = logging.getLogger("sd_keras.server")
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
-DISCONNECT_POLL_SECONDS = 0.25
+DISCONNECT_POLL_SECONDS = 0.1
 
 
 @dataclasses.dataclass
@@ -87,11 +87,12 @@ class _Server:
         elif job.kind == LOAD_MODEL:
             result = "ok"
         else:
-            result = "interrupted" if outcome.interrupted else "ok"
-            if job.cancelled.is_set() and not job.interrupted:
-                result = "cancelled"
+            # "cancelled": stopped early because its client left; "interrupted": stopped by /interrupt
+            result = ("interrupted" if job.interrupted else "cancelled") if outcome.interrupted else "ok"
             self.metrics.images.inc(len(outcome.images))
             self.metrics.generation_seconds.observe(seconds, kind=job.kind)
+            if outcome.batched_with:
+                self.metrics.batched_jobs.inc()
         self.metrics.jobs.inc(kind=job.kind, outcome=result)
 
     # -- requests → jobs ---------------------------------------------------------------------------------------
@@ -149,7 +150,8 @@ class _Server:
             if done:
                 break
             if await request.is_disconnected():
-                self.queue.cancel(job)
+                if self.queue.cancel(job):  # it was still waiting: the worker never sees it
+                    self.metrics.jobs.inc(kind=job.kind, outcome="cancelled")
                 LOG.info("%s cancelled: the client disconnected", job.kind)
                 return None
         try:

@@ -162,6 +162,7 @@ class GenerationOutcome:
     model_name: str
     interrupted: bool = False
     seconds: float = 0.0
+    batched_with: int = 0  # other jobs that ran in the same batch
 
 
 class GenerationRunner:
@@ -241,13 +242,13 @@ class GenerationRunner:
         outcomes, offset = [], 0
         for spec in specs:
             if images is None:
-                outcomes.append(GenerationOutcome([], [], [], self.registry.name, True, seconds))
+                outcomes.append(GenerationOutcome([], [], [], self.registry.name, True, seconds, len(specs) - 1))
                 continue
             own = list(np.asarray(images[offset: offset + spec.batch_size]))
             offset += spec.batch_size
             seeds = spec.seeds()
             outcomes.append(GenerationOutcome(own, seeds, [spec.infotext(s, self.registry.name) for s in seeds],
-                                              self.registry.name, False, seconds))
+                                              self.registry.name, False, seconds, len(specs) - 1))
         return outcomes
 
 

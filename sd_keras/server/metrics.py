@@ -160,6 +160,8 @@ class ServerMetrics(Metrics):
                                    "Errors: failed generations or model loads, and 5xx responses.", ("type",))
         self.jobs = self.counter("sd_keras_jobs_total", "Finished jobs by kind and outcome.", ("kind", "outcome"))
         self.images = self.counter("sd_keras_images_generated_total", "Images generated.")
+        self.batched_jobs = self.counter("sd_keras_batched_jobs_total",
+                                         "Jobs that ran in one batch together with other compatible jobs.")
         self.generation_seconds = self.histogram(
             "sd_keras_generation_seconds", "Wall time of a job on the worker (a batch counts once per job).",
             ("kind",))

@@ -154,5 +154,5 @@ class MetricsMiddleware:
             code = status["code"]
             self.metrics.requests.inc(endpoint=self._endpoint(scope.get("path", "")), method=scope.get("method", ""),
                                       status=str(code))
-            if code >= 500:
+            if code >= 500 and code != 503:  # 503 is the queue saying "busy", counted as a rejected job
                 self.metrics.errors.inc(type="http_5xx")

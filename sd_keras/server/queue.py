@@ -180,14 +180,16 @@ class JobQueue:
         return job
 
     def cancel(self, job):
-        """Cancel ``job``: a waiting job leaves the queue at once, a running one stops at its next step."""
+        """Cancel ``job``: a waiting job leaves the queue at once (returns True), a running one stops at its next
+        step once every job of its batch is cancelled (returns False)."""
         job.cancelled.set()
         with self._lock:
             try:
                 self._waiting.remove(job)
             except ValueError:
-                return
+                return False
         _resolve(job, exception=GenerationCancelled("cancelled before it started"))
+        return True
 
     def interrupt(self):
         """Stop the running batch at its next step (A1111's ``/interrupt``); waiting jobs stay queued."""
