@@ -82,19 +82,37 @@ def core_jar():
     return jar, junit, hamcrest
 
 
-def test_kotlin_core_passes_its_junit_tests(core_jar):
+# The images PngParametersTest writes, and the settings it wrote into them.
+PNG_CASES = {
+    "parameters_latin1.png": ("a red circle, on white", "blurry",
+                              {"Steps": 20, "Sampler": "Euler a", "CFG scale": 7.5, "Seed": 42, "Size": "128x128",
+                               "Model": "shapes"}),
+    "parameters_utf8.png": ("東京タワー: 夜景 \"night\"", None,
+                            {"Steps": 4, "Sampler": "DPM++ 2M Karras", "CFG scale": 7.0, "Seed": 4294967294,
+                             "Size": "512x512", "Model": "sd-v1"}),
+}
+
+
+def test_kotlin_core_passes_its_junit_tests(core_jar, tmp_path):
+    from sd_keras import metadata
+
     jar, junit, hamcrest = core_jar
     classes = _test_classes()
     assert len(classes) >= 10, classes
     classpath = os.pathsep.join(map(str, [jar, junit, hamcrest, CORE / "src" / "main" / "resources",
                                           CORE / "src" / "test" / "resources"]))
     result = subprocess.run(
-        [_tool("java"), f"-Dsdkeras.merges={MERGES}", "-cp", classpath, "org.junit.runner.JUnitCore", *classes],
+        [_tool("java"), f"-Dsdkeras.merges={MERGES}", f"-Dsdkeras.output={tmp_path}", "-cp", classpath,
+         "org.junit.runner.JUnitCore", *classes],
         capture_output=True, text=True, cwd=REPO, timeout=600)
     output = result.stdout + result.stderr
     summary = re.search(r"^OK \((\d+) tests?\)", output, re.M)
     assert result.returncode == 0 and summary, "JUnit failures:\n" + output[-12000:]
     assert int(summary.group(1)) >= 30, output[-2000:]
+    # images saved on the phone carry parameters that sd_keras reads back exactly
+    for name, (prompt, negative, settings) in PNG_CASES.items():
+        expected = metadata.format_parameters(prompt, negative, **settings)
+        assert metadata.read_parameters(tmp_path / name) == expected, name
 
 
 def test_core_uses_only_what_kotlin_1_3_and_the_jvm_offer():
