@@ -1,0 +1,105 @@
+"""Export SD 1.x shapes (random weights) as a LiteRT bundle on this machine's CPU: time, peak memory, sizes.
+
+Published sizes of SD 1.x with dynamic-range int8 weights are the anchors (text encoder 124 MB, UNet 863 MB,
+decoder 50 MB). Parity is still checked (the export refuses to write a bundle otherwise) but on few samples, and
+without the end-to-end image (the Keras pipeline at 512x512 on two CPU cores takes longer than the export).
+
+Usage:
+    python benchmarks/export_sd_v1.py [--quantize int8] [--size 512x512] [--output benchmarks/results/...]
+Not part of CI: it takes tens of minutes and about 20 GB of memory.
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import tempfile
+import threading
+import time
+
+ANCHORS_MB = {"text_encoder": 124, "diffusion_model": 863, "decoder": 50}
+
+
+def _rss_mb():
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class PeakMemory:
+    """Peak resident memory of this process (sampled) and of finished child processes (getrusage)."""
+
+    def __init__(self, interval=0.5):
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
+
+    def _run(self, interval):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss_mb())
+            self._stop.wait(interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        self.children_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quantize", default="int8")
+    parser.add_argument("--size", default="512x512", help="WIDTHxHEIGHT")
+    parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results", "export_sd_v1.json"))
+    parser.add_argument("--keep", help="keep the bundle in this folder")
+    args = parser.parse_args(argv)
+
+    import keras
+
+    from sd_keras.export.bundle import export_bundle
+    from sd_keras.export.cli import _parse_size
+    from sd_keras.pipeline import StableDiffusion
+
+    height, width = _parse_size(args.size)
+    result = {"quantization": args.quantize, "image_size": [height, width], "backend": keras.backend.backend(),
+              "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                          "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}}
+    with PeakMemory() as memory:
+        start = time.perf_counter()
+        model = StableDiffusion.from_config("sd-v1", seed=0)
+        result["build_seconds"] = round(time.perf_counter() - start, 1)
+        with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(args.keep or args.output))) as tmp:
+            destination = args.keep or os.path.join(tmp, "sd-v1-bundle")
+            start = time.perf_counter()
+            report = export_bundle(model, destination, quantization=args.quantize, image_size=(height, width),
+                                   random_weights=True, calibration_prompts=["a photograph of an astronaut"],
+                                   calibration_steps=2, parity_samples=2, latency_runs=1, end_to_end=False,
+                                   log=lambda message: print(message, file=sys.stderr, flush=True))
+            result["export_seconds_total"] = round(time.perf_counter() - start, 1)
+    result["convert_seconds"] = report["export_seconds"]
+    result["peak_rss_mb"] = {"main_process": round(memory.peak), "largest_child": round(memory.children_peak)}
+    result["components"] = {
+        name: {"size_mb": round(entry["size_bytes"] / 1e6, 1), "anchor_mb": ANCHORS_MB.get(name),
+               "parity": entry["parity"], "latency_ms": entry["latency"]["median_ms"]}
+        for name, entry in report["components"].items()}
+    result["passed"] = report["passed"]
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    temporary = args.output + ".tmp"
+    with open(temporary, "w") as handle:
+        json.dump(result, handle, indent=2)
+        handle.write("\n")
+    os.replace(temporary, args.output)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

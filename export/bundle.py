@@ -1,0 +1,343 @@
+"""The on-device bundle: ``manifest.json`` next to the ``.tflite`` files and the tokenizer merges file.
+
+``export/BUNDLE.md`` is the specification (field by field); this module writes and reads it. Reading checks the
+format name and version and the sha256 of every file the manifest names, so a bundle that was cut short,
+edited or written by a newer exporter fails with an error that names the problem instead of generating noise.
+
+Example:
+    >>> bundle = read_bundle("bundles/tiny-fp32")                     # doctest: +SKIP
+    >>> bundle.manifest["image_size"], bundle.component_path("decoder")  # doctest: +SKIP
+    ([64, 64], '.../bundles/tiny-fp32/decoder.tflite')
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+
+FORMAT = "sd_keras.bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+REPORT = "report.json"
+TOKENIZER_FILE = "merges.txt"
+COMPONENTS = ("text_encoder", "diffusion_model", "decoder", "image_encoder")
+REQUIRED_COMPONENTS = ("text_encoder", "diffusion_model", "decoder")
+_REQUIRED_KEYS = ("model", "image_size", "latent_size", "latent_scale_factor", "prediction_type", "schedule",
+                  "default_sampler", "samplers", "timestep_embedding_dim", "tokenizer", "components")
+
+
+class BundleError(ValueError):
+    """A bundle folder that cannot be used: missing or modified file, unknown format or version."""
+
+
+def sha256_file(path, chunk_size=1 << 20):
+    """Hex sha256 of a file, read in chunks (UNet files are hundreds of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk_size), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_json_atomic(path, data):
+    """Write ``data`` as indented JSON through a temporary file and ``os.replace``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2, sort_keys=False)
+            handle.write("\n")
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+    return path
+
+
+def build_manifest(*, model, image_size, latent_size, latent_scale_factor, prediction_type, schedule,
+                   default_sampler, samplers, timestep_embedding_dim, tokenizer, components, quantization,
+                   model_config=None, producer=None):
+    """The manifest dict in the order BUNDLE.md lists its fields (``components`` entries already complete)."""
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": model,
+        "image_size": [int(v) for v in image_size],
+        "latent_size": [int(v) for v in latent_size],
+        "latent_scale_factor": float(latent_scale_factor),
+        "prediction_type": prediction_type,
+        "schedule": dict(schedule),
+        "default_sampler": default_sampler,
+        "samplers": list(samplers),
+        "timestep_embedding_dim": int(timestep_embedding_dim),
+        "tokenizer": dict(tokenizer),
+        "components": {name: dict(entry) for name, entry in components.items()},
+        "quantization": quantization,
+    }
+    if model_config is not None:
+        manifest["model_config"] = model_config
+    if producer is not None:
+        manifest["producer"] = producer
+    return manifest
+
+
+@dataclasses.dataclass(frozen=True)
+class Bundle:
+    """A checked bundle: its folder and parsed manifest."""
+
+    path: str
+    manifest: dict
+
+    @property
+    def components(self):
+        return tuple(self.manifest["components"])
+
+    def has(self, component):
+        return component in self.manifest["components"]
+
+    def component(self, name):
+        """The manifest entry of component ``name`` (BundleError if the bundle has none)."""
+        try:
+            return self.manifest["components"][name]
+        except KeyError:
+            raise BundleError(f"bundle {self.path} has no {name!r} component "
+                              f"(it has {', '.join(self.components)})") from None
+
+    def component_path(self, name):
+        return os.path.join(self.path, self.component(name)["file"])
+
+    @property
+    def tokenizer_path(self):
+        return os.path.join(self.path, self.manifest["tokenizer"]["file"])
+
+
+def _check_file_entry(folder, entry, what, verify_hashes):
+    for key in ("file", "sha256"):
+        if not isinstance(entry.get(key), str):
+            raise BundleError(f"bundle {folder}: manifest entry of {what} has no {key!r}")
+    name = entry["file"]
+    if os.path.isabs(name) or os.path.normpath(name).startswith(".."):
+        raise BundleError(f"bundle {folder}: {what} file {name!r} must be a plain name inside the bundle")
+    path = os.path.join(folder, name)
+    if not os.path.isfile(path):
+        raise BundleError(f"bundle {folder}: {what} file {name!r} is missing")
+    if verify_hashes:
+        actual = sha256_file(path)
+        if actual != entry["sha256"]:
+            raise BundleError(f"bundle {folder}: {what} file {name!r} was modified (sha256 {actual[:12]}... "
+                              f"!= manifest {entry['sha256'][:12]}...)")
+
+
+def read_bundle(path, *, verify_hashes=True):
+    """Parse and check ``path/manifest.json`` and the files it names.
+
+    Raises:
+        BundleError: no manifest, not JSON, another format, an unknown ``format_version``, a missing field,
+            a missing file or a file whose sha256 differs from the manifest's.
+    """
+    path = os.path.abspath(os.fspath(path))
+    manifest_path = os.path.join(path, MANIFEST)
+    if not os.path.isfile(manifest_path):
+        raise BundleError(f"{path} is not a bundle: no {MANIFEST}")
+    try:
+        with open(manifest_path, encoding="utf-8") as handle:
+            manifest = json.load(handle)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BundleError(f"bundle {path}: cannot read {MANIFEST} ({error})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise BundleError(f"bundle {path}: {MANIFEST} has format {found!r}, expected {FORMAT!r}")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(f"bundle {path}: format_version {version!r} is not supported (this sd_keras reads "
+                          f"version {FORMAT_VERSION}); re-export the bundle or upgrade sd_keras")
+    missing = [key for key in _REQUIRED_KEYS if key not in manifest]
+    if missing:
+        raise BundleError(f"bundle {path}: {MANIFEST} lacks {', '.join(missing)}")
+    components = manifest["components"]
+    if not isinstance(components, dict):
+        raise BundleError(f"bundle {path}: 'components' must be an object")
+    for name in REQUIRED_COMPONENTS:
+        if name not in components:
+            raise BundleError(f"bundle {path}: component {name!r} is missing from {MANIFEST}")
+    unknown = sorted(set(components) - set(COMPONENTS))
+    if unknown:
+        raise BundleError(f"bundle {path}: unknown component(s) {', '.join(unknown)}")
+    _check_file_entry(path, manifest["tokenizer"], "tokenizer", verify_hashes)
+    for name, entry in components.items():
+        _check_file_entry(path, entry, name, verify_hashes)
+    return Bundle(path, manifest)
+
+
+def replace_folder(staging, destination):
+    """Move the finished ``staging`` folder to ``destination`` (same file system) in one rename.
+
+    An existing ``destination`` must be a bundle or empty; it is moved aside first and deleted once the new
+    folder is in place, so a reader sees either the old or the new bundle, never a mix.
+    """
+    destination = os.path.abspath(destination)
+    old = None
+    if os.path.lexists(destination):
+        if not os.path.isdir(destination):
+            raise BundleError(f"{destination} exists and is not a folder")
+        if os.listdir(destination) and not os.path.isfile(os.path.join(destination, MANIFEST)):
+            raise BundleError(f"{destination} is a non-empty folder that is not a bundle; refusing to replace it")
+        old = tempfile.mkdtemp(dir=os.path.dirname(destination), prefix=f".{os.path.basename(destination)}.old-")
+        os.rmdir(old)
+        os.rename(destination, old)
+    try:
+        os.rename(staging, destination)
+    except BaseException:
+        if old is not None:
+            os.rename(old, destination)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return destination
+
+
+def check_destination(destination):
+    """BundleError early (before any work) if ``destination`` could not be replaced by a bundle."""
+    destination = os.path.abspath(destination)
+    if os.path.lexists(destination):
+        if not os.path.isdir(destination):
+            raise BundleError(f"output {destination} exists and is not a folder")
+        if os.listdir(destination) and not os.path.isfile(os.path.join(destination, MANIFEST)):
+            raise BundleError(f"output {destination} is a non-empty folder that is not a bundle; refusing to "
+                              f"replace it")
+    parent = os.path.dirname(destination)
+    if not os.path.isdir(parent):
+        raise BundleError(f"output folder's parent {parent} does not exist")
+    return destination
+
+
+def _schedule_entry():
+    from sd_keras.schedulers import NoiseSchedule
+
+    schedule = NoiseSchedule()
+    return {"num_train_timesteps": schedule.num_train_timesteps, "beta_start": schedule.beta_start,
+            "beta_end": schedule.beta_end, "beta_schedule": "scaled_linear", "steps_offset": schedule.steps_offset}
+
+
+def export_bundle(model, output_dir, *, quantization="fp32", image_size=None, image_encoder=True,
+                  random_weights=None, calibration_prompts=None, calibration_steps=4, calibration_sampler="Euler a",
+                  parity_samples=6, latency_runs=3, threads=2, end_to_end=True, log=None):
+    """Export ``model`` (a ``StableDiffusion``) as a verified bundle folder ``output_dir``.
+
+    Everything is written to a hidden staging folder next to ``output_dir`` and renamed into place only after
+    every parity gate passed (``report.json`` inside the bundle has the numbers); a failed gate raises
+    ``ExportError``, removes the staging folder and leaves the report as ``<output_dir>.report.json``.
+
+    Args:
+        model: the source ``StableDiffusion``.
+        output_dir: the bundle folder to create (an existing bundle there is replaced).
+        quantization: one of ``quantize.MODES``.
+        image_size: (height, width), multiples of 64; default the model's native size.
+        image_encoder: also export the VAE encoder (image-to-image on device).
+        random_weights: whether the weights are random (quantized modes' image gates are then reported only);
+            default: True for the random presets (``tiny``).
+        calibration_prompts, calibration_steps, calibration_sampler: the recorded trajectories that give the
+            int8-full representative dataset and the parity inputs.
+        parity_samples: recorded inputs compared per component.
+        latency_runs, threads: CPU latency measurement (LiteRT interpreter, XNNPACK).
+        end_to_end: compare the bundle runner's image with the Keras pipeline's (True, False, or a dict of
+            ``verify.end_to_end`` settings).
+        log: ``callable(str)`` for progress lines.
+
+    Returns:
+        The report dict (also ``output_dir/report.json``).
+
+    Example:
+        >>> sd = StableDiffusion.from_preset("tiny")                                   # doctest: +SKIP
+        >>> report = export_bundle(sd, "bundles/tiny-int8", quantization="int8")       # doctest: +SKIP
+        >>> report["passed"], report["components"]["diffusion_model"]["size_bytes"]    # doctest: +SKIP
+    """
+    import time
+
+    import sd_keras
+    from sd_keras import presets
+    from sd_keras.export import litert, quantize, verify
+    from sd_keras.pipeline import DEFAULT_SAMPLER, check_size
+    from sd_keras.schedulers import SAMPLER_NAMES
+    from sd_keras.tokenizer import CONTEXT_LENGTH, END_OF_TEXT_ID, START_OF_TEXT_ID
+
+    started = time.perf_counter()
+    user_log = log or (lambda message: None)
+
+    def log(message):
+        user_log(f"[{time.perf_counter() - started:6.1f}s] {message}")
+
+    quantize.check_mode(quantization)
+    config = model.config
+    height, width = config.image_size if image_size is None else image_size
+    check_size(height, width)
+    destination = check_destination(output_dir)
+    if random_weights is None:
+        random_weights = config.name in presets.RANDOM_PRESETS
+    models = {"text_encoder": model.text_encoder, "diffusion_model": model.diffusion_model,
+              "decoder": model.decoder}
+    if image_encoder and getattr(model, "image_encoder", None) is not None:
+        models["image_encoder"] = model.image_encoder
+    staging = tempfile.mkdtemp(dir=os.path.dirname(destination), prefix=f".{os.path.basename(destination)}.partial-")
+    try:
+        log(f"recording {len(calibration_prompts or quantize.CALIBRATION_PROMPTS)} trajectories of "
+            f"{calibration_steps} steps ({calibration_sampler}) at {width}x{height}")
+        records = quantize.record_trajectories(
+            model, prompts=calibration_prompts or quantize.CALIBRATION_PROMPTS, num_steps=calibration_steps,
+            sampler=calibration_sampler, image_size=(height, width))
+        log(f"converting {', '.join(models)} ({quantization})")
+        converted = litert.export_components(models, config, (height, width), quantization, staging,
+                                             representative=records)
+        export_seconds = time.perf_counter() - started
+        log("converted")
+        merges = model.tokenizer.save_merges(os.path.join(staging, TOKENIZER_FILE))
+        signatures = litert.component_signatures(config, (height, width))
+        components = {}
+        for name in models:
+            path = os.path.join(staging, converted[name]["file"])
+            components[name] = {"file": converted[name]["file"], "sha256": sha256_file(path),
+                                "quantization": quantization, **signatures[name],
+                                "large_model_layout": converted[name]["large_model_layout"]}
+            if converted[name].get("integer_only") is not None:
+                components[name]["integer_only"] = converted[name]["integer_only"]
+        factor = config.vae.downsample_factor
+        manifest = build_manifest(
+            model=config.name, image_size=(height, width),
+            latent_size=(height // factor, width // factor, config.vae.latent_channels),
+            latent_scale_factor=config.vae.scaling_factor, prediction_type=config.prediction_type,
+            schedule=_schedule_entry(), default_sampler=DEFAULT_SAMPLER, samplers=SAMPLER_NAMES,
+            timestep_embedding_dim=config.unet.timestep_dim,
+            tokenizer={"file": os.path.basename(merges), "sha256": sha256_file(merges),
+                       "context_length": CONTEXT_LENGTH, "start_id": START_OF_TEXT_ID, "end_id": END_OF_TEXT_ID,
+                       "pad_id": config.pad_token_id},
+            components=components, quantization=quantization, model_config=config.to_dict(),
+            producer={"name": "sd_keras", "version": sd_keras.__version__})
+        write_json_atomic(os.path.join(staging, MANIFEST), manifest)
+        log("checking parity with the Keras model")
+        settings = None
+        if end_to_end:
+            settings = {"prompt": "a red circle on a white background", "seed": 42, "sampler": DEFAULT_SAMPLER,
+                        "num_steps": 4, "guidance_scale": 7.5}
+            if isinstance(end_to_end, dict):
+                settings.update(end_to_end)
+        report = verify.evaluate(model, staging, manifest, records, quantization, random_weights=random_weights,
+                                 threads=threads, latency_runs=latency_runs, max_samples=parity_samples,
+                                 end_to_end_settings=settings)
+        report["export_seconds"] = round(export_seconds, 2)
+        report["calibration"] = {"prompts": len(calibration_prompts or quantize.CALIBRATION_PROMPTS),
+                                 "steps": calibration_steps, "sampler": calibration_sampler,
+                                 "unet_samples": len(records["diffusion_model"])}
+        if not report["passed"]:
+            failed_report = write_json_atomic(f"{destination}.report.json", report)
+            raise litert.ExportError(f"parity gate failed for {config.name} ({quantization}): "
+                                     f"{'; '.join(report['failures'])}; report: {failed_report}")
+        write_json_atomic(os.path.join(staging, REPORT), report)
+        replace_folder(staging, destination)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log(f"wrote {destination}")
+    return report

@@ -1,0 +1,292 @@
+"""Per-component LiteRT (``.tflite``) export with fixed input shapes and named signatures.
+
+Each Keras sub-model is wrapped in a function whose arguments are the component's input names and which returns
+a dict keyed by its output name; ``keras.export.ExportArchive`` writes that function as a SavedModel signature and
+``tf.lite.TFLiteConverter.from_saved_model`` converts it (the path Keras 3's ``model.export(format="litert")``
+takes, with the converter options in our hands). Only builtin ops are allowed: a graph that would need the
+TensorFlow (Flex) delegate fails at export time with the names of the ops.
+
+Models over 2 GB: a flatbuffer cannot address more than 2 GB, so the converter is switched to its large-model
+layout (``_experimental_use_buffer_offset``): constant buffers are appended after the flatbuffer and
+referenced by offset. The LiteRT interpreter reads such files directly. It is used only where the weights
+would pass 2 GB (the fp32 SD 1.x UNet is 3.4 GB); smaller files keep the plain layout.
+
+Exporting needs TensorFlow. Under another Keras backend ``export_components`` saves the weights to a temporary
+folder and runs this module in a ``KERAS_BACKEND=tensorflow`` subprocess (``python -m
+sd_keras.export.litert JOB.json``).
+
+Example:
+    >>> signatures = component_signatures(get_config("tiny"), (64, 64))
+    >>> [spec["name"] for spec in signatures["diffusion_model"]["inputs"]]
+    ['latent', 'timestep_embedding', 'context']
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+from sd_keras.export import quantize
+
+COMPONENTS = ("text_encoder", "diffusion_model", "decoder", "image_encoder")
+OUTPUT_NAMES = {"text_encoder": "context", "diffusion_model": "model_output", "decoder": "image",
+                "image_encoder": "latent"}
+FLATBUFFER_LIMIT = 2**31 - 1
+# Bytes per weight the converter writes for each mode (int8-full keeps int32 biases: close to int8).
+_BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "int8-full": 1.0, "int4": 4.0}
+_LARGE_MODEL_MARGIN = 0.9  # switch layouts a little before the limit: the graph itself takes space too
+
+
+class ExportError(RuntimeError):
+    """The export could not produce a valid model (unsupported ops, a failed parity gate, a failed worker)."""
+
+
+def _spec(name, shape, dtype="float32"):
+    return {"name": name, "shape": [int(v) for v in shape], "dtype": dtype}
+
+
+def component_signatures(config, image_size, *, unet_batch=2):
+    """Input and output specs of every component for ``image_size`` = (height, width).
+
+    Returns:
+        ``{component: {"signature": name, "inputs": [spec, ...], "outputs": [spec]}}`` with specs
+        ``{"name", "shape", "dtype"}`` in the manifest's form.
+    """
+    height, width = (int(v) for v in image_size)
+    factor = config.vae.downsample_factor
+    latent = (height // factor, width // factor, config.vae.latent_channels)
+    length, width_text = config.text_encoder.max_length, config.text_encoder.width
+    unet_in = (height // factor, width // factor, config.unet.in_channels)
+    unet_out = (height // factor, width // factor, config.unet.out_channels)
+    signatures = {
+        "text_encoder": ([_spec("tokens", (1, length), "int32"), _spec("positions", (1, length), "int32")],
+                         [_spec("context", (1, length, width_text))]),
+        "diffusion_model": ([_spec("latent", (unet_batch,) + unet_in),
+                             _spec("timestep_embedding", (unet_batch, config.unet.timestep_dim)),
+                             _spec("context", (unet_batch, length, config.unet.context_dim))],
+                            [_spec("model_output", (unet_batch,) + unet_out)]),
+        "decoder": ([_spec("latent", (1,) + latent)], [_spec("image", (1, height, width, 3))]),
+        "image_encoder": ([_spec("image", (1, height, width, config.vae.image_channels))],
+                          [_spec("latent", (1,) + latent)]),
+    }
+    return {name: {"signature": name, "inputs": inputs, "outputs": outputs}
+            for name, (inputs, outputs) in signatures.items()}
+
+
+def _serving_function(model, component):
+    """A function with the component's input names as arguments, returning ``{output_name: tensor}``."""
+    output = OUTPUT_NAMES[component]
+    if component == "text_encoder":
+        def serve(tokens, positions):
+            return {output: model({"tokens": tokens, "positions": positions}, training=False)}
+    elif component == "diffusion_model":
+        def serve(latent, timestep_embedding, context):
+            inputs = {"latent": latent, "timestep_embedding": timestep_embedding, "context": context}
+            return {output: model(inputs, training=False)}
+    elif component == "decoder":
+        def serve(latent):
+            return {output: model(latent, training=False)}
+    elif component == "image_encoder":
+        def serve(image):
+            return {output: model(image, training=False)}
+    else:
+        raise ValueError(f"unknown component {component!r}; known: {', '.join(COMPONENTS)}")
+    return serve
+
+
+def weight_bytes(model):
+    """float32 bytes of the model's weights."""
+    return int(sum(int(np.prod(weight.shape)) for weight in model.weights) * 4)
+
+
+def _flex_ops(message):
+    names = set(re.findall(r"\btf\.([A-Z]\w*)", message))
+    names |= set(re.findall(r"'tf\.([A-Z]\w*)'", message))
+    return sorted(names)
+
+
+def convert_component(model, component, signature, mode, path, *, representative=None):
+    """Convert one Keras sub-model to ``path`` (TensorFlow backend; written atomically).
+
+    Args:
+        model: the Keras model (KerasCV signature).
+        component: one of ``COMPONENTS``.
+        signature: that component's entry of ``component_signatures``.
+        mode: a quantization mode (``int4`` writes the fp32 model; ``quantize.quantize_int4`` follows).
+        representative: ``int8-full`` calibration feeds (list of dicts).
+
+    Returns:
+        A dict of facts for the report: ``{"large_model_layout": bool, "integer_only": bool | None}``.
+    """
+    import keras
+    import tensorflow as tf
+
+    if keras.backend.backend() != "tensorflow":
+        raise ExportError("convert_component needs KERAS_BACKEND=tensorflow; use export_components")
+    mode = quantize.converter_mode(quantize.check_mode(mode))
+    specs = [tf.TensorSpec(spec["shape"], spec["dtype"], name=spec["name"]) for spec in signature["inputs"]]
+    facts = {"large_model_layout": False, "integer_only": None}
+    with tempfile.TemporaryDirectory(prefix="sd_keras_savedmodel_") as saved_model:
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint(signature["signature"], _serving_function(model, component), input_signature=specs)
+        archive.write_out(saved_model, verbose=False)
+
+        def converter():
+            return tf.lite.TFLiteConverter.from_saved_model(saved_model, signature_keys=[signature["signature"]])
+
+        large = weight_bytes(model) * _BYTES_PER_WEIGHT[mode] / 4.0 > _LARGE_MODEL_MARGIN * FLATBUFFER_LIMIT
+        feeds = None
+        if representative is not None:
+            feeds = [{spec["name"]: np.asarray(feed[spec["name"]], spec["dtype"]) for spec in signature["inputs"]}
+                     for feed in representative]
+        attempts = [True, False] if mode == "int8-full" else [True]
+        for integer_only in attempts:
+            conv = quantize.configure_converter(converter(), mode, feeds, integer_only=integer_only)
+            if large:
+                conv._experimental_use_buffer_offset = True  # the >2 GB layout (see the module docstring)
+            try:
+                data = conv.convert()
+                break
+            except Exception as error:  # ConverterError: report Flex ops by name, retry int8 with float kernels
+                message = str(error)
+                if integer_only and mode == "int8-full" and len(attempts) > 1:
+                    continue
+                flex = _flex_ops(message)
+                if flex:
+                    raise ExportError(f"{component}: the model needs TensorFlow ops that LiteRT has no builtin "
+                                      f"kernel for: {', '.join(flex)}") from None
+                raise ExportError(f"{component}: conversion failed: {' '.join(message.split())[-500:]}") from None
+        facts["large_model_layout"] = bool(large)
+        if mode == "int8-full":
+            facts["integer_only"] = integer_only
+    temporary = f"{path}.tmp"
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+    del data
+    os.replace(temporary, path)
+    return facts
+
+
+def _convert_all(models, config, image_size, mode, output_dir, representative, components):
+    signatures = component_signatures(config, image_size)
+    results = {}
+    for component in components:
+        path = os.path.join(output_dir, f"{component}.tflite")
+        feeds = (representative or {}).get(component) if quantize.needs_representative_data(mode) else None
+        if quantize.needs_representative_data(mode) and not feeds:
+            raise ExportError(f"{component}: int8-full needs representative data for this component")
+        facts = convert_component(models[component], component, signatures[component], mode, path,
+                                  representative=feeds)
+        if mode == "int4":
+            float_path = os.path.join(output_dir, f".{component}.fp32.tflite")
+            os.replace(path, float_path)
+            try:
+                quantize.quantize_int4(float_path, path)
+            finally:
+                os.unlink(float_path)
+        results[component] = {"file": os.path.basename(path), **facts}
+    return results
+
+
+def export_components(models, config, image_size, mode, output_dir, *, representative=None, components=None):
+    """Write ``<component>.tflite`` for each component into ``output_dir``.
+
+    Args:
+        models: ``{component: keras.Model}`` (float32 weights; mixed-precision models are rebuilt in float32).
+        config: the ``ModelConfig`` the models were built from.
+        image_size: (height, width) fixed in the exported shapes.
+        mode: quantization mode.
+        representative: ``{component: [feed, ...]}`` for ``int8-full``.
+        components: which components (default: all present in ``models``).
+
+    Returns:
+        ``{component: {"file": name, "large_model_layout": bool, "integer_only": bool | None}}``.
+    """
+    import keras
+
+    quantize.check_mode(mode)
+    components = [c for c in (components or COMPONENTS) if models.get(c) is not None]
+    if keras.backend.backend() == "tensorflow":
+        models = {c: _float32_model(models[c], config, c) for c in components}
+        return _convert_all(models, config, image_size, mode, output_dir, representative, components)
+    return _export_in_subprocess(models, config, image_size, mode, output_dir, representative, components)
+
+
+_BUILDERS = {"text_encoder": "build_text_encoder", "diffusion_model": "build_diffusion_model",
+             "decoder": "build_decoder", "image_encoder": "build_image_encoder"}
+
+
+def _build(config, component):
+    from sd_keras import models
+
+    return getattr(models, _BUILDERS[component])(config)
+
+
+def _float32_model(model, config, component):
+    """The model itself when its policy is float32; else a float32 rebuild with the same weights."""
+    if getattr(model.dtype_policy, "name", "float32") == "float32":
+        return model
+    rebuilt = _build(config, component)
+    rebuilt.set_weights(model.get_weights())
+    return rebuilt
+
+
+def _export_in_subprocess(models, config, image_size, mode, output_dir, representative, components):
+    with tempfile.TemporaryDirectory(prefix="sd_keras_export_job_") as job_dir:
+        weights = {}
+        for component in components:
+            weights[component] = os.path.join(job_dir, f"{component}.weights.h5")
+            models[component].save_weights(weights[component])
+        records = None
+        if representative:
+            records = quantize.save_records(representative, os.path.join(job_dir, "representative.npz"))
+        job = {"config": config.to_dict(), "image_size": list(image_size), "mode": mode, "output_dir": output_dir,
+               "components": components, "weights": weights, "representative": records,
+               "result": os.path.join(job_dir, "result.json")}
+        job_path = os.path.join(job_dir, "job.json")
+        with open(job_path, "w") as handle:
+            json.dump(job, handle)
+        env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
+        process = subprocess.run([sys.executable, "-m", "sd_keras.export.litert", job_path], env=env,
+                                 capture_output=True, text=True)
+        if process.returncode != 0 or not os.path.exists(job["result"]):
+            tail = "\n".join(process.stderr.strip().splitlines()[-15:])
+            raise ExportError(f"the TensorFlow export worker failed (exit {process.returncode}):\n{tail}")
+        with open(job["result"]) as handle:
+            result = json.load(handle)
+    if "error" in result:
+        raise ExportError(result["error"])
+    return result["components"]
+
+
+def _run_job(job_path):
+    """Worker entry point: rebuild the models in float32 from the saved weights and convert them."""
+    from sd_keras.config import ModelConfig
+
+    with open(job_path) as handle:
+        job = json.load(handle)
+    config = ModelConfig.from_dict(job["config"])
+    models = {}
+    for component in job["components"]:
+        models[component] = _build(config, component)
+        models[component].load_weights(job["weights"][component])
+    representative = quantize.load_records(job["representative"]) if job["representative"] else None
+    try:
+        components = _convert_all(models, config, tuple(job["image_size"]), job["mode"], job["output_dir"],
+                                  representative, job["components"])
+        result = {"components": components}
+    except (ExportError, ValueError) as error:
+        result = {"error": str(error)}
+    with open(job["result"], "w") as handle:
+        json.dump(result, handle)
+
+
+if __name__ == "__main__":
+    if os.environ.get("KERAS_BACKEND") != "tensorflow":
+        sys.exit("sd_keras.export.litert: run with KERAS_BACKEND=tensorflow")
+    _run_job(sys.argv[1])

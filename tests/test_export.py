@@ -1,0 +1,295 @@
+"""LiteRT export: the fp32 bundle against the Keras pipeline, the bundle format, the runner, bad input.
+
+The bundle is exported once per module (tiny preset, 64x64). Under JAX the conversion itself runs in a
+TensorFlow subprocess, so these tests cover both paths.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from sd_keras.export import bundle as bundle_lib
+from sd_keras.export import litert, quantize, verify
+from sd_keras.export.runner import BundleRunner, denoise, timestep_embedding
+from sd_keras.pipeline import DEFAULT_SAMPLER, StableDiffusion
+from sd_keras.schedulers import SAMPLER_NAMES, get_sampler
+
+PROMPT = "a red circle on a white background"
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return StableDiffusion.from_preset("tiny")
+
+
+@pytest.fixture(scope="module")
+def fp32_bundle(tiny, tmp_path_factory):
+    path = tmp_path_factory.mktemp("bundles") / "tiny-fp32"
+    report = bundle_lib.export_bundle(tiny, str(path), quantization="fp32", calibration_prompts=[PROMPT, "a dog"],
+                                      calibration_steps=3, latency_runs=1)
+    return str(path), report
+
+
+@pytest.fixture(scope="module")
+def runner(fp32_bundle):
+    return BundleRunner(fp32_bundle[0])
+
+
+def copy_bundle(source, tmp_path):
+    target = tmp_path / "copy"
+    shutil.copytree(source, target)
+    return target
+
+
+# -- the export and its report -----------------------------------------------------------------------------------
+def test_fp32_components_match_keras_within_gate(fp32_bundle):
+    path, report = fp32_bundle
+    assert report["passed"] and report["failures"] == []
+    assert set(report["components"]) == {"text_encoder", "diffusion_model", "decoder", "image_encoder"}
+    for name, entry in report["components"].items():
+        assert entry["parity"]["max_abs_rel"] <= 1e-4, name
+        assert entry["parity"]["samples"] >= 2, name
+        assert entry["size_bytes"] == os.path.getsize(os.path.join(path, entry["file"]))
+        assert entry["latency"]["median_ms"] > 0 and entry["latency"]["delegate"] == "XNNPACK"
+    image = report["end_to_end"]
+    assert image["max_abs_diff"] <= 2 and all(gate["passed"] for gate in image["gates"])
+    with open(os.path.join(path, "report.json")) as handle:
+        assert json.load(handle)["passed"] is True
+
+
+def test_manifest_schema_and_signatures(fp32_bundle, tiny):
+    path, _ = fp32_bundle
+    with open(os.path.join(path, "manifest.json")) as handle:
+        manifest = json.load(handle)
+    required = {"format", "format_version", "model", "image_size", "latent_size", "latent_scale_factor",
+                "prediction_type", "schedule", "default_sampler", "samplers", "timestep_embedding_dim", "tokenizer",
+                "components"}
+    assert required <= set(manifest)
+    assert manifest["format"] == "sd_keras.bundle" and manifest["format_version"] == 1
+    assert manifest["model"] == "tiny" and manifest["image_size"] == [64, 64] and manifest["latent_size"] == [8, 8, 4]
+    assert manifest["latent_scale_factor"] == pytest.approx(0.18215)
+    assert manifest["schedule"] == {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+                                    "beta_schedule": "scaled_linear", "steps_offset": 1}
+    assert manifest["default_sampler"] == DEFAULT_SAMPLER and manifest["samplers"] == SAMPLER_NAMES
+    assert manifest["timestep_embedding_dim"] == tiny.config.unet.timestep_dim
+    token = manifest["tokenizer"]
+    assert (token["context_length"], token["start_id"], token["end_id"], token["pad_id"]) == (77, 49406, 49407, 49407)
+    assert token["sha256"] == bundle_lib.sha256_file(os.path.join(path, token["file"]))
+    unet = manifest["components"]["diffusion_model"]
+    assert unet["inputs"] == [{"name": "latent", "shape": [2, 8, 8, 4], "dtype": "float32"},
+                              {"name": "timestep_embedding", "shape": [2, 32], "dtype": "float32"},
+                              {"name": "context", "shape": [2, 77, 32], "dtype": "float32"}]
+    from ai_edge_litert.interpreter import Interpreter
+
+    for name, entry in manifest["components"].items():
+        assert set(entry) >= {"file", "sha256", "quantization", "signature", "inputs", "outputs"}
+        assert entry["sha256"] == bundle_lib.sha256_file(os.path.join(path, entry["file"]))
+        interpreter = Interpreter(model_path=os.path.join(path, entry["file"]))
+        signature = interpreter.get_signature_list()[entry["signature"]]
+        assert sorted(signature["inputs"]) == sorted(spec["name"] for spec in entry["inputs"])
+        assert signature["outputs"] == [entry["outputs"][0]["name"]]
+        runner = interpreter.get_signature_runner(entry["signature"])
+        details = runner.get_input_details()
+        for spec in entry["inputs"]:
+            assert list(details[spec["name"]]["shape"]) == spec["shape"], (name, spec)
+        ops = {op["op_name"] for op in interpreter._get_ops_details()}
+        assert not any("FLEX" in op or op.startswith("Flex") for op in ops), (name, ops)
+    # the tokenizer of the bundle is the pipeline's tokenizer
+    runner = BundleRunner(path)
+    assert np.array_equal(runner.tokenizer.tokenize([PROMPT]), tiny.tokenizer.tokenize([PROMPT]))
+
+
+# -- the runner against the Keras pipeline -----------------------------------------------------------------------
+@pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M", DEFAULT_SAMPLER])
+def test_runner_image_equals_keras_pipeline(tiny, runner, sampler):
+    settings = dict(negative_prompt="blurry", num_steps=4, unconditional_guidance_scale=7.5, seed=11,
+                    sampler=sampler, height=64, width=64)
+    reference = tiny.text_to_image(PROMPT, **settings)
+    image = runner.text_to_image(PROMPT, **settings)
+    assert image.dtype == np.uint8 and image.shape == (1, 64, 64, 3)
+    assert int(np.abs(image.astype(int) - reference.astype(int)).max()) <= 2
+    assert image.std() > 0  # not a blank image
+
+
+def test_runner_batch_uses_consecutive_seeds_and_reports_progress(runner):
+    steps = []
+    batch = runner.text_to_image(PROMPT, batch_size=2, num_steps=3, seed=5, sampler="Euler a",
+                                 progress=steps.append)
+    single = runner.text_to_image(PROMPT, num_steps=3, seed=6, sampler="Euler a")
+    assert np.array_equal(batch[1], single[0]) and not np.array_equal(batch[0], batch[1])
+    assert steps == sorted(steps) and steps[-1] == 3
+    assert runner.last_seed == 6
+
+
+def test_runner_image_to_image_equals_keras_pipeline(tiny, runner):
+    source = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    # 4 steps of DPM++ 2M: the compiled loop of the text-to-image test is reused (start index is an argument)
+    settings = dict(strength=0.6, num_steps=4, seed=3, sampler="DPM++ 2M")
+    reference = tiny.image_to_image(PROMPT, source, **settings)
+    image = runner.image_to_image(PROMPT, source, **settings)
+    assert int(np.abs(image.astype(int) - reference.astype(int)).max()) <= 2
+
+
+def test_numpy_timestep_embedding_matches_keras():
+    from keras import ops
+
+    from sd_keras.models.layers import timestep_embedding as keras_embedding
+
+    # float32 exp differs by an ulp between libraries and t (up to 999) multiplies that error in the phase,
+    # so cos/sin agree to ~t * 6e-8; the image tests show this is far below what moves a pixel.
+    for t in (0.0, 1.0, 500.0, 981.0, 999.0, 437.25):
+        expected = ops.convert_to_numpy(keras_embedding(np.array([t], np.float32), 320))
+        np.testing.assert_allclose(timestep_embedding(np.array([t], np.float32), 320), expected, atol=1e-4)
+    expected = ops.convert_to_numpy(keras_embedding(np.array([3.0], np.float32), 320))
+    np.testing.assert_allclose(timestep_embedding(np.array([3.0], np.float32), 320), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", SAMPLER_NAMES)
+def test_numpy_loop_matches_keras_sampler_steps(name):
+    # A fixed linear "UNet" isolates the update formula: the numpy loop against Sampler.step (keras.ops).
+    from keras import ops
+
+    sampler = get_sampler(name, 6)
+    rng = np.random.default_rng(1)
+    latent0 = rng.standard_normal((1, 4, 4, 4)).astype(np.float32) * np.float32(sampler.init_noise_sigma)
+    noise = rng.standard_normal((6, 1, 4, 4, 4)).astype(np.float32)
+    context = rng.standard_normal((1, 3, 2)).astype(np.float32)
+    unconditional = np.zeros_like(context)
+
+    def unet(latent, embedding, contexts):
+        return 0.3 * latent + 0.01 * embedding[:, :4][:, None, None, :] + contexts[:, :1, :1, None] * 0.1
+
+    result = denoise(sampler, unet, context, unconditional, latent0, noise, guidance_scale=3.0, timestep_dim=8)
+    latent, state = latent0, sampler.initial_state(ops.convert_to_tensor(latent0))
+    for i in range(sampler.num_steps):
+        model_input = ops.convert_to_numpy(sampler.scale_model_input(latent, i))
+        embedding = np.repeat(timestep_embedding(sampler.timesteps[i:i + 1], 8), 2, axis=0)
+        output = unet(np.concatenate([model_input] * 2), embedding, np.concatenate([unconditional, context]))
+        guided = output[:1] + 3.0 * (output[1:] - output[:1])
+        latent, state = sampler.step(latent, guided, i, state, noise[i])
+        latent = ops.convert_to_numpy(latent)
+    np.testing.assert_allclose(result, latent, rtol=1e-5, atol=1e-5)
+
+
+# -- reading bundles: bad input ----------------------------------------------------------------------------------
+def test_missing_file_is_named(fp32_bundle, tmp_path):
+    copy = copy_bundle(fp32_bundle[0], tmp_path)
+    os.remove(copy / "decoder.tflite")
+    with pytest.raises(bundle_lib.BundleError, match="decoder.*'decoder.tflite' is missing"):
+        bundle_lib.read_bundle(copy)
+
+
+def test_modified_file_is_named(fp32_bundle, tmp_path):
+    copy = copy_bundle(fp32_bundle[0], tmp_path)
+    with open(copy / "diffusion_model.tflite", "r+b") as handle:
+        handle.seek(1000)
+        byte = handle.read(1)
+        handle.seek(1000)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(bundle_lib.BundleError, match="diffusion_model.tflite' was modified .*sha256"):
+        BundleRunner(copy)
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"format_version": 2}, "format_version 2 is not supported"),
+    ({"format": "other"}, "has format 'other'"),
+    ({"components": {"text_encoder": {}, "decoder": {}}}, "'diffusion_model' is missing"),
+])
+def test_bad_manifest_is_named(fp32_bundle, tmp_path, edit, message):
+    copy = copy_bundle(fp32_bundle[0], tmp_path)
+    with open(copy / "manifest.json") as handle:
+        manifest = json.load(handle)
+    manifest.update(edit)
+    with open(copy / "manifest.json", "w") as handle:
+        json.dump(manifest, handle)
+    with pytest.raises(bundle_lib.BundleError, match=message):
+        bundle_lib.read_bundle(copy)
+
+
+def test_runner_rejects_other_sizes_and_inpainting(runner):
+    with pytest.raises(ValueError, match="fixed size 64x64"):
+        runner.text_to_image(PROMPT, num_steps=2, height=128, width=64)
+    with pytest.raises(ValueError, match="multiple of 64"):
+        runner.text_to_image(PROMPT, num_steps=2, height=100, width=64)
+    with pytest.raises(ValueError, match="inpainting"):
+        runner.inpaint(PROMPT, None, None)
+
+
+def test_failed_gate_leaves_no_bundle(tiny, fp32_bundle, tmp_path, monkeypatch):
+    # The conversion is replaced by copying the verified files: what is tested is the gate and the staging.
+    source = fp32_bundle[0]
+
+    def copy_components(models, config, image_size, mode, output_dir, **kwargs):
+        for name in models:
+            shutil.copy(os.path.join(source, f"{name}.tflite"), output_dir)
+        return {name: {"file": f"{name}.tflite", "large_model_layout": False, "integer_only": None}
+                for name in models}
+
+    monkeypatch.setattr(litert, "export_components", copy_components)
+    monkeypatch.setitem(verify.GATES, "fp32", {"component": {"max_abs_rel": ("<=", 0.0)}, "image": {}})
+    destination = tmp_path / "bundle"
+    with pytest.raises(litert.ExportError, match=r"parity gate failed .*max_abs_rel"):
+        bundle_lib.export_bundle(tiny, str(destination), quantization="fp32", calibration_prompts=["x"],
+                                 calibration_steps=1, end_to_end=False, latency_runs=1)
+    assert not destination.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle.report.json"]
+    with open(tmp_path / "bundle.report.json") as handle:
+        assert json.load(handle)["passed"] is False
+
+
+def test_export_refuses_to_replace_a_folder_that_is_not_a_bundle(tiny, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("keep me")
+    with pytest.raises(bundle_lib.BundleError, match="not a bundle"):
+        bundle_lib.export_bundle(tiny, str(tmp_path / "out"))
+    assert (tmp_path / "out" / "notes.txt").read_text() == "keep me"
+
+
+def test_unknown_mode_and_bad_size_fail_before_any_work(tiny, tmp_path):
+    with pytest.raises(ValueError, match="unknown quantization mode 'int3'"):
+        bundle_lib.export_bundle(tiny, str(tmp_path / "b"), quantization="int3")
+    with pytest.raises(ValueError, match="width=100"):
+        bundle_lib.export_bundle(tiny, str(tmp_path / "b"), image_size=(64, 100))
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="unknown quantization mode"):
+        quantize.check_mode("fp8")
+
+
+# -- CLI ----------------------------------------------------------------------------------------------------------
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "sd_keras.cli", *args], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--quantize", "int3"], "unknown quantization mode 'int3'"),
+    (["--size", "100x64"], "width=100 is not a multiple of 64"),
+    (["--size", "big"], "--size must be WIDTHxHEIGHT"),
+])
+def test_cli_export_bad_input_is_one_line_exit_2(tmp_path, args, message):
+    result = run_cli("export", "-m", "tiny", "-o", str(tmp_path / "b"), *args)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("sd-keras: error:")]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "b").exists()
+
+
+def test_cli_generate_from_bundle_and_modified_bundle(fp32_bundle, tmp_path):
+    from sd_keras import metadata
+
+    out = tmp_path / "out.png"
+    result = run_cli("generate", "-m", fp32_bundle[0], "-p", PROMPT, "--steps", "3", "-s", "9",
+                     "--sampling-method", "Euler a", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "Seed: 9" in metadata.read_parameters(str(out))
+    copy = copy_bundle(fp32_bundle[0], tmp_path)
+    with open(copy / "merges.txt", "a") as handle:
+        handle.write("x y\n")
+    result = run_cli("generate", "-m", str(copy), "-p", PROMPT, "--steps", "2", "-o", str(tmp_path / "bad.png"))
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.startswith("sd-keras: error:")]
+    assert len(lines) == 1 and "merges.txt' was modified" in lines[0], result.stderr
