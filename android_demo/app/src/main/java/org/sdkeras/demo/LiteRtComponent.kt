@@ -1,0 +1,130 @@
+package org.sdkeras.demo
+
+import com.google.ai.edge.litert.Accelerator
+import com.google.ai.edge.litert.CompiledModel
+import com.google.ai.edge.litert.TensorBuffer
+import java.io.File
+import org.sdkeras.core.ComponentSpec
+import org.sdkeras.core.Decoder
+import org.sdkeras.core.DiffusionModel
+import org.sdkeras.core.TextEncoder
+
+/**
+ * One `.tflite` file of a bundle as a LiteRT [CompiledModel], run through the named signature the manifest lists.
+ *
+ * With [preferGpu] the GPU accelerator (the `litert-gpu` artifact) is tried first; if it is missing, cannot
+ * compile the model or fails on the first run, the component moves to the CPU and [accelerator] says so.
+ */
+class LiteRtComponent(private val file: File, private val spec: ComponentSpec, preferGpu: Boolean) : AutoCloseable {
+    private class Compiled(
+        val model: CompiledModel,
+        val inputs: Map<String, TensorBuffer>,
+        val outputs: Map<String, TensorBuffer>
+    )
+
+    /** "GPU" or "CPU", plus why the GPU is not used when it was asked for. */
+    var accelerator: String = "CPU"
+        private set
+
+    private var compiled: Compiled
+    private var verifiedOnGpu = false
+
+    init {
+        var gpu: Compiled? = null
+        if (preferGpu) {
+            try {
+                gpu = compile(Accelerator.GPU)
+                accelerator = "GPU"
+            } catch (error: Exception) {
+                accelerator = "CPU (GPU unavailable: ${describe(error)})"
+            } catch (error: UnsatisfiedLinkError) {
+                accelerator = "CPU (no GPU accelerator library)"
+            }
+        }
+        compiled = gpu ?: compile(Accelerator.CPU)
+    }
+
+    private fun compile(target: Accelerator): Compiled {
+        val model = CompiledModel.create(file.path, CompiledModel.Options(target))
+        try {
+            val inputs = LinkedHashMap<String, TensorBuffer>()
+            for (input in spec.inputs) inputs[input.name] = model.createInputBuffer(input.name, spec.signature)
+            val outputs = LinkedHashMap<String, TensorBuffer>()
+            for (output in spec.outputs) outputs[output.name] = model.createOutputBuffer(output.name, spec.signature)
+            return Compiled(model, inputs, outputs)
+        } catch (error: Exception) {
+            model.close()
+            throw error
+        }
+    }
+
+    /**
+     * Run the signature on [values] (input name to `FloatArray` or `IntArray`, sizes as the manifest says) and
+     * return the first output.
+     */
+    fun run(values: Map<String, Any>): FloatArray {
+        return try {
+            val result = runOn(compiled, values)
+            verifiedOnGpu = true
+            result
+        } catch (error: Exception) {
+            if (!accelerator.startsWith("GPU") || verifiedOnGpu) throw error
+            // a GPU that compiled the model but cannot run it: the CPU can
+            closeCompiled(compiled)
+            compiled = compile(Accelerator.CPU)
+            accelerator = "CPU (GPU failed: ${describe(error)})"
+            runOn(compiled, values)
+        }
+    }
+
+    private fun runOn(target: Compiled, values: Map<String, Any>): FloatArray {
+        for (input in spec.inputs) {
+            val buffer = target.inputs.getValue(input.name)
+            when (val value = values[input.name]) {
+                is FloatArray -> {
+                    check(value.size == input.size) { "${spec.name}.${input.name}: ${value.size} values, expected $input" }
+                    buffer.writeFloat(value)
+                }
+                is IntArray -> {
+                    check(value.size == input.size) { "${spec.name}.${input.name}: ${value.size} values, expected $input" }
+                    buffer.writeInt(value)
+                }
+                else -> throw IllegalStateException("${spec.name}: no value for input ${input.name}")
+            }
+        }
+        target.model.run(target.inputs, target.outputs, spec.signature)
+        val output = spec.outputs[0]
+        val result = target.outputs.getValue(output.name).readFloat()
+        check(result.size == output.size) { "${spec.name}.${output.name}: ${result.size} values, expected $output" }
+        return result
+    }
+
+    private fun closeCompiled(target: Compiled) {
+        for (buffer in target.inputs.values) buffer.close()
+        for (buffer in target.outputs.values) buffer.close()
+        target.model.close()
+    }
+
+    override fun close() = closeCompiled(compiled)
+
+    private fun describe(error: Throwable) = error.message?.lineSequence()?.firstOrNull() ?: error.javaClass.simpleName
+}
+
+/** The text encoder signature: `tokens` and `positions` (0..76), each (1, 77) int32. */
+class LiteRtTextEncoder(private val component: LiteRtComponent, contextLength: Int) : TextEncoder {
+    private val positions = IntArray(contextLength) { it }
+
+    override fun encode(tokens: IntArray): FloatArray =
+        component.run(mapOf("tokens" to tokens, "positions" to positions))
+}
+
+/** The UNet signature: `latent`, `timestep_embedding`, `context`, batch 2 (unconditional, conditional). */
+class LiteRtDiffusionModel(private val component: LiteRtComponent) : DiffusionModel {
+    override fun predict(latent: FloatArray, timestepEmbedding: FloatArray, context: FloatArray): FloatArray =
+        component.run(mapOf("latent" to latent, "timestep_embedding" to timestepEmbedding, "context" to context))
+}
+
+/** The VAE decoder signature: `latent` (1, h, w, 4) to `image` (1, H, W, 3) in [-1, 1]. */
+class LiteRtDecoder(private val component: LiteRtComponent) : Decoder {
+    override fun decode(latent: FloatArray): FloatArray = component.run(mapOf("latent" to latent))
+}
