@@ -10,7 +10,8 @@ Modes (``--quantize``):
 ``int4``       int4 weights through ``ai-edge-quantizer`` applied to the fp32 ``.tflite``: fully-connected and
                embedding weights blockwise (blocks of 32 along the input axis; the quantizer's only blockwise
                int4 configuration, executed with on-the-fly activation quantization), convolution weights per
-               output channel, weight-only (dequantized to float before the convolution).
+               output channel, weight-only (dequantized to float before the convolution). The text encoder's
+               token embedding (a GATHER op, not covered by the quantizer's int4 recipes) stays float32.
 
 The TensorFlow Model Optimization Toolkit is not used: it works only with Keras 2 (``tf_keras``) and sets
 ``TF_USE_LEGACY_KERAS=1`` when imported, which would switch this process away from Keras 3.

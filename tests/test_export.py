@@ -270,12 +270,13 @@ def run_cli(*args):
     (["--size", "100x64"], "width=100 is not a multiple of 64"),
     (["--size", "big"], "--size must be WIDTHxHEIGHT"),
 ])
-def test_cli_export_bad_input_is_one_line_exit_2(tmp_path, args, message):
-    result = run_cli("export", "-m", "tiny", "-o", str(tmp_path / "b"), *args)
-    assert result.returncode == 2, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.startswith("sd-keras: error:")]
-    assert len(lines) == 1 and message in lines[0], result.stderr
-    assert "Traceback" not in result.stderr and not (tmp_path / "b").exists()
+def test_cli_export_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):
+    from sd_keras import cli
+
+    assert cli.main(["export", "-m", "tiny", "-o", str(tmp_path / "b"), *args]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sd-keras: error:") and message in lines[0], lines
+    assert not (tmp_path / "b").exists()
 
 
 def test_cli_generate_from_bundle_and_modified_bundle(fp32_bundle, tmp_path):

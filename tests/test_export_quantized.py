@@ -1,0 +1,132 @@
+"""Quantized exports: each mode converted once on a small component, checked against Keras; int8 through the CLI.
+
+Thresholds are the export's own gates (``verify.GATES``), which hold on the tiny preset's random weights.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from sd_keras.export import litert, quantize, verify
+from sd_keras.export.runner import BundleRunner
+from sd_keras.pipeline import StableDiffusion
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return StableDiffusion.from_preset("tiny")
+
+
+@pytest.fixture(scope="module")
+def records(tiny):
+    return quantize.record_trajectories(tiny, prompts=["a red circle", "a blue square"], num_steps=3)
+
+
+@pytest.fixture(scope="module")
+def decoders(tiny, records, tmp_path_factory):
+    """The decoder in every mode: {mode: path}; one export call per mode."""
+    folder = tmp_path_factory.mktemp("decoders")
+    paths = {}
+    for mode in quantize.MODES:
+        target = folder / mode
+        target.mkdir()
+        result = litert.export_components({"decoder": tiny.decoder}, tiny.config, (64, 64), mode, str(target),
+                                          representative=records)
+        paths[mode] = str(target / result["decoder"]["file"])
+    return paths
+
+
+def test_records_come_from_real_trajectories(tiny, records):
+    unet = records["diffusion_model"]
+    assert len(unet) == 2 * 3  # prompts x steps
+    assert unet[0]["latent"].shape == (2, 8, 8, 4) and unet[0]["context"].shape == (2, 77, 32)
+    assert np.array_equal(unet[0]["latent"][0], unet[0]["latent"][1])  # the guidance pair shares the latent
+    assert not np.array_equal(unet[0]["timestep_embedding"], unet[1]["timestep_embedding"])
+    assert len(records["text_encoder"]) == 3 and records["text_encoder"][0]["tokens"].dtype == np.int32
+    assert [feed["latent"].shape for feed in records["decoder"]] == [(1, 8, 8, 4)] * 2
+
+
+@pytest.mark.parametrize("mode", quantize.MODES)
+def test_decoder_parity_per_mode(tiny, records, decoders, mode):
+    entry = litert.component_signatures(tiny.config, (64, 64))["decoder"]
+    parity = verify.compare_component(tiny.decoder, "decoder", decoders[mode], entry, records["decoder"])
+    gates = verify.check_gates(parity, verify.GATES[mode]["component"])
+    assert all(gate["passed"] for gate in gates), (mode, parity)
+    assert parity["finite"]
+
+
+def test_quantized_files_are_smaller(decoders):
+    sizes = {mode: os.path.getsize(path) for mode, path in decoders.items()}
+    assert sizes["fp16"] < 0.6 * sizes["fp32"]
+    assert sizes["int8"] < 0.4 * sizes["fp32"] and sizes["int8-full"] < 0.45 * sizes["fp32"]
+    assert sizes["int4"] < sizes["int8"]
+
+
+def test_weight_types_per_mode(decoders):
+    from ai_edge_litert.interpreter import Interpreter
+
+    def weight_dtypes(path):
+        interpreter = Interpreter(model_path=path)
+        return {detail["dtype"].__name__ for detail in interpreter.get_tensor_details()}
+
+    assert "float16" in weight_dtypes(decoders["fp16"])
+    assert "int8" in weight_dtypes(decoders["int8"])
+    assert "int8" in weight_dtypes(decoders["int8-full"])
+    assert "int4" in weight_dtypes(decoders["int4"]) or "int8" in weight_dtypes(decoders["int4"])
+    assert weight_dtypes(decoders["fp32"]) <= {"float32", "int32"}
+
+
+def test_flex_ops_fail_with_their_names(tmp_path):
+    # Needs TensorFlow in the process: run under KERAS_BACKEND=tensorflow whatever the test backend.
+    script = textwrap.dedent(f"""
+        import keras
+        from keras import ops
+        from sd_keras.config import get_config
+        from sd_keras.export import litert
+        signature = litert.component_signatures(get_config("tiny"), (64, 64))["decoder"]
+        latent = keras.Input((8, 8, 4))
+        image = keras.layers.Lambda(lambda x: ops.erfinv(ops.tanh(x)))(keras.layers.UpSampling2D(8)(latent))
+        model = keras.Model(latent, keras.layers.Conv2D(3, 1)(image))
+        try:
+            litert.convert_component(model, "decoder", signature, "fp32", {str(tmp_path / "x.tflite")!r})
+        except litert.ExportError as error:
+            print("ERROR:", error)
+    """)
+    env = dict(os.environ, KERAS_BACKEND="tensorflow")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert "ERROR: decoder: the model needs TensorFlow ops that LiteRT has no builtin kernel for: Erfinv" in \
+        result.stdout, result.stderr[-2000:]
+    assert not (tmp_path / "x.tflite").exists()
+
+
+def test_cli_int8_export_and_generation(tiny, tmp_path):
+    out = tmp_path / "tiny-int8"
+    result = subprocess.run([sys.executable, "-m", "sd_keras.cli", "export", "-m", "tiny", "-o", str(out),
+                             "--quantize", "int8", "--size", "64x64", "--no-image-encoder", "--calibration-steps",
+                             "2", "--latency-runs", "1", "-q"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "diffusion_model:" in result.stdout and "end-to-end image vs Keras" in result.stdout
+    with open(out / "report.json") as handle:
+        report = json.load(handle)
+    with open(out / "manifest.json") as handle:
+        manifest = json.load(handle)
+    assert report["passed"] and report["quantization"] == "int8" and manifest["quantization"] == "int8"
+    assert set(manifest["components"]) == {"text_encoder", "diffusion_model", "decoder"}
+    for name, entry in report["components"].items():
+        assert entry["parity"]["cosine"] >= 0.99, name
+        assert entry["quantization"] == "int8"
+    unet_fp32_bytes = litert.weight_bytes(tiny.diffusion_model)
+    assert report["components"]["diffusion_model"]["size_bytes"] < 0.4 * unet_fp32_bytes
+    # random weights: the image PSNR is reported, not enforced
+    assert report["end_to_end"]["psnr_db"] > 0 and not report["end_to_end"]["gates"][0]["enforced"]
+    runner = BundleRunner(str(out))
+    assert runner.image_encoder is None
+    with pytest.raises(ValueError, match="no image_encoder"):
+        runner.image_to_image("x", np.zeros((64, 64, 3), np.uint8), num_steps=2)
+    image = runner.text_to_image("a red circle", num_steps=2, seed=1)
+    assert image.shape == (1, 64, 64, 3) and image.dtype == np.uint8
