@@ -184,6 +184,10 @@ class CompiledFunction:
         self._forward = backend.jit(forward)
 
     def __call__(self, inputs):
+        if isinstance(inputs, dict):
+            inputs = {key: backend.shard_batch(value) for key, value in inputs.items()}
+        else:
+            inputs = backend.shard_batch(inputs)  # data parallel when a distribution is set
         return backend.to_numpy(self._forward(model_state(self.model), inputs))
 
 
