@@ -79,6 +79,9 @@ def core_jar():
             partial.unlink(missing_ok=True)
             raise AssertionError("kotlinc failed:\n" + (result.stdout + result.stderr)[-6000:])
         os.replace(partial, jar)  # atomic: a concurrent run sees the whole jar or none
+        # keep the cache small: the newest few builds (another checkout may be using one of them)
+        for old in sorted(cache.glob("core-*.jar"), key=lambda p: p.stat().st_mtime)[:-3]:
+            old.unlink(missing_ok=True)
     return jar, junit, hamcrest
 
 
