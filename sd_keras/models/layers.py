@@ -36,7 +36,7 @@ class HostUniform(keras.initializers.Initializer):
         values = rng.random(shape, dtype=np.float32)
         values *= np.float32(2.0 * limit)
         values -= np.float32(limit)
-        return ops.cast(values, dtype or "float32")
+        return values.astype(keras.backend.standardize_dtype(dtype or "float32"), copy=False)
 
     def get_config(self):
         return {"limit": self.limit}

@@ -1,0 +1,301 @@
+"""sd_keras.config and sd_keras.models on tiny configs: shapes, sizes, serialization, attention maths."""
+import dataclasses
+import json
+import math
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from sd_keras import backend, models
+from sd_keras.config import PRESETS, ModelConfig, TextEncoderConfig, UNetConfig, VAEConfig, get_config
+from sd_keras.models import layers
+
+TINY = get_config("tiny")
+
+
+def to_numpy(x):
+    return ops.convert_to_numpy(x)
+
+
+def relative_error(actual, expected):
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    return np.abs(actual - expected).max() / np.abs(expected).max()
+
+
+def text_inputs(batch, config=TINY.text_encoder, seed=0):
+    rng = np.random.default_rng(seed)
+    length = config.max_length
+    return {"tokens": ops.convert_to_tensor(rng.integers(0, config.vocab_size, (batch, length)).astype("int32")),
+            "positions": ops.convert_to_tensor(np.tile(np.arange(length, dtype="int32"), (batch, 1)))}
+
+
+def unet_inputs(config, batch, height, width, seed=0, context_length=77):
+    rng = np.random.default_rng(seed)
+    unet = config.unet
+    return {
+        "latent": ops.convert_to_tensor(rng.standard_normal((batch, height, width, unet.in_channels), "float32")),
+        "timestep_embedding": layers.timestep_embedding(ops.convert_to_tensor([981.0] * batch), unet.timestep_dim),
+        "context": ops.convert_to_tensor(rng.standard_normal((batch, context_length, unet.context_dim), "float32")),
+    }
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    keras.utils.set_random_seed(0)
+    return {"text_encoder": models.build_text_encoder(TINY), "diffusion_model": models.build_diffusion_model(TINY),
+            "decoder": models.build_decoder(TINY), "image_encoder": models.build_image_encoder(TINY)}
+
+
+# -- configs and presets -------------------------------------------------------------------------------------
+
+
+def test_presets_round_trip_through_json():
+    assert {"sd-v1", "sd-v2", "tiny"} <= set(PRESETS)
+    for name, config in PRESETS.items():
+        assert config.name == name
+        assert ModelConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+        assert get_config(name) is config
+
+
+def test_unknown_preset_names_it_and_lists_the_known_ones():
+    with pytest.raises(ValueError, match=r"'sd-v3'.*sd-v1, sd-v2, tiny"):
+        get_config("sd-v3")
+
+
+def test_keras_cv_preset_sizes():
+    v1, v2 = get_config("sd-v1"), get_config("sd-v2")
+    assert (v1.text_encoder.width, v1.text_encoder.num_layers, v1.text_encoder.num_heads) == (768, 12, 12)
+    assert (v2.text_encoder.width, v2.text_encoder.num_layers, v2.text_encoder.num_heads) == (1024, 23, 16)
+    assert (v1.text_encoder.activation, v2.text_encoder.activation) == ("quick_gelu", "gelu_tanh")
+    assert v1.unet.attention_heads(640) == (8, 80) and v2.unet.attention_heads(640) == (10, 64)
+    assert (v1.unet.linear_proj, v2.unet.linear_proj) == (False, True)
+    assert v1.pad_token_id == v2.pad_token_id == 49407  # KerasCV pads both with the end token
+    assert v1.vae.downsample_factor == TINY.vae.downsample_factor == 8
+    assert v1.image_size == v2.image_size == (512, 512)
+
+
+@pytest.mark.parametrize("bad", [
+    lambda: UNetConfig(num_heads=8, head_size=64),
+    lambda: UNetConfig(num_heads=None, head_size=None),
+    lambda: UNetConfig(attention_levels=(True, False)),
+    lambda: UNetConfig(block_out_channels=(320, 650, 1280, 1280)),
+    lambda: TextEncoderConfig(activation="relu"),
+    lambda: VAEConfig(block_out_channels=(100, 200)),
+    lambda: ModelConfig(name="x", unet=UNetConfig(context_dim=1024)),
+    lambda: ModelConfig(name="x", prediction_type="sample"),
+    lambda: ModelConfig.from_dict({"name": "x", "unet": {"channels": (1,)}}),
+])
+def test_inconsistent_configs_are_rejected(bad):
+    with pytest.raises(ValueError):
+        bad()
+
+
+# -- the tiny models ---------------------------------------------------------------------------------------
+
+
+def test_tiny_output_shapes_and_signatures(tiny):
+    context = tiny["text_encoder"](text_inputs(2))
+    assert tuple(context.shape) == (2, 77, 32)
+    assert set(tiny["text_encoder"].input) == {"tokens", "positions"}
+    unet = tiny["diffusion_model"]
+    assert set(unet.input) == {"latent", "timestep_embedding", "context"}
+    assert tuple(unet.input["latent"].shape) == (None, None, None, 4)
+    assert unet.input["timestep_embedding"].shape[-1] == TINY.unet.timestep_dim
+    inputs = unet_inputs(TINY, 2, 8, 8)
+    inputs["context"] = context
+    assert tuple(unet(inputs).shape) == (2, 8, 8, 4)
+    latent = ops.convert_to_tensor(np.random.default_rng(1).standard_normal((2, 8, 8, 4), "float32"))
+    image = tiny["decoder"](latent)
+    assert tuple(image.shape) == (2, 64, 64, 3)
+    assert tuple(tiny["image_encoder"](image).shape) == (2, 8, 8, 4)
+
+
+def test_tiny_parameter_count(tiny):
+    counts = {name: model.count_params() for name, model in tiny.items()}
+    token_table = TINY.text_encoder.vocab_size * TINY.text_encoder.width  # 49408 x 32, a lookup table
+    assert 100_000 < sum(counts.values()) - token_table < 1_500_000, counts
+    assert sum(counts.values()) < 3_000_000, counts
+
+
+@pytest.mark.parametrize("height,width", [(64, 64), (64, 128), (192, 128)])
+def test_one_model_runs_any_size_that_is_a_multiple_of_64(tiny, height, width):
+    h, w = height // 8, width // 8
+    assert tuple(tiny["diffusion_model"](unet_inputs(TINY, 1, h, w)).shape) == (1, h, w, 4)
+    latent = ops.convert_to_tensor(np.zeros((1, h, w, 4), "float32"))
+    assert tuple(tiny["decoder"](latent).shape) == (1, height, width, 3)
+    image = ops.convert_to_tensor(np.zeros((1, height, width, 3), "float32"))
+    assert tuple(tiny["image_encoder"](image).shape) == (1, h, w, 4)
+
+
+def test_nine_channel_inpainting_unet_builds_and_runs():
+    config = dataclasses.replace(TINY, unet=dataclasses.replace(TINY.unet, in_channels=9))
+    unet = models.build_diffusion_model(config)
+    assert tuple(unet.get_layer("conv_in").kernel.shape) == (3, 3, 9, 32)
+    assert tuple(unet(unet_inputs(config, 1, 8, 8)).shape) == (1, 8, 8, 4)
+
+
+def test_sd1_style_unet_uses_conv_projections_and_fixed_head_count():
+    unet_config = dataclasses.replace(TINY.unet, num_heads=2, head_size=None, linear_proj=False)
+    config = dataclasses.replace(TINY, unet=unet_config)
+    unet = models.build_diffusion_model(config)
+    attention = unet.get_layer("down_1_attn_0")
+    assert (attention.num_heads, attention.head_size) == (2, 32)
+    assert isinstance(attention.proj_in, keras.layers.Conv2D)
+    assert tuple(unet(unet_inputs(config, 1, 8, 8)).shape) == (1, 8, 8, 4)
+
+
+def test_weights_have_meaningful_unique_names(tiny):
+    paths = {name: [w.path for w in model.weights] for name, model in tiny.items()}
+    for model_paths in paths.values():
+        assert len(set(model_paths)) == len(model_paths)
+    assert "encoder_layer_1/self_attn/q_proj/kernel" in paths["text_encoder"]
+    for path in ["down_0_res_0/time_emb_proj/kernel", "mid_attn/transformer_block/attn2/k_proj/kernel",
+                 "up_0_res_0/conv_shortcut/kernel", "up_1_attn_1/proj_out/kernel", "up_0_upsample/kernel"]:
+        assert path in paths["diffusion_model"]
+    assert "post_quant_conv/kernel" in paths["decoder"] and "mid_attn/to_q/kernel" in paths["decoder"]
+    assert "quant_conv/kernel" in paths["image_encoder"]
+
+
+def test_same_seed_gives_same_weights():
+    keras.utils.set_random_seed(3)
+    first = models.build_decoder(TINY).get_weights()
+    keras.utils.set_random_seed(3)
+    second = models.build_decoder(TINY).get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(first, second))
+
+
+def test_builders_accept_preset_names_and_sub_configs():
+    assert models.build_decoder("tiny").count_params() == models.build_decoder(TINY.vae).count_params()
+    assert models.build_text_encoder(TINY.text_encoder).count_params() == \
+        models.build_text_encoder("tiny").count_params()
+    with pytest.raises(ValueError, match="unknown preset"):
+        models.build_diffusion_model("nope")
+
+
+def test_dtype_policy_reaches_nested_layers(tiny):
+    unet = tiny["diffusion_model"].sd_keras_builder(dtype="mixed_bfloat16")
+    q_proj = unet.get_layer("down_1_attn_0").transformer_block.attn1.q_proj
+    assert q_proj.dtype_policy.name == "mixed_bfloat16" and q_proj.kernel.dtype == "float32"
+    unet.set_weights(tiny["diffusion_model"].get_weights())
+    inputs = unet_inputs(TINY, 1, 8, 8)
+    out = to_numpy(ops.cast(unet(inputs), "float32"))
+    assert relative_error(out, to_numpy(tiny["diffusion_model"](inputs))) < 0.1
+
+
+# -- serialization -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layer", [
+    layers.CLIPEmbedding(100, 16, 7, name="embeddings"),
+    layers.MultiHeadAttention(3, 8, qkv_bias=False, causal=True),
+    layers.CLIPEncoderLayer(16, 2, 48, activation="gelu", epsilon=1e-6),
+    layers.ResnetBlock(16, norm_groups=4, epsilon=1e-6, use_time_embedding=True),
+    layers.TransformerBlock(2, 8, ff_mult=3, gelu_approximate=False),
+    layers.SpatialTransformer(2, 8, linear_proj=True, ff_mult=2, gelu_approximate=False, norm_groups=4),
+    layers.AttentionBlock(16, norm_groups=4, epsilon=1e-6),
+    layers.LatentMean(4, 0.5),
+])
+def test_custom_layers_round_trip_through_get_config(layer):
+    config = layer.get_config()
+    clone = layer.__class__.from_config(config)
+    assert clone.get_config() == config
+    registered = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert type(registered) is type(layer) and registered.get_config() == config
+
+
+def test_model_saves_and_reloads_as_keras_file(tiny, tmp_path):
+    unet = tiny["diffusion_model"]
+    path = str(tmp_path / "unet.keras")
+    unet.save(path)
+    reloaded = keras.saving.load_model(path)
+    inputs = unet_inputs(TINY, 1, 8, 16)
+    np.testing.assert_allclose(to_numpy(reloaded(inputs)), to_numpy(unet(inputs)), rtol=1e-6, atol=1e-6)
+    rebuilt = keras.Model.from_config(tiny["image_encoder"].get_config())
+    assert [tuple(w.shape) for w in rebuilt.weights] == [tuple(w.shape) for w in tiny["image_encoder"].weights]
+
+
+# -- attention and timestep maths --------------------------------------------------------------------------
+
+
+def _softmax(x):
+    x = x - x.max(-1, keepdims=True)
+    e = np.exp(x)
+    return e / e.sum(-1, keepdims=True)
+
+
+def _explicit_attention(q, k, v, num_heads, causal=False):
+    """KerasCV's formulation: per-head softmax(q k^T / sqrt(d)) v with an additive -inf causal mask."""
+    (b, t, width), s = q.shape, k.shape[1]
+    head = width // num_heads
+    q = q.reshape(b, t, num_heads, head).transpose(0, 2, 1, 3)
+    k = k.reshape(b, s, num_heads, head).transpose(0, 2, 3, 1)
+    v = v.reshape(b, s, num_heads, head).transpose(0, 2, 1, 3)
+    scores = (q * head**-0.5) @ k
+    if causal:
+        scores = scores + np.triu(np.full((t, s), -np.inf), k=1)
+    out = _softmax(scores) @ v
+    return out.transpose(0, 2, 1, 3).reshape(b, t, width)
+
+
+def _dense(x, layer):
+    out = x @ to_numpy(layer.kernel).astype(np.float64)
+    return out + to_numpy(layer.bias) if layer.use_bias else out
+
+
+@pytest.mark.parametrize("causal,context_length", [(True, None), (False, 5)])
+def test_dot_product_attention_equals_explicit_softmax_attention(causal, context_length):
+    rng = np.random.default_rng(0)
+    attention = layers.MultiHeadAttention(4, 8, qkv_bias=causal, causal=causal)
+    x = rng.standard_normal((2, 7, 24)).astype("float32")
+    context = None if context_length is None else rng.standard_normal((2, context_length, 12)).astype("float32")
+    out = to_numpy(attention(x, None if context is None else ops.convert_to_tensor(context)))
+    source = x if context is None else context
+    x64, source64 = x.astype(np.float64), source.astype(np.float64)
+    expected = _explicit_attention(_dense(x64, attention.q_proj), _dense(source64, attention.k_proj),
+                                   _dense(source64, attention.v_proj), 4, causal)
+    expected = _dense(expected, attention.out_proj)
+    assert relative_error(out, expected) < 1e-5
+
+
+def test_vae_attention_block_equals_explicit_single_head_attention():
+    rng = np.random.default_rng(1)
+    block = layers.AttentionBlock(8, norm_groups=2)
+    x = rng.standard_normal((1, 3, 5, 8)).astype("float32")
+    out = to_numpy(block(ops.convert_to_tensor(x)))
+    normed = to_numpy(block.norm(ops.convert_to_tensor(x))).astype(np.float64).reshape(1, 15, 8)
+
+    def conv1x1(t, conv):
+        return t @ to_numpy(conv.kernel)[0, 0].astype(np.float64) + to_numpy(conv.bias)
+
+    attended = _explicit_attention(conv1x1(normed, block.to_q), conv1x1(normed, block.to_k),
+                                   conv1x1(normed, block.to_v), 1)
+    expected = conv1x1(attended, block.proj_out).reshape(x.shape) + x
+    assert relative_error(out, expected) < 1e-5
+
+
+def _keras_cv_timestep_embedding(timestep, dim, max_period=10000):
+    half = dim // 2
+    freqs = np.exp(-math.log(max_period) * np.arange(0, half, dtype=np.float32) / half).astype(np.float32)
+    args = np.float32(timestep) * freqs
+    return np.concatenate([np.cos(args), np.sin(args)])
+
+
+def test_timestep_embedding_matches_keras_cv_and_traces():
+    expected = np.stack([_keras_cv_timestep_embedding(t, 320) for t in (1.0, 501.0, 999.0)])
+    eager = to_numpy(models.timestep_embedding(ops.convert_to_tensor([1.0, 501.0, 999.0]), 320))
+    # Same float32 formula; backends' sin/cos of arguments near 1000 differ by a few float32 ulps of the argument
+    # (bit-exactness with KerasCV on the same backend is checked in test_keras_cv_interop.py).
+    np.testing.assert_allclose(eager, expected, rtol=0, atol=2e-4)
+    assert tuple(models.timestep_embedding(999.0, 320).shape) == (320,)
+
+    timesteps = ops.convert_to_tensor(np.array([1.0, 501.0, 999.0], "float32"))
+
+    def loop(timesteps):
+        def body(i, total):
+            return total + models.timestep_embedding(ops.reshape(ops.take(timesteps, i), (1,)), 320)
+        return ops.fori_loop(0, 3, body, ops.zeros((1, 320)))
+
+    traced = to_numpy(backend.jit(loop)(timesteps))
+    np.testing.assert_allclose(traced[0], eager.sum(0), rtol=0, atol=3e-4)  # XLA may fuse differently
