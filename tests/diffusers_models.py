@@ -276,3 +276,87 @@ def encoder_output(models, image_nhwc):
         x = torch.from_numpy(np.ascontiguousarray(image_nhwc.transpose(0, 3, 1, 2)))
         mean = models["vae"].encode(x).latent_dist.mean * models["vae"].config.scaling_factor
     return mean.numpy().transpose(0, 2, 3, 1)
+
+
+# --------------------------------------------------------------------------------------------------- LoRA
+UNET_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
+                     "conv1", "conv2"]
+TEXT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+
+
+def add_peft_lora(models, *, rank=4, alpha=8.0, seed=1, adapter_name="default", unet_targets=UNET_LORA_TARGETS,
+                  text_targets=TEXT_LORA_TARGETS):
+    """Add a random PEFT LoRA adapter (UNet: attention, projections, feed-forward and ResBlock convs; text
+    encoder: attention and MLP) to the torch models in place; returns {"unet": state dict, "text_encoder": ...}
+    in PEFT naming (``<module>.lora_A.weight``)."""
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils import get_peft_model_state_dict
+
+    generator = torch.Generator().manual_seed(seed)
+    states = {}
+    for part, targets in (("unet", unet_targets), ("text_encoder", text_targets)):
+        if not targets:
+            continue
+        module = models[part]
+        # PEFT's own injection (what diffusers' add_adapter and transformers' add_adapter call)
+        inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets,
+                                           init_lora_weights=False), module, adapter_name=adapter_name)
+        with torch.no_grad():
+            for name, parameter in module.named_parameters():
+                if "lora_A" in name or "lora_B" in name:
+                    fan_in = int(np.prod(parameter.shape[1:]))
+                    parameter.copy_(0.3 / np.sqrt(fan_in) * torch.randn(parameter.shape, generator=generator))
+        states[part] = {k: v.detach().clone() for k, v in
+                        get_peft_model_state_dict(module, adapter_name=adapter_name).items()}
+    return states
+
+
+def save_peft_lora(states, folder, *, rank, alpha):
+    """The file ``StableDiffusionPipeline.save_lora_weights`` writes (with its adapter metadata)."""
+    from diffusers import StableDiffusionPipeline
+
+    metadata = {"r": rank, "lora_alpha": alpha}
+    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=states["unet"],
+                                              text_encoder_lora_layers=states["text_encoder"],
+                                              unet_lora_adapter_metadata=dict(metadata),
+                                              text_encoder_lora_adapter_metadata=dict(metadata))
+    return os.path.join(folder, "pytorch_lora_weights.safetensors")
+
+
+def save_kohya_lora(states, path, *, alpha):
+    """The same LoRA in kohya's naming: ``lora_unet_<module with _>.lora_down.weight`` / ``lora_up`` / ``alpha``."""
+    from safetensors.torch import save_file
+
+    out = {}
+    for part, prefix in (("unet", "lora_unet_"), ("text_encoder", "lora_te_")):
+        for key, value in states[part].items():
+            if not key.endswith(".lora_A.weight"):
+                continue
+            module = key[: -len(".lora_A.weight")]
+            if part == "text_encoder" and not module.startswith("text_model."):
+                module = "text_model." + module  # kohya names follow transformers 4's CLIPTextModel
+            name = prefix + module.replace(".", "_")
+            out[name + ".lora_down.weight"] = value.contiguous()
+            out[name + ".lora_up.weight"] = states[part][key.replace("lora_A", "lora_B")].contiguous()
+            out[name + ".alpha"] = torch.tensor(float(alpha))
+    save_file(out, path)
+    return path
+
+
+def save_attn_procs_lora(states, path):
+    """Attention-only LoRA in the attention-processor layout of ``unet.save_attn_procs`` (older diffusers):
+    ``...attn1.processor.to_q_lora.down.weight`` / ``up.weight``; ``to_out.0`` is ``to_out_lora``."""
+    from safetensors.torch import save_file
+
+    out = {}
+    for key, value in states["unet"].items():
+        if not key.endswith(".lora_A.weight"):
+            continue
+        module = key[: -len(".lora_A.weight")]
+        attention, _, projection = module.rpartition(".to_")
+        projection = "to_" + projection.replace(".0", "")
+        name = f"{attention}.processor.{projection}_lora"
+        out[name + ".down.weight"] = value.contiguous()
+        out[name + ".up.weight"] = states["unet"][key.replace("lora_A", "lora_B")].contiguous()
+    save_file(out, path)
+    return path

@@ -212,6 +212,10 @@ def read_lora(path):
             component, module, naming = _component_and_module(stem, path)
             if down_suffix == "_lora.down.weight":
                 module = _processor_module(module)
+            if component == "text_encoder":
+                # transformers >= 5 names CLIPTextModel's modules without the "text_model." level
+                level = "text_model_" if naming == "kohya" else "text_model."
+                module = module if module.startswith(level) else level + module
             alpha_key = next((k for k in (stem + ".alpha", module + ".alpha") if k in tensors), None)
             alpha, rslora = _alpha_from_metadata(settings, "unet" if component == "diffusion_model"
                                                  else "text_encoder", module)

@@ -1,0 +1,382 @@
+"""Checkpoint loading against diffusers: tiny random diffusers models saved as a diffusers folder and as original
+single files (.safetensors, .ckpt) load into sd_keras models that compute what diffusers computes."""
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+import diffusers_models as dm
+from sd_keras import cli
+from sd_keras.models import timestep_embedding
+from sd_keras.pipeline import StableDiffusion
+from sd_keras.weights import key_maps, saved
+from sd_keras.weights.checkpoints import SafetensorsFile, open_checkpoint
+from sd_keras.weights.pickle_reader import CheckpointFormatError, TorchCheckpoint, UnsafeCheckpointError
+
+ATOL = 1e-4  # float32 parity with diffusers (observed differences are a few 1e-6)
+
+
+def _files(kind, tmp_path_factory):
+    models = dm.build(kind)
+    root = tmp_path_factory.mktemp(kind)
+    return {"models": models, "folder": dm.save_diffusers_folder(models, str(root / "diffusers")),
+            "safetensors": dm.save_original_safetensors(models, str(root / f"{kind}.safetensors")),
+            "ckpt": dm.save_original_ckpt(models, str(root / f"{kind}.ckpt")), "root": root}
+
+
+@pytest.fixture(scope="module")
+def sd1(tmp_path_factory):
+    return _files("sd1", tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def sd2(tmp_path_factory):
+    return _files("sd2", tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def inpaint(tmp_path_factory):
+    return _files("inpaint", tmp_path_factory)
+
+
+def component_outputs(sd, seed=0):
+    """Outputs of the four sd_keras models and the diffusers reference on the same random inputs."""
+    rng = np.random.default_rng(seed)
+    config = sd.config
+    tokens = rng.integers(0, config.text_encoder.vocab_size, (2, 77)).astype("int32")
+    positions = np.tile(np.arange(77, dtype="int32"), (2, 1))
+    latent = rng.standard_normal((2, 8, 8, config.unet.in_channels)).astype("float32")
+    timesteps = np.array([3.0, 721.0], "float32")
+    context = rng.standard_normal((2, 77, config.unet.context_dim)).astype("float32")
+    z = rng.standard_normal((1, 8, 8, 4)).astype("float32")
+    image = rng.uniform(-1, 1, (1, 64, 64, 3)).astype("float32")
+    embedding = np.asarray(timestep_embedding(timesteps, config.unet.timestep_dim))
+    return {
+        "text_encoder": np.asarray(sd.text_encoder({"tokens": tokens, "positions": positions})),
+        "diffusion_model": np.asarray(sd.diffusion_model({"latent": latent, "timestep_embedding": embedding,
+                                                          "context": context})),
+        # sd_keras's decoder divides by the scaling factor first, diffusers' vae.decode does not
+        "decoder": np.asarray(sd.decoder(z * config.vae.scaling_factor)),
+        "image_encoder": np.asarray(sd.image_encoder(image)),
+    }, {"tokens": tokens, "latent": latent, "timesteps": timesteps, "context": context, "z": z, "image": image}
+
+
+def reference_outputs(models, inputs):
+    return {
+        "text_encoder": dm.text_output(models, inputs["tokens"]),
+        "diffusion_model": dm.unet_output(models, inputs["latent"], inputs["timesteps"], inputs["context"]),
+        "decoder": dm.decoder_output(models, inputs["z"]),
+        "image_encoder": dm.encoder_output(models, inputs["image"]),
+    }
+
+
+def assert_parity(sd, models):
+    ours, inputs = component_outputs(sd)
+    theirs = reference_outputs(models, inputs)
+    for component in ours:
+        assert ours[component].shape == theirs[component].shape, component
+        assert np.abs(theirs[component]).max() > 0.1, component  # a meaningful signal, not all zeros
+        np.testing.assert_allclose(ours[component], theirs[component], atol=ATOL, rtol=0, err_msg=component)
+
+
+# ---------------------------------------------------------------------------------------------- parity
+def test_timestep_embedding_matches_diffusers_unet():
+    from diffusers.models.embeddings import get_timestep_embedding
+
+    timesteps = torch.tensor([0.0, 1.0, 500.0, 999.0])
+    theirs = get_timestep_embedding(timesteps, 320, flip_sin_to_cos=True, downscale_freq_shift=0).numpy()
+    # same formula ([cos, sin], frequencies exp(-ln(10000) k / half)); float32 rounding of t * frequency
+    # (t up to 999) alone leaves differences of about t * 6e-8
+    np.testing.assert_allclose(np.asarray(timestep_embedding(timesteps.numpy(), 320)), theirs, atol=1e-4)
+
+
+def test_sd1_diffusers_folder(sd1):
+    sd = StableDiffusion.from_checkpoint(sd1["folder"])
+    config = sd.config
+    assert config.pad_token_id == 49407 and config.prediction_type == "epsilon"
+    assert config.image_size == (64, 64)  # unet sample_size 8 x the VAE's 8x
+    assert config.unet.num_heads == 8 and not config.unet.linear_proj
+    assert config.unet.attention_levels == (True, False) and config.unet.context_dim == 128
+    assert not config.unet.gelu_approximate and config.unet.transformer_norm_eps == 1e-6
+    assert config.vae.norm_eps == 1e-6 and config.text_encoder.activation == "quick_gelu"
+    assert_parity(sd, sd1["models"])
+
+
+def assert_same_weights(a, b):
+    assert a.config == b.config
+    for component in ("text_encoder", "diffusion_model", "decoder", "image_encoder"):
+        ours, theirs = saved.model_tensors(getattr(a, component)), saved.model_tensors(getattr(b, component))
+        assert ours.keys() == theirs.keys(), component
+        for key in ours:
+            np.testing.assert_array_equal(ours[key], theirs[key], err_msg=f"{component}/{key}")
+
+
+def test_sd1_single_file(sd1):
+    sd = StableDiffusion.from_checkpoint(sd1["safetensors"])
+    assert sd.config.image_size == (512, 512) and sd.config.pad_token_id == 49407
+    assert sd.config.text_encoder.num_layers == 2 and sd.config.text_encoder.num_heads == 2
+    assert_parity(sd, sd1["models"])
+    # the training-style .ckpt (state_dict + global_step + epoch) holds the same tensors
+    assert_same_weights(StableDiffusion.from_checkpoint(sd1["ckpt"]), sd)
+
+
+def test_sd2_diffusers_folder(sd2):
+    sd = StableDiffusion.from_checkpoint(sd2["folder"])
+    config = sd.config
+    assert config.pad_token_id == 0  # tokenizer/special_tokens_map.json pads with "!"
+    assert config.prediction_type == "v_prediction"  # scheduler/scheduler_config.json
+    assert config.unet.head_size == 64 and config.unet.num_heads is None and config.unet.linear_proj
+    assert config.unet.layers_per_block == 2 and config.text_encoder.activation == "gelu"
+    assert_parity(sd, sd2["models"])
+
+
+def test_sd2_single_file_open_clip(sd2):
+    sd = StableDiffusion.from_checkpoint(sd2["safetensors"])
+    config = sd.config
+    # the file holds 4 OpenCLIP layers; SD 2 conditions on the penultimate one
+    assert config.text_encoder.num_layers == 3 and config.text_encoder.activation == "gelu"
+    assert config.pad_token_id == 0 and config.prediction_type == "epsilon" and config.image_size == (512, 512)
+    assert config.unet.head_size == 64 and config.unet.linear_proj
+    assert_parity(sd, sd2["models"])
+    assert_same_weights(StableDiffusion.from_checkpoint(sd2["ckpt"]), sd)
+
+
+def test_sd2_single_file_v_prediction_argument(sd2):
+    with open_checkpoint(sd2["safetensors"], prediction_type="v_prediction") as checkpoint:
+        assert checkpoint.config.prediction_type == "v_prediction"
+        assert checkpoint.config.image_size == (768, 768)  # the SD 2.x 768-v models
+    with pytest.raises(ValueError, match="prediction_type 'sample'"):
+        open_checkpoint(sd2["safetensors"], prediction_type="sample")
+
+
+@pytest.mark.parametrize("fmt", ["folder", "safetensors"])
+def test_nine_channel_inpainting_unet(inpaint, fmt):
+    sd = StableDiffusion.from_checkpoint(inpaint[fmt])
+    assert sd.config.unet.in_channels == 9
+    assert_parity(sd, inpaint["models"])
+
+
+def test_bfloat16_safetensors(sd1, tmp_path):
+    path = dm.save_original_safetensors(sd1["models"], str(tmp_path / "bf16.safetensors"), dtype=torch.bfloat16)
+    reader = SafetensorsFile(path)
+    key = "model.diffusion_model.input_blocks.1.0.in_layers.2.weight"
+    from safetensors.torch import load_file
+
+    expected = load_file(path)[key].float().numpy()
+    np.testing.assert_array_equal(reader.read(key), expected)
+    sd = StableDiffusion.from_checkpoint(path)
+    kernel = dict((saved._variable_key(sd.diffusion_model, v), v) for v in sd.diffusion_model.weights)
+    np.testing.assert_array_equal(np.asarray(kernel["down_0_res_0/conv1/kernel"]), expected.transpose(2, 3, 1, 0))
+
+
+def test_ckpt_is_read_without_torch(sd1, sd2):
+    """The .ckpt reader needs zipfile + numpy only: run it where importing torch fails."""
+    script = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import numpy as np\n"
+        "from sd_keras.weights.pickle_reader import TorchCheckpoint\n"
+        "from sd_keras.weights.checkpoints import SafetensorsFile\n"
+        "for ckpt, st in zip(sys.argv[1::2], sys.argv[2::2]):\n"
+        "    a, b = TorchCheckpoint(ckpt), SafetensorsFile(st)\n"
+        "    keys = [k for k in b.keys()]\n"
+        "    assert sorted(keys) == sorted(a.keys()), 'keys differ'\n"
+        "    for k in keys:\n"
+        "        np.testing.assert_array_equal(a.read(k), b.read(k))\n"
+        "print('ok', len(keys))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, sd1["ckpt"], sd1["safetensors"], sd2["ckpt"],
+                             sd2["safetensors"]], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ok")
+
+
+def test_old_diffusers_vae_names_and_sharded_weights(sd1, tmp_path):
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    folder = str(tmp_path / "old")
+    shutil.copytree(sd1["folder"], folder)
+    vae_file = os.path.join(folder, "vae", "diffusion_pytorch_model.safetensors")
+    renames = {".to_q.": ".query.", ".to_k.": ".key.", ".to_v.": ".value.", ".to_out.0.": ".proj_attn."}
+    tensors = load_file(vae_file)
+    old = {}
+    for key, value in tensors.items():
+        for new_name, old_name in renames.items():
+            if ".attentions.0" in key:
+                key = key.replace(new_name, old_name)
+        old[key] = value
+    assert any(".query." in key for key in old)
+    save_file(old, vae_file)
+    unet_dir = os.path.join(folder, "unet")
+    unet = load_file(os.path.join(unet_dir, "diffusion_pytorch_model.safetensors"))
+    os.remove(os.path.join(unet_dir, "diffusion_pytorch_model.safetensors"))
+    keys = sorted(unet)
+    shards = {"part-1.safetensors": keys[: len(keys) // 2], "part-2.safetensors": keys[len(keys) // 2:]}
+    for name, shard_keys in shards.items():
+        save_file({k: unet[k] for k in shard_keys}, os.path.join(unet_dir, name))
+    with open(os.path.join(unet_dir, "diffusion_pytorch_model.safetensors.index.json"), "w") as f:
+        json.dump({"weight_map": {k: name for name, ks in shards.items() for k in ks}}, f)
+    sd = StableDiffusion.from_checkpoint(folder)
+    reference = StableDiffusion.from_checkpoint(sd1["folder"])
+    for component in ("diffusion_model", "decoder", "image_encoder"):
+        for a, b in zip(getattr(sd, component).get_weights(), getattr(reference, component).get_weights()):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_key_map_tables_cover_every_variable():
+    from sd_keras import models
+    from sd_keras.config import get_config
+
+    config = get_config("tiny")
+    tables = {"text_encoder": (models.build_text_encoder, key_maps.TEXT_ENCODER_HF, config.text_encoder),
+              "diffusion_model": (models.build_diffusion_model, key_maps.UNET, config.unet),
+              "decoder": (models.build_decoder, key_maps.DECODER, config.vae),
+              "image_encoder": (models.build_image_encoder, key_maps.IMAGE_ENCODER, config.vae)}
+    for name, (builder, table, part) in tables.items():
+        variables = set(saved.model_tensors(builder(config)))
+        for layout in key_maps.LAYOUTS:
+            entries = key_maps.expand_tensors(table, part, layout)
+            targets = [entry.keras for entry in entries]
+            assert len(targets) == len(set(targets)), (name, layout)
+            assert len({entry.source for entry in entries}) == len(entries), (name, layout)
+            assert {e.keras for e in entries if not e.optional} <= variables <= set(targets), (name, layout)
+
+
+# ------------------------------------------------------------------------------------ convert and CLI
+def test_convert_cli_roundtrip_and_generate(sd1, tmp_path):
+    out = str(tmp_path / "converted")
+    assert cli.main(["convert", sd1["ckpt"], "-o", out]) == 0
+    assert saved.is_saved_folder(out)
+    assert sorted(os.listdir(out)) == ["config.json", "decoder.safetensors", "diffusion_model.safetensors",
+                                       "image_encoder.safetensors", "text_encoder.safetensors"]
+    # `generate -m OUT` resolves the model with cli.load_model
+    converted = cli.load_model(out)
+    assert isinstance(converted, StableDiffusion)
+    assert_same_weights(converted, StableDiffusion.from_checkpoint(sd1["ckpt"]))
+    assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []  # no temporary folder left
+
+
+def test_convert_prediction_type_flag_and_fp16(sd2, tmp_path):
+    out = str(tmp_path / "v")
+    assert cli.main(["convert", sd2["safetensors"], "-o", out, "--prediction-type", "v_prediction",
+                     "--weight-dtype", "float16"]) == 0
+    config = saved.read_config(out)
+    assert config.prediction_type == "v_prediction" and config.image_size == (768, 768)
+    from safetensors import safe_open
+
+    with safe_open(os.path.join(out, "diffusion_model.safetensors"), "numpy") as f:
+        assert f.get_slice("conv_in/kernel").get_dtype() == "F16"
+    half = StableDiffusion.from_checkpoint(out)
+    full = StableDiffusion.from_checkpoint(sd2["safetensors"])
+    for a, b in zip(half.diffusion_model.get_weights(), full.diffusion_model.get_weights()):
+        np.testing.assert_array_equal(a, b.astype(np.float16).astype(np.float32))
+
+
+# ----------------------------------------------------------------------------------------------- bad input
+def _one_line_cli_error(args, capsys):
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sd-keras: error:")
+    return err[0]
+
+
+def test_truncated_files(sd1, tmp_path):
+    for fmt in ("safetensors", "ckpt"):
+        data = open(sd1[fmt], "rb").read()
+        path = str(tmp_path / f"cut.{fmt}")
+        with open(path, "wb") as f:
+            f.write(data[: len(data) // 2])
+        with pytest.raises(ValueError) as error:
+            StableDiffusion.from_checkpoint(path)
+        assert path in str(error.value)
+        assert any(word in str(error.value) for word in ("truncated", "incomplete", "not a", "not fully"))
+
+
+def test_not_a_checkpoint_and_unknown_layout(tmp_path, capsys):
+    text = tmp_path / "notes.ckpt"
+    text.write_text("just some text, not a model\n")
+    with pytest.raises(CheckpointFormatError, match="notes.ckpt: not a checkpoint"):
+        StableDiffusion.from_checkpoint(str(text))
+    fake = tmp_path / "fake.safetensors"
+    fake.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
+    with pytest.raises(ValueError, match="fake.safetensors: not a readable safetensors file"):
+        StableDiffusion.from_checkpoint(str(fake))
+    from safetensors.numpy import save_file
+
+    other = str(tmp_path / "classifier.safetensors")
+    save_file({"backbone.layer1.weight": np.zeros((4, 4), np.float32)}, other)
+    with pytest.raises(ValueError, match="classifier.safetensors: unknown key layout"):
+        StableDiffusion.from_checkpoint(other)
+    unet_only = str(tmp_path / "unet_only.safetensors")
+    save_file({"model.diffusion_model.out.2.weight": np.zeros((4, 4, 3, 3), np.float32)}, unet_only)
+    with pytest.raises(ValueError, match="no VAE .* and no text encoder"):
+        StableDiffusion.from_checkpoint(unet_only)
+    xl = str(tmp_path / "xl.safetensors")
+    save_file({"conditioner.embedders.0.transformer.x": np.zeros(2, np.float32)}, xl)
+    with pytest.raises(ValueError, match="SDXL"):
+        StableDiffusion.from_checkpoint(xl)
+    message = _one_line_cli_error(["convert", str(text), "-o", str(tmp_path / "out")], capsys)
+    assert "notes.ckpt" in message
+    assert not (tmp_path / "out").exists()
+    message = _one_line_cli_error(["convert", str(tmp_path / "missing.ckpt"), "-o", str(tmp_path / "o")], capsys)
+    assert "missing.ckpt" in message
+
+
+def test_architecture_mismatch_names_file_and_tensor(sd1, tmp_path):
+    import shutil
+
+    folder = str(tmp_path / "bad")
+    shutil.copytree(sd1["folder"], folder)
+    config_path = os.path.join(folder, "unet", "config.json")
+    config = json.load(open(config_path))
+    config["layers_per_block"] = 2  # the weights have 1 ResBlock per level
+    json.dump(config, open(config_path, "w"))
+    with pytest.raises(ValueError, match="diffusion_pytorch_model.safetensors: diffusion_model is missing"):
+        StableDiffusion.from_checkpoint(folder)
+    config["layers_per_block"] = 1
+    config["cross_attention_dim"] = 64
+    json.dump(config, open(config_path, "w"))
+    with pytest.raises(ValueError, match="context_dim 64 != text_encoder.width 128"):
+        StableDiffusion.from_checkpoint(folder)
+    config["cross_attention_dim"] = 128
+    config["upcast_attention"] = True  # harmless in float32
+    config["class_embed_type"] = "timestep"
+    json.dump(config, open(config_path, "w"))
+    with pytest.raises(ValueError, match="unet class_embed_type='timestep' is not supported"):
+        StableDiffusion.from_checkpoint(folder)
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_pickle_with_code_is_refused_and_never_run(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    zipped = str(tmp_path / "evil.ckpt")
+    torch.save({"state_dict": {"model.diffusion_model.out.2.weight": torch.zeros(2)}, "x": _Evil(marker)}, zipped)
+    assert zipfile.is_zipfile(zipped)
+    with pytest.raises(UnsafeCheckpointError) as error:
+        StableDiffusion.from_checkpoint(zipped)
+    assert "evil.ckpt" in str(error.value) and "system" in str(error.value)
+    with pytest.raises(UnsafeCheckpointError):
+        TorchCheckpoint(zipped)
+    raw = tmp_path / "evil.pt"  # a bare pickle (not torch's zip format) goes through torch's weights_only
+    raw.write_bytes(pickle.dumps({"state_dict": _Evil(marker)}, protocol=2))
+    with pytest.raises(UnsafeCheckpointError, match="evil.pt: refusing to load"):
+        StableDiffusion.from_checkpoint(str(raw))
+    message = _one_line_cli_error(["convert", zipped, "-o", str(tmp_path / "out")], capsys)
+    assert "evil.ckpt" in message and "refusing" in message
+    assert not marker.exists()
+    assert not (tmp_path / "out").exists()
