@@ -197,7 +197,7 @@ def test_ckpt_is_read_without_torch(sd1, sd2):
     assert result.stdout.startswith("ok")
 
 
-def test_old_diffusers_vae_names_and_sharded_weights(sd1, tmp_path):
+def test_old_vae_names_sharded_unet_and_pickled_text_encoder(sd1, tmp_path):
     import shutil
 
     from safetensors.numpy import load_file, save_file
@@ -224,11 +224,11 @@ def test_old_diffusers_vae_names_and_sharded_weights(sd1, tmp_path):
         save_file({k: unet[k] for k in shard_keys}, os.path.join(unet_dir, name))
     with open(os.path.join(unet_dir, "diffusion_pytorch_model.safetensors.index.json"), "w") as f:
         json.dump({"weight_map": {k: name for name, ks in shards.items() for k in ks}}, f)
-    sd = StableDiffusion.from_checkpoint(folder)
-    reference = StableDiffusion.from_checkpoint(sd1["folder"])
-    for component in ("diffusion_model", "decoder", "image_encoder"):
-        for a, b in zip(getattr(sd, component).get_weights(), getattr(reference, component).get_weights()):
-            np.testing.assert_array_equal(a, b)
+    text_dir = os.path.join(folder, "text_encoder")  # pickled .bin weights (older diffusers folders)
+    text = load_file(os.path.join(text_dir, "model.safetensors"))
+    os.remove(os.path.join(text_dir, "model.safetensors"))
+    torch.save({k: torch.from_numpy(v) for k, v in text.items()}, os.path.join(text_dir, "pytorch_model.bin"))
+    assert_same_weights(StableDiffusion.from_checkpoint(folder), StableDiffusion.from_checkpoint(sd1["folder"]))
 
 
 def test_key_map_tables_cover_every_variable():
@@ -328,6 +328,11 @@ def test_not_a_checkpoint_and_unknown_layout(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
     message = _one_line_cli_error(["convert", str(tmp_path / "missing.ckpt"), "-o", str(tmp_path / "o")], capsys)
     assert "missing.ckpt" in message
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    message = _one_line_cli_error(["convert", unet_only, "-o", str(precious)], capsys)
+    assert "refusing to replace" in message and (precious / "notes.txt").read_text() == "keep me"
 
 
 def test_architecture_mismatch_names_file_and_tensor(sd1, tmp_path):

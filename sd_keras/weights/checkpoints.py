@@ -783,6 +783,7 @@ def convert_checkpoint(path, output, *, prediction_type=None, weight_dtype=None,
     from sd_keras.weights import saved
 
     output = os.path.abspath(os.fspath(output))
+    check_output_folder(output)
     parent = os.path.dirname(output)
     os.makedirs(parent, exist_ok=True)
     lora_files = []
@@ -812,6 +813,18 @@ def convert_checkpoint(path, output, *, prediction_type=None, weight_dtype=None,
 
                 shutil.rmtree(tmp)
     return output
+
+
+def check_output_folder(output):
+    """Refuse to replace anything but an empty folder or an earlier sd_keras saved model."""
+    from sd_keras.weights import saved
+
+    if not os.path.exists(output):
+        return
+    if os.path.isdir(output) and (not os.listdir(output) or saved.is_saved_folder(output)):
+        return
+    raise ValueError(f"{output}: exists and is not an sd_keras saved model; refusing to replace it (choose "
+                     "another output path)")
 
 
 _SAFETENSORS_DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.float64): "F64",

@@ -51,12 +51,13 @@ def apply_lora_arguments(model, args):
 
 def cmd_convert(args):
     from sd_keras.weights import saved
-    from sd_keras.weights.checkpoints import convert_checkpoint
+    from sd_keras.weights.checkpoints import check_output_folder, convert_checkpoint
 
     if not os.path.exists(args.path):
         raise FileNotFoundError(f"{args.path}: no such checkpoint file or folder")
     if os.path.abspath(args.path) == os.path.abspath(args.output):
         raise ValueError("-o/--output must differ from the input checkpoint")
+    check_output_folder(os.path.abspath(args.output))
     loras = lora_specs(args)
     if saved.is_saved_folder(args.path):
         # already sd_keras's format: re-save (with LoRAs merged, or another weight dtype)
