@@ -524,7 +524,7 @@ def _open_diffusers(folder, prediction_type):
             "text_encoder": ComponentPlan("text_encoder", key_maps.TEXT_ENCODER_HF, text, layout,
                                           # transformers >= 5 saves CLIPTextModel without "text_model."
                                           ComponentSource(text_reader, add_prefix="text_model."),
-                                          unused=(r"position_ids$", r"^text_projection\.")),
+                                          unused=(r"position_ids$", r"text_projection\.weight$")),
             "diffusion_model": ComponentPlan("diffusion_model", key_maps.UNET, unet, layout,
                                              ComponentSource(unet_reader)),
             "decoder": ComponentPlan("decoder", key_maps.DECODER, vae, layout, vae_source,

@@ -231,7 +231,7 @@ def read_lora(path):
     leftover = [key for key in tensors if key not in used]
     if not used:
         raise ValueError(f"{path}: no LoRA weights found (expected lora_A/lora_B, lora.down/up or "
-                         "lora_down/lora_up tensors; e.g. {sorted(tensors)[:3]})")
+                         f"lora_down/lora_up tensors; the file has e.g. {sorted(tensors)[:3]})")
     if leftover:
         raise ValueError(f"{path}: {len(leftover)} tensor(s) of an unknown LoRA layout, e.g. {leftover[:3]}")
     return LoRAFile(path, pairs)
