@@ -6,7 +6,6 @@ import os
 
 import numpy as np
 import pytest
-import torch
 
 import diffusers_models as dm
 from sd_keras import cli

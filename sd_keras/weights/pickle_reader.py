@@ -138,7 +138,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
             raise CheckpointFormatError(f"{self._path}: unexpected persistent id {pid!r:.80}")
-        storage_type, key, _location, numel = pid[1], pid[2], pid[3], pid[4]
+        storage_type, key, numel = pid[1], pid[2], pid[4]  # pid[3] is the device, irrelevant here
         if not isinstance(storage_type, _StorageType):
             raise CheckpointFormatError(f"{self._path}: unsupported storage type {storage_type!r:.80}")
         return StorageRef(str(key), STORAGE_DTYPES[storage_type.name], int(numel))
