@@ -5,6 +5,7 @@ client disconnects are the real ones. Images are compared with the library's own
 """
 
 import base64
+import contextlib
 import io
 import json
 import socket
@@ -33,8 +34,14 @@ QUEUE_SIZE = 4
 
 # -- helpers -------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def server():
-    with ServerProcess("-m", "tiny", "--api-key", KEY, "--queue-size", str(QUEUE_SIZE), "--max-batch", "2") as s:
+def output_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("saved")
+
+
+@pytest.fixture(scope="module")
+def server(output_dir):
+    with ServerProcess("-m", "tiny", "--api-key", KEY, "--queue-size", str(QUEUE_SIZE), "--max-batch", "2",
+                       "--output-dir", str(output_dir)) as s:
         yield s
 
 
@@ -252,9 +259,15 @@ def test_random_seed_is_reported_and_reproduces_the_image(client):
     again = client.post("/sdapi/v1/txt2img", json={**SMALL, "prompt": "x", "seed": seed + 1}).json()
     assert json.loads(again["info"])["all_seeds"] == [seed + 1]
     assert np.array_equal(decode_png(again["images"][0])[0], decode_png(first["images"][1])[0])
-    # send_images=false answers without images, as A1111 does
-    quiet = client.post("/sdapi/v1/txt2img", json={**SMALL, "prompt": "x", "seed": 3, "send_images": False}).json()
+
+
+def test_send_images_false_and_save_images_true(client, output_dir):
+    quiet = client.post("/sdapi/v1/txt2img", json={**SMALL, "prompt": "saved", "seed": 3, "send_images": False,
+                                                   "save_images": True}).json()
     assert quiet["images"] == [] and json.loads(quiet["info"])["all_seeds"] == [3]
+    saved = sorted(output_dir.glob("*-3.png"))
+    assert len(saved) == 1 and metadata.read_parameters(str(saved[0])) == json.loads(quiet["info"])["infotexts"][0]
+    assert not [p for p in output_dir.iterdir() if p.name.startswith(".")]  # written atomically, no leftovers
 
 
 def test_sampler_and_scheduler_pairs_give_the_sd_keras_sampler(client):
@@ -495,3 +508,59 @@ def test_the_key_never_reaches_the_log(server, client):
     log = server.log()
     assert "prompt='logged prompt'" in log  # generations are logged (prompts are fine)
     assert KEY not in log and basic.split()[1] not in log
+
+
+# -- model switching, with an in-process server whose models are tiny ones with different random weights ---------
+@contextlib.contextmanager
+def in_process_server(app):
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started, "the in-process server to start", limit=60)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(60)
+
+
+def test_models_switch_by_registered_name_only_and_a_failed_load_keeps_the_old_one():
+    from sd_keras.pipeline import StableDiffusion
+    from sd_keras.server.app import ServerSettings, create_app
+
+    loaded = []
+
+    def loader(spec, dtype):
+        loaded.append(spec)
+        if spec == "broken-weights":
+            raise OSError("broken-weights: no such weights file")
+        return StableDiffusion.from_config("tiny", seed=int(spec.rsplit("-", 1)[1]), dtype=dtype)
+
+    settings = ServerSettings(models={"alpha": "seed-1", "beta": "seed-2", "broken": "broken-weights"},
+                              model="alpha")
+    with in_process_server(create_app(settings, loader=loader)) as url, httpx.Client(base_url=url,
+                                                                                     timeout=600) as client:
+        assert [m["title"] for m in client.get("/sdapi/v1/sd-models").json()] == ["alpha", "beta", "broken"]
+        assert client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "beta"}).status_code == 200
+        assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == "beta"
+        body = {**SMALL, "prompt": "switch", "seed": 1}
+        on_beta = client.post("/sdapi/v1/txt2img", json=body).json()
+        assert json.loads(on_beta["info"])["sd_model_name"] == "beta"
+        on_alpha = client.post("/sdapi/v1/txt2img",
+                               json={**body, "override_settings": {"sd_model_checkpoint": "alpha"}}).json()
+        alpha_pixels, alpha_text = decode_png(on_alpha["images"][0])
+        assert "Model: alpha" in alpha_text
+        assert not np.array_equal(alpha_pixels, decode_png(on_beta["images"][0])[0])  # other weights
+        assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == "alpha"  # one model in memory
+
+        failed = client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "broken"})
+        assert failed.status_code == 500 and "no such weights file" in failed.json()["detail"]
+        assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == "alpha"  # reloaded
+        for name in ("seed-1", "/tmp/x.safetensors", "../alpha"):  # specs and paths are not names
+            assert client.post("/sdapi/v1/options", json={"sd_model_checkpoint": name}).status_code == 404
+        values = metric_values(client)
+        assert metric(values, "sd_keras_errors_total", type="model_load") == 1
+    assert loaded == ["seed-1", "seed-2", "seed-1", "broken-weights", "seed-1"]

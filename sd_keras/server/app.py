@@ -7,6 +7,7 @@ Example:
 
 import asyncio
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -77,6 +78,7 @@ class _Server:
         self.queue = JobQueue(GenerationRunner(registry), max_depth=settings.queue_size,
                               max_batch=settings.max_batch, on_finish=self._on_finish)
         self.metrics = ServerMetrics(self.queue)
+        self._saved_count = itertools.count()
 
     def _on_finish(self, job, seconds, outcome):
         if isinstance(outcome, BaseException):
@@ -107,7 +109,7 @@ class _Server:
         model_name = body.override_settings.get("sd_model_checkpoint")
         if model_name is not None:
             try:
-                self.registry.check(model_name)
+                model_name = self.registry.check(model_name)
             except UnknownModelError as error:
                 raise ApiError(404, f"override_settings.sd_model_checkpoint: {error}") from None
         seed = noise.random_seed() if body.seed == -1 else body.seed
@@ -177,7 +179,9 @@ class _Server:
         if body.save_images and self.settings.output_dir:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             for image, seed, text in zip(outcome.images, outcome.seeds, outcome.infotexts):
-                metadata.save_png(image, os.path.join(self.settings.output_dir, f"{stamp}-{seed}.png"), text)
+                # the counter keeps two requests with one seed in the same second from overwriting each other
+                name = f"{stamp}-{next(self._saved_count):05d}-{seed}.png"
+                metadata.save_png(image, os.path.join(self.settings.output_dir, name), text)
         parameters = body.model_dump()
         if isinstance(body, schemas.Img2ImgRequest) and not body.include_init_images:
             parameters["init_images"], parameters["mask"] = None, None
@@ -283,7 +287,7 @@ def create_app(settings, *, registry=None, loader=None):
         if name is None:
             return None
         try:
-            registry.check(name)
+            name = registry.check(name)
         except UnknownModelError as error:
             raise ApiError(404, f"sd_model_checkpoint: {error}") from None
         if await server.run_job(request, Job(LOAD_MODEL, name)) is None:

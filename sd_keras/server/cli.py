@@ -10,6 +10,7 @@ import os
 import sys
 
 API_KEY_ENV = "SD_KERAS_API_KEY"
+LISTENING_PREFIX = "sd-keras serve: listening on "
 
 
 def _is_loopback(host):
@@ -78,7 +79,21 @@ def cmd_serve(args):
     settings = ServerSettings(models=models, model=first, api_key=api_key, queue_size=args.queue_size,
                               max_batch=args.max_batch, dtype=args.dtype, output_dir=args.output_dir)
     app = create_app(settings)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                            timeout_graceful_shutdown=5)
+
+    class AnnouncingServer(uvicorn.Server):
+        """Prints the bound address whatever the log level (with ``--port 0``, scripts read the port here)."""
+
+        async def startup(self, sockets=None):
+            await super().startup(sockets)
+            for server in getattr(self, "servers", []):
+                for sock in server.sockets:
+                    host, port = sock.getsockname()[:2]
+                    host = f"[{host}]" if ":" in host else host
+                    print(f"{LISTENING_PREFIX}http://{host}:{port}", file=sys.stderr, flush=True)
+
+    AnnouncingServer(config).run()
     return 0
 
 

@@ -15,6 +15,7 @@ import dataclasses
 import gc
 import logging
 import os
+import re
 import threading
 import time
 from typing import Any, List, Optional
@@ -28,6 +29,7 @@ from sd_keras.server.samplers import ResolvedSampler
 
 LOG = logging.getLogger("sd_keras.server")
 LOAD_MODEL = "load_model"
+_TITLE_HASH = re.compile(r"\s*\[[0-9a-fA-F]{6,64}\]$")
 
 
 class UnknownModelError(LookupError):
@@ -62,7 +64,14 @@ class ModelRegistry:
         return list(self.specs)
 
     def check(self, name):
-        """ValueError-like UnknownModelError unless ``name`` is registered."""
+        """The registered name that ``name`` means; UnknownModelError unless there is one.
+
+        A1111 clients send checkpoint titles such as ``"v1-5.safetensors [6ce0161689]"``: the ``[hash]`` and a
+        weights file extension are ignored, nothing else is.
+        """
+        if isinstance(name, str) and name not in self.specs:
+            name = _TITLE_HASH.sub("", name)
+            name = model_name_for(name) if os.path.basename(name) == name else name
         if not isinstance(name, str) or name not in self.specs:
             raise UnknownModelError(f"model {name!r} is not registered; available: {', '.join(self.specs)}")
         return name

@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 
-_LISTENING = re.compile(r"Uvicorn running on (http://[\w.\[\]:]+)")
+_LISTENING = re.compile(r"sd-keras serve: listening on (http://[\w.\[\]:]+)")
 
 
 class ServerProcess:
