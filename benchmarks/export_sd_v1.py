@@ -54,13 +54,57 @@ class PeakMemory:
         self.children_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
+def _child_rss_mb(pid):
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def supervise(argv, output):
+    """Run the export in a child process and record its outcome even when it is killed (out of memory)."""
+    import subprocess
+
+    started = time.perf_counter()
+    child = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--child", *argv])
+    peak = 0.0
+    while child.poll() is None:
+        peak = max(peak, _child_rss_mb(child.pid))
+        time.sleep(0.5)
+    result = {}
+    if child.returncode == 0 and os.path.exists(output):
+        with open(output) as handle:
+            result = json.load(handle)
+    result["status"] = ("ok" if child.returncode == 0 else
+                        f"killed by signal {-child.returncode} (out of memory?)" if child.returncode < 0 else
+                        f"failed with exit status {child.returncode}")
+    result["wall_seconds"] = round(time.perf_counter() - started, 1)
+    result["peak_rss_mb_sampled"] = round(peak)
+    result["machine_memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    temporary = output + ".tmp"
+    with open(temporary, "w") as handle:
+        json.dump(result, handle, indent=2)
+        handle.write("\n")
+    os.replace(temporary, output)
+    print(json.dumps(result, indent=2))
+    return 0 if child.returncode == 0 else 1
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quantize", default="int8")
     parser.add_argument("--size", default="512x512", help="WIDTHxHEIGHT")
     parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results", "export_sd_v1.json"))
     parser.add_argument("--keep", help="keep the bundle in this folder")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if not args.child:
+        return supervise(argv, args.output)
 
     import keras
 
@@ -76,7 +120,7 @@ def main(argv=None):
         start = time.perf_counter()
         model = StableDiffusion.from_config("sd-v1", seed=0)
         result["build_seconds"] = round(time.perf_counter() - start, 1)
-        with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(args.keep or args.output))) as tmp:
+        with tempfile.TemporaryDirectory(prefix="sd_keras_export_benchmark_") as tmp:
             destination = args.keep or os.path.join(tmp, "sd-v1-bundle")
             start = time.perf_counter()
             report = export_bundle(model, destination, quantization=args.quantize, image_size=(height, width),
@@ -97,7 +141,6 @@ def main(argv=None):
         json.dump(result, handle, indent=2)
         handle.write("\n")
     os.replace(temporary, args.output)
-    print(json.dumps(result, indent=2))
     return 0
 
 

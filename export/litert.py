@@ -1,9 +1,9 @@
 """Per-component LiteRT (``.tflite``) export with fixed input shapes and named signatures.
 
 Each Keras sub-model is wrapped in a function whose arguments are the component's input names and which returns
-a dict keyed by its output name; ``keras.export.ExportArchive`` writes that function as a SavedModel signature and
+a dict keyed by its output name; ``tf.saved_model.save`` writes that function as a SavedModel signature and
 ``tf.lite.TFLiteConverter.from_saved_model`` converts it (the path Keras 3's ``model.export(format="litert")``
-takes, with the converter options in our hands). Only builtin ops are allowed: a graph that would need the
+takes, with the converter options in our hands and each weight stored once). Only builtin ops are allowed: a graph that would need the
 TensorFlow (Flex) delegate fails at export time with the names of the ops.
 
 Models over 2 GB: a flatbuffer cannot address more than 2 GB, so the converter is switched to its large-model
@@ -135,10 +135,14 @@ def convert_component(model, component, signature, mode, path, *, representative
     specs = [tf.TensorSpec(spec["shape"], spec["dtype"], name=spec["name"]) for spec in signature["inputs"]]
     facts = {"large_model_layout": False, "integer_only": None}
     with tempfile.TemporaryDirectory(prefix="sd_keras_savedmodel_") as saved_model:
-        archive = keras.export.ExportArchive()
-        archive.track(model)
-        archive.add_endpoint(signature["signature"], _serving_function(model, component), input_signature=specs)
-        archive.write_out(saved_model, verbose=False)
+        # A plain tf.Module holding each tf.Variable once: Keras 3.15's ExportArchive writes every variable twice
+        # ("variables" and "_all_variables"), which doubles the SavedModel and the converter's memory.
+        module = tf.Module()
+        module.model_variables = [variable.value for variable in model.weights]
+        module.serve = tf.function(_serving_function(model, component), input_signature=specs)
+        tf.saved_model.save(module, saved_model,
+                            signatures={signature["signature"]: module.serve.get_concrete_function()})
+        del module
 
         def converter():
             return tf.lite.TFLiteConverter.from_saved_model(saved_model, signature_keys=[signature["signature"]])
