@@ -757,8 +757,14 @@ def load_checkpoint(cls, path, *, dtype="float32", prediction_type=None, loras=(
     Example:
         >>> sd = load_checkpoint(StableDiffusion, "v1-5-pruned-emaonly.safetensors")  # doctest: +SKIP
     """
+    from sd_keras.sampler import keras_dtype_policy
+
+    # built in the compute policy straight away (float32 variables either way), so StableDiffusion does not
+    # rebuild them: a second copy of the UNet would double the peak memory
+    policy = keras_dtype_policy(dtype)
     with open_checkpoint(path, prediction_type=prediction_type) as checkpoint:
-        parts = {name: checkpoint.build(name) for name in checkpoint.components}
+        parts = {name: checkpoint.build(name, dtype=policy if name in ("text_encoder", "diffusion_model") else None)
+                 for name in checkpoint.components}
         config = checkpoint.config
     sd = cls(config, parts["text_encoder"], parts["diffusion_model"], parts["decoder"], parts.get("image_encoder"),
              dtype=dtype)
