@@ -1,17 +1,19 @@
 """Install sd_keras (library + `sd-keras` CLI) and its export pipeline as `sd_keras.export`."""
 from setuptools import setup
 
-TF = ["tensorflow>=2.16", "ai-edge-litert>=1.2"]
+TF = ["tensorflow>=2.16", "ai-edge-litert>=1.2", "ai-edge-quantizer>=0.1"]
 JAX = ["jax>=0.4.30"]
-SERVE = ["fastapi>=0.110", "uvicorn>=0.29"]
+SERVE = ["fastapi>=0.110", "uvicorn>=0.29", "prometheus-client>=0.17"]
 DEV = TF + JAX + SERVE + [
     "keras-cv==0.9.0",       # parity oracle (imports TensorFlow)
     "tf-keras",              # writes KerasCV's legacy h5 layout in tests
     "torch==2.13.0",         # CPU build; diffusers parity
     "diffusers>=0.30",
     "transformers>=4.40",    # reference CLIP tokenizer / text model
-    "ftfy",
+    "regex",                 # CLIP's reference split pattern in tokenizer tests
     "httpx",
+    "selenium>=4.10",        # drives Debian's chromium in the web page test
+    "nbformat>=5.9",
     "pytest>=8",
     "nbclient>=0.10",
     "ipykernel",
