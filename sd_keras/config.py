@@ -189,7 +189,8 @@ PRESETS = {config.name: config for config in (SD_V1, SD_V2, TINY)}
 
 
 def get_config(name):
-    """The ``ModelConfig`` of preset ``name``; ``ValueError`` listing the known presets otherwise."""
+    """The ``ModelConfig`` of preset ``name`` (a ``ModelConfig`` passes through); ``ValueError`` naming the
+    unknown preset and listing the known ones otherwise."""
     if isinstance(name, ModelConfig):
         return name
     try:

@@ -36,7 +36,9 @@ class HostUniform(keras.initializers.Initializer):
         values = rng.random(shape, dtype=np.float32)
         values *= np.float32(2.0 * limit)
         values -= np.float32(limit)
-        return values.astype(keras.backend.standardize_dtype(dtype or "float32"), copy=False)
+        if dtype is None or keras.backend.standardize_dtype(dtype) == "float32":
+            return values
+        return ops.cast(values, dtype)  # e.g. bfloat16, which numpy lacks
 
     def get_config(self):
         return {"limit": self.limit}

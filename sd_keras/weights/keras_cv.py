@@ -140,6 +140,8 @@ def load_keras_cv_h5(model, path, component):
     _check_component(component)
     try:
         handle, entries = read_keras_h5(path)
+    except FileNotFoundError:
+        raise
     except OSError as error:
         raise ValueError(f"{path}: cannot read as an HDF5 weight file ({error})") from error
     with handle:
