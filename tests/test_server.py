@@ -356,7 +356,7 @@ BAD_REQUESTS = [
     ("POST", "/sdapi/v1/txt2img", {"override_settings": {"sd_model_checkpoint": "/etc/passwd"}}, {}, 404,
      "not registered"),
     ("POST", "/sdapi/v1/txt2img", {"script_name": "x/y/z plot"}, {}, 422, "script"),
-    ("POST", "/sdapi/v1/txt2img", {"prompt": "a" * (21 * 2**20)}, {}, 413, "larger than 20 MB"),
+    ("POST", "/sdapi/v1/img2img", {"init_images": ["QUFB" * (21 * 2**18)]}, {}, 413, "larger than 20 MB"),
     ("POST", "/sdapi/v1/txt2img", {}, {"Authorization": "Bearer not-the-key"}, 401, "API key"),
     ("POST", "/sdapi/v1/img2img", {}, {}, 422, "init_images"),
     ("POST", "/sdapi/v1/img2img", {"init_images": ["!!!!"]}, {}, 422, "init_images[0]: not valid base64"),
@@ -527,7 +527,7 @@ def in_process_server(app):
         thread.join(60)
 
 
-def test_models_switch_by_registered_name_only_and_a_failed_load_keeps_the_old_one():
+def test_models_switch_by_registered_name_only_and_a_failed_load_keeps_the_old_one(library_model):
     from sd_keras.pipeline import StableDiffusion
     from sd_keras.server.app import ServerSettings, create_app
 
@@ -537,9 +537,10 @@ def test_models_switch_by_registered_name_only_and_a_failed_load_keeps_the_old_o
         loaded.append(spec)
         if spec == "broken-weights":
             raise OSError("broken-weights: no such weights file")
-        return StableDiffusion.from_config("tiny", seed=int(spec.rsplit("-", 1)[1]), dtype=dtype)
+        # "alpha" is the library's tiny preset (already compiled in this process); "beta" other random weights
+        return library_model if spec == "preset-tiny" else StableDiffusion.from_config("tiny", seed=2, dtype=dtype)
 
-    settings = ServerSettings(models={"alpha": "seed-1", "beta": "seed-2", "broken": "broken-weights"},
+    settings = ServerSettings(models={"alpha": "preset-tiny", "beta": "random-2", "broken": "broken-weights"},
                               model="alpha")
     with in_process_server(create_app(settings, loader=loader)) as url, httpx.Client(base_url=url,
                                                                                      timeout=600) as client:
@@ -553,14 +554,17 @@ def test_models_switch_by_registered_name_only_and_a_failed_load_keeps_the_old_o
                                json={**body, "override_settings": {"sd_model_checkpoint": "alpha"}}).json()
         alpha_pixels, alpha_text = decode_png(on_alpha["images"][0])
         assert "Model: alpha" in alpha_text
+        expected = library_model.text_to_image("switch", None, 1, 2, 7.5, 1, sampler="Euler", height=64, width=64,
+                                               progress=lambda step: None)[0]
+        assert np.abs(alpha_pixels.astype(int) - expected).max() <= 1
         assert not np.array_equal(alpha_pixels, decode_png(on_beta["images"][0])[0])  # other weights
         assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == "alpha"  # one model in memory
 
         failed = client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "broken"})
         assert failed.status_code == 500 and "no such weights file" in failed.json()["detail"]
         assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == "alpha"  # reloaded
-        for name in ("seed-1", "/tmp/x.safetensors", "../alpha"):  # specs and paths are not names
+        for name in ("preset-tiny", "/tmp/x.safetensors", "../alpha"):  # specs and paths are not names
             assert client.post("/sdapi/v1/options", json={"sd_model_checkpoint": name}).status_code == 404
         values = metric_values(client)
         assert metric(values, "sd_keras_errors_total", type="model_load") == 1
-    assert loaded == ["seed-1", "seed-2", "seed-1", "broken-weights", "seed-1"]
+    assert loaded == ["preset-tiny", "random-2", "preset-tiny", "broken-weights", "preset-tiny"]
