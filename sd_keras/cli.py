@@ -13,7 +13,7 @@ import sys
 from sd_keras.weights.download import WeightsUnavailableError
 
 EXIT_USAGE = 2
-DEFAULT_MODEL = "tiny"
+DEFAULT_MODEL = "shapes"  # the shipped demo model: works offline
 # Modules that add sub-commands: each has ``register(subparsers)`` and sets ``func`` on its parser; a command's
 # ``func(args)`` returns the exit status and raises CliError/ValueError for bad input.
 _COMMAND_MODULES = (
