@@ -24,7 +24,7 @@ import numpy as np
 
 import sd_keras
 from sd_keras import metadata
-from sd_keras.server.queue import GenerationCancelled
+from sd_keras.server.queue import GenerationCancelled, RunContext
 from sd_keras.server.samplers import ResolvedSampler
 
 LOG = logging.getLogger("sd_keras.server")
@@ -189,7 +189,8 @@ class GenerationRunner:
         model = self.registry.ensure(first.spec.model_name or self.registry.name or self.registry.initial)
         if len(jobs) > 1 and hasattr(model, "generate_image"):
             return self._run_batched(model, jobs, context)
-        return [self._run_one(model, job, context) for job in jobs]
+        # run one by one, each job cancellable on its own
+        return [self._run_one(model, job, RunContext([job], context.progress)) for job in jobs]
 
     def _call(self, model, spec, seed, progress):
         common = dict(negative_prompt=spec.negative_prompt or None, batch_size=spec.batch_size,
