@@ -185,7 +185,18 @@ TINY = ModelConfig(  # random weights for tests and smoke runs; still has every 
     image_size=(64, 64),
 )
 
-PRESETS = {config.name: config for config in (SD_V1, SD_V2, TINY)}
+SHAPES = ModelConfig(  # the shipped demo model: 128x128 images of the synthetic shapes (sd_keras.data.shapes)
+    name="shapes",
+    text_encoder=TextEncoderConfig(width=64, num_layers=3, num_heads=4, intermediate_size=256),
+    unet=UNetConfig(block_out_channels=(64, 96, 96), layers_per_block=1, attention_levels=(True, True, True),
+                    num_heads=None, head_size=32, context_dim=64, linear_proj=True, timestep_dim=64,
+                    time_embed_dim=256, ff_mult=2, norm_groups=32),
+    # trained so that the scaled latents have unit second moment, so no extra scaling
+    vae=VAEConfig(block_out_channels=(32, 64, 64, 64), layers_per_block=1, norm_groups=16, scaling_factor=1.0),
+    image_size=(128, 128),
+)
+
+PRESETS = {config.name: config for config in (SD_V1, SD_V2, TINY, SHAPES)}
 
 
 def get_config(name):

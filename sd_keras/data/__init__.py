@@ -8,7 +8,9 @@ Example:
 
 from sd_keras.data.folder import ImageFolderDataset
 from sd_keras.data.shapes import (BACKGROUND_COLORS, DEFAULT_BACKGROUND, OBJECT_COLORS, PALETTE, POSITIONS, SHAPES,
-                                  SIZES, Placement, Sample, Scene, ShapeSpec, ShapesDataset, is_heldout, render)
+                                  SIZES, Placement, Sample, Scene, ShapeSpec, ShapesDataset, is_heldout, render,
+                                  render_dataset)
 
-__all__ = ["ShapesDataset", "ImageFolderDataset", "Scene", "ShapeSpec", "Placement", "Sample", "render", "is_heldout",
+__all__ = ["ShapesDataset", "ImageFolderDataset", "Scene", "ShapeSpec", "Placement", "Sample", "render", "render_dataset",
+           "is_heldout",
            "PALETTE", "OBJECT_COLORS", "BACKGROUND_COLORS", "DEFAULT_BACKGROUND", "SHAPES", "SIZES", "POSITIONS"]

@@ -1,0 +1,246 @@
+"""The trainer on the tiny preset: losses fall, checkpoints resume exactly, EMA, LoRA, config errors.
+
+One ``Trainer`` per configuration keeps the compiled step programs, so the runs below (fresh, paused and resumed)
+compile each stage once per backend.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from safetensors.numpy import load_file
+
+from sd_keras import train as train_lib
+from sd_keras.weights.saved import _variable_key
+
+COMPONENTS = ("text_encoder", "diffusion_model", "decoder", "image_encoder")
+
+
+def two_stage_config(**changes):
+    config = {
+        "model": {"preset": "tiny"},
+        "data": {"source": "shapes", "num_samples": 1, "seed": 1},  # every batch: the same image
+        "train": {"checkpoint_every": 3, "checkpoint_minutes": 0, "log_every": 1},
+        "stages": {
+            "vae": {"components": ["vae"], "steps": 8, "batch_size": 3, "learning_rate": 3e-3, "warmup_steps": 0,
+                    "ema_decay": 0.5, "edge_weight": 0.1},
+            "diffusion": {"components": ["text_encoder", "unet"], "steps": 4, "batch_size": 3,
+                          "learning_rate": 1e-3, "warmup_steps": 1, "snr_gamma": 5.0},
+        },
+        "eval": {"enabled": False},
+    }
+    for key, value in changes.items():
+        config[key] = {**config.get(key, {}), **value}
+    return config
+
+
+@pytest.fixture(scope="module")
+def trainer():
+    return train_lib.Trainer(two_stage_config())
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(trainer, tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted")
+    return out, trainer.run(str(out), progress=False)
+
+
+def _log(out):
+    with open(os.path.join(out, "train_log.jsonl")) as handle:
+        return [json.loads(line) for line in handle]
+
+
+def _model_tensors(folder):
+    return {c: load_file(os.path.join(folder, f"{c}.safetensors")) for c in COMPONENTS}
+
+
+def test_losses_fall_on_a_fixed_batch(uninterrupted):
+    out, summary = uninterrupted
+    assert summary["complete"] and summary["global_step"] == 12
+    log = _log(out)
+    vae = [r for r in log if r["stage"] == "vae"]
+    diffusion = [r for r in log if r["stage"] == "diffusion"]
+    assert [r["step"] for r in vae] == list(range(1, 9)) and [r["step"] for r in diffusion] == [1, 2, 3, 4]
+    recon = [r["recon"] for r in vae]
+    assert recon[-1] < 0.5 * recon[0] and all(b < a for a, b in zip(recon, recon[1:])), recon
+    assert all(np.isfinite(r["loss"]) for r in log) and "mse" in diffusion[0] and "edge" in vae[0]
+
+
+def test_the_run_exports_a_loadable_model(uninterrupted):
+    from sd_keras.pipeline import StableDiffusion
+    from sd_keras.weights.saved import load_pretrained
+
+    out, summary = uninterrupted
+    assert summary["model"] == os.path.join(str(out), "model")
+    model = load_pretrained(StableDiffusion, summary["model"])
+    assert model.config.name == "tiny"
+    checkpoint, info = train_lib.read_checkpoint(os.path.join(out, train_lib.CHECKPOINT_NAME))
+    assert info["stage"] is None and info["global_step"] == 12  # finished: weights only
+    exported = _model_tensors(summary["model"])
+    for component in COMPONENTS:
+        for key, value in exported[component].items():
+            np.testing.assert_array_equal(value, checkpoint[f"{component}/{key}"])
+
+
+def test_pause_and_resume_give_the_uninterrupted_weights(trainer, uninterrupted, tmp_path):
+    """Stop after every step (time limit 0) and resume, across the stage boundary: the same weights bit for bit."""
+    out, _ = uninterrupted
+    resumed = str(tmp_path)
+    summary = trainer.run(resumed, progress=False, max_minutes=1e-9)
+    assert not summary["complete"] and summary["global_step"] == 1
+    checkpoint, info = train_lib.read_checkpoint(os.path.join(resumed, train_lib.CHECKPOINT_NAME))
+    assert (info["stage"], info["stage_step"]) == ("vae", 1)
+
+    # EMA after one step: decay min(0.5, (1 + 0) / (10 + 0)) = 0.1 between the initial and the new weights
+    runner = trainer.runner(0)
+    keys = {id(v): f"{name}/{_variable_key(model, v)}" for name, model in trainer.parts.items() for v in model.weights}
+    for index, variable in enumerate(runner.trainable_variables):
+        key = keys[id(variable)]
+        expected = 0.1 * trainer._initial[key] + 0.9 * checkpoint[key]
+        np.testing.assert_allclose(checkpoint[f"ema/{index:05d}"], expected, rtol=1e-5, atol=1e-6)
+    assert not np.array_equal(checkpoint[keys[id(runner.trainable_variables[0])]],
+                              trainer._initial[keys[id(runner.trainable_variables[0])]])
+
+    for _ in range(20):
+        summary = trainer.run(resumed, resume=True, progress=False, max_minutes=1e-9)
+        if summary["complete"]:
+            break
+    assert summary["complete"] and summary["global_step"] == 12
+    expected, actual = _model_tensors(os.path.join(out, "model")), _model_tensors(summary["model"])
+    for component in COMPONENTS:
+        for key in expected[component]:
+            np.testing.assert_array_equal(actual[component][key], expected[component][key], err_msg=key)
+    assert [r["loss"] for r in _log(resumed)] == [r["loss"] for r in _log(out)]
+
+
+def test_resume_rules(trainer, uninterrupted, tmp_path):
+    out, _ = uninterrupted
+    with pytest.raises(ValueError, match="already has a checkpoint"):
+        trainer.run(str(out), progress=False)
+    with pytest.raises(ValueError, match="no checkpoint"):
+        trainer.run(str(tmp_path), resume=True, progress=False)
+    other = train_lib.Trainer(two_stage_config(model={"preset": "tiny", "unet": {"block_out_channels": [32, 32]}}))
+    with pytest.raises(ValueError, match=r"another architecture.*unet\.block_out_channels: \[32, 64\] vs \[32, 32\]"):
+        other.run(str(out), resume=True, progress=False)
+
+
+def _folder_data(folder, count=3):
+    os.makedirs(folder)
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 255, (80, 64, 3), dtype=np.uint8)).save(os.path.join(folder, f"{i}.png"))
+        with open(os.path.join(folder, f"{i}.txt"), "w") as handle:
+            handle.write(f"a photo of my thing number {i}")
+
+
+def test_lora_fine_tune_changes_only_the_adapters(tmp_path):
+    from sd_keras.pipeline import StableDiffusion
+    from sd_keras.weights.saved import load_pretrained, save_pretrained
+
+    base = str(tmp_path / "base")
+    save_pretrained(StableDiffusion.from_config("tiny", seed=3), base)
+    _folder_data(str(tmp_path / "images"))
+    config = {"model": {"preset": "tiny", "init": base}, "data": {"source": "folder", "folder": str(tmp_path / "images")},
+              "train": {"checkpoint_minutes": 0, "log_every": 1, "steps_per_call": 2},
+              "stages": {"lora": {"components": ["unet"], "lora_rank": 2, "lora_alpha": 4.0, "steps": 4,
+                                  "batch_size": 2, "learning_rate": 1e-2, "warmup_steps": 0, "ema_decay": 0.5}},
+              "eval": {"enabled": False}}
+    trainer = train_lib.Trainer(config)
+    summary = trainer.run(str(tmp_path / "run"), progress=False)
+    assert summary["complete"] and summary["global_step"] == 4
+    assert len(_log(str(tmp_path / "run"))) == 2  # two calls of two steps
+
+    before, after = _model_tensors(base), _model_tensors(summary["model"])
+    for component in ("text_encoder", "decoder", "image_encoder"):
+        for key in before[component]:
+            np.testing.assert_array_equal(after[component][key], before[component][key])
+    adapters = load_file(summary["lora"])
+    adapted = sorted({key.rsplit(".", 1)[0] for key in adapters})
+    assert adapted and all(key.split("/")[-1] in ("q_proj", "k_proj", "v_proj", "out_proj") for key in adapted)
+    for key, value in before["diffusion_model"].items():
+        layer = key.rsplit("/", 1)[0]
+        if layer in adapted and key.endswith("/kernel"):
+            merged = value + 4.0 / 2 * adapters[f"{layer}.lora_a"] @ adapters[f"{layer}.lora_b"]
+            np.testing.assert_allclose(after["diffusion_model"][key], merged, rtol=1e-5, atol=1e-6)
+            assert not np.allclose(after["diffusion_model"][key], value)
+        else:  # biases, norms, convolutions and Dense layers without adapters
+            np.testing.assert_array_equal(after["diffusion_model"][key], value, err_msg=key)
+
+    # the adapter file on the base model gives the merged model's UNet
+    plain = load_pretrained(StableDiffusion, base)
+    assert train_lib.load_lora(plain.diffusion_model, summary["lora"]) == adapted
+    merged = load_pretrained(StableDiffusion, summary["model"])
+    rng = np.random.default_rng(1)
+    inputs = {"latent": rng.normal(size=(1, 8, 8, 4)).astype("float32"),
+              "timestep_embedding": rng.normal(size=(1, 32)).astype("float32"),
+              "context": rng.normal(size=(1, 77, 32)).astype("float32")}
+    np.testing.assert_allclose(np.asarray(plain.diffusion_model(inputs)), np.asarray(merged.diffusion_model(inputs)),
+                               rtol=1e-4, atol=1e-5)
+
+    # pause after the first call and resume: the same adapters
+    paused = trainer.run(str(tmp_path / "resumed"), progress=False, max_minutes=1e-9)
+    assert not paused["complete"] and paused["global_step"] == 2
+    resumed = trainer.run(str(tmp_path / "resumed"), resume=True, progress=False)
+    for key, value in load_file(resumed["lora"]).items():
+        np.testing.assert_array_equal(value, adapters[key])
+
+
+@pytest.mark.parametrize("changes, message", [
+    (["stages.vae.stpes=3"], "stages.vae.stpes: unknown key"),
+    (["trian.steps=3"], "trian: unknown key"),
+    (["train.steps=many"], "train.steps"),
+    (["train.precision=fp8"], "train.precision: must be one of"),
+    (["stages.vae.components=[vae,clip]"], "stages.vae.components: must be one of"),
+    (["stages.vae.lora_rank=4"], "stages.vae.components: a LoRA stage"),
+    (["stages.diffusion.lora_rank=4", "stages.diffusion.components=[unet]"], "must be the config's only stage"),
+    (["data.source=folder"], "data.folder: source=folder needs data.folder"),
+    (["stages.vae.ema_decay=1.0"], "stages.vae.ema_decay"),
+    (["eval.sampler=nope"], "eval.sampler"),
+    (["train.steps"], "must look like key=value"),
+])
+def test_config_errors_name_the_key(changes, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace(".", r"\.")):
+        train_lib.load_config(two_stage_config(), changes)
+
+
+def test_model_overrides(tmp_path):
+    config = train_lib.load_config(two_stage_config(), ["model.unet.block_out_channels=[32,32]",
+                                                        "model.vae.kl=1"])
+    with pytest.raises(ValueError, match="model.vae.kl: unknown VAEConfig field"):
+        train_lib.build_model_config(config.model)
+    config = train_lib.load_config(two_stage_config(), ["model.unet.block_out_channels=[32,32]"])
+    model_config = train_lib.build_model_config(config.model)
+    assert model_config.unet.block_out_channels == (32, 32) and model_config.name == "tiny-custom"
+    config = train_lib.load_config(two_stage_config(), ["model.unet.norm_groups=7"])
+    with pytest.raises(ValueError, match="model.unet: channels 32 are not divisible by norm_groups 7"):
+        train_lib.build_model_config(config.model)
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("stages: [unclosed")
+    with pytest.raises(ValueError, match="bad.yaml"):
+        train_lib.load_config(str(bad_yaml))
+    with pytest.raises(ValueError, match="does not exist"):
+        train_lib.load_config(str(tmp_path / "missing.yaml"))
+
+
+def test_shipped_configs_are_valid():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    shapes = train_lib.load_config(os.path.join(root, "configs", "shapes.yaml"))
+    assert train_lib.build_model_config(shapes.model).name == "shapes"
+    assert list(shapes.stages) == ["vae", "diffusion"]
+    tiny = train_lib.load_config(os.path.join(root, "configs", "tiny_test.yaml"))
+    assert train_lib.build_model_config(tiny.model).name == "tiny"
+
+
+def test_cli_bad_config_is_one_line_exit_2(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("model: {preset: tiny}\nstages: {vae: {components: [vae], steps: 2, lr: 1}}\n")
+    result = subprocess.run([sys.executable, "-m", "sd_keras.cli", "train", str(config), "--out", str(tmp_path / "o")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.startswith("sd-keras: error:")]
+    assert len(lines) == 1 and "stages.vae.lr: unknown key" in lines[0], result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "o").exists()
