@@ -66,7 +66,7 @@ def timestep_embedding(timesteps, dim, max_period=10000):
     ``timesteps.shape + (dim,)`` in float32.
 
     Example:
-        >>> timestep_embedding([999.0], 320).shape
+        >>> tuple(timestep_embedding([999.0], 320).shape)
         (1, 320)
     """
     half = dim // 2
