@@ -10,6 +10,7 @@ import importlib
 import os
 import sys
 
+from sd_keras.weights.convert_cli import add_lora_argument, apply_lora_arguments
 from sd_keras.weights.download import WeightsUnavailableError
 
 EXIT_USAGE = 2
@@ -80,6 +81,7 @@ def cmd_generate(args):
 
     backend.use_devices(args.devices)  # before the model is built: weights are replicated per device
     model = load_model(args.model, dtype=args.dtype)
+    apply_lora_arguments(model, args)
     seed = noise.random_seed() if args.seed is None or args.seed < 0 else args.seed
     height = args.height or model.config.image_size[0]
     width = args.width or model.config.image_size[1]
@@ -145,6 +147,7 @@ def build_parser():
     gen.add_argument("--strength", type=float, default=0.75)
     gen.add_argument("--mask")
     gen.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    add_lora_argument(gen)
     gen.add_argument("--devices", default=None, help="'all' or a count: data-parallel over local GPUs (JAX)")
     gen.add_argument("--progress", nargs="?", const="always", default=True,
                      help="progress bar (on when stderr is a terminal; --progress forces it)")

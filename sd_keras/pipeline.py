@@ -157,16 +157,17 @@ class StableDiffusion:
         return presets.load(cls, name, dtype=dtype)
 
     @classmethod
-    def from_checkpoint(cls, path, *, dtype="float32"):
+    def from_checkpoint(cls, path, *, dtype="float32", prediction_type=None):
         """Load a checkpoint: an sd_keras saved folder (``save_pretrained`` / ``sd-keras convert``), a diffusers
-        folder, or a single original-layout ``.safetensors`` / ``.ckpt`` file."""
+        folder, or a single original-layout ``.safetensors`` / ``.ckpt`` file. Single files don't say what the
+        UNet predicts: pass ``prediction_type="v_prediction"`` for SD 2.x 768-v files."""
         from sd_keras.weights import saved
 
         if saved.is_saved_folder(path):
             return saved.load_pretrained(cls, path, dtype=dtype)
         from sd_keras.weights.checkpoints import load_checkpoint
 
-        return load_checkpoint(cls, path, dtype=dtype)
+        return load_checkpoint(cls, path, dtype=dtype, prediction_type=prediction_type)
 
     def save_pretrained(self, folder, *, weight_dtype=None):
         """Write this model in sd_keras's own format (loadable by ``from_checkpoint``), atomically."""

@@ -32,6 +32,7 @@ def test_generate_writes_png_with_parameters_and_info_reads_it(tmp_path):
     (["-i", "/nonexistent/x.png"], "cannot read image"),
     (["--mask", "m.png"], "--mask needs --init-img"),
     (["-m", "no-such-model"], "unknown model"),
+    (["--lora", "/nonexistent/style.safetensors:0.8"], "style.safetensors"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     result = run("generate", "-m", "tiny", "-p", "x", "-W", "64", "-H", "64", "--steps", "2",
@@ -41,6 +42,12 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "o.png").exists()
+
+
+def test_default_model_is_the_shipped_demo_model(tmp_path):
+    result = run("generate", "-p", "a red circle on a blue background", "--steps", "4", "-o", str(tmp_path / "o.png"))
+    assert result.returncode == 0, result.stderr
+    assert "Size: 128x128, Model: shapes" in metadata.read_parameters(str(tmp_path / "o.png"))
 
 
 def test_info_without_parameters(tmp_path):
