@@ -185,3 +185,32 @@ def test_same_seed_same_image_on_the_other_backend(sd, tmp_path):
             "height=64, width=64))")
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "KERAS_BACKEND": other})
     assert np.abs(np.load(out).astype(int) - here.astype(int)).max() <= 2
+
+
+def test_mixed_precision_runs_the_unet_in_bfloat16_with_float32_sampling():
+    half = StableDiffusion.from_preset("tiny", dtype="bfloat16")
+    assert {l.dtype_policy.name for l in half.diffusion_model.layers if l.weights} == {"mixed_bfloat16"}
+    full = StableDiffusion.from_preset("tiny")
+    a = half.generate_image(half.encode_text("a cat"), num_steps=2, seed=1, return_latent=True, **SIZE)
+    b = full.generate_image(full.encode_text("a cat"), num_steps=2, seed=1, return_latent=True, **SIZE)
+    assert a.dtype == np.float32  # the loop's latent stays float32
+    assert 0 < np.abs(a - b).max() < 0.1 * np.abs(b).max()
+    with pytest.raises(ValueError, match="dtype"):
+        StableDiffusion.from_preset("tiny", dtype="int8")
+
+
+def test_keras_cv_preset_offline_error_names_files_and_folder(tmp_path, monkeypatch):
+    from sd_keras import presets
+    from sd_keras.weights import download
+
+    monkeypatch.setenv(download.CACHE_ENV, str(tmp_path))
+    monkeypatch.setattr(download, "_download", lambda remote, dest, timeout: (_ for _ in ()).throw(
+        download.urllib.error.URLError("network is unreachable")))
+    with pytest.raises(download.WeightsUnavailableError) as info:
+        StableDiffusion.from_preset("sd-v1")
+    message = str(info.value)
+    for remote in presets.keras_cv_files("sd-v1"):
+        assert remote.url in message and remote.name in message
+    assert str(tmp_path / "sd-v1") in message
+    with pytest.raises(ValueError, match="no-such-preset"):
+        StableDiffusion.from_preset("no-such-preset")
