@@ -1,7 +1,7 @@
 """Install sd_keras (library + `sd-keras` CLI) and its export pipeline as `sd_keras.export`."""
 from setuptools import setup
 
-TF = ["tensorflow>=2.16", "ai-edge-litert>=1.2", "ai-edge-quantizer>=0.1"]
+TF = ["tensorflow>=2.16", "ai-edge-litert>=2.3", "ai-edge-quantizer>=0.10"]
 JAX = ["jax>=0.4.30"]
 SERVE = ["fastapi>=0.110", "uvicorn>=0.29", "pydantic>=2", "prometheus-client>=0.17"]
 DEV = TF + JAX + SERVE + [
@@ -9,6 +9,7 @@ DEV = TF + JAX + SERVE + [
     "tf-keras",              # writes KerasCV's legacy h5 layout in tests
     "torch==2.13.0",         # CPU build; diffusers parity
     "diffusers>=0.30",
+    "peft",                  # LoRA parity in tests
     "transformers>=4.40",    # reference CLIP tokenizer / text model
     "regex",                 # CLIP's reference split pattern in tokenizer tests
     "httpx",
