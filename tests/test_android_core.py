@@ -140,3 +140,6 @@ def test_core_uses_only_what_kotlin_1_3_and_the_jvm_offer():
                 if re.search(pattern, line):
                     problems.append(f"{path.relative_to(REPO)}:{number}: {what}: {line.strip()}")
     assert not problems, "\n".join(problems)
+
+
+pytestmark = pytest.mark.once  # backend-independent (see conftest.py)

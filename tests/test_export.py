@@ -294,3 +294,6 @@ def test_cli_generate_from_bundle_and_modified_bundle(fp32_bundle, tmp_path):
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.startswith("sd-keras: error:")]
     assert len(lines) == 1 and "merges.txt' was modified" in lines[0], result.stderr
+
+
+pytestmark = pytest.mark.once  # backend-independent (see conftest.py)

@@ -133,3 +133,6 @@ def test_cli_int8_export_and_generation(tiny, tmp_path):
         runner.image_to_image("x", np.zeros((64, 64, 3), np.uint8), num_steps=2)
     image = runner.text_to_image("a red circle", num_steps=2, seed=1)
     assert image.shape == (1, 64, 64, 3) and image.dtype == np.uint8
+
+
+pytestmark = pytest.mark.once  # backend-independent (see conftest.py)

@@ -140,3 +140,6 @@ def test_trajectories_equal_the_compiled_pipeline_loop():
                       step_noise if sampler.needs_noise else None, guidance_scale=trajectories["guidance_scale"])
         expected = np.array(case["latents"][-1], np.float32).reshape(latent.shape)
         np.testing.assert_allclose(latent, expected, rtol=1e-5, atol=1e-5, err_msg=case["sampler"])
+
+
+pytestmark = pytest.mark.once  # backend-independent (see conftest.py)

@@ -102,3 +102,6 @@ def test_page_generates_an_image_into_the_gallery(browser, tmp_path):
                   and "401" not in entry["message"]]  # the refused request above is logged by Chromium
         assert errors == []
         assert KEY not in server.log()
+
+
+pytestmark = pytest.mark.once  # backend-independent (see conftest.py)

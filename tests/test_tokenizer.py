@@ -449,3 +449,6 @@ def _regenerate_golden():
 
 if __name__ == "__main__" and sys.argv[1:] == ["--regenerate"]:
     _regenerate_golden()
+
+
+pytestmark = pytest.mark.once  # backend-independent (see conftest.py)
