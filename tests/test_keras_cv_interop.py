@@ -400,3 +400,6 @@ if __name__ == "__main__" and sys.argv[1:2] == ["check"]:
     problems = check_cross_backend(sys.argv[2])
     print("\n".join(problems))
     sys.exit(1 if problems else 0)
+
+
+pytestmark = pytest.mark.once  # TensorFlow suite: KerasCV parity there, JAX through the cross-backend subprocess
