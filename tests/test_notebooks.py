@@ -33,7 +33,7 @@ EXTRA = {
     "01_quickstart.ipynb": {"samplers": ["Euler a", "DPM++ 2M Karras"]},
     "02_image_to_image_and_inpainting.ipynb": {"strengths": [0.0, 0.5, 1.0]},
     "03_export_to_tflite.ipynb": {"modes": ["fp32", "int8"], "calibration_steps": 2},
-    "04_fine_tuning.ipynb": {"train_steps": 2},
+    "04_fine_tuning.ipynb": {"train_steps": 2, "method": "lora"},
     "05_xla_and_gpu.ipynb": {"cpu_devices": 2},
 }
 
