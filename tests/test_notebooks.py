@@ -106,3 +106,6 @@ def test_notebook_runs(name, tmp_path):
     client = NotebookClient(notebook, timeout=600, kernel_name="python3",
                             resources={"metadata": {"path": str(NOTEBOOK_DIR)}})
     client.execute(env=env)  # raises CellExecutionError naming the cell and its traceback
+
+
+pytestmark = pytest.mark.once  # the notebooks call the same library code the backend suites test
