@@ -12,7 +12,8 @@ the wrong type is an error that names the key (``stages.vae.stpes: unknown key``
   ``train.batch_size`` override every stage's (smoke runs);
 - ``stages``: trained one after the other, in file order. Each names the ``components`` it trains (``vae``,
   ``text_encoder``, ``unet``, alone or together), its steps, batch, optimizer, schedule, EMA and losses;
-  ``lora_rank > 0`` trains LoRA adapters on the UNet's attention projections instead of the UNet itself;
+  ``lora_rank > 0`` trains LoRA adapters on the UNet's attention projections instead of the UNet itself (a
+  LoRA stage is the config's only stage and starts from ``model.init``);
 - ``eval`` / ``export``: the final step writes ``OUT/model`` (``save_pretrained``) and, for the shapes dataset,
   ``OUT/eval/report.json`` + ``grid.png`` (``sd_keras.evaluate``).
 
@@ -35,8 +36,8 @@ Checkpoints. ``OUT/checkpoint.safetensors`` is rewritten atomically every ``chec
 ``checkpoint_minutes`` minutes, at the end of each stage, at ``max_minutes`` and on Ctrl-C / SIGTERM. It holds
 every model weight (``<component>/<variable path>``), the optimizer (``optimizer/<index>``) and EMA
 (``ema/<index>``) values, and in its metadata the model config, stage and step. Data order and noise depend only
-on (seed, stage, step), so ``--resume`` continues exactly where the checkpoint was written (with
-``steps_per_call: 1`` the result equals an uninterrupted run bit for bit). Resuming with another architecture
+on (seed, stage, step), so ``--resume`` (with the same config and overrides) continues exactly where the
+checkpoint was written: the result equals an uninterrupted run bit for bit. Resuming with another architecture
 is an error that lists the differing fields.
 
 LoRA adapters (``OUT/lora.safetensors``): for every adapted Dense layer with variable path ``P`` (relative to the
@@ -80,7 +81,7 @@ EXIT_PAUSED = 3  # stopped at train.max_minutes after writing a checkpoint: run 
 _DRAWS_PER_STEP = 16  # random draws a step may take from its seed (keeps the seeds of two steps apart)
 
 
-# -- the config ---------------------------------------------------------------------------------------------------
+# -- the config ----------------------------------------------------------------------------------------------------
 @dataclass
 class ModelSection:
     preset: str = "shapes"
@@ -341,7 +342,7 @@ def build_model_config(section):
         raise ValueError(f"model: {error}") from None
 
 
-# -- models ------------------------------------------------------------------------------------------------------------
+# -- models --------------------------------------------------------------------------------------------------------
 class _Parts:
     """The four sub-models plus the encoder's moments head (shares the image encoder's layers)."""
 
@@ -372,9 +373,14 @@ class _Parts:
 
         return {f"{name}/{key}": value for name, model in self.items() for key, value in model_tensors(model).items()}
 
+    def keys(self):
+        """``{id(variable): "<component>/<variable path>"}``: the checkpoint key of every weight."""
+        return {id(variable): f"{name}/{_relative_path(model, variable)}" for name, model in self.items()
+                for variable in model.weights}
+
     def assign(self, tensors, source, *, partial=False):
         """Assign ``<component>/<path>`` tensors; ``partial`` assigns only the keys given (shapes checked)."""
-        from sd_keras.weights.saved import _variable_key, assign_tensors
+        from sd_keras.weights.saved import assign_tensors
 
         for name, model in self.items():
             prefix = name + "/"
@@ -383,7 +389,7 @@ class _Parts:
                 assign_tensors(model, values, source=source)
                 continue
             for variable in model.weights:
-                value = values.get(_variable_key(model, variable))
+                value = values.get(_relative_path(model, variable))
                 if value is not None:
                     if tuple(value.shape) != tuple(variable.shape):
                         raise ValueError(f"{source}: {name}/{variable.path} has shape {value.shape}")
@@ -392,7 +398,7 @@ class _Parts:
     def load_init(self, spec):
         """Copy the weights of a preset or saved folder with the same architecture."""
         from sd_keras.pipeline import StableDiffusion
-        from sd_keras.weights.saved import is_saved_folder, load_pretrained, model_tensors
+        from sd_keras.weights.saved import assign_tensors, is_saved_folder, load_pretrained, model_tensors
 
         if is_saved_folder(spec):
             source = load_pretrained(StableDiffusion, spec)
@@ -409,8 +415,6 @@ class _Parts:
             other = getattr(source, name, None)
             if other is None:
                 raise ValueError(f"model.init: {spec!r} has no {name}")
-            from sd_keras.weights.saved import assign_tensors
-
             assign_tensors(model, model_tensors(other), source=f"model.init {spec}")
 
 
@@ -429,9 +433,16 @@ def _config_differences(saved, current, prefix=""):
     return differences
 
 
+def _relative_path(model, variable):
+    """A variable's path without the model's name (the key ``sd_keras.weights.saved`` files use)."""
+    prefix = model.name + "/"
+    return variable.path[len(prefix):] if variable.path.startswith(prefix) else variable.path
+
+
 def _dense_layers(model):
     import keras
 
+    # Keras 3 has no public recursive layer iterator; _flatten_layers is what Model.summary and saving use.
     for layer in model._flatten_layers(include_self=False, recursive=True):
         if isinstance(layer, keras.layers.Dense):
             yield layer
@@ -442,9 +453,7 @@ def _kernel_variable(layer):
 
 
 def _layer_key(model, layer):
-    path = _kernel_variable(layer).path.rsplit("/", 1)[0]
-    prefix = model.name + "/"
-    return path[len(prefix):] if path.startswith(prefix) else path
+    return _relative_path(model, _kernel_variable(layer)).rsplit("/", 1)[0]
 
 
 def enable_lora(unet, rank, *, alpha=None, targets=("q_proj", "k_proj", "v_proj", "out_proj"), seed=0):
@@ -519,13 +528,12 @@ def merged_tensors(model):
     tensors = {k: v for k, v in model_tensors(model).items() if "lora_kernel" not in k}
     for layer in _dense_layers(model):
         if layer.lora_enabled:
-            kernel = _kernel_variable(layer)
-            key = kernel.path[len(model.name) + 1:] if kernel.path.startswith(model.name + "/") else kernel.path
-            tensors[key] = np.asarray(keras.ops.convert_to_numpy(layer.kernel), np.float32)
+            merged = keras.ops.convert_to_numpy(layer.kernel)  # Keras' kernel + alpha / rank * A @ B
+            tensors[_relative_path(model, _kernel_variable(layer))] = np.asarray(merged, np.float32)
     return tensors
 
 
-# -- the training graph -------------------------------------------------------------------------------------------------
+# -- the training graph --------------------------------------------------------------------------------------------
 class _LearningRate:
     """Warm-up then constant / cosine / linear decay to ``min_ratio``; built as a Keras schedule on demand."""
 
@@ -905,7 +913,7 @@ def _batch_indices(seed, stage_index, step, batch_size, total):
     return np.random.default_rng([seed, stage_index, step]).integers(0, total, size=batch_size)
 
 
-# -- checkpoints --------------------------------------------------------------------------------------------------
+# -- checkpoints ---------------------------------------------------------------------------------------------------
 def _atomic(path, write):
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -966,7 +974,7 @@ def _check_resume(info, model_config, stage_names, path):
                          f"(stages: {', '.join(stage_names)})")
 
 
-# -- the loop -----------------------------------------------------------------------------------------------------
+# -- the loop ------------------------------------------------------------------------------------------------------
 class _Interrupted(Exception):
     pass
 
@@ -1011,6 +1019,7 @@ class Trainer:
         self.stage_names = list(config.stages)
         self._runners = {}
         self._encode = None
+        self._clock = time.time()  # the first run's time limit counts from here
 
     def runner(self, stage_index):
         """The compiled program of stage ``stage_index`` (built on first use)."""
@@ -1048,7 +1057,8 @@ class Trainer:
             out_dir: checkpoint, ``train_log.jsonl``, ``model/`` (saved model), ``lora.safetensors``, ``eval/``.
             resume: continue from ``out_dir/checkpoint.safetensors`` (required when it exists).
             progress: show a tqdm bar per stage.
-            max_minutes: stop with a checkpoint after this many minutes (default ``train.max_minutes``).
+            max_minutes: stop with a checkpoint after this many minutes (default ``train.max_minutes``), counted
+                from the creation of the trainer for its first run (so model building and data rendering count).
 
         Returns:
             A summary dict: ``complete`` (False when stopped at the time limit), ``global_step``, ``model``
@@ -1073,7 +1083,8 @@ class Trainer:
         _write_text(os.path.join(out_dir, "train_config.yaml"), _to_yaml(config))
 
         max_minutes = config.train.max_minutes if max_minutes is None else max_minutes
-        deadline = started + 60 * max_minutes if max_minutes else None
+        clock, self._clock = self._clock, None
+        deadline = (clock or started) + 60 * max_minutes if max_minutes else None
         if info is None:
             start_index, global_step = 0, 0
         else:

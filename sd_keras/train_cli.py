@@ -17,9 +17,10 @@ def cmd_train(args):
         summary = train_lib.train(args.config, out, overrides=args.overrides, resume=args.resume,
                                   devices=args.devices, progress=args.progress, max_minutes=args.max_minutes)
     except KeyboardInterrupt:
-        print(f"sd-keras train: continue with: sd-keras train {args.config} --out {out} --resume", file=sys.stderr)
+        print(f"sd-keras train: continue with: {_resume_command(args, out)}", file=sys.stderr)
         return 130
     if not summary["complete"]:
+        print(f"sd-keras train: continue with: {_resume_command(args, out)}", file=sys.stderr)
         return train_lib.EXIT_PAUSED
     print(f"model: {summary['model']}")
     if "lora" in summary:
@@ -29,13 +30,24 @@ def cmd_train(args):
     return 0
 
 
+def _resume_command(args, out):
+    import shlex
+
+    words = ["sd-keras", "train", args.config, *args.overrides, "--out", out, "--resume"]
+    if args.devices:
+        words += ["--devices", str(args.devices)]
+    if args.max_minutes:
+        words += ["--max-minutes", f"{args.max_minutes:g}"]
+    return " ".join(shlex.quote(word) for word in words)
+
+
 def register(subparsers):
     parser = subparsers.add_parser("train", help="train or fine-tune a model from a YAML config",
                                    description="Train the stages of CONFIG (see sd_keras/train.py), then export "
                                                "OUT/model and evaluate it.")
     parser.add_argument("config", help="YAML training config, e.g. configs/shapes.yaml")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="config overrides, e.g. train.steps=100 stages.vae.batch_size=16")
+                        help="config overrides right after CONFIG, e.g. train.steps=100 stages.vae.batch_size=16")
     parser.add_argument("--out", help="output folder (default: runs/<config name>)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
     parser.add_argument("--devices", default=None, help="'all' or a count: data parallel over local devices (JAX)")

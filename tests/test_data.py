@@ -8,6 +8,8 @@ from sd_keras.data import (BACKGROUND_COLORS, PALETTE, ImageFolderDataset, Place
                            is_heldout, render, render_dataset)
 from sd_keras.data.shapes import coverage
 
+pytestmark = pytest.mark.once  # numpy only: backend-independent (see conftest.py)
+
 
 def test_items_depend_only_on_seed_and_index():
     first, again = ShapesDataset(seed=3), ShapesDataset(seed=3)
@@ -29,7 +31,8 @@ def test_captions_follow_the_grammar_and_parse_back():
         assert Scene.parse(scene.caption) == scene
     counts = [len(s.objects) for s in scenes]
     assert 0.2 < counts.count(2) / len(counts) < 0.5
-    stated = {attr: sum(getattr(o, attr) is not None for s in scenes for o in s.objects) for attr in ("size", "position")}
+    stated = {attr: sum(getattr(o, attr) is not None for s in scenes for o in s.objects)
+              for attr in ("size", "position")}
     assert min(stated.values()) > 100
     assert sum(s.background is not None for s in scenes) > 100
     words = " ".join(s.caption for s in scenes)

@@ -15,7 +15,6 @@ from PIL import Image
 from safetensors.numpy import load_file
 
 from sd_keras import train as train_lib
-from sd_keras.weights.saved import _variable_key
 
 COMPONENTS = ("text_encoder", "diffusion_model", "decoder", "image_encoder")
 
@@ -97,7 +96,7 @@ def test_pause_and_resume_give_the_uninterrupted_weights(trainer, uninterrupted,
 
     # EMA after one step: decay min(0.5, (1 + 0) / (10 + 0)) = 0.1 between the initial and the new weights
     runner = trainer.runner(0)
-    keys = {id(v): f"{name}/{_variable_key(model, v)}" for name, model in trainer.parts.items() for v in model.weights}
+    keys = trainer.parts.keys()
     for index, variable in enumerate(runner.trainable_variables):
         key = keys[id(variable)]
         expected = 0.1 * trainer._initial[key] + 0.9 * checkpoint[key]
@@ -144,7 +143,8 @@ def test_lora_fine_tune_changes_only_the_adapters(tmp_path):
     base = str(tmp_path / "base")
     save_pretrained(StableDiffusion.from_config("tiny", seed=3), base)
     _folder_data(str(tmp_path / "images"))
-    config = {"model": {"preset": "tiny", "init": base}, "data": {"source": "folder", "folder": str(tmp_path / "images")},
+    config = {"model": {"preset": "tiny", "init": base},
+              "data": {"source": "folder", "folder": str(tmp_path / "images")},
               "train": {"checkpoint_minutes": 0, "log_every": 1, "steps_per_call": 2},
               "stages": {"lora": {"components": ["unet"], "lora_rank": 2, "lora_alpha": 4.0, "steps": 4,
                                   "batch_size": 2, "learning_rate": 1e-2, "warmup_steps": 0, "ema_decay": 0.5}},
@@ -189,6 +189,7 @@ def test_lora_fine_tune_changes_only_the_adapters(tmp_path):
         np.testing.assert_array_equal(value, adapters[key])
 
 
+@pytest.mark.once  # config parsing only: backend-independent (see conftest.py)
 @pytest.mark.parametrize("changes, message", [
     (["stages.vae.stpes=3"], "stages.vae.stpes: unknown key"),
     (["trian.steps=3"], "trian: unknown key"),
@@ -207,6 +208,7 @@ def test_config_errors_name_the_key(changes, message):
         train_lib.load_config(two_stage_config(), changes)
 
 
+@pytest.mark.once  # config parsing only: backend-independent (see conftest.py)
 def test_model_overrides(tmp_path):
     config = train_lib.load_config(two_stage_config(), ["model.unet.block_out_channels=[32,32]",
                                                         "model.vae.kl=1"])
@@ -226,6 +228,7 @@ def test_model_overrides(tmp_path):
         train_lib.load_config(str(tmp_path / "missing.yaml"))
 
 
+@pytest.mark.once  # config parsing only: backend-independent (see conftest.py)
 def test_shipped_configs_are_valid():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     shapes = train_lib.load_config(os.path.join(root, "configs", "shapes.yaml"))
@@ -235,6 +238,7 @@ def test_shipped_configs_are_valid():
     assert train_lib.build_model_config(tiny.model).name == "tiny"
 
 
+@pytest.mark.once  # config parsing only: backend-independent (see conftest.py)
 def test_cli_bad_config_is_one_line_exit_2(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("model: {preset: tiny}\nstages: {vae: {components: [vae], steps: 2, lr: 1}}\n")

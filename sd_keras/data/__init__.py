@@ -11,6 +11,6 @@ from sd_keras.data.shapes import (BACKGROUND_COLORS, DEFAULT_BACKGROUND, OBJECT_
                                   SIZES, Placement, Sample, Scene, ShapeSpec, ShapesDataset, is_heldout, render,
                                   render_dataset)
 
-__all__ = ["ShapesDataset", "ImageFolderDataset", "Scene", "ShapeSpec", "Placement", "Sample", "render", "render_dataset",
-           "is_heldout",
+__all__ = ["ShapesDataset", "ImageFolderDataset", "Scene", "ShapeSpec", "Placement", "Sample", "render",
+           "render_dataset", "is_heldout",
            "PALETTE", "OBJECT_COLORS", "BACKGROUND_COLORS", "DEFAULT_BACKGROUND", "SHAPES", "SIZES", "POSITIONS"]

@@ -157,8 +157,9 @@ def _alternatives(names):
 
 
 def _object_pattern(prefix):
-    return (rf"an? (?:(?P<{prefix}_size>{_alternatives(SIZES)}) )?(?P<{prefix}_color>{_alternatives(OBJECT_COLORS)}) "
-            rf"(?P<{prefix}_shape>{_alternatives(SHAPES)})(?: in the (?P<{prefix}_position>{_alternatives(POSITIONS)}))?")
+    return (rf"an? (?:(?P<{prefix}_size>{_alternatives(SIZES)}) )?"
+            rf"(?P<{prefix}_color>{_alternatives(OBJECT_COLORS)}) (?P<{prefix}_shape>{_alternatives(SHAPES)})"
+            rf"(?: in the (?P<{prefix}_position>{_alternatives(POSITIONS)}))?")
 
 
 _CAPTION_RE = re.compile(_object_pattern("a") + rf"(?: and {_object_pattern('b')})?"
