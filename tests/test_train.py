@@ -248,3 +248,43 @@ def test_cli_bad_config_is_one_line_exit_2(tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.startswith("sd-keras: error:")]
     assert len(lines) == 1 and "stages.vae.lr: unknown key" in lines[0], result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "o").exists()
+
+
+MULTI_DEVICE_SCRIPT = """
+import json, sys
+import keras
+import numpy as np
+from sd_keras import backend, train
+config = json.loads(sys.argv[1])
+results = {}
+for devices in ("all", None):
+    keras.distribution.set_distribution(None)
+    trainer = train.Trainer(config, devices=devices)
+    runner = trainer.runner(0)
+    images = backend.shard_batch(trainer.images[np.arange(4)[:, None] % len(trainer.images)])
+    summary = trainer.run(sys.argv[2] + str(devices), progress=False)
+    shards = getattr(images, "addressable_shards", [images])  # without a distribution: a plain array
+    results[str(devices)] = {"devices": trainer.devices, "shards": len(shards),
+                             "weights": [np.asarray(v).tolist() for v in runner.trainable_variables[:3]],
+                             "losses": [json.loads(line)["loss"] for line in open(sys.argv[2] + str(devices)
+                                                                                   + "/train_log.jsonl")]}
+print("RESULT" + json.dumps(results))
+"""
+
+
+@pytest.mark.once  # always runs JAX in a subprocess (see conftest.py)
+def test_data_parallel_training_matches_one_device(tmp_path):
+    """Two host devices stand in for two GPUs: the batch is split and the training result is the same."""
+    config = two_stage_config()
+    # a large Adam epsilon: near-zero gradients (equal up to the summation order) must not become +-lr steps
+    config["stages"] = {"vae": {**config["stages"]["vae"], "steps": 2, "batch_size": 4, "epsilon": 1e-2}}
+    env = {**os.environ, "KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    result = subprocess.run([sys.executable, "-c", MULTI_DEVICE_SCRIPT, json.dumps(config), str(tmp_path / "run")],
+                            env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads(result.stdout.split("RESULT", 1)[1])
+    two, one = results["all"], results["None"]
+    assert (two["devices"], two["shards"], one["devices"], one["shards"]) == (2, 2, 1, 1)
+    np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-5)
+    for a, b in zip(two["weights"], one["weights"]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
