@@ -159,6 +159,7 @@ class DenoisingLoop:
             try:
                 latent, state = program(weights, latent, state, *args, np.int32(start_index), np.int32(num_steps),
                                         extra)
+                latent = backend.to_numpy(latent)  # JAX runs asynchronously: wait, so no step report is dropped
             finally:
                 self._progress_sink = None
         else:
