@@ -365,16 +365,29 @@ def evaluate(model, scenes=None, *, num_steps=20, sampler=None, guidance_scale=D
     return report
 
 
-def _write_json(data, path):
+def _atomic_path(path, write):
+    """``write(temporary_path)``, then rename it to ``path`` (with the usual permissions, not mkstemp's 0600)."""
     folder = os.path.dirname(os.path.abspath(path))
-    descriptor, temporary = tempfile.mkstemp(dir=folder, prefix=".report.", suffix=".tmp")
+    descriptor, temporary = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.",
+                                             suffix=os.path.splitext(path)[1])
+    os.close(descriptor)
     try:
-        with os.fdopen(descriptor, "w") as handle:
-            json.dump(data, handle, indent=1)
+        write(temporary)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(temporary, 0o666 & ~mask)
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
+
+
+def _write_json(data, path):
+    def write(temporary):
+        with open(temporary, "w") as handle:
+            json.dump(data, handle, indent=1)
+
+    _atomic_path(path, write)
 
 
 def save_grid(images, captions, path, *, columns=8, ok=None):
@@ -392,15 +405,7 @@ def save_grid(images, captions, path, *, columns=8, ok=None):
         canvas.paste(Image.fromarray(image), (x, y))
         color = (0, 0, 0) if ok is None else ((0, 120, 0) if ok[i] else (200, 0, 0))
         draw.multiline_text((x + 2, y + side + 1), _wrap(caption, max(8, side // 6)), fill=color, spacing=0)
-    folder = os.path.dirname(os.path.abspath(path))
-    descriptor, temporary = tempfile.mkstemp(dir=folder, prefix=".grid.", suffix=".png")
-    os.close(descriptor)
-    try:
-        canvas.save(temporary, format="PNG")
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+    _atomic_path(path, lambda temporary: canvas.save(temporary, format="PNG"))
     return path
 
 

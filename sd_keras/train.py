@@ -915,16 +915,24 @@ def _batch_indices(seed, stage_index, step, batch_size, total):
 
 # -- checkpoints ---------------------------------------------------------------------------------------------------
 def _atomic(path, write):
+    """``write(temporary_path)`` then rename it to ``path``: readers see the old file or the whole new one."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     os.close(descriptor)
     try:
         write(temporary)
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp's 0600 is for the temporary file only
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_checkpoint(path, parts, runner, info):
