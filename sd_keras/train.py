@@ -657,19 +657,15 @@ class _StageRunner:
 
         from sd_keras import backend
 
-        self.stage, self.steps = stage, steps
+        self.parts, self.stage, self.steps = parts, stage, steps
         components = set(stage.components)
         self.trains_vae = "vae" in components
         self.trains_diffusion = bool(components & {"text_encoder", "unet"})
-        for _, model in parts.items():
-            model.trainable = False
-        for component in components:
-            for model in parts.for_component(component):
-                model.trainable = True
         self.lora_layers = []
         if stage.lora_rank:
             self.lora_layers = enable_lora(parts.diffusion_model, stage.lora_rank, alpha=stage.lora_alpha,
                                            targets=tuple(stage.lora_targets))
+        self._set_trainable()
         self.graph = _make_graph(parts, stage, model_config, self.trains_vae, self.trains_diffusion, empty_tokens)
         self.trainable_variables = list(self.graph.trainable_variables)
         self.non_trainable_variables = list(self.graph.non_trainable_variables)
@@ -707,6 +703,23 @@ class _StageRunner:
             # graph, and TensorFlow is the CPU / test path here (JAX is the accelerator path).
             self._program = tf.function(self._stateful_program, jit_compile=False, reduce_retracing=False)
         self.restore([v.numpy() for v in self.optimizer.variables], None)
+
+    def _set_trainable(self):
+        for _, model in self.parts.items():
+            model.trainable = False
+        for component in self.stage.components:
+            for model in self.parts.for_component(component):
+                model.trainable = True
+        if self.lora_layers:  # only the adapters
+            for variable in self.parts.diffusion_model.weights:
+                variable.trainable = "lora_kernel" in variable.path
+
+    def activate(self):
+        """Give the models this stage's trainable flags again (another stage's runner may have changed them);
+        a retrace of the program (e.g. for a shorter last call) then sees the same variable lists."""
+        self._set_trainable()
+        if [id(v) for v in self.graph.trainable_variables] != [id(v) for v in self.trainable_variables]:
+            raise RuntimeError("the trainable variables of a stage changed after its program was built")
 
     def reset(self):
         """Fresh optimizer, LoRA adapters and EMA (from the current weights), for a new run."""
@@ -1134,6 +1147,7 @@ class Trainer:
         steps = train_section.steps or stage.steps
         batch_size = train_section.batch_size or stage.batch_size
         runner = self.runner(stage_index)
+        runner.activate()
         step = 0
         if resume_info is not None and int(resume_info[1]["stage_step"]):
             tensors, info = resume_info
