@@ -12,7 +12,9 @@ referenced by offset. The LiteRT interpreter reads such files directly. It is se
 90 % of 2 GB (the fp32 SD 1.x UNet is 3.4 GB); smaller files keep the plain layout. TensorFlow 2.21's converter
 also switches by itself once its module passes 2 GB (it logs "Module size is greater than 2GB"); setting the
 flag from our own estimate keeps the layout independent of that heuristic. The UNet is not split. Converting
-needs memory: a 2.15 GB single-layer model peaked at 16 GB resident in the converter.
+needs memory: a 2.15 GB single-layer model peaked at 16 GB resident in the converter. So models over 1 GiB of
+weights are converted in a child process that reads only the SavedModel (``isolate``): the exporting process's
+Keras models (the whole pipeline) are not held twice while the converter runs.
 
 Exporting needs TensorFlow. Under another Keras backend ``export_components`` saves the weights to a temporary
 folder and runs this module in a ``KERAS_BACKEND=tensorflow`` subprocess (``python -m
@@ -43,6 +45,7 @@ FLATBUFFER_LIMIT = 2**31 - 1
 # Bytes per weight the converter writes for each mode (int8-full keeps int32 biases: close to int8).
 _BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "int8-full": 1.0, "int4": 4.0}
 _LARGE_MODEL_MARGIN = 0.9  # switch layouts a little before the limit: the graph itself takes space too
+ISOLATE_BYTES = 2**30  # convert models with more float32 weight bytes than this in a child process
 
 
 class ExportError(RuntimeError):
@@ -113,7 +116,7 @@ def _flex_ops(message):
     return sorted(names)
 
 
-def convert_component(model, component, signature, mode, path, *, representative=None):
+def convert_component(model, component, signature, mode, path, *, representative=None, isolate=None):
     """Convert one Keras sub-model to ``path`` (TensorFlow backend; written atomically).
 
     Args:
@@ -122,6 +125,9 @@ def convert_component(model, component, signature, mode, path, *, representative
         signature: that component's entry of ``component_signatures``.
         mode: a quantization mode (``int4`` writes the fp32 model; ``quantize.quantize_int4`` follows).
         representative: ``int8-full`` calibration feeds (list of dicts).
+        isolate: run the converter in a child process that holds only the SavedModel (not this process's
+            Keras models), so its peak memory adds to a small parent. Default: for weights over
+            ``ISOLATE_BYTES`` (the converter peaks at several times the weight bytes).
 
     Returns:
         A dict of facts for the report: ``{"large_model_layout": bool, "integer_only": bool | None}``.
@@ -133,8 +139,18 @@ def convert_component(model, component, signature, mode, path, *, representative
         raise ExportError("convert_component needs KERAS_BACKEND=tensorflow; use export_components")
     mode = quantize.converter_mode(quantize.check_mode(mode))
     specs = [tf.TensorSpec(spec["shape"], spec["dtype"], name=spec["name"]) for spec in signature["inputs"]]
-    facts = {"large_model_layout": False, "integer_only": None}
-    with tempfile.TemporaryDirectory(prefix="sd_keras_savedmodel_") as saved_model:
+    size = weight_bytes(model)
+    large = size * _BYTES_PER_WEIGHT[mode] / 4.0 > _LARGE_MODEL_MARGIN * FLATBUFFER_LIMIT
+    if isolate is None:
+        isolate = size > ISOLATE_BYTES
+    feeds = None
+    if representative is not None:
+        feeds = [{spec["name"]: np.asarray(feed[spec["name"]], spec["dtype"]) for spec in signature["inputs"]}
+                 for feed in representative]
+    if quantize.needs_representative_data(mode) and not feeds:
+        raise ExportError(f"{component}: {mode} needs representative data (recorded sampling trajectories)")
+    with tempfile.TemporaryDirectory(prefix="sd_keras_savedmodel_") as workdir:
+        saved_model = os.path.join(workdir, "saved_model")
         # A plain tf.Module holding each tf.Variable once: Keras 3.15's ExportArchive writes every variable twice
         # ("variables" and "_all_variables"), which doubles the SavedModel and the converter's memory.
         module = tf.Module()
@@ -143,41 +159,88 @@ def convert_component(model, component, signature, mode, path, *, representative
         tf.saved_model.save(module, saved_model,
                             signatures={signature["signature"]: module.serve.get_concrete_function()})
         del module
+        job = {"saved_model": saved_model, "signature": signature["signature"], "component": component,
+               "mode": mode, "large": bool(large), "path": path, "representative": None}
+        if not isolate:
+            return convert_saved_model(job, feeds)
+        if feeds is not None:
+            job["representative"] = os.path.join(workdir, "representative.npz")
+            quantize.save_records({component: feeds}, job["representative"])
+        job_path = os.path.join(workdir, "convert.json")
+        job["result"] = os.path.join(workdir, "result.json")
+        with open(job_path, "w") as handle:
+            json.dump(job, handle)
+        env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
+        process = subprocess.run([sys.executable, "-m", "sd_keras.export.litert", "--convert", job_path],
+                                 env=env, capture_output=True, text=True)
+        if process.returncode != 0 or not os.path.exists(job["result"]):
+            tail = "\n".join(process.stderr.strip().splitlines()[-15:])
+            killed = " (killed: out of memory?)" if process.returncode < 0 else ""
+            raise ExportError(f"{component}: the converter process failed (exit {process.returncode}){killed}:"
+                              f"\n{tail}")
+        with open(job["result"]) as handle:
+            result = json.load(handle)
+    if "error" in result:
+        raise ExportError(result["error"])
+    return result["facts"]
 
-        def converter():
-            return tf.lite.TFLiteConverter.from_saved_model(saved_model, signature_keys=[signature["signature"]])
 
-        large = weight_bytes(model) * _BYTES_PER_WEIGHT[mode] / 4.0 > _LARGE_MODEL_MARGIN * FLATBUFFER_LIMIT
-        feeds = None
-        if representative is not None:
-            feeds = [{spec["name"]: np.asarray(feed[spec["name"]], spec["dtype"]) for spec in signature["inputs"]}
-                     for feed in representative]
-        attempts = [True, False] if mode == "int8-full" else [True]
-        for integer_only in attempts:
-            conv = quantize.configure_converter(converter(), mode, feeds, integer_only=integer_only)
-            if large:
-                conv._experimental_use_buffer_offset = True  # the >2 GB layout (see the module docstring)
-            try:
-                data = conv.convert()
-                break
-            except Exception as error:  # ConverterError: report Flex ops by name, retry int8 with float kernels
-                message = str(error)
-                if integer_only and mode == "int8-full" and len(attempts) > 1:
-                    continue
-                flex = _flex_ops(message)
-                if flex:
-                    raise ExportError(f"{component}: the model needs TensorFlow ops that LiteRT has no builtin "
-                                      f"kernel for: {', '.join(flex)}") from None
-                raise ExportError(f"{component}: conversion failed: {' '.join(message.split())[-500:]}") from None
-        facts["large_model_layout"] = bool(large)
-        if mode == "int8-full":
-            facts["integer_only"] = integer_only
-    temporary = f"{path}.tmp"
+def convert_saved_model(job, feeds=None):
+    """Run the TFLite converter on a SavedModel signature and write ``job["path"]`` atomically.
+
+    ``job`` holds ``saved_model``, ``signature``, ``component``, ``mode`` (a converter mode), ``large`` (use the
+    >2 GB layout) and ``path``. Returns the report facts of ``convert_component``.
+    """
+    import tensorflow as tf
+
+    component, mode = job["component"], job["mode"]
+
+    def converter():
+        return tf.lite.TFLiteConverter.from_saved_model(job["saved_model"], signature_keys=[job["signature"]])
+
+    facts = {"large_model_layout": bool(job["large"]), "integer_only": None}
+    attempts = [True, False] if mode == "int8-full" else [True]
+    for integer_only in attempts:
+        conv = quantize.configure_converter(converter(), mode, feeds, integer_only=integer_only)
+        if job["large"]:
+            conv._experimental_use_buffer_offset = True  # the >2 GB layout (see the module docstring)
+        try:
+            data = conv.convert()
+            break
+        except Exception as error:  # ConverterError: report Flex ops by name, retry int8 with float kernels
+            message = str(error)
+            if integer_only and mode == "int8-full" and len(attempts) > 1:
+                continue
+            flex = _flex_ops(message)
+            if flex:
+                raise ExportError(f"{component}: the model needs TensorFlow ops that LiteRT has no builtin "
+                                  f"kernel for: {', '.join(flex)}") from None
+            raise ExportError(f"{component}: conversion failed: {' '.join(message.split())[-500:]}") from None
+        finally:
+            del conv
+    if mode == "int8-full":
+        facts["integer_only"] = integer_only
+    temporary = f"{job['path']}.tmp"
     with open(temporary, "wb") as handle:
         handle.write(data)
     del data
-    os.replace(temporary, path)
+    os.replace(temporary, job["path"])
     return facts
+
+
+def _run_convert(job_path):
+    """Converter-process entry point (``python -m sd_keras.export.litert --convert JOB.json``)."""
+    with open(job_path) as handle:
+        job = json.load(handle)
+    feeds = None
+    if job["representative"]:
+        feeds = quantize.load_records(job["representative"])[job["component"]]
+    try:
+        result = {"facts": convert_saved_model(job, feeds)}
+    except (ExportError, ValueError) as error:
+        result = {"error": str(error)}
+    with open(job["result"], "w") as handle:
+        json.dump(result, handle)
 
 
 def _convert_all(models, config, image_size, mode, output_dir, representative, components):
@@ -297,4 +360,7 @@ def _run_job(job_path):
 if __name__ == "__main__":
     if os.environ.get("KERAS_BACKEND") != "tensorflow":
         sys.exit("sd_keras.export.litert: run with KERAS_BACKEND=tensorflow")
-    _run_job(sys.argv[1])
+    if sys.argv[1] == "--convert":
+        _run_convert(sys.argv[2])
+    else:
+        _run_job(sys.argv[1])

@@ -84,6 +84,26 @@ def test_weight_types_per_mode(decoders):
     assert "int4" in weight_dtypes(decoders["int4"]) or "int8" in weight_dtypes(decoders["int4"])
 
 
+def test_converter_in_its_own_process_writes_the_same_model(tiny, records, decoders, tmp_path):
+    # Large models convert in a child process holding only the SavedModel; forced here on the small decoder,
+    # with calibration data passed through a file (int8-full).
+    from ai_edge_litert.interpreter import Interpreter
+
+    signature = litert.component_signatures(tiny.config, (64, 64))["decoder"]
+    path = str(tmp_path / "decoder.tflite")
+    facts = litert.convert_component(tiny.decoder, "decoder", signature, "int8-full", path,
+                                     representative=records["decoder"], isolate=True)
+    assert facts["integer_only"] is not None and not facts["large_model_layout"]
+    assert sorted(os.listdir(tmp_path)) == ["decoder.tflite"]
+    outputs = []
+    for model_path in (path, decoders["int8-full"]):
+        runner = Interpreter(model_path=model_path).get_signature_runner(signature["signature"])
+        outputs.append(runner(latent=records["decoder"][1]["latent"])["image"])
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    with pytest.raises(litert.ExportError, match="decoder: int8-full needs representative data"):
+        litert.convert_component(tiny.decoder, "decoder", signature, "int8-full", path, isolate=True)
+
+
 def test_flex_ops_fail_with_their_names(tmp_path):
     # Needs TensorFlow in the process: run under KERAS_BACKEND=tensorflow whatever the test backend.
     script = textwrap.dedent(f"""
