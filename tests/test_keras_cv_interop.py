@@ -8,7 +8,8 @@
   reads them with h5py and matches tf_keras' outputs. Wrong files and objects are refused untouched.
 - The same weights give the same outputs on the other backend (a subprocess) within 1e-4.
 
-Run as a script (``python tests/test_keras_cv_interop.py check FILE``) it is that other-backend check.
+Run as a script (``python tests/test_keras_cv_interop.py check FILE``) it is that other-backend check;
+``... parity VERSION OUT`` computes the full-size KerasCV comparison (in a child process, see ``parity_report``).
 """
 import dataclasses
 import gc
@@ -347,40 +348,60 @@ def recording_keras_cv(version):
     return kcv
 
 
-@pytest.fixture(scope="module", params=["sd-v1", "sd-v2"])
-def keras_cv_parity(request):
-    """Our models from ``from_keras_cv_models`` and what KerasCV's models gave on the same inputs."""
-    gc.collect()  # the other version's models: Keras models hold reference cycles, so only gc frees them
-    kcv = recording_keras_cv(request.param)
+def parity_report(version):
+    """Build KerasCV's models and ours from them, compare on fixed inputs; plain data for the tests below.
+
+    Runs in a child process (``python tests/test_keras_cv_interop.py parity VERSION OUT``): the full-size
+    models take up to ~11 GB, and memory a process has used is not given back to the system, so the rest of the
+    suite would run on top of it."""
+    kcv = recording_keras_cv(version)
     config, ours = from_keras_cv_models(kcv)
     recorded = kcv.recorded
     del kcv
     gc.collect()
-    yield types.SimpleNamespace(version=request.param, config=config, ours=ours, recorded=recorded)
-    del ours
+    reference = get_config(version)
+    keras_cv_embedding = recorded["diffusion_model"]["inputs"]["timestep_embedding"]
+    ours_embedding = ops.convert_to_numpy(models.timestep_embedding(ops.convert_to_tensor([681.0]), 320))
+    return {
+        "name": config.name, "image_size": list(config.image_size),
+        "architecture_equals_preset": (config.text_encoder, config.unet, config.vae) == (
+            reference.text_encoder, reference.unet, reference.vae),
+        "components": sorted(ours), "keras_models": all(isinstance(m, keras.Model) for m in ours.values()),
+        "timestep_embedding_max_diff": float(np.abs(ours_embedding - keras_cv_embedding).max()),
+        "relative_errors": {component: float(relative_error(run(ours[component], record["inputs"]),
+                                                            record["output"]))
+                            for component, record in recorded.items()},
+        "h5_order": {component: record["h5_order"] for component, record in recorded.items()},
+    }
+
+
+@pytest.fixture(scope="module", params=["sd-v1", "sd-v2"])
+def keras_cv_parity(request, tmp_path_factory):
+    """``parity_report`` of one version, computed in a child process on this suite's backend."""
+    out = tmp_path_factory.mktemp("parity") / f"{request.param}.json"
+    result = subprocess.run([sys.executable, __file__, "parity", request.param, str(out)], capture_output=True,
+                            text=True, timeout=1800)
+    assert result.returncode == 0 and out.exists(), result.stdout[-2000:] + result.stderr[-3000:]
+    with open(out) as handle:
+        return types.SimpleNamespace(version=request.param, **json.load(handle))
 
 
 @pytest.mark.slow
 @pytest.mark.keras_cv
 def test_from_keras_cv_models_detects_version_and_size(keras_cv_parity):
     result = keras_cv_parity
-    reference = get_config(result.version)
-    assert result.config.name == result.version
-    assert result.config.image_size == (SIZE, SIZE)  # the KerasCV model's, not the default 512
-    assert (result.config.text_encoder, result.config.unet, result.config.vae) == (
-        reference.text_encoder, reference.unet, reference.vae)
-    assert set(result.ours) == set(COMPONENTS) and all(isinstance(m, keras.Model) for m in result.ours.values())
+    assert result.name == result.version
+    assert result.image_size == [SIZE, SIZE]  # the KerasCV model's, not the default 512
+    assert result.architecture_equals_preset
+    assert result.components == sorted(COMPONENTS) and result.keras_models
 
 
 @pytest.mark.slow
 @pytest.mark.keras_cv
 def test_sub_models_match_keras_cv(keras_cv_parity):
     result = keras_cv_parity
-    keras_cv_embedding = result.recorded["diffusion_model"]["inputs"]["timestep_embedding"]
-    ours_embedding = models.timestep_embedding(ops.convert_to_tensor([681.0]), 320)
-    np.testing.assert_allclose(ops.convert_to_numpy(ours_embedding), keras_cv_embedding, rtol=0, atol=1e-6)
-    errors = {component: relative_error(run(result.ours[component], record["inputs"]), record["output"])
-              for component, record in result.recorded.items()}
+    assert result.timestep_embedding_max_diff <= 1e-6
+    errors = result.relative_errors
     assert set(errors) == set(PARITY_COMPONENTS[result.version])
     assert all(error <= 1e-5 for error in errors.values()), f"{result.version}: relative errors {errors}"
 
@@ -392,7 +413,8 @@ def test_keras_cv_flat_weight_order_is_its_h5_order(keras_cv_parity):
     KerasCV's flat ``weights`` (= ours, shown by the parity above) are that same sequence, so a positional
     copy of a file is right for the UNets too, which are too big to write here (3.4 GB); the smaller
     components are loaded from real files in test_load_keras_cv_h5_matches_keras_cv."""
-    in_h5_order = {component: record["h5_order"] for component, record in keras_cv_parity.recorded.items()}
+    in_h5_order = keras_cv_parity.h5_order
+    assert set(in_h5_order) == set(PARITY_COMPONENTS[keras_cv_parity.version])
     assert all(in_h5_order.values()), in_h5_order
 
 
@@ -400,6 +422,11 @@ if __name__ == "__main__" and sys.argv[1:2] == ["check"]:
     problems = check_cross_backend(sys.argv[2])
     print("\n".join(problems))
     sys.exit(1 if problems else 0)
+if __name__ == "__main__" and sys.argv[1:2] == ["parity"]:
+    report = parity_report(sys.argv[2])
+    with open(sys.argv[3] + ".tmp", "w") as handle:
+        json.dump(report, handle)
+    os.replace(sys.argv[3] + ".tmp", sys.argv[3])
 
 
 pytestmark = pytest.mark.once  # TensorFlow suite: KerasCV parity there, JAX through the cross-backend subprocess
