@@ -301,8 +301,9 @@ def export_bundle(model, output_dir, *, quantization="fp32", image_size=None, im
             components[name] = {"file": converted[name]["file"], "sha256": sha256_file(path),
                                 "quantization": quantization, **signatures[name],
                                 "large_model_layout": converted[name]["large_model_layout"]}
-            if converted[name].get("integer_only") is not None:
-                components[name]["integer_only"] = converted[name]["integer_only"]
+            for fact in ("integer_only", "activations", "int8_activations_psnr_db", "int16_activations_error"):
+                if converted[name].get(fact) is not None:
+                    components[name][fact] = converted[name][fact]
         factor = config.vae.downsample_factor
         manifest = build_manifest(
             model=config.name, image_size=(height, width),

@@ -116,7 +116,8 @@ def _flex_ops(message):
     return sorted(names)
 
 
-def convert_component(model, component, signature, mode, path, *, representative=None, isolate=None):
+def convert_component(model, component, signature, mode, path, *, representative=None, isolate=None,
+                      activations="int8"):
     """Convert one Keras sub-model to ``path`` (TensorFlow backend; written atomically).
 
     Args:
@@ -128,9 +129,11 @@ def convert_component(model, component, signature, mode, path, *, representative
         isolate: run the converter in a child process that holds only the SavedModel (not this process's
             Keras models), so its peak memory adds to a small parent. Default: for weights over
             ``ISOLATE_BYTES`` (the converter peaks at several times the weight bytes).
+        activations: ``int8-full`` only: ``"int8"`` or ``"int16"`` activations.
 
     Returns:
-        A dict of facts for the report: ``{"large_model_layout": bool, "integer_only": bool | None}``.
+        A dict of facts for the report: ``{"large_model_layout": bool, "integer_only": bool | None,
+        "activations": "int8" | "int16" | None}``.
     """
     import keras
     import tensorflow as tf
@@ -160,7 +163,8 @@ def convert_component(model, component, signature, mode, path, *, representative
                             signatures={signature["signature"]: module.serve.get_concrete_function()})
         del module
         job = {"saved_model": saved_model, "signature": signature["signature"], "component": component,
-               "mode": mode, "large": bool(large), "path": path, "representative": None}
+               "mode": mode, "large": bool(large), "path": path, "representative": None,
+               "activations": activations}
         if not isolate:
             return convert_saved_model(job, feeds)
         if feeds is not None:
@@ -198,10 +202,11 @@ def convert_saved_model(job, feeds=None):
     def converter():
         return tf.lite.TFLiteConverter.from_saved_model(job["saved_model"], signature_keys=[job["signature"]])
 
-    facts = {"large_model_layout": bool(job["large"]), "integer_only": None}
+    facts = {"large_model_layout": bool(job["large"]), "integer_only": None, "activations": None}
     attempts = [True, False] if mode == "int8-full" else [True]
     for integer_only in attempts:
-        conv = quantize.configure_converter(converter(), mode, feeds, integer_only=integer_only)
+        conv = quantize.configure_converter(converter(), mode, feeds, integer_only=integer_only,
+                                            activations=job.get("activations", "int8"))
         if job["large"]:
             conv._experimental_use_buffer_offset = True  # the >2 GB layout (see the module docstring)
         try:
@@ -220,6 +225,7 @@ def convert_saved_model(job, feeds=None):
             del conv
     if mode == "int8-full":
         facts["integer_only"] = integer_only
+        facts["activations"] = job.get("activations", "int8")
     temporary = f"{job['path']}.tmp"
     with open(temporary, "wb") as handle:
         handle.write(data)
@@ -253,6 +259,9 @@ def _convert_all(models, config, image_size, mode, output_dir, representative, c
             raise ExportError(f"{component}: int8-full needs representative data for this component")
         facts = convert_component(models[component], component, signatures[component], mode, path,
                                   representative=feeds)
+        if mode == "int8-full":
+            facts = _widen_activations_if_needed(models[component], component, signatures[component], path,
+                                                 feeds, facts)
         if mode == "int4":
             float_path = os.path.join(output_dir, f".{component}.fp32.tflite")
             os.replace(path, float_path)
@@ -262,6 +271,25 @@ def _convert_all(models, config, image_size, mode, output_dir, representative, c
                 os.unlink(float_path)
         results[component] = {"file": os.path.basename(path), **facts}
     return results
+
+
+def _widen_activations_if_needed(model, component, signature, path, feeds, facts):
+    """int8-full: measure the int8-activation file against Keras on (up to 4 of) the calibration feeds; below
+    ``quantize.INT8_ACTIVATIONS_MIN_PSNR_DB`` convert the component again with int16 activations (where the
+    converter cannot, e.g. an int32 input it tries to calibrate, the int8 file stays and the reason is kept)."""
+    from sd_keras.export import verify
+
+    samples = feeds[:: max(1, len(feeds) // 4)][:4]
+    psnr = verify.compare_component(model, component, path, signature, samples)["psnr_db"]
+    facts = {**facts, "int8_activations_psnr_db": round(float(psnr), 2)}
+    if psnr >= quantize.INT8_ACTIVATIONS_MIN_PSNR_DB:
+        return facts
+    try:
+        widened = convert_component(model, component, signature, "int8-full", path, representative=feeds,
+                                    activations="int16")
+    except ExportError as error:  # the int8 file stays; the report says why it was kept
+        return {**facts, "int16_activations_error": str(error)[-300:]}
+    return {**facts, **widened}
 
 
 def export_components(models, config, image_size, mode, output_dir, *, representative=None, components=None):
@@ -276,7 +304,8 @@ def export_components(models, config, image_size, mode, output_dir, *, represent
         components: which components (default: all present in ``models``).
 
     Returns:
-        ``{component: {"file": name, "large_model_layout": bool, "integer_only": bool | None}}``.
+        ``{component: {"file": name, "large_model_layout": bool, "integer_only": bool | None, "activations":
+        "int8" | "int16" | None, ...}}`` (int8-full adds ``int8_activations_psnr_db``).
     """
     import keras
 

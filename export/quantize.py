@@ -6,7 +6,11 @@ Modes (``--quantize``):
 ``fp16``       float16 weights, dequantized to float32 at load (the converter's ``supported_types=[float16]``).
 ``int8``       dynamic-range: int8 weights (per channel), float activations quantized on the fly by the kernels.
 ``int8-full``  full integer: int8 weights and activations, ranges calibrated on a representative dataset recorded
-               from real sampling trajectories (``record_trajectories``); inputs and outputs stay float32.
+               from real sampling trajectories (``record_trajectories``); inputs and outputs stay float32. A
+               component whose int8 activations lose too much against Keras on that data (PSNR under
+               ``INT8_ACTIVATIONS_MIN_PSNR_DB``; the VAE's and CLIP's activations have outliers) is converted
+               again with int16 activations and int8 weights (the converter's 16x8 scheme, still integer-only
+               where kernels allow); the manifest names each component's activation type.
 ``int4``       int4 weights through ``ai-edge-quantizer`` applied to the fp32 ``.tflite``: fully-connected and
                embedding weights blockwise (blocks of 32 along the input axis; the quantizer's only blockwise
                int4 configuration, executed with on-the-fly activation quantization), convolution weights per
@@ -27,6 +31,7 @@ import numpy as np
 
 MODES = ("fp32", "fp16", "int8", "int8-full", "int4")
 INT4_BLOCK_SIZE = 32
+INT8_ACTIVATIONS_MIN_PSNR_DB = 30.0  # int8-full: below this on the calibration data, use int16 activations
 
 
 def check_mode(mode):
@@ -45,7 +50,7 @@ def converter_mode(mode):
     return "fp32" if mode == "int4" else mode
 
 
-def configure_converter(converter, mode, representative=None, *, integer_only=True):
+def configure_converter(converter, mode, representative=None, *, integer_only=True, activations="int8"):
     """Set a ``tf.lite.TFLiteConverter``'s optimisation options for ``mode`` (TensorFlow backend only).
 
     Args:
@@ -54,6 +59,8 @@ def configure_converter(converter, mode, representative=None, *, integer_only=Tr
         representative: for ``int8-full``, a list of feed dicts (input name -> array with the signature's shape).
         integer_only: ``int8-full`` with integer builtins only (``TFLITE_BUILTINS_INT8``); False allows float
             kernels where no int8 kernel exists.
+        activations: ``int8-full``'s activation type: ``"int8"``, or ``"int16"`` (int8 weights, int16
+            activations: the converter's 16x8 scheme, for components whose activations int8 cannot hold).
     """
     import tensorflow as tf
 
@@ -70,7 +77,12 @@ def configure_converter(converter, mode, representative=None, *, integer_only=Tr
             raise ValueError("int8-full needs representative data (recorded sampling trajectories)")
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = lambda: iter(representative)
-        if integer_only:
+        if activations == "int16":
+            int16 = tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+            converter.target_spec.supported_ops = [int16] if integer_only else [int16, *builtins]
+        elif activations != "int8":
+            raise ValueError(f"int8-full activations must be int8 or int16, got {activations!r}")
+        elif integer_only:
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     elif mode == "int4":
         raise ValueError("int4 is applied to the fp32 model with quantize_int4, not by the converter")

@@ -104,6 +104,32 @@ def test_converter_in_its_own_process_writes_the_same_model(tiny, records, decod
         litert.convert_component(tiny.decoder, "decoder", signature, "int8-full", path, isolate=True)
 
 
+def test_int8_full_widens_activations_that_int8_cannot_hold(tiny, records, decoders, tmp_path, monkeypatch):
+    # Force the measurement to fall short: the decoder is converted again with int16 activations (16x8), which
+    # is closer to Keras than its int8-activation file; the text encoder, whose int32 inputs the 16x8
+    # calibration refuses, keeps its int8 file and says why.
+    from ai_edge_litert.interpreter import Interpreter
+
+    monkeypatch.setattr(quantize, "INT8_ACTIVATIONS_MIN_PSNR_DB", 1000.0)
+    models = {"decoder": tiny.decoder, "text_encoder": tiny.text_encoder}
+    result = litert.export_components(models, tiny.config, (64, 64), "int8-full", str(tmp_path),
+                                      representative=records)
+    decoder, text = result["decoder"], result["text_encoder"]
+    assert decoder["activations"] == "int16" and 0 < decoder["int8_activations_psnr_db"] < 1000
+    dtypes = {d["dtype"].__name__ for d in Interpreter(model_path=str(tmp_path / decoder["file"])).get_tensor_details()}
+    assert {"int16", "int8"} <= dtypes
+    signatures = litert.component_signatures(tiny.config, (64, 64))
+    wide = verify.compare_component(tiny.decoder, "decoder", str(tmp_path / decoder["file"]), signatures["decoder"],
+                                    records["decoder"])
+    narrow = verify.compare_component(tiny.decoder, "decoder", decoders["int8-full"], signatures["decoder"],
+                                      records["decoder"])
+    assert wide["psnr_db"] > narrow["psnr_db"] + 6, (wide, narrow)
+    assert text["activations"] == "int8" and "text_encoder" in text["int16_activations_error"]
+    parity = verify.compare_component(tiny.text_encoder, "text_encoder", str(tmp_path / text["file"]),
+                                      signatures["text_encoder"], records["text_encoder"])
+    assert parity["finite"] and parity["cosine"] >= verify.GATES["int8-full"]["component"]["cosine"][1]
+
+
 def test_flex_ops_fail_with_their_names(tmp_path):
     # Needs TensorFlow in the process: run under KERAS_BACKEND=tensorflow whatever the test backend.
     script = textwrap.dedent(f"""
