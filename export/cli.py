@@ -43,7 +43,8 @@ def cmd_export(args):
     for name, entry in report["components"].items():
         parity = entry["parity"]
         print(f"{name}: {entry['size_bytes'] / 1e6:.2f} MB, cosine {parity['cosine']:.6f}, "
-              f"PSNR {parity['psnr_db']:.1f} dB, {entry['latency']['median_ms']:.1f} ms")
+              f"PSNR {parity['psnr_db']:.1f} dB, {entry['latency']['median_ms']:.1f} ms"
+              + (f", {entry['activations']} activations" if "activations" in entry else ""))
     image = report.get("end_to_end")
     if image:
         print(f"end-to-end image vs Keras: PSNR {image['psnr_db']:.1f} dB, max diff {image['max_abs_diff']}/255")

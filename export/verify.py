@@ -197,6 +197,8 @@ def evaluate(model, bundle_path, manifest, records, mode, *, random_weights, thr
             "file": entry["file"], "size_bytes": os.path.getsize(path), "quantization": entry["quantization"],
             "parity": parity, "latency": measure_latency(path, entry, picked[0], runs=latency_runs, threads=threads),
             "gates": check_gates(parity, gates["component"]),
+            **{fact: entry[fact] for fact in ("integer_only", "activations", "int8_activations_psnr_db",
+                                              "int16_activations_error") if fact in entry},
         }
     report["total_size_bytes"] = sum(entry["size_bytes"] for entry in report["components"].values())
     if end_to_end_settings is not None:
