@@ -27,6 +27,7 @@ Example:
     ['latent', 'timestep_embedding', 'context']
 """
 
+import gc
 import json
 import os
 import re
@@ -200,7 +201,9 @@ def convert_saved_model(job, feeds=None):
     component, mode = job["component"], job["mode"]
 
     def converter():
-        return tf.lite.TFLiteConverter.from_saved_model(job["saved_model"], signature_keys=[job["signature"]])
+        made = tf.lite.TFLiteConverter.from_saved_model(job["saved_model"], signature_keys=[job["signature"]])
+        gc.collect()  # from_saved_model loads the whole model to read its signatures; free it before converting
+        return made
 
     facts = {"large_model_layout": bool(job["large"]), "integer_only": None, "activations": None}
     attempts = [True, False] if mode == "int8-full" else [True]
