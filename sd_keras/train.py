@@ -44,7 +44,9 @@ LoRA adapters (``OUT/lora.safetensors``): for every adapted Dense layer with var
 UNet, e.g. ``down_1_attn_0/transformer_block/attn2/q_proj``), ``P.lora_a`` (in, rank) and ``P.lora_b`` (rank, out),
 float32; metadata ``format = "sd_keras.lora"``, ``format_version``, ``rank``, ``alpha``, ``model`` (the model
 config name). The adapted kernel is ``kernel + alpha / rank * lora_a @ lora_b`` (Keras' ``enable_lora``).
-``OUT/model`` holds the merged weights; ``load_lora(unet, path)`` adds adapters to a loaded UNet.
+``OUT/model`` holds the merged weights; ``load_lora(unet, path)`` adds adapters to a loaded UNet, and
+``sd-keras generate --lora OUT/lora.safetensors[:SCALE]`` (``sd_keras.weights.lora``) merges them into any model
+of the same architecture.
 
 Example:
     >>> summary = train("configs/tiny_test.yaml", "runs/tiny", overrides=["train.steps=2"])  # doctest: +SKIP

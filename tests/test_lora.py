@@ -216,3 +216,46 @@ def test_lora_option_of_the_cli(setup, tmp_path, capsys):
     assert cli.main(["convert", setup["folder"], "-o", out, "--lora", str(tmp_path / "none.safetensors")]) == 2
     assert "none.safetensors: no such file" in capsys.readouterr().err
     assert os.path.isdir(out)  # the earlier output is left as it was
+
+
+def test_trainer_lora_file_merges_like_keras_enable_lora(tmp_path):
+    # `sd-keras train` with lora_rank writes sd_keras's own format; merged by --lora it must compute what the
+    # adapted Keras layers compute, and come out again exactly.
+    from safetensors.numpy import load_file, save_file
+
+    from sd_keras import train
+
+    trained, sd = StableDiffusion.from_preset("tiny"), StableDiffusion.from_preset("tiny")
+    train.enable_lora(trained.diffusion_model, 2, alpha=3.0, targets=("q_proj", "v_proj", "out_proj"))
+    rng = np.random.default_rng(0)
+    for layer in train._dense_layers(trained.diffusion_model):
+        if layer.lora_enabled:  # B starts at zero: give it values so the adapter changes something
+            layer.lora_kernel_b.assign(rng.normal(0, 0.2, layer.lora_kernel_b.shape).astype("float32"))
+    path = train.save_lora(trained.diffusion_model, str(tmp_path / "lora.safetensors"), "tiny")
+    unet = sd.config.unet
+    feed = {"latent": rng.standard_normal((2, 8, 8, unet.in_channels)).astype("float32"),
+            "timestep_embedding": np.asarray(timestep_embedding(np.array([10.0, 700.0], "float32"),
+                                                                unet.timestep_dim)),
+            "context": rng.standard_normal((2, 77, unet.context_dim)).astype("float32")}
+    expected = np.asarray(trained.diffusion_model(feed))
+    before = weights(sd)
+    assert not np.allclose(np.asarray(sd.diffusion_model(feed)), expected, atol=1e-3)
+    (applied,) = apply_lora_arguments(sd, argparse.Namespace(lora=[f"{path}:1.0"]))
+    np.testing.assert_allclose(np.asarray(sd.diffusion_model(feed)), expected, atol=1e-5, rtol=0)
+    assert set(applied.deltas["diffusion_model"]) == {key.rsplit(".", 1)[0] + "/kernel"
+                                                      for key in load_file(path) if key.endswith(".lora_a")}
+    applied.remove()
+    assert_weights_equal(weights(sd), before)
+    # a layer the model does not have, and a file missing a factor: refused, nothing changed
+    tensors = load_file(path)
+    first = next(key for key in tensors if key.endswith(".lora_a"))
+    renamed = {("no_such_block/q_proj.lora_" + key[-1] if key.startswith(first[:-7]) else key): value
+               for key, value in tensors.items()}
+    metadata = {"format": "sd_keras.lora", "format_version": "1", "rank": "2", "alpha": "3.0", "model": "tiny"}
+    save_file(renamed, str(tmp_path / "other.safetensors"), metadata=metadata)
+    with pytest.raises(ValueError, match="'no_such_block/q_proj' is not a layer of this model's diffusion_model"):
+        apply_lora(sd, str(tmp_path / "other.safetensors"))
+    save_file({first: tensors[first]}, str(tmp_path / "half.safetensors"), metadata=metadata)
+    with pytest.raises(ValueError, match="has no matching lora_b tensor"):
+        read_lora(str(tmp_path / "half.safetensors"))
+    assert_weights_equal(weights(sd), before)

@@ -8,7 +8,9 @@ Formats (``.safetensors``; ``.ckpt``/``.pt``/``.bin`` are read with the restrict
   attention-processor files of ``unet.save_attn_procs`` (``...attn1.processor.to_q_lora.down.weight``);
 - kohya (sd-scripts, A1111): ``lora_unet_<module>.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha`` and
   ``lora_te_<module>...``, with module names in diffusers' or the original UNet's naming, dots as underscores;
-  convolution LoRA (LoCon: ResBlock / sampler convs, 3x3 down with 1x1 up) too.
+  convolution LoRA (LoCon: ResBlock / sampler convs, 3x3 down with 1x1 up) too;
+- sd_keras's own (``sd-keras train`` with ``lora_rank``; metadata ``format = "sd_keras.lora"``): ``P.lora_a``
+  (in, rank) / ``P.lora_b`` (rank, out) for the UNet Dense layer at variable path ``P``, one ``alpha``.
 
 Merging adds ``scale * alpha / rank * up @ down`` (``alpha / sqrt(rank)`` with rsLoRA) to the Keras kernel of
 the module (transposed to Keras' layout). Modules are found through the same key-map tables as checkpoints
@@ -158,12 +160,15 @@ class LoRAFile:
         variables = {_variable_key(model, v): v for v in model.weights}
         deltas = {}
         for (naming, module), pair in pairs.items():
-            target = modules[naming].get(module)
+            target = (module, False) if naming == "sd_keras" else modules[naming].get(module)
             if target is None:
                 raise ValueError(f"{self.path}: LoRA module {module!r} matches no layer of this model's {component} "
                                  "(a LoRA for another architecture?); nothing was applied")
             keras_layer, _is_conv = target
             variable = variables.get(f"{keras_layer}/kernel")
+            if variable is None and naming == "sd_keras":
+                raise ValueError(f"{self.path}: LoRA layer {module!r} is not a layer of this model's {component} "
+                                 "(a LoRA for another architecture?); nothing was applied")
             if variable is None:
                 raise ValueError(f"{self.path}: {module!r} maps to {keras_layer}, which has no kernel")
             shape = tuple(variable.shape)
@@ -190,10 +195,42 @@ class LoRAFile:
                 variable.assign(np.asarray(variable.numpy(), np.float32) + deltas[key])
 
 
+SD_KERAS_FORMAT = "sd_keras.lora"  # written by sd_keras.train.save_lora
+
+
+def _read_sd_keras_lora(path, tensors, metadata):
+    """The trainer's format: Keras-layout factors keyed by the UNet layer's variable path."""
+    try:
+        alpha = float(metadata["alpha"])
+    except (KeyError, ValueError):
+        raise ValueError(f"{path}: {SD_KERAS_FORMAT} file without a numeric 'alpha' in its metadata") from None
+    pairs = {}
+    for key in tensors:
+        stem, dot, kind = key.rpartition(".")
+        if not dot or kind not in ("lora_a", "lora_b"):
+            raise ValueError(f"{path}: tensor {key!r} is not a {SD_KERAS_FORMAT} factor (P.lora_a / P.lora_b)")
+        other = f"{stem}.lora_{'b' if kind == 'lora_a' else 'a'}"
+        if other not in tensors:
+            raise ValueError(f"{path}: {key} has no matching {other.rpartition('.')[2]} tensor")
+        if kind == "lora_b":
+            continue
+        a, b = tensors[key], tensors[other]
+        if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
+            raise ValueError(f"{path}: {stem}: lora_a {a.shape} and lora_b {b.shape} are not a LoRA pair")
+        # kernel (in, out) + alpha / rank * a @ b  ==  the usual up (out, rank) @ down (rank, in), transposed
+        pairs[("sd_keras", stem)] = LoRAPair(down=np.ascontiguousarray(a.T), up=np.ascontiguousarray(b.T),
+                                             alpha=alpha)
+    if not pairs:
+        raise ValueError(f"{path}: no LoRA weights found in this {SD_KERAS_FORMAT} file")
+    return LoRAFile(path, {"text_encoder": {}, "diffusion_model": pairs})
+
+
 def read_lora(path):
     """Parse a LoRA file (any supported format) into a ``LoRAFile``; ``ValueError`` naming the file otherwise."""
     path = os.fspath(path)
     tensors, metadata = _read_tensors(path)
+    if metadata.get("format") == SD_KERAS_FORMAT:
+        return _read_sd_keras_lora(path, tensors, metadata)
     settings = _parse_metadata(metadata, path)
     for marker, name in _UNSUPPORTED_MARKERS:
         if any(marker in key for key in tensors):
