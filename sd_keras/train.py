@@ -410,7 +410,10 @@ class _Parts:
             except ValueError as error:
                 raise ValueError(f"model.init: {spec!r} is neither a saved model folder nor a usable preset "
                                  f"({error})") from None
-        differences = _config_differences(source.config.to_dict(), self.config.to_dict())
+        # The native image size is no part of the weights: fine-tuning at another size is allowed here
+        # (a resumed checkpoint must match exactly, image size included: its data depends on it).
+        differences = _config_differences(source.config.to_dict(), self.config.to_dict(),
+                                          ignore=("name", "image_size"))
         if differences:
             raise ValueError(f"model.init: {spec!r} has another architecture: {'; '.join(differences[:6])}")
         for name, model in self.items():
@@ -420,14 +423,14 @@ class _Parts:
             assign_tensors(model, model_tensors(other), source=f"model.init {spec}")
 
 
-def _config_differences(saved, current, prefix=""):
+def _config_differences(saved, current, prefix="", ignore=("name",)):
     differences = []
     for key in sorted(set(saved) | set(current)):
-        if key == "name":
+        if key in ignore:
             continue
         a, b = saved.get(key), current.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            differences += _config_differences(a, b, f"{prefix}{key}.")
+            differences += _config_differences(a, b, f"{prefix}{key}.", ignore)
         else:
             a, b = (list(v) if isinstance(v, (list, tuple)) else v for v in (a, b))
             if a != b:

@@ -15,6 +15,7 @@ from PIL import Image
 from safetensors.numpy import load_file
 
 from sd_keras import train as train_lib
+from sd_keras.pipeline import StableDiffusion
 
 COMPONENTS = ("text_encoder", "diffusion_model", "decoder", "image_encoder")
 
@@ -125,6 +126,18 @@ def test_resume_rules(trainer, uninterrupted, tmp_path):
     other = train_lib.Trainer(two_stage_config(model={"preset": "tiny", "unet": {"block_out_channels": [32, 32]}}))
     with pytest.raises(ValueError, match=r"another architecture.*unet\.block_out_channels: \[32, 64\] vs \[32, 32\]"):
         other.run(str(out), resume=True, progress=False)
+
+
+def test_model_init_allows_another_image_size_but_not_another_architecture():
+    source = StableDiffusion.from_preset("tiny")
+    trainer = train_lib.Trainer(two_stage_config(model={"preset": "tiny", "init": "tiny", "image_size": [128, 128]}))
+    assert trainer.model_config.image_size == (128, 128) != source.config.image_size
+    for name in ("text_encoder", "diffusion_model", "decoder"):
+        for ours, theirs in zip(getattr(trainer.parts, name).weights, getattr(source, name).weights):
+            np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs), err_msg=ours.path)
+    with pytest.raises(ValueError, match=r"model.init: 'tiny' has another architecture.*block_out_channels"):
+        train_lib.Trainer(two_stage_config(model={"preset": "tiny", "init": "tiny",
+                                                  "unet": {"block_out_channels": [32, 32]}}))
 
 
 def _folder_data(folder, count=3):
