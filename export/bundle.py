@@ -107,7 +107,14 @@ class Bundle:
                               f"(it has {', '.join(self.components)})") from None
 
     def component_path(self, name):
-        return os.path.join(self.path, self.component(name)["file"])
+        """The component's file; for a component exported as parts, the bundle folder (see ``files``)."""
+        entry = self.component(name)
+        return self.path if "parts" in entry else os.path.join(self.path, entry["file"])
+
+    def files(self, name):
+        """Every file of component ``name``: one, or its parts in order."""
+        entry = self.component(name)
+        return [os.path.join(self.path, part["file"]) for part in entry.get("parts", [entry])]
 
     @property
     def tokenizer_path(self):
@@ -168,7 +175,13 @@ def read_bundle(path, *, verify_hashes=True):
         raise BundleError(f"bundle {path}: unknown component(s) {', '.join(unknown)}")
     _check_file_entry(path, manifest["tokenizer"], "tokenizer", verify_hashes)
     for name, entry in components.items():
-        _check_file_entry(path, entry, name, verify_hashes)
+        if "parts" in entry:
+            if not isinstance(entry["parts"], list) or not entry["parts"]:
+                raise BundleError(f"bundle {path}: {name}'s 'parts' must be a non-empty list")
+            for index, part in enumerate(entry["parts"]):
+                _check_file_entry(path, part, f"{name} part {index}", verify_hashes)
+        else:
+            _check_file_entry(path, entry, name, verify_hashes)
     return Bundle(path, manifest)
 
 
@@ -224,7 +237,7 @@ def _schedule_entry():
 
 def export_bundle(model, output_dir, *, quantization="fp32", image_size=None, image_encoder=True,
                   random_weights=None, calibration_prompts=None, calibration_steps=4, calibration_sampler="Euler a",
-                  parity_samples=6, latency_runs=3, threads=2, end_to_end=True, log=None):
+                  parity_samples=6, latency_runs=3, threads=2, end_to_end=True, max_part_bytes=None, log=None):
     """Export ``model`` (a ``StableDiffusion``) as a verified bundle folder ``output_dir``.
 
     Everything is written to a hidden staging folder next to ``output_dir`` and renamed into place only after
@@ -245,6 +258,8 @@ def export_bundle(model, output_dir, *, quantization="fp32", image_size=None, im
         latency_runs, threads: CPU latency measurement (LiteRT interpreter, XNNPACK).
         end_to_end: compare the bundle runner's image with the Keras pipeline's (True, False, or a dict of
             ``verify.end_to_end`` settings).
+        max_part_bytes: UNets with more float32 weight bytes are written as parts (``litert.MAX_PART_BYTES``
+            by default; 0 never splits): the converter needs several times a file's weights in memory.
         log: ``callable(str)`` for progress lines.
 
     Returns:
@@ -290,13 +305,21 @@ def export_bundle(model, output_dir, *, quantization="fp32", image_size=None, im
             sampler=calibration_sampler, image_size=(height, width))
         log(f"converting {', '.join(models)} ({quantization})")
         converted = litert.export_components(models, config, (height, width), quantization, staging,
-                                             representative=records)
+                                             representative=records, max_part_bytes=max_part_bytes)
         export_seconds = time.perf_counter() - started
         log("converted")
         merges = model.tokenizer.save_merges(os.path.join(staging, TOKENIZER_FILE))
         signatures = litert.component_signatures(config, (height, width))
         components = {}
         for name in models:
+            if "parts" in converted[name]:
+                parts = [{"file": part["file"], "sha256": sha256_file(os.path.join(staging, part["file"])),
+                          **{key: part[key] for key in ("signature", "inputs", "outputs", "steps",
+                                                          "large_model_layout")}}
+                         for part in converted[name]["parts"]]
+                components[name] = {"parts": parts, "quantization": quantization, **signatures[name],
+                                    "large_model_layout": converted[name]["large_model_layout"]}
+                continue
             path = os.path.join(staging, converted[name]["file"])
             components[name] = {"file": converted[name]["file"], "sha256": sha256_file(path),
                                 "quantization": quantization, **signatures[name],

@@ -27,6 +27,8 @@ def cmd_export(args):
     from sd_keras.export.litert import ExportError
 
     quantize.check_mode(args.quantize)
+    if args.max_part_mb is not None and args.max_part_mb < 0:
+        raise ValueError(f"--max-part-mb must be 0 (never split) or a positive size, got {args.max_part_mb}")
     size = _parse_size(args.size) if args.size else None
     check_destination(args.output)
     model = load_model(args.model)
@@ -36,7 +38,8 @@ def cmd_export(args):
     try:
         report = export_bundle(model, args.output, quantization=args.quantize, image_size=size,
                                image_encoder=not args.no_image_encoder, calibration_steps=args.calibration_steps,
-                               latency_runs=args.latency_runs, log=log)
+                               latency_runs=args.latency_runs, log=log,
+                               max_part_bytes=None if args.max_part_mb is None else int(args.max_part_mb * 2**20))
     except ExportError as error:
         print("sd-keras: error: " + " ".join(str(error).split()), file=sys.stderr)
         return 1
@@ -65,6 +68,10 @@ def register(subparsers):
     parser.add_argument("--calibration-steps", type=int, default=4,
                         help="steps of each recorded calibration trajectory")
     parser.add_argument("--latency-runs", type=int, default=3)
+    parser.add_argument("--max-part-mb", type=float,
+                        help="export a UNet with more float32 weights than this as consecutive part files "
+                             "(default 1024: the converter needs several times a file's weights in memory; "
+                             "0: one file)")
     parser.add_argument("-q", "--quiet", action="store_true")
     parser.set_defaults(func=cmd_export)
     try:

@@ -47,6 +47,7 @@ FLATBUFFER_LIMIT = 2**31 - 1
 _BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "int8-full": 1.0, "int4": 4.0}
 _LARGE_MODEL_MARGIN = 0.9  # switch layouts a little before the limit: the graph itself takes space too
 ISOLATE_BYTES = 2**30  # convert models with more float32 weight bytes than this in a child process
+MAX_PART_BYTES = 2**30  # a UNet with more float32 weight bytes is exported as parts of at most this size
 
 
 class ExportError(RuntimeError):
@@ -136,14 +137,23 @@ def convert_component(model, component, signature, mode, path, *, representative
         A dict of facts for the report: ``{"large_model_layout": bool, "integer_only": bool | None,
         "activations": "int8" | "int16" | None}``.
     """
+    return convert_function(_serving_function(model, component), model.weights, component, signature, mode, path,
+                            representative=representative, isolate=isolate, activations=activations)
+
+
+def convert_function(serve, weights, component, signature, mode, path, *, representative=None, isolate=None,
+                     activations="int8"):
+    """``convert_component`` for any function of tensors: ``serve`` takes the signature's inputs by name and
+    returns ``{output name: tensor}``; ``weights`` are the Keras variables it uses; ``component`` names it in
+    messages (a component, or a part of one)."""
     import keras
     import tensorflow as tf
 
     if keras.backend.backend() != "tensorflow":
-        raise ExportError("convert_component needs KERAS_BACKEND=tensorflow; use export_components")
+        raise ExportError("converting needs KERAS_BACKEND=tensorflow; use export_components")
     mode = quantize.converter_mode(quantize.check_mode(mode))
     specs = [tf.TensorSpec(spec["shape"], spec["dtype"], name=spec["name"]) for spec in signature["inputs"]]
-    size = weight_bytes(model)
+    size = int(sum(int(np.prod(weight.shape)) for weight in weights) * 4)
     large = size * _BYTES_PER_WEIGHT[mode] / 4.0 > _LARGE_MODEL_MARGIN * FLATBUFFER_LIMIT
     if isolate is None:
         isolate = size > ISOLATE_BYTES
@@ -158,8 +168,8 @@ def convert_component(model, component, signature, mode, path, *, representative
         # A plain tf.Module holding each tf.Variable once: Keras 3.15's ExportArchive writes every variable twice
         # ("variables" and "_all_variables"), which doubles the SavedModel and the converter's memory.
         module = tf.Module()
-        module.model_variables = [variable.value for variable in model.weights]
-        module.serve = tf.function(_serving_function(model, component), input_signature=specs)
+        module.model_variables = [variable.value for variable in weights]
+        module.serve = tf.function(serve, input_signature=specs)
         tf.saved_model.save(module, saved_model,
                             signatures={signature["signature"]: module.serve.get_concrete_function()})
         del module
@@ -170,7 +180,7 @@ def convert_component(model, component, signature, mode, path, *, representative
             return convert_saved_model(job, feeds)
         if feeds is not None:
             job["representative"] = os.path.join(workdir, "representative.npz")
-            quantize.save_records({component: feeds}, job["representative"])
+            quantize.save_records({"feeds": feeds}, job["representative"])
         job_path = os.path.join(workdir, "convert.json")
         job["result"] = os.path.join(workdir, "result.json")
         with open(job_path, "w") as handle:
@@ -243,7 +253,7 @@ def _run_convert(job_path):
         job = json.load(handle)
     feeds = None
     if job["representative"]:
-        feeds = quantize.load_records(job["representative"])[job["component"]]
+        feeds = quantize.load_records(job["representative"])["feeds"]
     try:
         result = {"facts": convert_saved_model(job, feeds)}
     except (ExportError, ValueError) as error:
@@ -252,28 +262,79 @@ def _run_convert(job_path):
         json.dump(result, handle)
 
 
-def _convert_all(models, config, image_size, mode, output_dir, representative, components):
+def _to_int4(path):
+    float_path = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.fp32")
+    os.replace(path, float_path)
+    try:
+        quantize.quantize_int4(float_path, path)
+    finally:
+        os.unlink(float_path)
+
+
+def _convert_all(models, config, image_size, mode, output_dir, representative, components,
+                 max_part_bytes=None):
     signatures = component_signatures(config, image_size)
+    max_part_bytes = MAX_PART_BYTES if max_part_bytes is None else max_part_bytes
     results = {}
     for component in components:
         path = os.path.join(output_dir, f"{component}.tflite")
         feeds = (representative or {}).get(component) if quantize.needs_representative_data(mode) else None
         if quantize.needs_representative_data(mode) and not feeds:
             raise ExportError(f"{component}: int8-full needs representative data for this component")
+        if component == "diffusion_model" and max_part_bytes and weight_bytes(models[component]) > max_part_bytes:
+            results[component] = _convert_unet_parts(models[component], config, signatures[component], mode,
+                                                     output_dir, feeds, max_part_bytes)
+            continue
         facts = convert_component(models[component], component, signatures[component], mode, path,
                                   representative=feeds)
         if mode == "int8-full":
             facts = _widen_activations_if_needed(models[component], component, signatures[component], path,
                                                  feeds, facts)
         if mode == "int4":
-            float_path = os.path.join(output_dir, f".{component}.fp32.tflite")
-            os.replace(path, float_path)
-            try:
-                quantize.quantize_int4(float_path, path)
-            finally:
-                os.unlink(float_path)
+            _to_int4(path)
         results[component] = {"file": os.path.basename(path), **facts}
     return results
+
+
+def _convert_unet_parts(model, config, signature, mode, output_dir, feeds, max_part_bytes):
+    """The UNet as consecutive part files (``unet_parts``); their chain is checked against the whole model on
+    one input before anything else is converted. Returns ``{"parts": [...], "large_model_layout": bool}``."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from sd_keras.export import unet_parts
+
+    steps = unet_parts.unet_steps(model, config.unet)
+    parts = unet_parts.plan_parts(model, steps, max_part_bytes)
+    interfaces = unet_parts.part_interfaces(steps, parts)
+    rng = np.random.default_rng(0)
+    probe = {spec["name"]: rng.standard_normal(spec["shape"]).astype(np.float32) for spec in signature["inputs"]}
+    traced_inputs, traced_outputs = unet_parts.trace_values(steps, parts, interfaces, probe)
+    output = traced_outputs[-1][unet_parts.OUTPUT]
+    whole = np.asarray(model.predict_on_batch(probe), np.float32)
+    if not np.allclose(output, whole, rtol=1e-4, atol=1e-4 * float(np.abs(whole).max())):
+        raise ExportError("diffusion_model: the chain of UNet parts does not compute the whole model")
+    part_feeds = [[] for _ in parts]
+    for feed in feeds or ():
+        for index, values in enumerate(unet_parts.trace_values(steps, parts, interfaces, feed)[0]):
+            part_feeds[index].append(values)
+    entries = []
+    for index, (part, (inputs, outputs)) in enumerate(zip(parts, interfaces)):
+        name = f"diffusion_model_part{index}"
+        part_signature = {"signature": name, "inputs": [_spec(n, traced_inputs[index][n].shape) for n in inputs],
+                          "outputs": [_spec(n, traced_outputs[index][n].shape) for n in outputs]}
+        path = os.path.join(output_dir, f"{name}.tflite")
+        weights = [w for layer in unet_parts.part_layers(steps, part) for w in model.get_layer(layer).weights]
+        facts = convert_function(unet_parts.part_function(steps, part, (inputs, outputs)), weights,
+                                 f"diffusion_model part {index + 1}/{len(parts)}", part_signature, mode, path,
+                                 representative=part_feeds[index] or None)
+        if mode == "int4":
+            _to_int4(path)
+        # the converter drops inputs a part does not read (e.g. the context of a part without attention)
+        kept = set(Interpreter(model_path=path).get_signature_list()[name]["inputs"])
+        part_signature["inputs"] = [spec for spec in part_signature["inputs"] if spec["name"] in kept]
+        entries.append({"file": os.path.basename(path), **part_signature, **facts,
+                        "steps": [step.name for step in steps[part[0]:part[1]]]})
+    return {"parts": entries, "large_model_layout": any(entry["large_model_layout"] for entry in entries)}
 
 
 def _widen_activations_if_needed(model, component, signature, path, feeds, facts):
@@ -295,7 +356,8 @@ def _widen_activations_if_needed(model, component, signature, path, feeds, facts
     return {**facts, **widened}
 
 
-def export_components(models, config, image_size, mode, output_dir, *, representative=None, components=None):
+def export_components(models, config, image_size, mode, output_dir, *, representative=None, components=None,
+                      max_part_bytes=None):
     """Write ``<component>.tflite`` for each component into ``output_dir``.
 
     Args:
@@ -305,10 +367,13 @@ def export_components(models, config, image_size, mode, output_dir, *, represent
         mode: quantization mode.
         representative: ``{component: [feed, ...]}`` for ``int8-full``.
         components: which components (default: all present in ``models``).
+        max_part_bytes: a UNet with more float32 weight bytes is written as consecutive parts of at most this
+            size (``unet_parts``); default ``MAX_PART_BYTES``; 0: never split.
 
     Returns:
         ``{component: {"file": name, "large_model_layout": bool, "integer_only": bool | None, "activations":
-        "int8" | "int16" | None, ...}}`` (int8-full adds ``int8_activations_psnr_db``).
+        "int8" | "int16" | None, ...}}`` (int8-full adds ``int8_activations_psnr_db``); a UNet written as parts
+        has ``{"parts": [{"file", "signature", "inputs", "outputs", ...}, ...], "large_model_layout"}``.
     """
     import keras
 
@@ -316,8 +381,10 @@ def export_components(models, config, image_size, mode, output_dir, *, represent
     components = [c for c in (components or COMPONENTS) if models.get(c) is not None]
     if keras.backend.backend() == "tensorflow":
         models = {c: _float32_model(models[c], config, c) for c in components}
-        return _convert_all(models, config, image_size, mode, output_dir, representative, components)
-    return _export_in_subprocess(models, config, image_size, mode, output_dir, representative, components)
+        return _convert_all(models, config, image_size, mode, output_dir, representative, components,
+                            max_part_bytes)
+    return _export_in_subprocess(models, config, image_size, mode, output_dir, representative, components,
+                                 max_part_bytes)
 
 
 _BUILDERS = {"text_encoder": "build_text_encoder", "diffusion_model": "build_diffusion_model",
@@ -339,7 +406,8 @@ def _float32_model(model, config, component):
     return rebuilt
 
 
-def _export_in_subprocess(models, config, image_size, mode, output_dir, representative, components):
+def _export_in_subprocess(models, config, image_size, mode, output_dir, representative, components,
+                          max_part_bytes):
     with tempfile.TemporaryDirectory(prefix="sd_keras_export_job_") as job_dir:
         weights = {}
         for component in components:
@@ -350,6 +418,7 @@ def _export_in_subprocess(models, config, image_size, mode, output_dir, represen
             records = quantize.save_records(representative, os.path.join(job_dir, "representative.npz"))
         job = {"config": config.to_dict(), "image_size": list(image_size), "mode": mode, "output_dir": output_dir,
                "components": components, "weights": weights, "representative": records,
+               "max_part_bytes": max_part_bytes,
                "result": os.path.join(job_dir, "result.json")}
         job_path = os.path.join(job_dir, "job.json")
         with open(job_path, "w") as handle:
@@ -381,7 +450,7 @@ def _run_job(job_path):
     representative = quantize.load_records(job["representative"]) if job["representative"] else None
     try:
         components = _convert_all(models, config, tuple(job["image_size"]), job["mode"], job["output_dir"],
-                                  representative, job["components"])
+                                  representative, job["components"], job.get("max_part_bytes"))
         result = {"components": components}
     except (ExportError, ValueError) as error:
         result = {"error": str(error)}

@@ -97,20 +97,32 @@ def denoise(sampler, unet, context, unconditional_context, latent, step_noise=No
     return latent
 
 
+def open_signature(path, entry, num_threads=None):
+    """``callable(**inputs) -> {output name: array}`` for a manifest entry: the signature runner of its
+    ``.tflite`` file at ``path``, or, for an entry with ``parts`` (``path`` is then the bundle folder), the parts
+    run in order with tensors passed on by name (``unet_parts.ChainedComponent``)."""
+    if "parts" in entry:
+        from sd_keras.export.unet_parts import ChainedComponent
+
+        return ChainedComponent(path, entry["parts"], num_threads)
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=path, num_threads=num_threads)
+    signatures = interpreter.get_signature_list()
+    if entry["signature"] not in signatures:
+        raise ValueError(f"{os.path.basename(path)}: signature {entry['signature']!r} not in the model "
+                         f"(it has {', '.join(signatures)})")
+    return interpreter.get_signature_runner(entry["signature"])
+
+
 class _Component:
-    """One ``.tflite`` file behind its named signature, inputs checked against the manifest."""
+    """One component (a ``.tflite`` file or a chain of parts) behind its named signature, inputs checked
+    against the manifest."""
 
     def __init__(self, bundle, name, num_threads):
-        from ai_edge_litert.interpreter import Interpreter
-
         self.name = name
         self.entry = bundle.component(name)
-        self.interpreter = Interpreter(model_path=bundle.component_path(name), num_threads=num_threads)
-        signatures = self.interpreter.get_signature_list()
-        if self.entry["signature"] not in signatures:
-            raise ValueError(f"{name}: signature {self.entry['signature']!r} not in the model "
-                             f"(it has {', '.join(signatures)})")
-        self.runner = self.interpreter.get_signature_runner(self.entry["signature"])
+        self.runner = open_signature(bundle.component_path(name), self.entry, num_threads)
         self.inputs = {spec["name"]: spec for spec in self.entry["inputs"]}
         self.output_name = self.entry["outputs"][0]["name"]
 

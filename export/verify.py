@@ -89,12 +89,6 @@ def _worst(results):
     return worst
 
 
-def _interpreter(path, threads):
-    from ai_edge_litert.interpreter import Interpreter
-
-    return Interpreter(model_path=path, num_threads=threads)
-
-
 def _keras_output(model, component, feed):
     if component in ("text_encoder", "diffusion_model"):
         return np.asarray(model.predict_on_batch(feed), np.float32)
@@ -104,7 +98,9 @@ def _keras_output(model, component, feed):
 
 def compare_component(model, component, path, entry, feeds, *, threads=2):
     """Run the ``.tflite`` at ``path`` and the Keras ``model`` on each feed; the worst metrics over the feeds."""
-    runner = _interpreter(path, threads).get_signature_runner(entry["signature"])
+    from sd_keras.export.runner import open_signature
+
+    runner = open_signature(path, entry, threads)
     output_name = entry["outputs"][0]["name"]
     results = []
     for feed in feeds:
@@ -116,7 +112,9 @@ def compare_component(model, component, path, entry, feeds, *, threads=2):
 
 def measure_latency(path, entry, feed, *, runs=3, threads=2):
     """Median / min wall time (ms) of one interpreter invocation, after one warm-up run (XNNPACK, CPU)."""
-    runner = _interpreter(path, threads).get_signature_runner(entry["signature"])
+    from sd_keras.export.runner import open_signature
+
+    runner = open_signature(path, entry, threads)
     feed = {spec["name"]: np.asarray(feed[spec["name"]], spec["dtype"]) for spec in entry["inputs"]}
     runner(**feed)
     times = []
@@ -188,13 +186,15 @@ def evaluate(model, bundle_path, manifest, records, mode, *, random_weights, thr
     keras_models = {"text_encoder": model.text_encoder, "diffusion_model": model.diffusion_model,
                     "decoder": model.decoder, "image_encoder": model.image_encoder}
     for component, entry in manifest["components"].items():
-        path = os.path.join(bundle_path, entry["file"])
+        path = bundle_path if "parts" in entry else os.path.join(bundle_path, entry["file"])
+        files = [os.path.join(bundle_path, part["file"]) for part in entry.get("parts", [entry])]
         feeds = records[component]
         picked = [feeds[i] for i in sorted(set(np.linspace(0, len(feeds) - 1, min(max_samples, len(feeds)))
                                                .round().astype(int)))]
         parity = compare_component(keras_models[component], component, path, entry, picked, threads=threads)
         report["components"][component] = {
-            "file": entry["file"], "size_bytes": os.path.getsize(path), "quantization": entry["quantization"],
+            "files": [os.path.basename(file) for file in files], "size_bytes": sum(map(os.path.getsize, files)),
+            "quantization": entry["quantization"],
             "parity": parity, "latency": measure_latency(path, entry, picked[0], runs=latency_runs, threads=threads),
             "gates": check_gates(parity, gates["component"]),
             **{fact: entry[fact] for fact in ("integer_only", "activations", "int8_activations_psnr_db",

@@ -54,7 +54,8 @@ def test_fp32_components_match_keras_within_gate(fp32_bundle):
     for name, entry in report["components"].items():
         assert entry["parity"]["max_abs_rel"] <= 1e-4, name
         assert entry["parity"]["samples"] >= 2, name
-        assert entry["size_bytes"] == os.path.getsize(os.path.join(path, entry["file"]))
+        assert entry["files"] == [f"{name}.tflite"]
+        assert entry["size_bytes"] == os.path.getsize(os.path.join(path, entry["files"][0]))
         assert entry["latency"]["median_ms"] > 0 and entry["latency"]["delegate"] == "XNNPACK"
     image = report["end_to_end"]
     assert image["max_abs_diff"] <= 2 and all(gate["passed"] for gate in image["gates"])
