@@ -178,6 +178,73 @@ def test_numpy_loop_matches_keras_sampler_steps(name):
 
 
 # -- reading bundles: bad input ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def split_bundle(tiny, tmp_path_factory):
+    """The tiny UNet exported as parts of at most 1 MB of weights (sd-v1's is split at 1 GiB)."""
+    path = tmp_path_factory.mktemp("bundles") / "tiny-int8-parts"
+    report = bundle_lib.export_bundle(tiny, str(path), quantization="int8", calibration_prompts=[PROMPT],
+                                      calibration_steps=2, latency_runs=1, image_encoder=False,
+                                      max_part_bytes=2**20)
+    return str(path), report
+
+
+def test_unet_parts_chain_to_the_whole_model(tiny):
+    # The block sequence the parts are cut from computes exactly what the Keras UNet computes, whatever the cut.
+    from sd_keras.export import unet_parts
+
+    steps = unet_parts.unet_steps(tiny.diffusion_model, tiny.config.unet)
+    assert sum(unet_parts.step_bytes(tiny.diffusion_model, step) for step in steps) == \
+        litert.weight_bytes(tiny.diffusion_model)  # every weight belongs to exactly one step
+    signature = litert.component_signatures(tiny.config, (64, 64))["diffusion_model"]
+    rng = np.random.default_rng(3)
+    feed = {spec["name"]: rng.standard_normal(spec["shape"]).astype("float32") for spec in signature["inputs"]}
+    whole = np.asarray(tiny.diffusion_model.predict_on_batch(feed))
+    for max_bytes in (10**9, 2**20, 1):
+        parts = unet_parts.plan_parts(tiny.diffusion_model, steps, max_bytes)
+        assert parts[0][0] == 0 and parts[-1][1] == len(steps)
+        assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
+        interfaces = unet_parts.part_interfaces(steps, parts)
+        _, outputs = unet_parts.trace_values(steps, parts, interfaces, feed)
+        np.testing.assert_allclose(outputs[-1]["model_output"], whole, rtol=0, atol=1e-5)
+    assert len(unet_parts.plan_parts(tiny.diffusion_model, steps, 1)) == len(steps)
+
+
+def test_split_unet_bundle_generates_like_keras(tiny, split_bundle):
+    path, report = split_bundle
+    entry = bundle_lib.read_bundle(path).component("diffusion_model")
+    assert "file" not in entry and len(entry["parts"]) >= 3
+    assert [spec["name"] for spec in entry["parts"][0]["inputs"]] == ["latent", "timestep_embedding", "context"]
+    assert [spec["name"] for spec in entry["parts"][-1]["outputs"]] == ["model_output"]
+    produced = {"latent", "timestep_embedding", "context"}
+    for part in entry["parts"]:  # each part reads only what the model inputs or earlier parts produced
+        assert {spec["name"] for spec in part["inputs"]} <= produced, part["file"]
+        produced |= {spec["name"] for spec in part["outputs"]}
+        assert os.path.getsize(os.path.join(path, part["file"])) < 2**20
+    unet = report["components"]["diffusion_model"]
+    assert unet["files"] == [part["file"] for part in entry["parts"]]
+    assert unet["parity"]["cosine"] >= 0.99 and report["passed"]
+    settings = dict(num_steps=3, seed=5, sampler="Euler", height=64, width=64)
+    image = BundleRunner(path).text_to_image(PROMPT, **settings)
+    reference = tiny.text_to_image(PROMPT, **settings)
+    assert image.shape == reference.shape and image.std() > 0
+    assert report["end_to_end"]["psnr_db"] > 20  # int8 weights: close to Keras, not equal
+
+
+def test_modified_or_missing_part_is_named(split_bundle, tmp_path):
+    copy = copy_bundle(split_bundle[0], tmp_path)
+    with open(copy / "diffusion_model_part1.tflite", "r+b") as handle:
+        handle.seek(1000)
+        byte = handle.read(1)
+        handle.seek(1000)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(bundle_lib.BundleError, match="diffusion_model part 1 file 'diffusion_model_part1.tflite' "
+                                                     "was modified"):
+        BundleRunner(copy)
+    os.remove(copy / "diffusion_model_part2.tflite")
+    with pytest.raises(bundle_lib.BundleError, match="'diffusion_model_part2.tflite' is missing"):
+        bundle_lib.read_bundle(copy, verify_hashes=False)
+
+
 def test_missing_file_is_named(fp32_bundle, tmp_path):
     copy = copy_bundle(fp32_bundle[0], tmp_path)
     os.remove(copy / "decoder.tflite")
@@ -270,6 +337,7 @@ def run_cli(*args):
     (["--quantize", "int3"], "unknown quantization mode 'int3'"),
     (["--size", "100x64"], "width=100 is not a multiple of 64"),
     (["--size", "big"], "--size must be WIDTHxHEIGHT"),
+    (["--max-part-mb", "-1"], "--max-part-mb must be 0 (never split) or a positive size"),
 ])
 def test_cli_export_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):
     from sd_keras import cli
