@@ -62,7 +62,10 @@ class LiteRtComponent(private val file: File, private val spec: ComponentSpec, p
      * Run the signature on [values] (input name to `FloatArray` or `IntArray`, sizes as the manifest says) and
      * return the first output.
      */
-    fun run(values: Map<String, Any>): FloatArray {
+    fun run(values: Map<String, Any>): FloatArray = runAll(values).getValue(spec.outputs[0].name)
+
+    /** Run the signature on [values] and return every output by name (a UNet part passes several on). */
+    fun runAll(values: Map<String, Any>): Map<String, FloatArray> {
         return try {
             val result = runOn(compiled, values)
             verifiedOnGpu = true
@@ -77,7 +80,7 @@ class LiteRtComponent(private val file: File, private val spec: ComponentSpec, p
         }
     }
 
-    private fun runOn(target: Compiled, values: Map<String, Any>): FloatArray {
+    private fun runOn(target: Compiled, values: Map<String, Any>): Map<String, FloatArray> {
         for (input in spec.inputs) {
             val buffer = target.inputs.getValue(input.name)
             when (val value = values[input.name]) {
@@ -93,10 +96,13 @@ class LiteRtComponent(private val file: File, private val spec: ComponentSpec, p
             }
         }
         target.model.run(target.inputs, target.outputs, spec.signature)
-        val output = spec.outputs[0]
-        val result = target.outputs.getValue(output.name).readFloat()
-        check(result.size == output.size) { "${spec.name}.${output.name}: ${result.size} values, expected $output" }
-        return result
+        val results = LinkedHashMap<String, FloatArray>()
+        for (output in spec.outputs) {
+            val result = target.outputs.getValue(output.name).readFloat()
+            check(result.size == output.size) { "${spec.name}.${output.name}: ${result.size} values, expected $output" }
+            results[output.name] = result
+        }
+        return results
     }
 
     private fun closeCompiled(target: Compiled) {
@@ -118,10 +124,24 @@ class LiteRtTextEncoder(private val component: LiteRtComponent, contextLength: I
         component.run(mapOf("tokens" to tokens, "positions" to positions))
 }
 
-/** The UNet signature: `latent`, `timestep_embedding`, `context`, batch 2 (unconditional, conditional). */
-class LiteRtDiffusionModel(private val component: LiteRtComponent) : DiffusionModel {
-    override fun predict(latent: FloatArray, timestepEmbedding: FloatArray, context: FloatArray): FloatArray =
-        component.run(mapOf("latent" to latent, "timestep_embedding" to timestepEmbedding, "context" to context))
+/**
+ * The UNet signature: `latent`, `timestep_embedding`, `context`, batch 2 (unconditional, conditional). A UNet
+ * exported as parts runs them in order: each part reads its inputs by name from the model inputs and the
+ * outputs of the parts before it, and the last part gives `model_output`.
+ */
+class LiteRtDiffusionModel(private val parts: List<LiteRtComponent>) : DiffusionModel {
+    override fun predict(latent: FloatArray, timestepEmbedding: FloatArray, context: FloatArray): FloatArray {
+        val values = HashMap<String, Any>()
+        values["latent"] = latent
+        values["timestep_embedding"] = timestepEmbedding
+        values["context"] = context
+        var outputs: Map<String, FloatArray> = emptyMap()
+        for (part in parts) {
+            outputs = part.runAll(values)
+            values.putAll(outputs)
+        }
+        return outputs.getValue("model_output")
+    }
 }
 
 /** The VAE decoder signature: `latent` (1, h, w, 4) to `image` (1, H, W, 3) in [-1, 1]. */

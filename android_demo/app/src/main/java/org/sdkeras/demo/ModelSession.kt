@@ -18,7 +18,7 @@ class ModelSession private constructor(
     val preferGpu: Boolean,
     val lowMemory: Boolean,
     private val tokenizer: ClipTokenizer,
-    private val unet: LiteRtComponent,
+    private val unet: List<LiteRtComponent>,
     private val decoder: LiteRtComponent
 ) : AutoCloseable {
     private var textEncoderComponent: LiteRtComponent? = null
@@ -39,7 +39,7 @@ class ModelSession private constructor(
 
     /** Where each component runs, for the status line. */
     val accelerators: String
-        get() = "UNet ${unet.accelerator}, decoder ${decoder.accelerator}" +
+        get() = "UNet ${unet.map { it.accelerator }.distinct().joinToString("/")}, decoder ${decoder.accelerator}" +
             (textEncoderComponent?.let { ", text encoder ${it.accelerator}" } ?: "")
 
     /** Called after the prompts are encoded: frees the text encoder in low-memory mode. */
@@ -54,7 +54,7 @@ class ModelSession private constructor(
 
     override fun close() {
         releaseTextEncoder()
-        unet.close()
+        for (part in unet) part.close()
         decoder.close()
     }
 
@@ -69,11 +69,16 @@ class ModelSession private constructor(
             val bundle = Bundle.open(directory, verifyHashes = true, hashCache = hashCache)
             val tokenizer = bundle.tokenizer()
             val manifest = bundle.manifest
-            val unet = LiteRtComponent(bundle.file("diffusion_model"), manifest.component("diffusion_model"), preferGpu)
+            // one file, or the consecutive parts of a UNet too large to convert whole (run as a chain)
+            val unet = ArrayList<LiteRtComponent>()
             val decoder = try {
+                val unetSpec = manifest.component("diffusion_model")
+                for ((file, spec) in bundle.files("diffusion_model").zip(unetSpec.fileEntries)) {
+                    unet.add(LiteRtComponent(file, spec, preferGpu))
+                }
                 LiteRtComponent(bundle.file("decoder"), manifest.component("decoder"), preferGpu)
             } catch (error: Throwable) {
-                unet.close()
+                for (part in unet) part.close()
                 throw error
             }
             return ModelSession(bundle, preferGpu, lowMemory, tokenizer, unet, decoder)

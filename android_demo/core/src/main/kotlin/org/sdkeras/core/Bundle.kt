@@ -20,7 +20,15 @@ import java.security.MessageDigest
  */
 class Bundle private constructor(val directory: File, val manifest: BundleManifest) {
     /** The file of component [name] ("text_encoder", "diffusion_model", "decoder", "image_encoder"). */
-    fun file(name: String): File = File(directory, manifest.component(name).file)
+    fun file(name: String): File {
+        val spec = manifest.component(name)
+        val file = spec.file ?: throw BundleException("component $name is exported as ${spec.parts.size} parts: " +
+            "use files(\"$name\")")
+        return File(directory, file)
+    }
+
+    /** The files of component [name]: one, or its parts in order (see [ComponentSpec.parts]). */
+    fun files(name: String): List<File> = manifest.component(name).fileEntries.map { File(directory, it.file!!) }
 
     val tokenizerFile: File get() = File(directory, manifest.tokenizer.file)
 
@@ -60,7 +68,9 @@ class Bundle private constructor(val directory: File, val manifest: BundleManife
             val cache = HashCache(hashCache)
             val entries = ArrayList<Triple<String, String, String>>()
             entries.add(Triple("tokenizer", manifest.tokenizer.file, manifest.tokenizer.sha256))
-            for (component in manifest.components.values) entries.add(Triple(component.name, component.file, component.sha256))
+            for (component in manifest.components.values) {
+                for (entry in component.fileEntries) entries.add(Triple(entry.name, entry.file!!, entry.sha256!!))
+            }
             for ((what, name, expected) in entries) {
                 val file = File(directory, name)
                 if (!file.isFile) {

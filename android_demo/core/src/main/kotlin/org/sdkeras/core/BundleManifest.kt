@@ -10,18 +10,26 @@ class TensorSpec(val name: String, val shape: IntArray, val dtype: String) {
     override fun toString() = "$name${shape.joinToString(",", "(", ")")} $dtype"
 }
 
-/** A `.tflite` file of the bundle and its named signature. */
+/**
+ * A component of the bundle and its named signature: one `.tflite` [file], or, for a UNet exported as consecutive
+ * [parts] (each with its own file and signature; tensors pass from part to part by name), [file] and [sha256]
+ * are null and [inputs]/[outputs] are those of the whole chain.
+ */
 class ComponentSpec(
     val name: String,
-    val file: String,
-    val sha256: String,
+    val file: String?,
+    val sha256: String?,
     val quantization: String?,
     val signature: String,
     val inputs: List<TensorSpec>,
-    val outputs: List<TensorSpec>
+    val outputs: List<TensorSpec>,
+    val parts: List<ComponentSpec> = emptyList()
 ) {
     fun input(name: String): TensorSpec = inputs.firstOrNull { it.name == name }
         ?: throw BundleException("component ${this.name} has no input \"$name\" (inputs: ${inputs.joinToString()})")
+
+    /** The entries that own a file: this component, or its parts in order. */
+    val fileEntries: List<ComponentSpec> get() = if (parts.isEmpty()) listOf(this) else parts
 }
 
 /** The tokenizer entry: the merges file and the special ids. */
@@ -162,6 +170,14 @@ class BundleManifest(
                 val shape = it.ints("shape")
                 if (shape.any { dimension -> dimension < 1 }) throw JsonException("${it.path}.shape must be positive")
                 TensorSpec(it.string("name"), shape, dtype)
+            }
+            if (json.has("parts")) {
+                val parts = json.objects("parts").mapIndexed { index, part -> readComponent("$name part $index", part) }
+                if (parts.isEmpty()) throw JsonException("${json.path}.parts must not be empty")
+                return ComponentSpec(
+                    name, null, null, json.optionalString("quantization"), json.string("signature"), specs("inputs"),
+                    specs("outputs"), parts
+                )
             }
             return ComponentSpec(
                 name, plainFileName(json, "file"), json.string("sha256"), json.optionalString("quantization"),

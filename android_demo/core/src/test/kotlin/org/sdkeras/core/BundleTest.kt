@@ -83,6 +83,35 @@ class BundleTest {
     }
 
     @Test
+    fun opensAUnetExportedAsParts() {
+        for (index in 0..1) File(directory, "diffusion_model_part$index.tflite").writeText("part $index")
+        val parts = (0..1).joinToString(",") { index ->
+            """{"file": "diffusion_model_part$index.tflite", "sha256": "${hash("diffusion_model_part$index.tflite")}",
+                "signature": "diffusion_model_part$index", "inputs": [{"name": "h", "shape": [2, 4], "dtype": "float32"}],
+                "outputs": [{"name": "h", "shape": [2, 4], "dtype": "float32"}]}"""
+        }
+        val manifest = File(directory, "manifest.json")
+        val single = Regex("\"diffusion_model\": \\{\"file\": \"diffusion_model.tflite\", \"sha256\": \"[0-9a-f]+\",")
+        manifest.writeText(manifest.readText().replace(single, "\"diffusion_model\": {\"parts\": [$parts],"))
+        val bundle = Bundle.open(directory)
+        val unet = bundle.manifest.component("diffusion_model")
+        assertEquals(null, unet.file)
+        assertEquals(listOf("diffusion_model part 0", "diffusion_model part 1"), unet.parts.map { it.name })
+        assertEquals(listOf("diffusion_model_part0", "diffusion_model_part1"), unet.parts.map { it.signature })
+        assertEquals(listOf(File(directory, "diffusion_model_part0.tflite"), File(directory, "diffusion_model_part1.tflite")),
+            bundle.files("diffusion_model"))
+        assertEquals(listOf(2, 16, 16, 4), unet.input("latent").shape.toList())  // the whole chain's inputs
+        try {
+            bundle.file("diffusion_model")
+            fail("a parted component has no single file")
+        } catch (expected: BundleException) {
+            assertTrue(expected.message!!.contains("2 parts"))
+        }
+        File(directory, "diffusion_model_part1.tflite").appendText("truncated copy")
+        expectBroken("diffusion_model part 1", "diffusion_model_part1.tflite", "sha256")
+    }
+
+    @Test
     fun missingManifest() {
         File(directory, "manifest.json").delete()
         expectBroken("not a bundle", "manifest.json")
