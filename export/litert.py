@@ -324,9 +324,10 @@ def _convert_unet_parts(model, config, signature, mode, output_dir, feeds, max_p
                           "outputs": [_spec(n, traced_outputs[index][n].shape) for n in outputs]}
         path = os.path.join(output_dir, f"{name}.tflite")
         weights = [w for layer in unet_parts.part_layers(steps, part) for w in model.get_layer(layer).weights]
+        # each part in its own converter process: this one holds the whole pipeline already
         facts = convert_function(unet_parts.part_function(steps, part, (inputs, outputs)), weights,
                                  f"diffusion_model part {index + 1}/{len(parts)}", part_signature, mode, path,
-                                 representative=part_feeds[index] or None)
+                                 representative=part_feeds[index] or None, isolate=True)
         if mode == "int4":
             _to_int4(path)
         # the converter drops inputs a part does not read (e.g. the context of a part without attention)
