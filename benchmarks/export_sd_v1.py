@@ -132,6 +132,7 @@ def main(argv=None):
     result["peak_rss_mb"] = {"main_process": round(memory.peak), "largest_child": round(memory.children_peak)}
     result["components"] = {
         name: {"size_mb": round(entry["size_bytes"] / 1e6, 1), "anchor_mb": ANCHORS_MB.get(name),
+               "files": entry["files"],
                "parity": entry["parity"], "latency_ms": entry["latency"]["median_ms"]}
         for name, entry in report["components"].items()}
     result["passed"] = report["passed"]

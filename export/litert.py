@@ -3,18 +3,21 @@
 Each Keras sub-model is wrapped in a function whose arguments are the component's input names and which returns
 a dict keyed by its output name; ``tf.saved_model.save`` writes that function as a SavedModel signature and
 ``tf.lite.TFLiteConverter.from_saved_model`` converts it (the path Keras 3's ``model.export(format="litert")``
-takes, with the converter options in our hands and each weight stored once). Only builtin ops are allowed: a graph that would need the
-TensorFlow (Flex) delegate fails at export time with the names of the ops.
+takes, with the converter options in our hands and each weight stored once). Only builtin ops are allowed: a
+graph that would need the TensorFlow (Flex) delegate fails at export time with the names of the ops.
 
 Models over 2 GB: a flatbuffer cannot address more than 2 GB, so the converter is switched to its large-model
 layout (``_experimental_use_buffer_offset``): constant buffers are appended after the flatbuffer and
 referenced by offset. The LiteRT interpreter reads such files directly. It is set where the weights would pass
 90 % of 2 GB (the fp32 SD 1.x UNet is 3.4 GB); smaller files keep the plain layout. TensorFlow 2.21's converter
 also switches by itself once its module passes 2 GB (it logs "Module size is greater than 2GB"); setting the
-flag from our own estimate keeps the layout independent of that heuristic. The UNet is not split. Converting
-needs memory: a 2.15 GB single-layer model peaked at 16 GB resident in the converter. So models over 1 GiB of
-weights are converted in a child process that reads only the SavedModel (``isolate``): the exporting process's
-Keras models (the whole pipeline) are not held twice while the converter runs.
+flag from our own estimate keeps the layout independent of that heuristic.
+
+Converting needs memory: the converter peaks at several times a model's float32 weight bytes (a 2.15 GB
+single-layer model peaked at 16 GB resident; the 3.4 GB SD 1.x UNet did not convert in 16 GB). So models over
+1 GiB of weights are converted in a child process that reads only the SavedModel (``isolate``), and a UNet over
+``MAX_PART_BYTES`` is written as consecutive parts (``unet_parts``), each converted in its own process: SD 1.x
+at int8 then exports on a 24 GB machine.
 
 Exporting needs TensorFlow. Under another Keras backend ``export_components`` saves the weights to a temporary
 folder and runs this module in a ``KERAS_BACKEND=tensorflow`` subprocess (``python -m
