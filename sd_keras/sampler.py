@@ -1,6 +1,7 @@
 """The compiled denoising loop.
 
-One XLA program runs every step of a generation: the classifier-free-guidance pair as one batched UNet call,
+One compiled program (XLA; a TensorFlow graph on a CPU-only TensorFlow, see ``backend.tf_uses_xla``) runs every
+step of a generation: the classifier-free-guidance pair as one batched UNet call,
 guidance, the scheduler update and (for inpainting with a plain UNet) the re-blend of the known region. The UNet
 weights are arguments of the program (``stateless_call``), so a second call with the same shapes neither retraces
 nor recompiles, and loading new weights of the same architecture reuses the compiled program.
@@ -135,8 +136,9 @@ class DenoisingLoop:
             mode: ``"txt2img"`` (also image-to-image), ``"blend"`` (inpainting with a plain UNet: ``extra`` has
                 ``original`` latent, ``noise`` (B,h,w,4) and ``mask`` (B,h,w,1), 1 = repaint) or ``"concat"``
                 (9-channel inpainting UNet: ``extra["cond"]`` is the (B,h,w,5) mask + masked-image latent).
-            progress: ``callable(step_done)`` or None. On JAX it is called from inside the compiled loop; on
-                TensorFlow, whose XLA programs cannot call Python, the same program is run one step per call.
+            progress: ``callable(step_done)`` or None. It is called from inside the compiled loop (JAX; TensorFlow
+                on the CPU, whose loop is a graph); TensorFlow with XLA (GPU/TPU), whose programs cannot call
+                Python, runs the same program one step per call instead.
         """
         num_steps = int(sampler.num_steps)
         latent = np.asarray(latent, dtype=np.float32)

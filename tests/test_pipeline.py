@@ -80,6 +80,23 @@ def test_progress_reports_every_step(sd):
     assert sorted(seen) == [1, 2, 3, 4, 5]
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's choice between XLA and a graph")
+def test_tensorflow_cpu_loop_is_a_graph_with_progress_inside_and_xla_on_request(sd, monkeypatch):
+    from sd_keras import backend
+
+    assert not backend.tf_uses_xla() and backend.supports_loop_callback()  # CPU-only TensorFlow: a graph
+    seen = []
+    reference = sd.text_to_image("x", num_steps=4, seed=0, progress=seen.append, **SIZE)
+    assert seen == [1, 2, 3, 4]  # reported from inside the one program, in order
+    monkeypatch.setenv("SD_KERAS_TF_XLA", "1")
+    assert backend.tf_uses_xla() and not backend.supports_loop_callback()
+    xla = StableDiffusion.from_preset("tiny")  # its programs are made now: XLA, progress one step per call
+    seen = []
+    image = xla.text_to_image("x", num_steps=4, seed=0, progress=seen.append, **SIZE)
+    assert seen == [1, 2, 3, 4]
+    assert np.abs(image.astype(int) - reference.astype(int)).max() <= 2
+
+
 def test_image_to_image_and_strength_limits(sd):
     image = sd.text_to_image("a red circle", num_steps=2, seed=0, **SIZE)[0]
     out = sd.image_to_image("a blue circle", image, strength=0.5, num_steps=4, seed=0, **SIZE)
