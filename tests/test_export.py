@@ -40,6 +40,15 @@ def runner(fp32_bundle):
     return BundleRunner(fp32_bundle[0])
 
 
+def flip_byte(path, offset=1000):
+    """Change one byte in place (a corrupted copy of the same size)."""
+    with open(path, "r+b") as handle:
+        handle.seek(offset)
+        byte = handle.read(1)
+        handle.seek(offset)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+
+
 def copy_bundle(source, tmp_path):
     target = tmp_path / "copy"
     shutil.copytree(source, target)
@@ -232,11 +241,7 @@ def test_split_unet_bundle_generates_like_keras(tiny, split_bundle):
 
 def test_modified_or_missing_part_is_named(split_bundle, tmp_path):
     copy = copy_bundle(split_bundle[0], tmp_path)
-    with open(copy / "diffusion_model_part1.tflite", "r+b") as handle:
-        handle.seek(1000)
-        byte = handle.read(1)
-        handle.seek(1000)
-        handle.write(bytes([byte[0] ^ 0xFF]))
+    flip_byte(copy / "diffusion_model_part1.tflite")
     with pytest.raises(bundle_lib.BundleError, match="diffusion_model part 1 file 'diffusion_model_part1.tflite' "
                                                      "was modified"):
         BundleRunner(copy)
@@ -254,11 +259,7 @@ def test_missing_file_is_named(fp32_bundle, tmp_path):
 
 def test_modified_file_is_named(fp32_bundle, tmp_path):
     copy = copy_bundle(fp32_bundle[0], tmp_path)
-    with open(copy / "diffusion_model.tflite", "r+b") as handle:
-        handle.seek(1000)
-        byte = handle.read(1)
-        handle.seek(1000)
-        handle.write(bytes([byte[0] ^ 0xFF]))
+    flip_byte(copy / "diffusion_model.tflite")
     with pytest.raises(bundle_lib.BundleError, match="diffusion_model.tflite' was modified .*sha256"):
         BundleRunner(copy)
 
