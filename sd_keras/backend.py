@@ -12,27 +12,35 @@ def name():
     return keras.backend.backend()
 
 
-def tf_uses_xla():
-    """Whether TensorFlow programs are compiled with XLA: with a GPU or TPU, not on a CPU-only machine.
+# On a CPU-only TensorFlow, models with at least this many weights run as a TensorFlow graph instead of XLA.
+CPU_GRAPH_MIN_PARAMS = 100_000_000
 
-    TensorFlow's own CPU kernels (oneDNN) run the UNet 2.6x faster than XLA's CPU code (SD 1.x at 128x128, two
-    cores: 1.9 s against 5.0 s per call), so on the CPU the loop is one TensorFlow graph (``tf.function``
-    without ``jit_compile``) instead: still one program per generation, no Python between steps.
-    ``SD_KERAS_TF_XLA=1`` or ``0`` overrides the choice.
+
+def tf_uses_xla(num_params=None):
+    """Whether TensorFlow compiles a model's programs with XLA.
+
+    With a GPU or TPU: yes. On a CPU-only machine it depends on the model's size: TensorFlow's own CPU kernels
+    (oneDNN) run the SD 1.x UNet (860M weights) 2.6x faster than XLA's CPU code (128x128, two cores: 1.9 s
+    against 5.0 s per call), while XLA runs the small shipped demo model 2x faster (0.57 s against 1.2 s per
+    128x128 image at 20 steps) by fusing its many small ops. So models with ``CPU_GRAPH_MIN_PARAMS`` weights or
+    more run as one TensorFlow graph (``tf.function`` without ``jit_compile``): still one program per
+    generation, with no Python between steps. ``SD_KERAS_TF_XLA=1`` or ``0`` overrides the choice.
     """
     forced = os.environ.get("SD_KERAS_TF_XLA")
     if forced is not None:
         return forced.strip().lower() in ("1", "true", "yes", "on")
     import tensorflow as tf
 
-    return bool(tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU"))
+    if tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU"):
+        return True
+    return num_params is None or num_params < CPU_GRAPH_MIN_PARAMS
 
 
-def jit(fn):
+def jit(fn, *, num_params=None):
     """Compile ``fn`` into one program per input signature.
 
-    JAX: ``jax.jit`` (XLA). TensorFlow: ``tf.function``, with ``jit_compile`` where ``tf_uses_xla()``. Other
-    backends run eagerly.
+    JAX: ``jax.jit`` (XLA). TensorFlow: ``tf.function``, with ``jit_compile`` where ``tf_uses_xla(num_params)``
+    (``num_params``: the weights of the model ``fn`` runs). Other backends run eagerly.
     """
     backend = name()
     if backend == "jax":
@@ -42,14 +50,14 @@ def jit(fn):
     if backend == "tensorflow":
         import tensorflow as tf
 
-        return tf.function(fn, jit_compile=tf_uses_xla(), reduce_retracing=False)
+        return tf.function(fn, jit_compile=tf_uses_xla(num_params), reduce_retracing=False)
     return fn
 
 
-def supports_loop_callback():
+def supports_loop_callback(num_params=None):
     """Whether a host callback can run inside the compiled loop: JAX, and TensorFlow graphs without XLA (whose
     XLA programs cannot call Python)."""
-    return name() == "jax" or (name() == "tensorflow" and not tf_uses_xla())
+    return name() == "jax" or (name() == "tensorflow" and not tf_uses_xla(num_params))
 
 
 def loop_callback(callback, *args):

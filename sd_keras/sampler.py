@@ -1,7 +1,7 @@
 """The compiled denoising loop.
 
-One compiled program (XLA; a TensorFlow graph on a CPU-only TensorFlow, see ``backend.tf_uses_xla``) runs every
-step of a generation: the classifier-free-guidance pair as one batched UNet call,
+One compiled program (XLA; for large models on a CPU-only TensorFlow a TensorFlow graph, see
+``backend.tf_uses_xla``) runs every step of a generation: the classifier-free-guidance pair as one batched UNet call,
 guidance, the scheduler update and (for inpainting with a plain UNet) the re-blend of the known region. The UNet
 weights are arguments of the program (``stateless_call``), so a second call with the same shapes neither retraces
 nor recompiles, and loading new weights of the same architecture reuses the compiled program.
@@ -41,6 +41,10 @@ def _cast_floats(values, dtype):
     return [ops.cast(v, dtype) if str(v.dtype) == "float32" else v for v in values]
 
 
+def _num_params(model):
+    return int(sum(int(np.prod(variable.shape)) for variable in model.weights))
+
+
 def model_state(model):
     """The weight values of ``model`` in the form ``stateless_call`` takes."""
     return (
@@ -64,6 +68,7 @@ class DenoisingLoop:
         self.trace_count = 0  # incremented each time a program is traced; tests read it
         self._programs = {}
         self._progress_sink = None
+        self._num_params = _num_params(diffusion_model)
 
     # -- the program -----------------------------------------------------------------------------------------
     def _build(self, sampler, mode, with_callback):
@@ -109,7 +114,7 @@ class DenoisingLoop:
 
             return ops.fori_loop(start, stop, body, (latent, state))
 
-        return backend.jit(program)
+        return backend.jit(program, num_params=self._num_params)
 
     def _on_step(self, i):
         if self._progress_sink is not None:
@@ -137,7 +142,7 @@ class DenoisingLoop:
                 ``original`` latent, ``noise`` (B,h,w,4) and ``mask`` (B,h,w,1), 1 = repaint) or ``"concat"``
                 (9-channel inpainting UNet: ``extra["cond"]`` is the (B,h,w,5) mask + masked-image latent).
             progress: ``callable(step_done)`` or None. It is called from inside the compiled loop (JAX; TensorFlow
-                on the CPU, whose loop is a graph); TensorFlow with XLA (GPU/TPU), whose programs cannot call
+                graphs: large models on a CPU-only TensorFlow); TensorFlow with XLA, whose programs cannot call
                 Python, runs the same program one step per call instead.
         """
         num_steps = int(sampler.num_steps)
@@ -155,7 +160,7 @@ class DenoisingLoop:
         state = sampler.initial_state(ops.convert_to_tensor(latent))
         guidance = np.float32(guidance_scale)
         args = (context, unconditional_context, noise, guidance)
-        if progress is None or backend.supports_loop_callback():
+        if progress is None or backend.supports_loop_callback(self._num_params):
             program = self._program(sampler, mode, progress is not None)
             self._progress_sink = progress
             try:
@@ -184,7 +189,7 @@ class CompiledFunction:
             outputs, _ = model.stateless_call(weights[0], weights[1], inputs)
             return postprocess(outputs) if postprocess else outputs
 
-        self._forward = backend.jit(forward)
+        self._forward = backend.jit(forward, num_params=_num_params(model))
 
     def __call__(self, inputs):
         if isinstance(inputs, dict):

@@ -81,20 +81,23 @@ def test_progress_reports_every_step(sd):
 
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's choice between XLA and a graph")
-def test_tensorflow_cpu_loop_is_a_graph_with_progress_inside_and_xla_on_request(sd, monkeypatch):
+def test_tensorflow_cpu_runs_large_models_as_a_graph_with_progress_inside(sd, monkeypatch):
     from sd_keras import backend
 
-    assert not backend.tf_uses_xla() and backend.supports_loop_callback()  # CPU-only TensorFlow: a graph
+    params = sum(int(np.prod(w.shape)) for w in sd.diffusion_model.weights)
+    assert backend.tf_uses_xla(params) and not backend.supports_loop_callback(params)  # small: XLA
+    assert not backend.tf_uses_xla(860_000_000) and backend.supports_loop_callback(860_000_000)  # SD 1.x: graph
     seen = []
     reference = sd.text_to_image("x", num_steps=4, seed=0, progress=seen.append, **SIZE)
-    assert seen == [1, 2, 3, 4]  # reported from inside the one program, in order
-    monkeypatch.setenv("SD_KERAS_TF_XLA", "1")
-    assert backend.tf_uses_xla() and not backend.supports_loop_callback()
-    xla = StableDiffusion.from_preset("tiny")  # its programs are made now: XLA, progress one step per call
+    assert seen == [1, 2, 3, 4]  # XLA: one step per call
+    monkeypatch.setattr(backend, "CPU_GRAPH_MIN_PARAMS", 1)  # every model counts as large
+    graph = StableDiffusion.from_preset("tiny")  # its programs are made now: graph, progress inside the loop
     seen = []
-    image = xla.text_to_image("x", num_steps=4, seed=0, progress=seen.append, **SIZE)
-    assert seen == [1, 2, 3, 4]
+    image = graph.text_to_image("x", num_steps=4, seed=0, progress=seen.append, **SIZE)
+    assert seen == [1, 2, 3, 4] and graph._loop._num_params == params
     assert np.abs(image.astype(int) - reference.astype(int)).max() <= 2
+    monkeypatch.setenv("SD_KERAS_TF_XLA", "1")
+    assert backend.tf_uses_xla(860_000_000)
 
 
 def test_image_to_image_and_strength_limits(sd):
