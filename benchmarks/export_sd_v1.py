@@ -108,7 +108,7 @@ def main(argv=None):
 
     import keras
 
-    from sd_keras.export.bundle import export_bundle
+    from sd_keras.export.bundle import export_bundle, write_json_atomic
     from sd_keras.export.cli import _parse_size
     from sd_keras.pipeline import StableDiffusion
 
@@ -137,11 +137,7 @@ def main(argv=None):
         for name, entry in report["components"].items()}
     result["passed"] = report["passed"]
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    temporary = args.output + ".tmp"
-    with open(temporary, "w") as handle:
-        json.dump(result, handle, indent=2)
-        handle.write("\n")
-    os.replace(temporary, args.output)
+    write_json_atomic(args.output, result)
     return 0
 
 

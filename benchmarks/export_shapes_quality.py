@@ -28,7 +28,7 @@ def main(argv=None):
     parser.add_argument("--modes", default="fp32,fp16,int8,int8-full,int4")
     args = parser.parse_args(argv)
 
-    from sd_keras.export.bundle import export_bundle
+    from sd_keras.export.bundle import export_bundle, write_json_atomic
     from sd_keras.export.litert import ExportError
     from sd_keras.pipeline import StableDiffusion
 
@@ -54,11 +54,7 @@ def main(argv=None):
                     **{key: component[key] for key in ("activations", "int8_activations_psnr_db") if key in component}}
             results["modes"][mode] = entry
         print(mode, json.dumps(results["modes"][mode]), flush=True)
-    temporary = args.out + ".tmp"
-    with open(temporary, "w") as handle:
-        json.dump(results, handle, indent=2)
-        handle.write("\n")
-    os.replace(temporary, args.out)
+    write_json_atomic(args.out, results)
     return 0
 
 
