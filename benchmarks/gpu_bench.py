@@ -45,6 +45,15 @@ def card_name():
         return "unknown"
 
 
+def _peak_gib():
+    try:
+        import jax
+
+        return round((jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use", 0) / 2**30, 2)
+    except Exception:  # noqa: BLE001 - a device without memory statistics
+        return None
+
+
 # -- sd_keras ---------------------------------------------------------------------------------------------------
 def build_sd_keras(dtype="bfloat16"):
     from sd_keras.pipeline import StableDiffusion
@@ -67,9 +76,9 @@ def bench_sd_keras(repeats, dtype="bfloat16", batches=(1, 8)):
         generate()
         median, times = _median_time(generate, repeats)
         results[f"batch{batch}"] = {"seconds": median, "per_image": median / batch, "first_call": first,
-                                    "times": times}
-        print(f"sd_keras {dtype} batch {batch}: {median:.3f} s ({median / batch:.3f} s/image), first {first:.1f} s",
-              flush=True)
+                                    "times": times, "peak_gpu_gib": _peak_gib()}
+        print(f"sd_keras {dtype} batch {batch}: {median:.3f} s ({median / batch:.3f} s/image), first {first:.1f} s, "
+              f"peak memory so far {results[f'batch{batch}']['peak_gpu_gib']} GiB", flush=True)
     results["components_batch1"] = components(sd, repeats)
     return sd, results
 
@@ -96,18 +105,20 @@ def components(sd, repeats):
 def _category(name):
     lowered = name.lower()
     for key, label in (("sdpa", "attention (cuDNN flash)"), ("fprop", "convolution (cuDNN)"),
-                       ("xmma", "convolution (cuDNN)"), ("gemm", "matmul"), ("dot", "matmul"),
-                       ("reduce", "reductions (norms)"), ("convert", "dtype converts"), ("transpose", "transposes")):
+                       ("xmma", "convolution (cuDNN)"), ("nvjet", "matmul (cuBLAS)"), ("cutlass", "matmul (cuBLAS)"),
+                       ("gemm", "matmul (Triton/cuBLAS)"), ("dot", "matmul (Triton/cuBLAS)"),
+                       ("reduce", "reductions (norms)"), ("convert", "dtype converts"), ("transpose", "transposes"),
+                       ("loop_", "element-wise fusions"), ("input_", "element-wise fusions")):
         if key in lowered:
             return label
     return "other fusions"
 
 
-def top_kernels(sd, out_dir, count=15, batch=8):
+def top_kernels(sd, out_dir, count=30, batch=8):
     """Run one generation under the JAX profiler and sum GPU kernel time by name and by kind."""
     import jax
 
-    trace_dir = os.path.join(out_dir, "jax_trace")
+    trace_dir = os.path.join(out_dir, f"jax_trace_batch{batch}")
     with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
         sd.text_to_image("a photograph", batch_size=batch, num_steps=STEPS, seed=0, sampler="DDIM", height=SIZE,
                          width=SIZE)
@@ -125,6 +136,8 @@ def top_kernels(sd, out_dir, count=15, batch=8):
         if event.get("ph") == "X" and "GPU" in pids.get(event.get("pid"), "").upper() and "dur" in event:
             totals[event["name"]] = totals.get(event["name"], 0.0) + event["dur"] / 1e6
     total = sum(totals.values())
+    launches = sum(1 for event in events if event.get("ph") == "X" and "dur" in event
+                   and "GPU" in pids.get(event.get("pid"), "").upper())
     top = sorted(totals.items(), key=lambda kv: -kv[1])[:count]
     categories = {}
     for name, seconds in totals.items():
@@ -135,7 +148,8 @@ def top_kernels(sd, out_dir, count=15, batch=8):
     print("top kernels:", flush=True)
     for name, seconds in top:
         print(f"  {seconds * 1e3:8.1f} ms  {100 * seconds / max(total, 1e-9):5.1f}%  {name[:100]}", flush=True)
-    return {"batch": batch, "total_kernel_s": total, "by_kind": categories,
+    print(f"{launches} kernel launches ({launches / STEPS:.0f} per step)", flush=True)
+    return {"batch": batch, "total_kernel_s": total, "kernel_launches": launches, "by_kind": categories,
             "top": [{"name": n, "seconds": s} for n, s in top]}
 
 
@@ -315,6 +329,7 @@ def main():
                 sd, value = value
                 if "kernels" in parts:
                     value["kernels"] = top_kernels(sd, out_dir)
+                    value["kernels_batch1"] = top_kernels(sd, out_dir, batch=1)
                 del sd
             results[{"compile": "diffusers_compile"}.get(part, part)] = value
         except Exception as error:  # noqa: BLE001 - one failing part must not lose the others

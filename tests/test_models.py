@@ -299,3 +299,50 @@ def test_timestep_embedding_matches_keras_cv_and_traces():
 
     traced = to_numpy(backend.jit(loop)(timesteps))
     np.testing.assert_allclose(traced[0], eager.sum(0), rtol=0, atol=3e-4)  # XLA may fuse differently
+
+
+def _norm_pair(kind, shape):
+    """(Keras' layer, ours) in mixed bfloat16 with the same random gamma/beta, built for ``shape``."""
+    make = {"group": lambda cls: cls(groups=4, epsilon=1e-5, dtype="mixed_bfloat16"),
+            "layer": lambda cls: cls(epsilon=1e-5, dtype="mixed_bfloat16")}[kind]
+    base = {"group": keras.layers.GroupNormalization, "layer": keras.layers.LayerNormalization}[kind]
+    ours = {"group": layers.GroupNormalization, "layer": layers.LayerNormalization}[kind]
+    reference, fast = make(base), make(ours)
+    reference.build(shape)
+    fast.build(shape)
+    rng = np.random.default_rng(1)
+    values = [rng.standard_normal(w.shape).astype("float32") for w in reference.weights]
+    reference.set_weights(values)
+    fast.set_weights(values)
+    return reference, fast
+
+
+@pytest.mark.parametrize("kind,shape,group_stats", [("group", (2, 8, 8, 32), "rows"),
+                                                     ("group", (2, 8, 8, 32), "one_pass"),
+                                                     ("group", (2, 8, 8, 32), "auto"),
+                                                     ("layer", (2, 64, 48), None)])
+def test_half_precision_norms_equal_keras_within_bfloat16_rounding(kind, shape, group_stats, monkeypatch):
+    # Statistics in one pass (E[x], E[x^2] in float32) must give Keras' two-pass result to bf16 precision, also
+    # for inputs whose mean is large next to their spread (the case a one-pass variance is weakest at).
+    if group_stats:
+        monkeypatch.setattr(layers, "GROUP_STATS", group_stats)
+    monkeypatch.setattr(layers, "LAYER_ONE_PASS_MIN_ROWS", 1)  # the one-pass path at this small size too
+    reference, fast = _norm_pair(kind, shape)
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal(shape) * 0.5 + 20.0).astype("float32")
+    x = ops.cast(ops.convert_to_tensor(x), "bfloat16")
+    expected = to_numpy(ops.cast(reference(x), "float32"))
+    actual = to_numpy(ops.cast(fast(x), "float32"))
+    assert fast(x).dtype == reference(x).dtype
+    assert np.abs(actual - expected).max() <= 0.02 * np.abs(expected).max()
+    # Per element: at most a few bf16 ulps apart.
+    assert np.mean(np.abs(actual - expected) > 1e-2 * (np.abs(expected) + 1)) < 0.01
+
+
+@pytest.mark.parametrize("kind,shape", [("group", (2, 8, 8, 32)), ("layer", (2, 64, 48))])
+def test_float32_norms_are_keras_own(kind, shape):
+    reference, fast = _norm_pair(kind, shape)
+    reference.dtype_policy = fast.dtype_policy = keras.DTypePolicy("float32")
+    x = ops.convert_to_tensor(np.random.default_rng(3).standard_normal(shape).astype("float32"))
+    np.testing.assert_array_equal(to_numpy(fast(x)), to_numpy(reference(x)))
+    assert isinstance(fast, type(reference))

@@ -5,7 +5,7 @@ import functools
 import keras
 
 from sd_keras.config import TextEncoderConfig, get_config
-from sd_keras.models.layers import CLIPEmbedding, CLIPEncoderLayer
+from sd_keras.models.layers import CLIPEmbedding, CLIPEncoderLayer, LayerNormalization
 
 
 def build_text_encoder(config, *, dtype=None, name="text_encoder"):
@@ -28,7 +28,7 @@ def build_text_encoder(config, *, dtype=None, name="text_encoder"):
     for index in range(cfg.num_layers):
         x = CLIPEncoderLayer(cfg.width, cfg.num_heads, cfg.intermediate_size, cfg.activation, cfg.layer_norm_eps,
                              dtype=dtype, name=f"encoder_layer_{index}")(x)
-    x = keras.layers.LayerNormalization(epsilon=cfg.layer_norm_eps, dtype=dtype, name="final_layer_norm")(x)
+    x = LayerNormalization(epsilon=cfg.layer_norm_eps, dtype=dtype, name="final_layer_norm")(x)
     model = keras.Model({"tokens": tokens, "positions": positions}, x, name=name)
     model.sd_keras_builder = functools.partial(build_text_encoder, cfg, name=name)
     return model

@@ -10,7 +10,7 @@ import functools
 import keras
 
 from sd_keras.config import UNetConfig, get_config
-from sd_keras.models.layers import ResnetBlock, SpatialTransformer, conv2d, dense
+from sd_keras.models.layers import GroupNormalization, ResnetBlock, SpatialTransformer, conv2d, dense
 
 
 def build_diffusion_model(config, *, dtype=None, name="diffusion_model"):
@@ -74,7 +74,7 @@ def build_diffusion_model(config, *, dtype=None, name="diffusion_model"):
             x = keras.layers.UpSampling2D(2, dtype=dtype, name=f"up_{up}_upsample_nearest")(x)
             x = conv(width, f"up_{up}_upsample")(x)
 
-    x = keras.layers.GroupNormalization(cfg.norm_groups, epsilon=cfg.norm_eps, dtype=dtype, name="norm_out")(x)
+    x = GroupNormalization(cfg.norm_groups, epsilon=cfg.norm_eps, dtype=dtype, name="norm_out")(x)
     x = keras.layers.Activation("silu", dtype=dtype, name="act_out")(x)
     output = conv(cfg.out_channels, "conv_out")(x)
     model = keras.Model({"latent": latent, "timestep_embedding": t_input, "context": context}, output, name=name)

@@ -10,7 +10,7 @@ import functools
 import keras
 
 from sd_keras.config import VAEConfig, get_config
-from sd_keras.models.layers import AttentionBlock, LatentMean, ResnetBlock, conv2d
+from sd_keras.models.layers import AttentionBlock, GroupNormalization, LatentMean, ResnetBlock, conv2d
 
 
 def _vae_config(config):
@@ -25,7 +25,7 @@ def _mid_block(x, cfg, dtype):
 
 
 def _conv_out(x, cfg, channels, dtype):
-    x = keras.layers.GroupNormalization(cfg.norm_groups, epsilon=cfg.norm_eps, dtype=dtype, name="norm_out")(x)
+    x = GroupNormalization(cfg.norm_groups, epsilon=cfg.norm_eps, dtype=dtype, name="norm_out")(x)
     x = keras.layers.Activation("silu", dtype=dtype, name="act_out")(x)
     return conv2d(channels, 3, padding="same", dtype=dtype, name="conv_out")(x)
 
