@@ -41,6 +41,16 @@ def _cast_floats(values, dtype):
     return [ops.cast(v, dtype) if str(v.dtype) == "float32" else v for v in values]
 
 
+def _pairs(first, second):
+    """``(B, ...)`` and ``(B, ...)`` -> ``(2B, ...)`` ordered first[0], second[0], first[1], second[1], ...
+
+    The classifier-free-guidance batch keeps each image's (unconditional, conditional) pair side by side, so a
+    batch sharded over several devices (data parallel) splits into whole pairs and no step moves data between
+    devices (concatenating the halves instead would put every unconditional row on the first device).
+    """
+    return ops.reshape(ops.stack([first, second], axis=1), (-1,) + tuple(first.shape[1:]))
+
+
 def _num_params(model):
     return int(sum(int(np.prod(variable.shape)) for variable in model.weights))
 
@@ -84,7 +94,7 @@ class DenoisingLoop:
             # (XLA folds the per-layer float32 round trip of an already-cast value away).
             trainable, non_trainable = (_cast_floats(part, compute_dtype) for part in weights)
             batch = ops.shape(latent)[0]
-            both_contexts = ops.concatenate([unconditional_context, context], axis=0)
+            both_contexts = _pairs(unconditional_context, context)
             guidance = ops.cast(guidance_scale, "float32")
 
             def body(i, carry):
@@ -93,15 +103,15 @@ class DenoisingLoop:
                 t_embedding = timestep_embedding(ops.reshape(t, (1,)), self.timestep_dim)
                 t_embedding = ops.repeat(t_embedding, 2 * batch, axis=0)
                 model_input = sampler.scale_model_input(latent, i)
-                model_input = ops.concatenate([model_input, model_input], axis=0)
                 if mode == CONCAT:
-                    model_input = ops.concatenate([model_input, ops.concatenate([extra["cond"]] * 2, 0)], -1)
+                    model_input = ops.concatenate([model_input, extra["cond"]], -1)
                 outputs, _ = model.stateless_call(
                     trainable, non_trainable,
-                    {"latent": model_input, "timestep_embedding": t_embedding, "context": both_contexts},
+                    {"latent": _pairs(model_input, model_input), "timestep_embedding": t_embedding,
+                     "context": both_contexts},
                 )
-                outputs = ops.cast(outputs, "float32")
-                unconditional, conditional = outputs[:batch], outputs[batch:]
+                outputs = ops.reshape(ops.cast(outputs, "float32"), (batch, 2) + tuple(outputs.shape[1:]))
+                unconditional, conditional = outputs[:, 0], outputs[:, 1]
                 prediction = unconditional + guidance * (conditional - unconditional)
                 step_noise = ops.take(noise, i, axis=0) if sampler.needs_noise else None
                 latent, state = sampler.step(latent, prediction, i, state, step_noise)
