@@ -40,6 +40,7 @@ import tempfile
 
 import numpy as np
 
+from sd_keras import backend
 from sd_keras.export import quantize
 
 COMPONENTS = ("text_encoder", "diffusion_model", "decoder", "image_encoder")
@@ -173,8 +174,9 @@ def convert_function(serve, weights, component, signature, mode, path, *, repres
         module = tf.Module()
         module.model_variables = [variable.value for variable in weights]
         module.serve = tf.function(serve, input_signature=specs)
-        tf.saved_model.save(module, saved_model,
-                            signatures={signature["signature"]: module.serve.get_concrete_function()})
+        with backend.native_convolutions():  # CONV_2D operators for LiteRT, whatever runs fastest on this CPU
+            tf.saved_model.save(module, saved_model,
+                                signatures={signature["signature"]: module.serve.get_concrete_function()})
         del module
         job = {"saved_model": saved_model, "signature": signature["signature"], "component": component,
                "mode": mode, "large": bool(large), "path": path, "representative": None,

@@ -3,6 +3,8 @@
 Everything else is written with ``keras.ops`` and calls these helpers.
 """
 
+import contextlib
+import functools
 import os
 
 import keras
@@ -66,6 +68,50 @@ def jax_compiler_options():
     if jax.default_backend() != "gpu" or "xla_gpu_enable_triton_gemm" in os.environ.get("XLA_FLAGS", ""):
         return None
     return {"xla_gpu_enable_triton_gemm": False}
+
+
+# Convolutions with at most this many output positions (batch x height x width) and at least this many inputs
+# per output (kernel height x width x input channels) run as one matrix product on a CPU-only TensorFlow.
+CONV_MATMUL_MAX_ROWS = 256
+CONV_MATMUL_MIN_DEPTH = 4096
+_native_convolutions = [False]
+
+
+def conv_as_matmul(inputs_shape, kernel_shape):
+    """Whether a stride-1 convolution runs as im2col + one matrix product (``layers.Conv2D``).
+
+    On a CPU-only TensorFlow, oneDNN lays a convolution's weights out anew on every call when they are not graph
+    constants (they are arguments of sd_keras' programs), which dominates the UNet's small, wide convolutions:
+    measured on two cores, batch 2, 3x3 2560->1280 at 2x2: 62.5 ms as a convolution, 9.5 ms as a matrix product;
+    at 8x8: 87.6 against 28.3 ms; at 16x16 (640 channels) both 13 ms. The rule keeps small models (whose
+    channels are few) and large outputs on the convolution. ``SD_KERAS_CONV_AS_MATMUL=0`` turns it off;
+    ``native_convolutions()`` does for a block (LiteRT export keeps CONV_2D operators).
+    """
+    if name() != "tensorflow" or _native_convolutions[0] or os.environ.get("SD_KERAS_CONV_AS_MATMUL") == "0":
+        return False
+    if None in tuple(inputs_shape[:3]) or _tf_has_accelerator():
+        return False
+    rows = int(inputs_shape[0]) * int(inputs_shape[1]) * int(inputs_shape[2])
+    depth = int(kernel_shape[0]) * int(kernel_shape[1]) * int(kernel_shape[2])
+    return rows <= CONV_MATMUL_MAX_ROWS and depth >= CONV_MATMUL_MIN_DEPTH
+
+
+@contextlib.contextmanager
+def native_convolutions():
+    """Within this block, models traced on TensorFlow keep every convolution a convolution."""
+    previous = _native_convolutions[0]
+    _native_convolutions[0] = True
+    try:
+        yield
+    finally:
+        _native_convolutions[0] = previous
+
+
+@functools.lru_cache(maxsize=None)
+def _tf_has_accelerator():
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU"))
 
 
 def supports_loop_callback(num_params=None):

@@ -114,6 +114,26 @@ def test_manifest_schema_and_signatures(fp32_bundle, tiny):
     assert np.array_equal(runner.tokenizer.tokenize([PROMPT]), tiny.tokenizer.tokenize([PROMPT]))
 
 
+def test_export_keeps_convolutions_as_conv_2d(tiny, tmp_path, monkeypatch):
+    # On a CPU-only TensorFlow, small convolutions run as matrix products (backend.conv_as_matmul); an export
+    # must still write CONV_2D operators, which phones run well. Force the rule onto every convolution.
+    import keras
+    from ai_edge_litert.interpreter import Interpreter
+
+    from sd_keras import backend
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("conversion traces on TensorFlow")
+    monkeypatch.setattr(backend, "CONV_MATMUL_MIN_DEPTH", 1)
+    monkeypatch.setattr(backend, "CONV_MATMUL_MAX_ROWS", 10**9)
+    config = tiny.config
+    signature = litert.component_signatures(config, (64, 64))["decoder"]
+    path = str(tmp_path / "decoder.tflite")
+    litert.convert_component(tiny.decoder, "decoder", signature, "fp32", path)
+    ops = [op["op_name"] for op in Interpreter(model_path=path)._get_ops_details()]
+    assert ops.count("CONV_2D") >= 5, ops
+
+
 # -- the runner against the Keras pipeline -----------------------------------------------------------------------
 @pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M", DEFAULT_SAMPLER])
 def test_runner_image_equals_keras_pipeline(tiny, runner, sampler):

@@ -346,3 +346,40 @@ def test_float32_norms_are_keras_own(kind, shape):
     x = ops.convert_to_tensor(np.random.default_rng(3).standard_normal(shape).astype("float32"))
     np.testing.assert_array_equal(to_numpy(fast(x)), to_numpy(reference(x)))
     assert isinstance(fast, type(reference))
+
+
+# -- small, wide convolutions as one matrix product (CPU-only TensorFlow) ----------------------------------------
+@pytest.mark.parametrize("kernel_size,padding,shape", [(3, "same", (2, 4, 4, 24)), (3, "valid", (1, 5, 6, 24)),
+                                                       (1, "same", (2, 3, 3, 24))])
+def test_small_convolutions_as_matmul_equal_the_convolution(kernel_size, padding, shape, monkeypatch):
+    layer = layers.conv2d(16, kernel_size, padding=padding)
+    x = ops.convert_to_tensor(np.random.default_rng(4).standard_normal(shape).astype("float32"))
+    layer.build(shape)
+    with backend.native_convolutions():
+        assert not backend.conv_as_matmul(shape, layer.kernel.shape)
+        expected = to_numpy(layer(x))
+    monkeypatch.setattr(backend, "CONV_MATMUL_MIN_DEPTH", 1)
+    eligible = backend.conv_as_matmul(shape, layer.kernel.shape)
+    # Only a CPU-only TensorFlow takes the matrix-product path; elsewhere the rule says no.
+    assert eligible == (keras.backend.backend() == "tensorflow")
+    actual = to_numpy(layer(x))
+    assert actual.shape == expected.shape
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+    assert not backend.conv_as_matmul((64, 64, 64, 24), layer.kernel.shape)  # a large output keeps the conv
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the rule concerns TensorFlow graphs")
+def test_graph_ops_follow_the_convolution_rule(monkeypatch):
+    import tensorflow as tf
+
+    monkeypatch.setattr(backend, "CONV_MATMUL_MIN_DEPTH", 1)
+    layer = layers.conv2d(8, 3, padding="same")
+    layer.build((1, 4, 4, 16))
+
+    def op_types():
+        graph = tf.function(layer).get_concrete_function(tf.TensorSpec((1, 4, 4, 16))).graph
+        return {op.type for op in graph.get_operations()}
+
+    assert "Conv2D" not in op_types() and ("MatMul" in op_types() or "BatchMatMulV2" in op_types())
+    with backend.native_convolutions():
+        assert "Conv2D" in op_types()
