@@ -80,7 +80,23 @@ def bench_sd_keras(repeats, dtype="bfloat16", batches=(1, 8)):
         print(f"sd_keras {dtype} batch {batch}: {median:.3f} s ({median / batch:.3f} s/image), first {first:.1f} s, "
               f"peak memory so far {results[f'batch{batch}']['peak_gpu_gib']} GiB", flush=True)
     results["components_batch1"] = components(sd, repeats)
+    results["progress_batch1"] = progress_cost(sd, repeats)
     return sd, results
+
+
+def progress_cost(sd, repeats, batch=1):
+    """Batch-1 generation with the per-step progress report (a host callback inside the loop) on and off."""
+    def run(progress=None):
+        return sd.text_to_image("a photograph", batch_size=batch, num_steps=STEPS, seed=0, sampler="DDIM",
+                                height=SIZE, width=SIZE, progress=progress)
+
+    steps = []
+    run(), run(steps.append)
+    off, _ = _median_time(run, repeats)
+    on, _ = _median_time(lambda: run(steps.append), repeats)
+    out = {"batch": batch, "off_s": off, "on_s": on, "overhead": on / off - 1.0, "reports_per_run": STEPS}
+    print("progress:", {k: round(v, 4) for k, v in out.items()}, flush=True)
+    return out
 
 
 def components(sd, repeats):

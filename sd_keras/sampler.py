@@ -41,6 +41,22 @@ def _cast_floats(values, dtype):
     return [ops.cast(v, dtype) if str(v.dtype) == "float32" else v for v in values]
 
 
+# The compiled loop reports progress to the host at most this many times per generation: on a GPU each report
+# stops the device until the host has taken it (about 0.75 ms on an H200), which cost 10 % of a 50-step SD 1.x
+# batch-1 generation when done after every step.
+MAX_PROGRESS_REPORTS = 10
+
+
+def progress_interval(num_steps):
+    """Steps between two progress reports from inside the compiled loop (the last step always reports)."""
+    return max(1, -(-int(num_steps) // MAX_PROGRESS_REPORTS))
+
+
+def _report(callback, i):
+    backend.loop_callback(callback, i)
+    return ops.zeros((), "int32")
+
+
 def _pairs(first, second):
     """``(B, ...)`` and ``(B, ...)`` -> ``(2B, ...)`` ordered first[0], second[0], first[1], second[1], ...
 
@@ -78,6 +94,7 @@ class DenoisingLoop:
         self.trace_count = 0  # incremented each time a program is traced; tests read it
         self._programs = {}
         self._progress_sink = None
+        self._reported = 0
         self._num_params = _num_params(diffusion_model)
 
     # -- the program -----------------------------------------------------------------------------------------
@@ -86,6 +103,7 @@ class DenoisingLoop:
         timesteps = np.asarray(sampler.timesteps, dtype=np.float32)
 
         compute_dtype = _compute_dtype(model)
+        every = progress_interval(int(sampler.num_steps))
 
         def program(weights, latent, state, context, unconditional_context, noise, guidance_scale, start, stop,
                     extra):
@@ -119,7 +137,9 @@ class DenoisingLoop:
                     known = sampler.add_noise(extra["original"], extra["noise"], i + 1)
                     latent = extra["mask"] * latent + (1.0 - extra["mask"]) * known
                 if with_callback:
-                    backend.loop_callback(self._on_step, i)
+                    done = i + 1
+                    report = ops.logical_or(ops.equal(done % every, 0), ops.equal(done, stop))
+                    ops.cond(report, lambda: _report(self._on_step, i), lambda: ops.zeros((), "int32"))
                 return latent, state
 
             return ops.fori_loop(start, stop, body, (latent, state))
@@ -127,8 +147,11 @@ class DenoisingLoop:
         return backend.jit(program, num_params=self._num_params)
 
     def _on_step(self, i):
+        # Reports arrive every few steps (``progress_interval``); the caller still hears of every step, in order.
         if self._progress_sink is not None:
-            self._progress_sink(int(i) + 1)
+            for step in range(self._reported + 1, int(i) + 2):
+                self._progress_sink(step)
+            self._reported = max(self._reported, int(i) + 1)
 
     def _program(self, sampler, mode, with_callback):
         key = (_sampler_key(sampler), mode, with_callback)
@@ -151,9 +174,11 @@ class DenoisingLoop:
             mode: ``"txt2img"`` (also image-to-image), ``"blend"`` (inpainting with a plain UNet: ``extra`` has
                 ``original`` latent, ``noise`` (B,h,w,4) and ``mask`` (B,h,w,1), 1 = repaint) or ``"concat"``
                 (9-channel inpainting UNet: ``extra["cond"]`` is the (B,h,w,5) mask + masked-image latent).
-            progress: ``callable(step_done)`` or None. It is called from inside the compiled loop (JAX; TensorFlow
-                graphs: large models on a CPU-only TensorFlow); TensorFlow with XLA, whose programs cannot call
-                Python, runs the same program one step per call instead.
+            progress: ``callable(step_done)`` or None, called once for every step, in order. The compiled loop
+                (JAX; TensorFlow graphs: large models on a CPU-only TensorFlow) reports to the host every
+                ``progress_interval(num_steps)`` steps and at the last one, and each report covers the steps
+                since the previous; TensorFlow with XLA, whose programs cannot call Python, runs the same program
+                one step per call instead.
         """
         num_steps = int(sampler.num_steps)
         latent = np.asarray(latent, dtype=np.float32)
@@ -172,7 +197,7 @@ class DenoisingLoop:
         args = (context, unconditional_context, noise, guidance)
         if progress is None or backend.supports_loop_callback(self._num_params):
             program = self._program(sampler, mode, progress is not None)
-            self._progress_sink = progress
+            self._progress_sink, self._reported = progress, start_index
             try:
                 latent, state = program(weights, latent, state, *args, np.int32(start_index), np.int32(num_steps),
                                         extra)

@@ -80,6 +80,24 @@ def test_progress_reports_every_step(sd):
     assert sorted(seen) == [1, 2, 3, 4, 5]
 
 
+def test_progress_inside_the_loop_reports_every_few_steps_and_covers_all(monkeypatch):
+    # A report from inside the compiled loop stops a GPU until the host has it: at most MAX_PROGRESS_REPORTS of
+    # them per generation, and the callback still hears of every step, in order.
+    from sd_keras import backend
+    from sd_keras import sampler as sampler_lib
+
+    monkeypatch.setattr(backend, "CPU_GRAPH_MIN_PARAMS", 1)  # TensorFlow: the graph path, progress inside the loop
+    model = StableDiffusion.from_preset("tiny")
+    reports = []
+    on_step = model._loop._on_step
+    model._loop._on_step = lambda i: (reports.append(int(i)), on_step(i))
+    seen = []
+    model.text_to_image("x", num_steps=25, seed=0, progress=seen.append, **SIZE)
+    assert seen == list(range(1, 26))
+    assert sampler_lib.progress_interval(25) == 3 and sampler_lib.progress_interval(5) == 1
+    assert reports == [2, 5, 8, 11, 14, 17, 20, 23, 24]  # step indices: every third step, and the last
+
+
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's choice between XLA and a graph")
 def test_tensorflow_cpu_runs_large_models_as_a_graph_with_progress_inside(sd, monkeypatch):
     from sd_keras import backend
