@@ -94,8 +94,12 @@ def test_progress_inside_the_loop_reports_every_few_steps_and_covers_all(monkeyp
     seen = []
     model.text_to_image("x", num_steps=25, seed=0, progress=seen.append, **SIZE)
     assert seen == list(range(1, 26))
-    assert sampler_lib.progress_interval(25) == 3 and sampler_lib.progress_interval(5) == 1
-    assert reports == [2, 5, 8, 11, 14, 17, 20, 23, 24]  # step indices: every third step, and the last
+    assert sampler_lib.progress_interval(25) == 5 and sampler_lib.progress_interval(4) == 1
+    assert sampler_lib.progress_interval(23) == 5
+    assert reports == [4, 9, 14, 19, 24]  # step indices: every fifth step (the last one among them)
+    reports.clear(), seen.clear()
+    model.text_to_image("x", num_steps=23, seed=0, progress=seen.append, **SIZE)
+    assert seen == list(range(1, 24)) and reports == [4, 9, 14, 19, 22]  # a shorter last chunk
 
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's choice between XLA and a graph")
