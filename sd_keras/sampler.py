@@ -90,6 +90,7 @@ class DenoisingLoop:
         self._programs = {}
         self._progress_sink = None
         self._reported = 0
+        self._cast = None
         self._num_params = _num_params(diffusion_model)
 
     # -- the program -----------------------------------------------------------------------------------------
@@ -178,11 +179,11 @@ class DenoisingLoop:
             mode: ``"txt2img"`` (also image-to-image), ``"blend"`` (inpainting with a plain UNet: ``extra`` has
                 ``original`` latent, ``noise`` (B,h,w,4) and ``mask`` (B,h,w,1), 1 = repaint) or ``"concat"``
                 (9-channel inpainting UNet: ``extra["cond"]`` is the (B,h,w,5) mask + masked-image latent).
-            progress: ``callable(step_done)`` or None, called once for every step, in order. The compiled loop
-                (JAX; TensorFlow graphs: large models on a CPU-only TensorFlow) reports to the host every
-                ``progress_interval(num_steps)`` steps and at the last one, and each report covers the steps
-                since the previous; TensorFlow with XLA, whose programs cannot call Python, runs the same program
-                one step per call instead.
+            progress: ``callable(step_done)`` or None, called once for every step, in order, in groups of
+                ``progress_interval(num_steps)`` steps. On a CPU (JAX; TensorFlow graphs: large models on a
+                CPU-only TensorFlow) the compiled loop reports to the host from inside; on a GPU or TPU, where such
+                a report would stall the device, and with TensorFlow's XLA, whose programs cannot call Python, the
+                same program runs that many steps per call.
         """
         num_steps = int(sampler.num_steps)
         latent = np.asarray(latent, dtype=np.float32)
@@ -208,12 +209,41 @@ class DenoisingLoop:
                 latent = backend.to_numpy(latent)  # JAX runs asynchronously: wait, so no step report is dropped
             finally:
                 self._progress_sink = None
-        else:
-            program = self._program(sampler, mode, False)
-            for i in range(start_index, num_steps):
-                latent, state = program(weights, latent, state, *args, np.int32(i), np.int32(i + 1), extra)
-                progress(i + 1)
+            return latent
+        return self._run_in_chunks(sampler, mode, weights, latent, state, args, extra, start_index, progress)
+
+    def _run_in_chunks(self, sampler, mode, weights, latent, state, args, extra, start_index, progress):
+        """Progress without host calls inside the program: the program runs ``progress_interval`` steps per call.
+
+        JAX dispatches every chunk at once (the device never waits for the host) and reports each as it
+        finishes; TensorFlow's XLA programs return when done, so each chunk reports on return.
+        """
+        num_steps = int(sampler.num_steps)
+        program = self._program(sampler, mode, False)
+        every = progress_interval(num_steps)
+        weights = self._weights_in_compute_dtype(weights)  # cast once, not once per chunk
+        finished = []
+        for first in range(start_index, num_steps, every):
+            last = min(first + every, num_steps)
+            latent, state = program(weights, latent, state, *args, np.int32(first), np.int32(last), extra)
+            if backend.name() == "jax":
+                finished.append((first, last, latent))
+                continue
+            for step in range(first + 1, last + 1):
+                progress(step)
+        for first, last, chunk_latent in finished:
+            backend.wait(chunk_latent)
+            for step in range(first + 1, last + 1):
+                progress(step)
         return backend.to_numpy(latent)
+
+    def _weights_in_compute_dtype(self, weights):
+        dtype = _compute_dtype(self.diffusion_model)
+        if dtype == "float32":
+            return weights
+        if self._cast is None:
+            self._cast = backend.jit(lambda values: [_cast_floats(part, dtype) for part in values])
+        return self._cast(weights)
 
 
 class CompiledFunction:

@@ -102,6 +102,21 @@ def test_progress_inside_the_loop_reports_every_few_steps_and_covers_all(monkeyp
     assert seen == list(range(1, 24)) and reports == [4, 9, 14, 19, 22]  # a shorter last chunk
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_progress_in_chunks_gives_the_same_image(dtype, monkeypatch):
+    # On a GPU/TPU (and TensorFlow's XLA) progress comes from running the loop a few steps per call instead of
+    # from inside it; forced here on the CPU. Mixed precision: the weights are cast once for all chunks.
+    from sd_keras import backend
+
+    model = StableDiffusion.from_config("tiny", dtype=dtype)
+    reference = model.text_to_image("x", num_steps=7, seed=3, **SIZE)
+    monkeypatch.setattr(backend, "supports_loop_callback", lambda num_params=None: False)
+    seen = []
+    image = model.text_to_image("x", num_steps=7, seed=3, progress=seen.append, **SIZE)
+    assert seen == list(range(1, 8))
+    assert np.abs(image.astype(int) - reference.astype(int)).max() <= 1
+
+
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's choice between XLA and a graph")
 def test_tensorflow_cpu_runs_large_models_as_a_graph_with_progress_inside(sd, monkeypatch):
     from sd_keras import backend
