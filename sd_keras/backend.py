@@ -115,14 +115,13 @@ def _tf_has_accelerator():
 
 
 def supports_loop_callback(num_params=None):
-    """Whether progress is reported by a host callback inside the compiled loop: JAX on a CPU, and TensorFlow
-    graphs without XLA (whose XLA programs cannot call Python). On a GPU or TPU a callback stalls the device until
-    the host has taken it (about 1.6 ms each on an H200), so there the loop runs in chunks instead."""
-    if name() == "jax":
-        import jax
+    """Whether progress is reported by a host callback inside the compiled loop: JAX, and TensorFlow graphs
+    without XLA (whose XLA programs cannot call Python; they run the loop a few steps per call instead).
 
-        return jax.default_backend() == "cpu"
-    return name() == "tensorflow" and not tf_uses_xla(num_params)
+    On an H200 (SD 1.x, 512x512, 50 steps, batch 1: 0.37 s) five reports from inside the loop cost 3.4 %, five
+    calls of ten steps each 4.1 % (each program call has its own start-up work), so JAX keeps the callback.
+    """
+    return name() == "jax" or (name() == "tensorflow" and not tf_uses_xla(num_params))
 
 
 def wait(value):

@@ -94,12 +94,12 @@ def test_progress_inside_the_loop_reports_every_few_steps_and_covers_all(monkeyp
     seen = []
     model.text_to_image("x", num_steps=25, seed=0, progress=seen.append, **SIZE)
     assert seen == list(range(1, 26))
-    assert sampler_lib.progress_interval(25) == 5 and sampler_lib.progress_interval(4) == 1
-    assert sampler_lib.progress_interval(23) == 5
-    assert reports == [4, 9, 14, 19, 24]  # step indices: every fifth step (the last one among them)
+    assert sampler_lib.progress_interval(25) == 7 and sampler_lib.progress_interval(4) == 1
+    assert sampler_lib.progress_interval(23) == 6
+    assert reports == [6, 13, 20, 24]  # step indices: every seventh step, and a shorter last chunk
     reports.clear(), seen.clear()
     model.text_to_image("x", num_steps=23, seed=0, progress=seen.append, **SIZE)
-    assert seen == list(range(1, 24)) and reports == [4, 9, 14, 19, 22]  # a shorter last chunk
+    assert seen == list(range(1, 24)) and reports == [5, 11, 17, 22]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
