@@ -94,7 +94,7 @@ def progress_cost(sd, repeats, batch=1):
     run(), run(steps.append)
     off, _ = _median_time(run, repeats)
     on, _ = _median_time(lambda: run(steps.append), repeats)
-    out = {"batch": batch, "off_s": off, "on_s": on, "overhead": on / off - 1.0, "reports_per_run": STEPS}
+    out = {"batch": batch, "off_s": off, "on_s": on, "overhead": on / off - 1.0, "steps": STEPS}
     print("progress:", {k: round(v, 4) for k, v in out.items()}, flush=True)
     return out
 
