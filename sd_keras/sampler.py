@@ -11,6 +11,7 @@ A program is cached per (sampler tables, mode, progress); the backend's jit cach
 """
 
 import hashlib
+import time
 
 import keras
 import numpy as np
@@ -48,9 +49,21 @@ def _cast_floats(values, dtype):
 MAX_PROGRESS_REPORTS = 4
 
 
-def progress_interval(num_steps):
-    """Steps between two progress reports from inside the compiled loop (the last step always reports)."""
-    return max(1, -(-int(num_steps) // MAX_PROGRESS_REPORTS))
+# ... and no more often than every this many seconds, once a generation of the same shape has been timed.
+MIN_PROGRESS_SECONDS = 0.25
+
+
+def progress_interval(num_steps, seconds_per_step=None):
+    """Steps between two progress reports (the last step always reports).
+
+    At most ``MAX_PROGRESS_REPORTS`` reports, and, when ``seconds_per_step`` is known (the last generation of the
+    same shape), none closer than ``MIN_PROGRESS_SECONDS``: a report's cost is then a bounded share of the time.
+    """
+    steps = max(1, int(num_steps))
+    every = -(-steps // MAX_PROGRESS_REPORTS)
+    if seconds_per_step:
+        every = max(every, int(np.ceil(MIN_PROGRESS_SECONDS / seconds_per_step)))
+    return min(every, steps)
 
 
 def _pairs(first, second):
@@ -92,6 +105,7 @@ class DenoisingLoop:
         self._progress_sink = None
         self._reported = 0
         self._cast = None
+        self._seconds_per_step = {}  # (sampler, mode, latent shape) -> seconds, from the last uncompiled run
         self._num_params = _num_params(diffusion_model)
 
     # -- the program -----------------------------------------------------------------------------------------
@@ -100,10 +114,9 @@ class DenoisingLoop:
         timesteps = np.asarray(sampler.timesteps, dtype=np.float32)
 
         compute_dtype = _compute_dtype(model)
-        every = progress_interval(int(sampler.num_steps))
 
         def program(weights, latent, state, context, unconditional_context, noise, guidance_scale, start, stop,
-                    extra):
+                    every, extra):
             self.trace_count += 1
             # Mixed precision keeps float32 weights; cast them once per generation rather than in every step
             # (XLA folds the per-layer float32 round trip of an already-cast value away).
@@ -181,7 +194,8 @@ class DenoisingLoop:
                 ``original`` latent, ``noise`` (B,h,w,4) and ``mask`` (B,h,w,1), 1 = repaint) or ``"concat"``
                 (9-channel inpainting UNet: ``extra["cond"]`` is the (B,h,w,5) mask + masked-image latent).
             progress: ``callable(step_done)`` or None, called once for every step, in order, in groups of
-                ``progress_interval(num_steps)`` steps. The compiled loop reports to the host from inside (JAX;
+                ``progress_interval(num_steps, seconds_per_step)`` steps (at most 4 groups, none shorter than
+                0.25 s once a generation of this shape has been timed). The compiled loop reports to the host from inside (JAX;
                 TensorFlow graphs: large models on a CPU-only TensorFlow); with TensorFlow's XLA, whose programs
                 cannot call Python, the same program runs that many steps per call.
         """
@@ -200,19 +214,26 @@ class DenoisingLoop:
         state = sampler.initial_state(ops.convert_to_tensor(latent))
         guidance = np.float32(guidance_scale)
         args = (context, unconditional_context, noise, guidance)
+        timing_key = (_sampler_key(sampler), mode, tuple(latent.shape))
+        every = progress_interval(num_steps, self._seconds_per_step.get(timing_key))
+        traces, started = self.trace_count, time.perf_counter()
         if progress is None or backend.supports_loop_callback(self._num_params):
             program = self._program(sampler, mode, progress is not None)
             self._progress_sink, self._reported = progress, start_index
             try:
                 latent, state = program(weights, latent, state, *args, np.int32(start_index), np.int32(num_steps),
-                                        extra)
+                                        np.int32(every), extra)
                 latent = backend.to_numpy(latent)  # JAX runs asynchronously: wait, so no step report is dropped
             finally:
                 self._progress_sink = None
-            return latent
-        return self._run_in_chunks(sampler, mode, weights, latent, state, args, extra, start_index, progress)
+        else:
+            latent = self._run_in_chunks(sampler, mode, weights, latent, state, args, extra, start_index, every,
+                                         progress)
+        if self.trace_count == traces and num_steps > start_index:  # not timed when it compiled
+            self._seconds_per_step[timing_key] = (time.perf_counter() - started) / (num_steps - start_index)
+        return latent
 
-    def _run_in_chunks(self, sampler, mode, weights, latent, state, args, extra, start_index, progress):
+    def _run_in_chunks(self, sampler, mode, weights, latent, state, args, extra, start_index, every, progress):
         """Progress without host calls inside the program: the program runs ``progress_interval`` steps per call.
 
         TensorFlow's XLA programs return when done, so each chunk reports on return; JAX (where this path is
@@ -220,12 +241,12 @@ class DenoisingLoop:
         """
         num_steps = int(sampler.num_steps)
         program = self._program(sampler, mode, False)
-        every = progress_interval(num_steps)
         weights = self._weights_in_compute_dtype(weights)  # cast once, not once per chunk
         finished = []
         for first in range(start_index, num_steps, every):
             last = min(first + every, num_steps)
-            latent, state = program(weights, latent, state, *args, np.int32(first), np.int32(last), extra)
+            latent, state = program(weights, latent, state, *args, np.int32(first), np.int32(last), np.int32(every),
+                                    extra)
             if backend.name() == "jax":
                 finished.append((first, last, latent))
                 continue
