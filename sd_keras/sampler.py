@@ -195,7 +195,8 @@ class DenoisingLoop:
                 (9-channel inpainting UNet: ``extra["cond"]`` is the (B,h,w,5) mask + masked-image latent).
             progress: ``callable(step_done)`` or None, called once for every step, in order, in groups of
                 ``progress_interval(num_steps, seconds_per_step)`` steps (at most 4 groups, none shorter than
-                0.25 s once a generation of this shape has been timed). The compiled loop reports to the host from inside (JAX;
+                0.25 s once a generation of this shape has been timed; a faster generation runs without reports
+                and then reports every step at the end). The compiled loop reports to the host from inside (JAX;
                 TensorFlow graphs: large models on a CPU-only TensorFlow); with TensorFlow's XLA, whose programs
                 cannot call Python, the same program runs that many steps per call.
         """
@@ -217,13 +218,16 @@ class DenoisingLoop:
         timing_key = (_sampler_key(sampler), mode, tuple(latent.shape))
         every = progress_interval(num_steps, self._seconds_per_step.get(timing_key))
         traces, started = self.trace_count, time.perf_counter()
-        if progress is None or backend.supports_loop_callback(self._num_params):
-            program = self._program(sampler, mode, progress is not None)
+        in_one_go = progress is not None and every >= num_steps - start_index  # fast: one report, at the end
+        if progress is None or in_one_go or backend.supports_loop_callback(self._num_params):
+            program = self._program(sampler, mode, progress is not None and not in_one_go)
             self._progress_sink, self._reported = progress, start_index
             try:
                 latent, state = program(weights, latent, state, *args, np.int32(start_index), np.int32(num_steps),
                                         np.int32(every), extra)
                 latent = backend.to_numpy(latent)  # JAX runs asynchronously: wait, so no step report is dropped
+                if in_one_go:
+                    self._on_step(num_steps - 1)
             finally:
                 self._progress_sink = None
         else:
