@@ -124,6 +124,16 @@ def supports_loop_callback(num_params=None):
     return name() == "jax" or (name() == "tensorflow" and not tf_uses_xla(num_params))
 
 
+def optimization_barrier(values):
+    """``values`` unchanged, but XLA may not fuse or merge computations across this point (JAX; elsewhere a
+    no-op). Keeps the two stages of a split reduction apart."""
+    if name() == "jax":
+        import jax
+
+        return jax.lax.optimization_barrier(values)
+    return values
+
+
 def wait(value):
     """Block until an asynchronously computed ``value`` (JAX) is ready."""
     if hasattr(value, "block_until_ready"):

@@ -125,15 +125,6 @@ def _one_pass_moments(x, axes):
     return mean, ops.maximum(mean_square - ops.square(mean), 0.0)
 
 
-def _barrier(values):
-    """Keeps XLA from merging the two stages of a split reduction back into one (JAX only; elsewhere a no-op)."""
-    if keras.backend.backend() == "jax":
-        import jax
-
-        return jax.lax.optimization_barrier(values)
-    return values
-
-
 # How the half-precision norms take their statistics, by the size of the reduction (static shapes: one compiled
 # program per shape). Measured on an H200 (benchmarks/results/norm_kernels_h200.json, bf16, GroupNorm/LayerNorm +
 # SiLU, microseconds per call; Keras' layer / one pass / rows first):
@@ -159,7 +150,8 @@ def _group_moments(x, groups):
     if GROUP_STATS == "auto":
         rows = x.shape[0] is not None and x.shape[0] * channels <= GROUP_ROWS_MAX_OUTPUTS
     if rows and len(x.shape) == 4:
-        row_sum, row_square_sum = _barrier((ops.sum(x, axis=2), ops.sum(ops.square(x), axis=2)))
+        sums = (ops.sum(x, axis=2), ops.sum(ops.square(x), axis=2))
+        row_sum, row_square_sum = backend.optimization_barrier(sums)
         count = ops.cast(ops.shape(x)[1] * ops.shape(x)[2] * (channels // groups), "float32")
         shape = (ops.shape(x)[0], -1, groups, channels // groups)
         mean = ops.sum(ops.reshape(row_sum, shape), axis=(1, 3), keepdims=True) / count
