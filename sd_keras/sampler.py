@@ -238,26 +238,16 @@ class DenoisingLoop:
         return latent
 
     def _run_in_chunks(self, sampler, mode, weights, latent, state, args, extra, start_index, every, progress):
-        """Progress without host calls inside the program: the program runs ``progress_interval`` steps per call.
-
-        TensorFlow's XLA programs return when done, so each chunk reports on return; JAX (where this path is
-        not the default) dispatches every chunk at once and reports each as it finishes.
-        """
+        """Progress without host calls inside the program (TensorFlow's XLA): the program runs ``every`` steps
+        per call and each call reports its steps when it returns."""
         num_steps = int(sampler.num_steps)
         program = self._program(sampler, mode, False)
         weights = self._weights_in_compute_dtype(weights)  # cast once, not once per chunk
-        finished = []
         for first in range(start_index, num_steps, every):
             last = min(first + every, num_steps)
             latent, state = program(weights, latent, state, *args, np.int32(first), np.int32(last), np.int32(every),
                                     extra)
-            if backend.name() == "jax":
-                finished.append((first, last, latent))
-                continue
-            for step in range(first + 1, last + 1):
-                progress(step)
-        for first, last, chunk_latent in finished:
-            backend.wait(chunk_latent)
+            backend.wait(latent)
             for step in range(first + 1, last + 1):
                 progress(step)
         return backend.to_numpy(latent)
