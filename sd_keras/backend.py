@@ -31,9 +31,7 @@ def tf_uses_xla(num_params=None):
     forced = os.environ.get("SD_KERAS_TF_XLA")
     if forced is not None:
         return forced.strip().lower() in ("1", "true", "yes", "on")
-    import tensorflow as tf
-
-    if tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU"):
+    if _tf_has_accelerator():
         return True
     return num_params is None or num_params < CPU_GRAPH_MIN_PARAMS
 
