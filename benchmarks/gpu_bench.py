@@ -79,7 +79,8 @@ def bench_sd_keras(repeats, dtype="bfloat16", batches=(1, 8)):
                                     "times": times, "peak_gpu_gib": _peak_gib()}
         print(f"sd_keras {dtype} batch {batch}: {median:.3f} s ({median / batch:.3f} s/image), first {first:.1f} s, "
               f"peak memory so far {results[f'batch{batch}']['peak_gpu_gib']} GiB", flush=True)
-    results["components_batch1"] = components(sd, repeats)
+    for batch in batches:
+        results[f"components_batch{batch}"] = components(sd, repeats, batch)
     results["progress_batch1"] = progress_cost(sd, repeats)
     return sd, results
 
@@ -99,22 +100,23 @@ def progress_cost(sd, repeats, batch=1):
     return out
 
 
-def components(sd, repeats):
-    """Per-component times at batch 1: text encoding, the 50-step loop, VAE decode."""
+def components(sd, repeats, batch=1):
+    """Per-component times: text encoding (one prompt), the 50-step loop and the VAE decode of ``batch`` images."""
     context = sd.encode_text("a photograph")
     sd.encode_text("")
     encode, _ = _median_time(lambda: sd.encode_text("a photograph"), repeats)
 
     def loop():
-        return sd.generate_image(context, num_steps=STEPS, seed=0, sampler="DDIM", height=SIZE, width=SIZE,
-                                 return_latent=True)
+        return sd.generate_image(context, batch_size=batch, num_steps=STEPS, seed=0, sampler="DDIM", height=SIZE,
+                                 width=SIZE, return_latent=True)
 
     latent = loop()
     loop_time, _ = _median_time(loop, repeats)
     sd._decode(latent)
     decode, _ = _median_time(lambda: sd._decode(latent), repeats)
-    out = {"encode_text_s": encode, "loop_s": loop_time, "per_step_s": loop_time / STEPS, "decode_s": decode}
-    print("components:", {k: round(v, 4) for k, v in out.items()}, flush=True)
+    out = {"batch": batch, "encode_text_s": encode, "loop_s": loop_time, "per_step_s": loop_time / STEPS,
+           "decode_s": decode}
+    print(f"components, batch {batch}:", {k: round(v, 4) for k, v in out.items()}, flush=True)
     return out
 
 
@@ -165,7 +167,14 @@ def top_kernels(sd, out_dir, count=30, batch=8):
     for name, seconds in top:
         print(f"  {seconds * 1e3:8.1f} ms  {100 * seconds / max(total, 1e-9):5.1f}%  {name[:100]}", flush=True)
     print(f"{launches} kernel launches ({launches / STEPS:.0f} per step)", flush=True)
+    # The library kernels (cuDNN convolutions and flash attention, cuBLAS/Triton matrix products) do the arithmetic;
+    # their sum bounds how fast a generation can get without faster kernels for those operations.
+    library = sum(seconds for kind, seconds in categories.items()
+                  if kind.startswith(("convolution", "attention", "matmul")))
+    print(f"library kernels (convolutions, attention, matrix products): {library:.3f} s = "
+          f"{library / batch:.3f} s/image; norms, element-wise and the rest: {total - library:.3f} s", flush=True)
     return {"batch": batch, "total_kernel_s": total, "kernel_launches": launches, "by_kind": categories,
+            "library_kernel_s": library, "library_kernel_s_per_image": library / batch,
             "top": [{"name": n, "seconds": s} for n, s in top]}
 
 
