@@ -27,6 +27,9 @@ import sys
 import time
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gpu_bench import _median_time  # noqa: E402
+
 VARIANTS = ("base", "fused_qkv", "geglu_split", "ln_keras", "ln_onepass", "gn_rows")
 
 
@@ -87,15 +90,10 @@ def run_variant(variant, preset, size, steps, batch, repeats):
         return sd.generate_image(context, batch_size=batch, num_steps=steps, seed=0, sampler="DDIM", height=size,
                                  width=size, return_latent=True)
 
-    start = time.perf_counter()
+    first, _ = _median_time(loop, 1)
     loop()
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(repeats + 1):
-        start = time.perf_counter()
-        loop()
-        times.append(time.perf_counter() - start)
-    return {"loop_s": statistics.median(times[1:]), "times": times[1:], "first_s": first}
+    median, times = _median_time(loop, repeats)
+    return {"loop_s": median, "times": times, "first_s": first}
 
 
 def attention(batch, tokens, heads=8, head_size=40, context_tokens=77):
