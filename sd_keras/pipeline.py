@@ -5,9 +5,21 @@ import math
 import numpy as np
 
 from sd_keras import noise as noise_lib
-from sd_keras import sampler as sampler_lib
 from sd_keras.config import ModelConfig, get_config
 from sd_keras.schedulers import get_sampler
+
+
+class _SamplerModule:
+    """``sd_keras.sampler`` (Keras), imported on first use: the input checks and ``load_image`` below also serve
+    the bundle runner, which runs without Keras."""
+
+    def __getattr__(self, name):
+        from sd_keras import sampler
+
+        return getattr(sampler, name)
+
+
+sampler_lib = _SamplerModule()
 
 MAX_STEPS = 1000
 # KerasCV 0.9's generate_image schedule, so that KerasCV code ported to sd_keras gives KerasCV's images

@@ -156,6 +156,36 @@ def test_runner_batch_uses_consecutive_seeds_and_reports_progress(runner):
     assert runner.last_seed == 6
 
 
+KERAS_FREE_SCRIPT = """
+import sys
+
+class NoDeepLearningFrameworks:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("keras", "tensorflow", "tf_keras", "jax", "jaxlib", "torch"):
+            raise ImportError("the bundle runner imported " + name)
+
+sys.meta_path.insert(0, NoDeepLearningFrameworks())
+import numpy as np
+from sd_keras.export.runner import BundleRunner
+
+runner = BundleRunner(sys.argv[1])
+image = runner.text_to_image(sys.argv[2], num_steps=3, seed=4, sampler="Euler a")
+np.save(sys.argv[3], image)
+print(sorted(name for name in sys.modules if name.split(".")[0] in ("keras", "tensorflow", "jax")))
+"""
+
+
+def test_runner_imports_and_generates_without_keras_or_tensorflow(fp32_bundle, runner, tmp_path):
+    """The runner needs numpy, pillow and ai-edge-litert only: importing a framework fails in this process."""
+    out = tmp_path / "image.npy"
+    result = subprocess.run([sys.executable, "-c", KERAS_FREE_SCRIPT, fp32_bundle[0], PROMPT, str(out)],
+                            capture_output=True, text=True, env={**os.environ, "KERAS_BACKEND": "tensorflow"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+    expected = runner.text_to_image(PROMPT, num_steps=3, seed=4, sampler="Euler a")
+    assert np.array_equal(np.load(out), expected)
+
+
 def test_runner_image_to_image_equals_keras_pipeline(tiny, runner):
     source = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     # 4 steps of DPM++ 2M: the compiled loop of the text-to-image test is reused (start index is an argument)

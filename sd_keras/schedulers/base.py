@@ -18,6 +18,9 @@ may be a later index for image-to-image) it is the current ``denoised``, which t
 into its first-order form. Samplers whose ``step_previous_denoised`` is all zero keep no state; samplers whose
 ``step_noise`` is all zero ignore ``noise``. The prediction type (epsilon or v) is folded into the ``denoise_*``
 tables, so the formulas never change with it.
+
+Building a sampler and reading its tables needs only numpy (the bundle runner uses them without Keras); the
+per-step methods (``step``, ``denoise``, ``add_noise`` ...) import ``keras.ops`` on first use.
 """
 
 import dataclasses
@@ -26,7 +29,18 @@ import numbers
 import types
 
 import numpy as np
-from keras import ops
+
+
+class _KerasOps:
+    """``keras.ops``, imported on first attribute access so that the tables need no Keras."""
+
+    def __getattr__(self, name):
+        from keras import ops as keras_ops
+
+        return getattr(keras_ops, name)
+
+
+ops = _KerasOps()
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 TIMESTEP_SPACINGS = ("leading", "linspace")
