@@ -6,11 +6,14 @@ guidance, the scheduler update and (for inpainting with a plain UNet) the re-ble
 weights are arguments of the program (``stateless_call``), so a second call with the same shapes neither retraces
 nor recompiles, and loading new weights of the same architecture reuses the compiled program.
 
-A program is cached per (sampler tables, mode, progress); the backend's jit caches it per input shape
-(batch, height, width, dtype), which is the (batch, size, steps, sampler) key of the design.
+A program is cached per (sampler tables, mode, progress, input shape): the (batch, size, steps, sampler, mode)
+key of the design. The programs live in a ``ProgramCache``, unbounded by default; ``ProgramCache(max_size=N)``
+keeps the N most recently used and drops the others (``sd-keras serve --max-programs``).
 """
 
+import collections
 import hashlib
+import threading
 import time
 
 import keras
@@ -21,6 +24,75 @@ from sd_keras import backend
 from sd_keras.models.layers import timestep_embedding
 
 TXT2IMG, BLEND, CONCAT = "txt2img", "blend", "concat"
+
+
+class ProgramCache:
+    """Compiled programs by key; with ``max_size``, the least recently used one is dropped past that many.
+
+    A dropped program loses every reference held here, so its compiled code and buffers can be reclaimed (the
+    backends' own caches hold programs weakly). ``compilations`` counts the programs built over the cache's life.
+
+    Example:
+        >>> cache = ProgramCache(max_size=2)
+        >>> for key in "abca":
+        ...     _ = cache.get(key, lambda: object())
+        >>> len(cache), cache.compilations, cache.evictions
+        (2, 4, 2)
+    """
+
+    def __init__(self, max_size=None):
+        self._programs = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self.max_size = None
+        self.compilations = 0
+        self.evictions = 0
+        self.resize(max_size)
+
+    def __len__(self):
+        return len(self._programs)
+
+    def __contains__(self, key):
+        return key in self._programs
+
+    def resize(self, max_size):
+        """Hold at most ``max_size`` programs from now on (None: no bound); drops the oldest ones over it."""
+        if max_size is not None and (isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1):
+            raise ValueError(f"max_size must be a positive integer or None, got {max_size!r}")
+        with self._lock:
+            self.max_size = max_size
+            self._evict()
+
+    def clear(self):
+        with self._lock:
+            self._programs.clear()
+
+    def get(self, key, build):
+        """The program for ``key``, built with ``build()`` when not held (and marked most recently used)."""
+        with self._lock:
+            program = self._programs.get(key)
+            if program is not None:
+                self._programs.move_to_end(key)
+                return program
+        program = build()
+        with self._lock:
+            self._programs[key] = program
+            self._programs.move_to_end(key)
+            self.compilations += 1
+            self._evict()
+        return program
+
+    def _evict(self):
+        while self.max_size is not None and len(self._programs) > self.max_size:
+            self._programs.popitem(last=False)
+            self.evictions += 1
+
+
+def _shape_key(value):
+    if isinstance(value, dict):
+        return tuple((key, _shape_key(value[key])) for key in sorted(value))
+    if isinstance(value, (list, tuple)):
+        return tuple(_shape_key(item) for item in value)
+    return (tuple(value.shape), str(value.dtype)) if hasattr(value, "shape") else type(value).__name__
 
 
 def _sampler_key(sampler):
@@ -97,11 +169,11 @@ class DenoisingLoop:
         ...               guidance_scale=7.5)
     """
 
-    def __init__(self, diffusion_model):
+    def __init__(self, diffusion_model, programs=None):
         self.diffusion_model = diffusion_model
         self.timestep_dim = int(diffusion_model.input["timestep_embedding"].shape[-1])
         self.trace_count = 0  # incremented each time a program is traced; tests read it
-        self._programs = {}
+        self.programs = programs if programs is not None else ProgramCache()  # may be shared with others
         self._progress_sink = None
         self._reported = 0
         self._cast = None
@@ -172,11 +244,9 @@ class DenoisingLoop:
                 self._progress_sink(step)
             self._reported = max(self._reported, int(i) + 1)
 
-    def _program(self, sampler, mode, with_callback):
-        key = (_sampler_key(sampler), mode, with_callback)
-        if key not in self._programs:
-            self._programs[key] = self._build(sampler, mode, with_callback)
-        return self._programs[key]
+    def _program(self, sampler, mode, with_callback, shapes):
+        key = (id(self), _sampler_key(sampler), mode, with_callback, _shape_key(shapes))
+        return self.programs.get(key, lambda: self._build(sampler, mode, with_callback))
 
     # -- running it ------------------------------------------------------------------------------------------
     def __call__(self, sampler, context, unconditional_context, latent, noise=None, *, guidance_scale=7.5,
@@ -220,7 +290,7 @@ class DenoisingLoop:
         traces, started = self.trace_count, time.perf_counter()
         in_one_go = progress is not None and every >= num_steps - start_index  # fast: one report, at the end
         if progress is None or in_one_go or backend.supports_loop_callback(self._num_params):
-            program = self._program(sampler, mode, progress is not None and not in_one_go)
+            program = self._program(sampler, mode, progress is not None and not in_one_go, (latent, noise, extra))
             self._progress_sink, self._reported = progress, start_index
             try:
                 latent, state = program(weights, latent, state, *args, np.int32(start_index), np.int32(num_steps),
@@ -241,7 +311,7 @@ class DenoisingLoop:
         """Progress without host calls inside the program (TensorFlow's XLA): the program runs ``every`` steps
         per call and each call reports its steps when it returns."""
         num_steps = int(sampler.num_steps)
-        program = self._program(sampler, mode, False)
+        program = self._program(sampler, mode, False, (latent, args[2], extra))
         weights = self._weights_in_compute_dtype(weights)  # cast once, not once per chunk
         for first in range(start_index, num_steps, every):
             last = min(first + every, num_steps)
@@ -262,25 +332,33 @@ class DenoisingLoop:
 
 
 class CompiledFunction:
-    """A model's forward pass compiled once per input shape, weights passed as arguments."""
+    """A model's forward pass compiled once per input shape (one program each, held in ``programs``), weights
+    passed as arguments."""
 
-    def __init__(self, model, postprocess=None):
+    def __init__(self, model, postprocess=None, programs=None):
         self.model = model
         self.trace_count = 0
+        self.programs = programs if programs is not None else ProgramCache()
+        self._postprocess = postprocess
+        self._num_params = _num_params(model)
+
+    def _build(self):
+        model, postprocess = self.model, self._postprocess
 
         def forward(weights, inputs):
             self.trace_count += 1
             outputs, _ = model.stateless_call(weights[0], weights[1], inputs)
             return postprocess(outputs) if postprocess else outputs
 
-        self._forward = backend.jit(forward, num_params=_num_params(model))
+        return backend.jit(forward, num_params=self._num_params)
 
     def __call__(self, inputs):
         if isinstance(inputs, dict):
             inputs = {key: backend.shard_batch(value) for key, value in inputs.items()}
         else:
             inputs = backend.shard_batch(inputs)  # data parallel when a distribution is set
-        return backend.to_numpy(self._forward(model_state(self.model), inputs))
+        forward = self.programs.get((id(self), _shape_key(inputs)), self._build)
+        return backend.to_numpy(forward(model_state(self.model), inputs))
 
 
 def keras_dtype_policy(dtype):
