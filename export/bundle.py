@@ -15,7 +15,8 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
+
+from sd_keras import files
 
 FORMAT = "sd_keras.bundle"
 FORMAT_VERSION = 1
@@ -42,19 +43,8 @@ def sha256_file(path, chunk_size=1 << 20):
 
 
 def write_json_atomic(path, data):
-    """Write ``data`` as indented JSON through a temporary file and ``os.replace``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=False)
-            handle.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-    return path
+    """Write ``data`` as indented JSON, atomically and with the umask's permissions; returns ``path``."""
+    return files.write_json(path, data, indent=2)
 
 
 def build_manifest(*, model, image_size, latent_size, latent_scale_factor, prediction_type, schedule,
@@ -192,38 +182,30 @@ def replace_folder(staging, destination):
     folder is in place, so a reader sees either the old or the new bundle, never a mix.
     """
     destination = os.path.abspath(destination)
-    old = None
     if os.path.lexists(destination):
         if not os.path.isdir(destination):
             raise BundleError(f"{destination} exists and is not a folder")
         if os.listdir(destination) and not os.path.isfile(os.path.join(destination, MANIFEST)):
             raise BundleError(f"{destination} is a non-empty folder that is not a bundle; refusing to replace it")
-        old = tempfile.mkdtemp(dir=os.path.dirname(destination), prefix=f".{os.path.basename(destination)}.old-")
-        os.rmdir(old)
-        os.rename(destination, old)
-    try:
-        os.rename(staging, destination)
-    except BaseException:
-        if old is not None:
-            os.rename(old, destination)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return destination
+    return files.replace_folder(staging, destination)
 
 
 def check_destination(destination):
-    """BundleError early (before any work) if ``destination`` could not be replaced by a bundle."""
-    destination = os.path.abspath(destination)
+    """BundleError early (before any work) if ``destination`` could not be replaced by a bundle.
+
+    Missing parent folders are fine: they are created when the bundle is written.
+    """
+    given, destination = destination, os.path.abspath(destination)
     if os.path.lexists(destination):
         if not os.path.isdir(destination):
             raise BundleError(f"output {destination} exists and is not a folder")
         if os.listdir(destination) and not os.path.isfile(os.path.join(destination, MANIFEST)):
             raise BundleError(f"output {destination} is a non-empty folder that is not a bundle; refusing to "
                               f"replace it")
-    parent = os.path.dirname(destination)
-    if not os.path.isdir(parent):
-        raise BundleError(f"output folder's parent {parent} does not exist")
+    try:
+        files.check_writable(given, folder=True)
+    except ValueError as error:
+        raise BundleError(f"output folder: {error}") from None
     return destination
 
 
@@ -296,7 +278,7 @@ def export_bundle(model, output_dir, *, quantization="fp32", image_size=None, im
               "decoder": model.decoder}
     if image_encoder and getattr(model, "image_encoder", None) is not None:
         models["image_encoder"] = model.image_encoder
-    staging = tempfile.mkdtemp(dir=os.path.dirname(destination), prefix=f".{os.path.basename(destination)}.partial-")
+    staging = files.new_folder_beside(destination)
     try:
         log(f"recording {len(calibration_prompts or quantize.CALIBRATION_PROMPTS)} trajectories of "
             f"{calibration_steps} steps ({calibration_sampler}) at {width}x{height}")

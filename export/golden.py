@@ -38,15 +38,14 @@ from __future__ import annotations
 import html
 import html.entities
 import json
-import os
 import sys
-import tempfile
 import unicodedata
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from sd_keras import files
 from sd_keras import noise as noise_lib
 from sd_keras.pipeline import to_uint8
 from sd_keras.schedulers import SAMPLER_NAMES, NoiseSchedule, get_sampler
@@ -181,18 +180,7 @@ def _dump(value, indent=0):
 
 
 def _write_atomic(path, text):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-    return path
+    return files.write_text(Path(path), text)
 
 
 # --- fixtures ----------------------------------------------------------------------------------------------------

@@ -36,12 +36,12 @@ import dataclasses
 import json
 import os
 import sys
-import tempfile
 import time
 from typing import Tuple
 
 import numpy as np
 
+from sd_keras import files
 from sd_keras.data.shapes import (BACKGROUND_COLORS, HALF_SIZE_RANGES, OBJECT_COLORS, PALETTE, REFERENCE_SIZE,
                                   SHAPES, ShapesDataset, coverage)
 
@@ -366,20 +366,9 @@ def evaluate(model, scenes=None, *, num_steps=20, sampler=None, guidance_scale=D
 
 
 def _atomic_path(path, write):
-    """``write(temporary_path)``, then rename it to ``path`` (with the usual permissions, not mkstemp's 0600)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    descriptor, temporary = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.",
-                                             suffix=os.path.splitext(path)[1])
-    os.close(descriptor)
-    try:
+    """``write(temporary_path)``, then rename it to ``path``."""
+    with files.atomic_path(path) as temporary:
         write(temporary)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(temporary, 0o666 & ~mask)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
 
 
 def _write_json(data, path):

@@ -11,9 +11,9 @@ as JSON strings, as A1111 does.
 """
 
 import json
-import os
 import re
-import tempfile
+
+from sd_keras import files
 
 _KEY_VALUE = re.compile(r'\s*([\w \-/+]+):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
 
@@ -72,16 +72,8 @@ def save_png(image, path, parameters):
 
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", parameters)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".sd_keras.", suffix=".png", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(image).save(f, format="PNG", pnginfo=info)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with files.atomic_write(path) as handle:
+        Image.fromarray(image).save(handle, format="PNG", pnginfo=info)
 
 
 def read_parameters(path_or_file):

@@ -34,7 +34,6 @@ import html
 import operator
 import os
 import re
-import tempfile
 import unicodedata
 import warnings
 from pathlib import Path
@@ -461,16 +460,9 @@ class CLIPTokenizer:
         data = text.encode("utf-8")
         if path.name.endswith(".gz"):
             data = gzip.compress(data, mtime=0)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(descriptor, "wb") as handle:
-                handle.write(data)
-            os.replace(temporary, path)
-        except BaseException:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
-            raise
+        from sd_keras import files  # here, not at the top: this module also loads on its own, by path
+
+        files.write_bytes(path, data)
         return path
 
     # --- internals ----------------------------------------------------------------------------------------

@@ -39,10 +39,10 @@ import json
 import os
 import re
 import struct
-import tempfile
 
 import numpy as np
 
+from sd_keras import files
 from sd_keras.config import PREDICTION_TYPES, ModelConfig, TextEncoderConfig, UNetConfig, VAEConfig
 from sd_keras.weights import key_maps
 from sd_keras.weights.pickle_reader import CheckpointFormatError, UnsafeCheckpointError, open_torch_file
@@ -790,34 +790,25 @@ def convert_checkpoint(path, output, *, prediction_type=None, weight_dtype=None,
 
     output = os.path.abspath(os.fspath(output))
     check_output_folder(output)
-    parent = os.path.dirname(output)
-    os.makedirs(parent, exist_ok=True)
     lora_files = []
     if loras:
         from sd_keras.weights.lora import read_lora
 
         lora_files = [(read_lora(lora_path), scale) for lora_path, scale in loras]
     with open_checkpoint(path, prediction_type=prediction_type) as checkpoint:
-        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.", dir=parent)
-        try:
+        with files.atomic_folder(output) as staging:
             for component in checkpoint.components:
                 model = checkpoint.build(component)
                 for lora, scale in lora_files:
                     lora.merge_into(model, component, checkpoint.config, scale)
-                write_model_safetensors(model, os.path.join(tmp, f"{component}.safetensors"),
+                write_model_safetensors(model, os.path.join(staging, f"{component}.safetensors"),
                                         metadata={"format": saved.FORMAT, "component": component},
                                         dtype=weight_dtype)
                 del model
                 gc.collect()
-            with open(os.path.join(tmp, "config.json"), "w") as f:
-                json.dump({"format": saved.FORMAT, "format_version": saved.FORMAT_VERSION,
-                           "config": checkpoint.config.to_dict()}, f, indent=2)
-            saved._replace_folder(tmp, output)
-        finally:
-            if os.path.exists(tmp):
-                import shutil
-
-                shutil.rmtree(tmp)
+            files.write_json(os.path.join(staging, "config.json"),
+                             {"format": saved.FORMAT, "format_version": saved.FORMAT_VERSION,
+                              "config": checkpoint.config.to_dict()})
     return output
 
 

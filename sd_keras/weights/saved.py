@@ -13,10 +13,10 @@ exactly which weight is which; loading checks every key and shape before it assi
 
 import json
 import os
-import shutil
-import tempfile
 
 import numpy as np
+
+from sd_keras import files
 
 FORMAT = "sd_keras.saved"
 FORMAT_VERSION = 1
@@ -64,17 +64,6 @@ def assign_tensors(model, tensors, *, source="weights"):
         variable.assign(np.asarray(tensors[key]).astype(variable.dtype))
 
 
-def _replace_folder(tmp, folder):
-    backup = None
-    if os.path.exists(folder):
-        backup = tempfile.mkdtemp(prefix=".old.", dir=os.path.dirname(folder))
-        os.rmdir(backup)
-        os.replace(folder, backup)
-    os.replace(tmp, folder)
-    if backup:
-        shutil.rmtree(backup)
-
-
 def save_pretrained(sd, folder, *, weight_dtype=None):
     """Write ``sd`` (a StableDiffusion) to ``folder`` atomically (a temporary folder renamed at the end).
 
@@ -87,23 +76,15 @@ def save_pretrained(sd, folder, *, weight_dtype=None):
     from safetensors.numpy import save_file
 
     folder = os.path.abspath(folder)
-    parent = os.path.dirname(folder)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.", dir=parent)
-    try:
-        with open(os.path.join(tmp, "config.json"), "w") as f:
-            json.dump({"format": FORMAT, "format_version": FORMAT_VERSION, "config": sd.config.to_dict()}, f,
-                      indent=2)
+    with files.atomic_folder(folder) as staging:
+        files.write_json(os.path.join(staging, "config.json"),
+                         {"format": FORMAT, "format_version": FORMAT_VERSION, "config": sd.config.to_dict()})
         for component in COMPONENTS:
             model = getattr(sd, component, None)
             if model is None:
                 continue
-            save_file(model_tensors(model, weight_dtype), os.path.join(tmp, f"{component}.safetensors"),
+            save_file(model_tensors(model, weight_dtype), os.path.join(staging, f"{component}.safetensors"),
                       metadata={"format": FORMAT, "component": component})
-        _replace_folder(tmp, folder)
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp)
     return folder
 
 
