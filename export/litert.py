@@ -40,7 +40,7 @@ import tempfile
 
 import numpy as np
 
-from sd_keras import backend
+from sd_keras import backend, files
 from sd_keras.export import quantize
 
 COMPONENTS = ("text_encoder", "diffusion_model", "decoder", "image_encoder")
@@ -244,11 +244,8 @@ def convert_saved_model(job, feeds=None):
     if mode == "int8-full":
         facts["integer_only"] = integer_only
         facts["activations"] = job.get("activations", "int8")
-    temporary = f"{job['path']}.tmp"
-    with open(temporary, "wb") as handle:
-        handle.write(data)
+    files.write_bytes(job["path"], data)
     del data
-    os.replace(temporary, job["path"])
     return facts
 
 

@@ -25,9 +25,9 @@ Example:
     'int8'
 """
 
-import os
-
 import numpy as np
+
+from sd_keras import files
 
 MODES = ("fp32", "fp16", "int8", "int8-full", "int4")
 INT4_BLOCK_SIZE = 32
@@ -107,9 +107,8 @@ def quantize_int4(float_path, output_path, block_size=INT4_BLOCK_SIZE):
     engine.add_weight_only_config(regex=".*", operation_name=ops.CONV_2D, num_bits=4,
                                   granularity=qtyping.QuantGranularity.CHANNELWISE)
     result = engine.quantize()
-    temporary = f"{output_path}.tmp"
-    result.export_model(temporary, overwrite=True)
-    os.replace(temporary, output_path)
+    with files.atomic_path(output_path) as temporary:
+        result.export_model(temporary, overwrite=True)
     return output_path
 
 
