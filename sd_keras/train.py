@@ -54,18 +54,22 @@ Example:
     'runs/tiny/model'
 """
 
+import contextlib
 import dataclasses
+import glob
 import json
 import math
 import os
+import shutil
 import signal
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 import numpy as np
+
+from sd_keras import files
 
 COMPONENTS = ("vae", "text_encoder", "unet")
 PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
@@ -227,8 +231,8 @@ def _validate(config, name):
             fail(key, f"must be one of {list(choices)}, got {value!r}")
 
     def positive(key, value, allow_zero=False):
-        if value < 0 or (value == 0 and not allow_zero):
-            fail(key, f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+        if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+            fail(key, f"must be a finite number {'>= 0' if allow_zero else '> 0'}, got {value!r}")
 
     def fraction(key, value):
         if not 0.0 <= value <= 1.0:
@@ -496,7 +500,8 @@ def save_lora(unet, path, model_name=""):
         raise ValueError(f"{unet.name} has no LoRA adapters")
     metadata = {"format": LORA_FORMAT, "format_version": str(LORA_VERSION), "rank": str(rank),
                 "alpha": str(alpha), "model": model_name}
-    _atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    with files.atomic_path(path) as temporary:
+        save_file(tensors, temporary, metadata=metadata)
     return path
 
 
@@ -932,25 +937,57 @@ def _batch_indices(seed, stage_index, step, batch_size, total):
 
 
 # -- checkpoints ---------------------------------------------------------------------------------------------------
-def _atomic(path, write):
-    """``write(temporary_path)`` then rename it to ``path``: readers see the old file or the whole new one."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    os.close(descriptor)
-    try:
-        write(temporary)
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp's 0600 is for the temporary file only
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+LOG_NAME = "train_log.jsonl"
+# The files of a run that are rewritten atomically: a write killed mid-way (kill -9, power loss) leaves its
+# temporary sibling, which the next run in the same folder deletes.
+_RUN_FILES = (CHECKPOINT_NAME, "train_config.yaml", "summary.json", "lora.safetensors", LOG_NAME)
 
 
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def remove_stale_temporaries(out_dir):
+    """Delete the temporary files that killed writes of a run's files left in ``out_dir``; returns their paths.
+
+    Besides ``files.temporaries_of``'s names, the ``.<name>.XXXXXXXX.tmp`` names of earlier sd_keras versions.
+    """
+    removed = []
+    for name in _RUN_FILES:
+        path = os.path.join(out_dir, name)
+        legacy = glob.glob(os.path.join(glob.escape(out_dir), f".{glob.escape(name)}.{'[a-z0-9_]' * 8}.tmp"))
+        for temporary in files.temporaries_of(path) + legacy:
+            if os.path.isdir(temporary) and not os.path.islink(temporary):
+                shutil.rmtree(temporary, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temporary)
+            removed.append(temporary)
+    return removed
+
+
+def truncate_log(path, stage_names, info):
+    """Keep the records of ``train_log.jsonl`` up to the checkpoint ``info`` (None: keep none).
+
+    Steps after the checkpoint were logged by a run killed before its next checkpoint; the resumed run trains
+    and logs them again, so each step appears once. A line cut off by the kill is dropped too. Returns the number
+    of records dropped.
+    """
+    if not os.path.exists(path):
+        return 0
+    with open(path, encoding="utf-8") as handle:
+        lines = handle.read().splitlines()
+    kept = []
+    if info is not None:
+        last = len(stage_names) if info["stage"] is None else stage_names.index(info["stage"])
+        for line in lines:
+            try:
+                record = json.loads(line)
+                index = stage_names.index(record["stage"])
+                step = int(record["step"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            if index < last or (index == last and step <= int(info["stage_step"])):
+                kept.append(line)
+    if len(kept) != len(lines):
+        files.write_text(path, "".join(line + "\n" for line in kept))
+    return len(lines) - len(kept)
 
 
 def write_checkpoint(path, parts, runner, info):
@@ -967,7 +1004,8 @@ def write_checkpoint(path, parts, runner, info):
     tensors = {key: np.array(value, order="C") for key, value in tensors.items()}  # keeps 0-d arrays 0-d
     metadata = {"format": CHECKPOINT_FORMAT, "format_version": str(CHECKPOINT_VERSION),
                 **{key: json.dumps(value) for key, value in info.items()}}
-    _atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    with files.atomic_path(path) as temporary:
+        save_file(tensors, temporary, metadata=metadata)
 
 
 def read_checkpoint(path):
@@ -987,6 +1025,17 @@ def read_checkpoint(path):
         raise ValueError(f"{path}: unreadable checkpoint ({error})") from None
     info = {key: json.loads(value) for key, value in metadata.items() if key not in ("format", "format_version")}
     return tensors, info
+
+
+def check_max_minutes(value):
+    """``value`` as a float if it is a usable time limit in minutes (finite, > 0); else ValueError."""
+    try:
+        minutes = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"--max-minutes must be a number of minutes, got {value!r}") from None
+    if not math.isfinite(minutes) or minutes <= 0:
+        raise ValueError(f"--max-minutes must be a finite number of minutes > 0, got {value!r}")
+    return minutes
 
 
 def _check_resume(info, model_config, stage_names, path):
@@ -1092,6 +1141,8 @@ class Trainer:
         """
         config = self.config
         started = time.time()
+        if max_minutes is not None:
+            check_max_minutes(max_minutes)
         os.makedirs(out_dir, exist_ok=True)
         checkpoint_path = os.path.join(out_dir, CHECKPOINT_NAME)
         info, tensors = None, None
@@ -1103,6 +1154,9 @@ class Trainer:
         elif os.path.exists(checkpoint_path):
             raise ValueError(f"{out_dir} already has a checkpoint: pass --resume to continue it, or choose another "
                              f"--out")
+        remove_stale_temporaries(out_dir)
+        # a fresh run starts a new log; a resumed one drops what a killed run logged after its last checkpoint
+        truncate_log(os.path.join(out_dir, LOG_NAME), self.stage_names, info)
         for runner in self._runners.values():
             runner.reset()
         self.parts.assign(self._initial, "initial weights", partial=True)
@@ -1209,7 +1263,7 @@ class Trainer:
                                                  f"lower the learning rate or use precision float32")
                     record = {"stage": name, "step": step, "seconds": round(time.time() - started, 2),
                               **{k: round(v, 6) for k, v in terms_host.items()}}
-                    with open(os.path.join(out_dir, "train_log.jsonl"), "a") as handle:
+                    with open(os.path.join(out_dir, LOG_NAME), "a", encoding="utf-8") as handle:
                         handle.write(json.dumps(record) + "\n")
                     if bar is not None:
                         bar.set_postfix({k: f"{v:.4g}" for k, v in terms_host.items()}, refresh=False)
@@ -1305,15 +1359,11 @@ def _finish(config, parts, model_config, out_dir):
 
 
 def _write_json(path, data):
-    _write_text(path, json.dumps(data, indent=1))
+    files.write_json(path, data, indent=1)
 
 
 def _write_text(path, text):
-    def write(tmp):
-        with open(tmp, "w") as handle:
-            handle.write(text)
-
-    _atomic(path, write)
+    files.write_text(path, text)
 
 
 def _to_yaml(config):

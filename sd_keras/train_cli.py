@@ -12,6 +12,8 @@ import sys
 def cmd_train(args):
     from sd_keras import train as train_lib
 
+    if args.max_minutes is not None:  # before the config is read and the models are built
+        train_lib.check_max_minutes(args.max_minutes)
     out = args.out or os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0])
     try:
         summary = train_lib.train(args.config, out, overrides=args.overrides, resume=args.resume,

@@ -117,6 +117,70 @@ def test_pause_and_resume_give_the_uninterrupted_weights(trainer, uninterrupted,
     assert [r["loss"] for r in _log(resumed)] == [r["loss"] for r in _log(out)]
 
 
+def test_resume_after_a_kill_logs_each_step_once_and_removes_stale_temporaries(trainer, uninterrupted, tmp_path):
+    """A run killed after step 5 whose last checkpoint is from step 3: the resumed run logs steps 4 and 5 once,
+    and the temporary files of writes killed mid-way are gone."""
+    out, _ = uninterrupted
+    run = str(tmp_path / "run")
+    checkpoint = os.path.join(run, train_lib.CHECKPOINT_NAME)
+    trainer.run(run, progress=False, max_minutes=1e-9)  # pauses after every step
+    for _ in range(2):
+        trainer.run(run, resume=True, progress=False, max_minutes=1e-9)
+    with open(checkpoint, "rb") as handle:
+        at_step_3 = handle.read()
+    for _ in range(2):
+        trainer.run(run, resume=True, progress=False, max_minutes=1e-9)
+    assert [r["step"] for r in _log(run)] == [1, 2, 3, 4, 5]
+    with open(checkpoint, "wb") as handle:  # the kill: steps 4 and 5 were logged, not checkpointed
+        handle.write(at_step_3)
+    with open(os.path.join(run, train_lib.LOG_NAME), "a") as handle:
+        handle.write('{"stage": "vae", "st')  # a record cut off by the kill
+    stale = [os.path.join(run, ".checkpoint.safetensors.0123456789ab.tmp.safetensors"),  # files.atomic_path
+             os.path.join(run, ".checkpoint.safetensors.k2x_9abc.tmp"),  # earlier versions (mkstemp)
+             os.path.join(run, ".summary.json.abcdefabcdef.tmp")]
+    for path in stale:
+        with open(path, "wb") as handle:
+            handle.write(b"half a file")
+    unrelated = os.path.join(run, "notes.tmp")
+    open(unrelated, "w").close()
+
+    summary = trainer.run(run, resume=True, progress=False)
+    assert summary["complete"] and summary["global_step"] == 12
+    assert [(r["stage"], r["step"]) for r in _log(run)] == [(r["stage"], r["step"]) for r in _log(out)]
+    assert [r["loss"] for r in _log(run)] == [r["loss"] for r in _log(out)]
+    assert not any(os.path.exists(path) for path in stale) and os.path.exists(unrelated)
+    assert not [name for name in os.listdir(run) if ".tmp" in name and name != "notes.tmp"]
+
+
+def test_a_fresh_run_starts_a_new_log(trainer, tmp_path):
+    with open(tmp_path / train_lib.LOG_NAME, "w") as handle:
+        handle.write(json.dumps({"stage": "vae", "step": 1, "loss": 99.0}) + "\n")
+    trainer.run(str(tmp_path), progress=False, max_minutes=1e-9)
+    assert [r["step"] for r in _log(tmp_path)] == [1] and _log(tmp_path)[0]["loss"] != 99.0
+
+
+@pytest.mark.parametrize("minutes", [-1, 0, float("nan"), float("inf")])
+def test_nonsense_time_limits_are_refused(trainer, tmp_path, minutes):
+    with pytest.raises(ValueError, match="--max-minutes must be a finite number of minutes > 0"):
+        trainer.run(str(tmp_path), progress=False, max_minutes=minutes)
+    assert not os.path.exists(tmp_path / train_lib.CHECKPOINT_NAME)
+
+
+@pytest.mark.once  # argument checks only: backend-independent (see conftest.py)
+@pytest.mark.parametrize("minutes", ["-1", "0", "nan", "-inf"])
+def test_cli_refuses_nonsense_max_minutes_before_building_anything(tmp_path, capsys, minutes):
+    from sd_keras import cli
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "o"
+    status = cli.main(["train", os.path.join(root, "configs", "tiny_test.yaml"), "--out", str(out),
+                       f"--max-minutes={minutes}"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("sd-keras: error: --max-minutes must be a finite number of minutes > 0")
+    assert not out.exists()
+
+
 def test_resume_rules(trainer, uninterrupted, tmp_path):
     out, _ = uninterrupted
     with pytest.raises(ValueError, match="already has a checkpoint"):
@@ -215,6 +279,9 @@ def test_lora_fine_tune_changes_only_the_adapters(tmp_path):
     (["stages.vae.ema_decay=1.0"], "stages.vae.ema_decay"),
     (["eval.sampler=nope"], "eval.sampler"),
     (["train.steps"], "must look like key=value"),
+    (["train.max_minutes=-1"], "train.max_minutes: must be a finite number > 0"),
+    (["train.max_minutes=nan"], "train.max_minutes: must be a finite number > 0"),
+    (["train.checkpoint_minutes=inf"], "train.checkpoint_minutes: must be a finite number >= 0"),
 ])
 def test_config_errors_name_the_key(changes, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace(".", r"\.")):
