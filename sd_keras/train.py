@@ -37,8 +37,10 @@ Checkpoints. ``OUT/checkpoint.safetensors`` is rewritten atomically every ``chec
 every model weight (``<component>/<variable path>``), the optimizer (``optimizer/<index>``) and EMA
 (``ema/<index>``) values, and in its metadata the model config, stage and step. Data order and noise depend only
 on (seed, stage, step), so ``--resume`` (with the same config and overrides) continues exactly where the
-checkpoint was written: the result equals an uninterrupted run bit for bit. Resuming with another architecture
-is an error that lists the differing fields.
+checkpoint was written: the result equals an uninterrupted run bit for bit, and ``OUT/train_log.jsonl`` is cut
+back to the checkpoint's step, so the steps a killed run logged after it appear once. A run deletes the
+temporary files that writes killed mid-way left in ``OUT``. Resuming with another architecture is an error that
+lists the differing fields.
 
 LoRA adapters (``OUT/lora.safetensors``): for every adapted Dense layer with variable path ``P`` (relative to the
 UNet, e.g. ``down_1_attn_0/transformer_block/attn2/q_proj``), ``P.lora_a`` (in, rank) and ``P.lora_b`` (rank, out),
