@@ -31,8 +31,13 @@ class GenerationInputs internal constructor(
     val negativePrompt: TokenizedPrompt,
     val seed: Long,
     val guidanceScale: Float,
-    val sampler: Sampler
+    val sampler: Sampler,
+    /** The first step that runs: 0 for text-to-image, [ImageToImage.startIndex] for image-to-image. */
+    val startStep: Int = 0
 ) {
+    /** The UNet steps this generation runs (`sampler.numSteps - startStep`). */
+    val stepsToRun: Int get() = sampler.numSteps - startStep
+
     val anyTruncated: Boolean get() = prompt.truncated || negativePrompt.truncated
 
     /** A message for the user when a prompt was cut to fit the text encoder, else null (Python warns the same). */
@@ -55,7 +60,8 @@ class GenerationInputs internal constructor(
 /**
  * One step's outcome.
  *
- * @property stepsDone steps finished so far (1 after the first call of [ImageGenerator.execute]).
+ * @property stepsDone steps finished so far (1 after the first call of [ImageGenerator.execute]); image-to-image
+ *   counts only the steps it runs, so [totalSteps] is [GenerationInputs.stepsToRun] (0 at strength 0).
  * @property image the final image on the last step; a preview (the decoded denoised estimate) when asked for.
  */
 class StepResult(val stepsDone: Int, val totalSteps: Int, val image: RgbImage?, val isFinal: Boolean)
@@ -79,12 +85,14 @@ class StepResult(val stepsDone: Int, val totalSteps: Int, val image: RgbImage?, 
  * showImage(result.image!!)
  * ```
  */
-class ImageGenerator(
+class ImageGenerator @JvmOverloads constructor(
     private val tokenizer: ClipTokenizer,
     private val textEncoder: TextEncoder,
     private val diffusionModel: DiffusionModel,
     private val decoder: Decoder,
-    val config: GeneratorConfig
+    val config: GeneratorConfig,
+    /** The bundle's VAE encoder, for [setImageInputs]; null when the bundle has none. */
+    private val imageEncoder: ImageEncoder? = null
 ) {
     private var inputs: GenerationInputs? = null
     private var latent = FloatArray(0)
@@ -92,12 +100,17 @@ class ImageGenerator(
     private var stepNoise = FloatArray(0)
     private var state = SamplerState()
     private var nextStep = 0
+    private var startStep = 0
+    private var finished = true
 
-    /** Steps finished in the current generation. */
-    val stepsDone: Int get() = nextStep
+    /** Steps finished in the current generation (image-to-image: of those it runs). */
+    val stepsDone: Int get() = nextStep - startStep
 
-    /** Whether the current generation has run its last step (or none was set up). */
-    val isFinished: Boolean get() = inputs.let { it == null || nextStep >= it.sampler.numSteps }
+    /** Whether the current generation has returned its final image (or none was set up). */
+    val isFinished: Boolean get() = finished
+
+    /** Whether [setImageInputs] can be used: the bundle has an image encoder. */
+    val supportsImageToImage: Boolean get() = imageEncoder != null
 
     /**
      * Prepare a generation: tokenize and encode both prompts, build the sampler, draw the seeded noise.
@@ -111,6 +124,50 @@ class ImageGenerator(
         guidanceScale: Float,
         seed: Long,
         sampler: String
+    ): GenerationInputs {
+        return prepare(prompt, negativePrompt, steps, guidanceScale, seed, sampler, null, 0.0)
+    }
+
+    /**
+     * Prepare an image-to-image generation (Python's `image_to_image`, step for step): [image] `(H, W, 3)` in
+     * [-1, 1] (see [ImagePreprocessing]) is encoded by the bundle's VAE encoder, noised to the level of step
+     * `ImageToImage.startIndex(steps, strength)` with the seeded noise, and only the remaining steps run.
+     * [strength] 1 ignores the image's content almost entirely; 0 runs no step and returns the re-decoded image.
+     *
+     * @throws IllegalArgumentException a bad setting, a wrong image size, or a bundle without an image encoder.
+     */
+    fun setImageInputs(
+        prompt: String,
+        negativePrompt: String,
+        steps: Int,
+        guidanceScale: Float,
+        seed: Long,
+        sampler: String,
+        image: FloatArray,
+        strength: Double
+    ): GenerationInputs {
+        if (imageEncoder == null) {
+            throw IllegalArgumentException("this bundle has no image_encoder; export it with the VAE encoder for " +
+                "image-to-image")
+        }
+        ImageToImage.checkStrength(strength)
+        val expected = config.imageHeight * config.imageWidth * 3
+        if (image.size != expected) {
+            throw IllegalArgumentException("the image has ${image.size} values; the model takes " +
+                "${config.imageWidth}x${config.imageHeight} RGB ($expected values)")
+        }
+        return prepare(prompt, negativePrompt, steps, guidanceScale, seed, sampler, image, strength)
+    }
+
+    private fun prepare(
+        prompt: String,
+        negativePrompt: String,
+        steps: Int,
+        guidanceScale: Float,
+        seed: Long,
+        sampler: String,
+        image: FloatArray?,
+        strength: Double
     ): GenerationInputs {
         if (steps < 1 || steps > MAX_STEPS) throw IllegalArgumentException("steps must be in [1, $MAX_STEPS], got $steps")
         if (guidanceScale.isNaN() || guidanceScale.isInfinite() || guidanceScale < 0f) {
@@ -129,13 +186,26 @@ class ImageGenerator(
         }
         val size = config.latentSize
         val (initial, extra) = SeedNoise.latentNoise(seed, 1, size, if (built.needsNoise) steps else 0)
-        val sigma = built.tables.initNoiseSigma
-        latent = FloatArray(size) { initial[it] * sigma }
+        var start = 0
+        if (image == null) {
+            val sigma = built.tables.initNoiseSigma
+            latent = FloatArray(size) { initial[it] * sigma }
+        } else {
+            val original = imageEncoder!!.encode(image)
+            if (original.size != size) {
+                throw IllegalStateException("image encoder returned ${original.size} values; expected $size " +
+                    "(${config.latentHeight}x${config.latentWidth}x${config.latentChannels})")
+            }
+            start = ImageToImage.startIndex(steps, strength)
+            latent = if (start >= steps) original else ImageToImage.noised(original, initial, built.tables, start)
+        }
         contexts = unconditional + conditional
         stepNoise = extra
         state = built.newState()
-        nextStep = 0
-        val resolved = GenerationInputs(positive, negative, seed, guidanceScale, built)
+        startStep = start
+        nextStep = start
+        finished = false
+        val resolved = GenerationInputs(positive, negative, seed, guidanceScale, built, start)
         inputs = resolved
         return resolved
     }
@@ -150,7 +220,12 @@ class ImageGenerator(
     fun execute(showResult: Boolean = false): StepResult {
         val current = inputs ?: throw IllegalStateException("call setInputs before execute")
         val sampler = current.sampler
-        if (nextStep >= sampler.numSteps) throw IllegalStateException("the generation is finished; call setInputs")
+        if (finished) throw IllegalStateException("the generation is finished; call setInputs")
+        if (nextStep >= sampler.numSteps) {
+            // image-to-image at strength 0: no step runs, the result is the encoded image decoded again
+            finished = true
+            return StepResult(0, 0, decode(latent), true)
+        }
         val i = nextStep
         val size = latent.size
         val modelInput = sampler.scaleModelInput(latent, i)
@@ -165,12 +240,13 @@ class ImageGenerator(
         latent = next
         nextStep = i + 1
         val isFinal = nextStep == sampler.numSteps
+        if (isFinal) finished = true
         val image = when {
             isFinal -> decode(latent)
             showResult -> decode(denoised)
             else -> null
         }
-        return StepResult(nextStep, sampler.numSteps, image, isFinal)
+        return StepResult(nextStep - startStep, sampler.numSteps - startStep, image, isFinal)
     }
 
     /**
@@ -179,7 +255,7 @@ class ImageGenerator(
      */
     fun run(previewEvery: Int = 0, onStep: (StepResult) -> Boolean): RgbImage? {
         while (!isFinished) {
-            val upcoming = nextStep + 1
+            val upcoming = stepsDone + 1
             val result = execute(previewEvery > 0 && upcoming % previewEvery == 0)
             if (!onStep(result)) return null
             if (result.isFinal) return result.image

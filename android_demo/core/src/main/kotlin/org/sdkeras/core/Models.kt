@@ -22,3 +22,8 @@ interface Decoder {
     /** One latent `(h, w, c)` to an image `(H, W, 3)` with values in [-1, 1]. */
     fun decode(latent: FloatArray): FloatArray
 }
+
+interface ImageEncoder {
+    /** One image `(H, W, 3)` with values in [-1, 1] to its latent `(h, w, c)` (already scaled, as the bundle's). */
+    fun encode(image: FloatArray): FloatArray
+}
