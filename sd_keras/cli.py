@@ -10,7 +10,7 @@ import importlib
 import os
 import sys
 
-from sd_keras.weights.convert_cli import add_lora_argument, apply_lora_arguments
+from sd_keras.weights.convert_cli import add_checkpoint_arguments, add_lora_argument, apply_lora_arguments
 from sd_keras.weights.download import WeightsUnavailableError
 
 EXIT_USAGE = 2
@@ -39,8 +39,11 @@ def _output_paths(pattern, count):
     return [f"{stem}_{i}{ext or '.png'}" for i in range(count)]
 
 
-def load_model(spec, *, dtype="float32"):
-    """A preset name, an sd_keras saved model / checkpoint path, or an exported bundle folder."""
+def load_model(spec, *, dtype="float32", prediction_type=None, ema=False):
+    """A preset name, an sd_keras saved model / checkpoint path, or an exported bundle folder.
+
+    ``prediction_type`` / ``ema``: how a checkpoint file is read (``from_checkpoint``); what was inferred or
+    chosen is printed to stderr."""
     from sd_keras import presets
     from sd_keras.pipeline import StableDiffusion
 
@@ -51,7 +54,10 @@ def load_model(spec, *, dtype="float32"):
 
         return BundleRunner(spec)
     if os.path.exists(spec):
-        return StableDiffusion.from_checkpoint(spec, dtype=dtype)
+        from sd_keras.weights.checkpoints import printing_notes
+
+        with printing_notes(sys.stderr):
+            return StableDiffusion.from_checkpoint(spec, dtype=dtype, prediction_type=prediction_type, ema=ema)
     raise CliError(f"unknown model {spec!r}: not a preset ({', '.join(presets.names())}) and no such file or folder")
 
 
@@ -80,7 +86,7 @@ def cmd_generate(args):
     from sd_keras import backend
 
     backend.use_devices(args.devices)  # before the model is built: weights are replicated per device
-    model = load_model(args.model, dtype=args.dtype)
+    model = load_model(args.model, dtype=args.dtype, prediction_type=args.prediction_type, ema=args.ema)
     apply_lora_arguments(model, args)
     seed = noise.random_seed() if args.seed is None or args.seed < 0 else args.seed
     height = args.height or model.config.image_size[0]
@@ -148,6 +154,7 @@ def build_parser():
     gen.add_argument("--mask")
     gen.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     add_lora_argument(gen)
+    add_checkpoint_arguments(gen)
     gen.add_argument("--devices", default=None, help="'all' or a count: data-parallel over local GPUs (JAX)")
     gen.add_argument("--progress", nargs="?", const="always", default=True,
                      help="progress bar (on when stderr is a terminal; --progress forces it)")

@@ -6,12 +6,19 @@
   an attention-free second level;
 - ``"sd2"``: 64-wide heads, linear projections, exact-GELU text encoder (OpenCLIP in single files), two
   ResBlocks per level, v-prediction, tokenizer padding with "!";
-- ``"inpaint"``: the sd1 UNet with 9 input channels.
+- ``"inpaint"``: the sd1 UNet with 9 input channels;
+
+``context_width`` widens the text encoder and the UNet's cross-attention (1024 is what marks an SD 2.x file).
 
 ``save_diffusers_folder`` writes what ``StableDiffusionPipeline.save_pretrained`` writes for the parts we read;
 ``to_original_state_dict`` renames a diffusers state dict to the original (CompVis / Stability) single-file
-layout. The renaming is written here from the original code's module structure (``openaimodel.py`` /
-``model.py`` / OpenCLIP's ``Transformer``), independently of ``sd_keras.weights.key_maps``, so that the tests
+layout: SD 2 text encoders either as Stability's files hold them (the whole OpenCLIP text tower: one more layer
+than SD 2 uses, ``text_projection``, ``logit_scale``) or as diffusers'
+``scripts/convert_diffusers_to_original_stable_diffusion.py`` writes them (only the layers of the diffusers text
+encoder, no projection); optionally with EMA weights of the UNet under the original training code's names
+(``model_ema.`` + the parameter name ``diffusion_model.input_blocks.0.0.weight`` with its dots removed).
+The renaming is written here from the original code's module structure (``openaimodel.py`` / ``model.py`` /
+OpenCLIP's ``Transformer``), independently of ``sd_keras.weights.key_maps``, so that the tests
 check the tables against a second account of the same facts.
 """
 
@@ -25,7 +32,14 @@ GROUPS = 32  # the original code always uses 32 GroupNorm groups
 VAE_CHANNELS = (32, 32, 64, 64)  # 4 levels: the usual 8x latent downsampling
 
 
-def _unet_kwargs(kind):
+def _unet_kwargs(kind, context_width=None):
+    kwargs = _unet_kwargs_of(kind)
+    if context_width is not None:
+        kwargs["cross_attention_dim"] = context_width
+    return kwargs
+
+
+def _unet_kwargs_of(kind):
     if kind in ("sd1", "inpaint"):
         return dict(sample_size=8, in_channels=9 if kind == "inpaint" else 4, out_channels=4,
                     block_out_channels=(32, 64), layers_per_block=1,
@@ -39,9 +53,11 @@ def _unet_kwargs(kind):
                 norm_num_groups=GROUPS)
 
 
-def _text_kwargs(kind):
+def _text_kwargs(kind, context_width=None):
     common = dict(vocab_size=49408, hidden_size=128, intermediate_size=256, num_attention_heads=2,
                   max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407)
+    if context_width is not None:  # a small vocabulary keeps a wide encoder small
+        common.update(vocab_size=1000, hidden_size=context_width, num_attention_heads=context_width // 64)
     if kind == "sd2":
         return dict(common, num_hidden_layers=3, hidden_act="gelu", pad_token_id=0)
     return dict(common, num_hidden_layers=2, hidden_act="quick_gelu", pad_token_id=49407)
@@ -61,17 +77,17 @@ def _randomize(module, generator):
                 parameter.copy_(scale * torch.randn(parameter.shape, generator=generator))
 
 
-def build(kind, seed=0):
+def build(kind, seed=0, *, context_width=None):
     """``{"unet", "vae", "text_encoder", "kind", "prediction_type"}`` of tiny random torch models (eval mode)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     generator = torch.Generator().manual_seed(seed)
-    unet = UNet2DConditionModel(**_unet_kwargs(kind))
+    unet = UNet2DConditionModel(**_unet_kwargs(kind, context_width))
     vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
                         up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=VAE_CHANNELS,
                         layers_per_block=1, latent_channels=4, norm_num_groups=GROUPS, sample_size=64)
-    text_encoder = CLIPTextModel(CLIPTextConfig(**_text_kwargs(kind)))
+    text_encoder = CLIPTextModel(CLIPTextConfig(**_text_kwargs(kind, context_width)))
     for module in (unet, vae, text_encoder):
         _randomize(module, generator)
         module.eval()
@@ -177,8 +193,9 @@ def _vae_key(key, levels):
     raise KeyError(f"no original name for VAE key {key}")
 
 
-def _open_clip_text(state, generator, width, intermediate):
-    """HF CLIPTextModel tensors → OpenCLIP's names, plus the unused last layer and projection SD 2 files hold."""
+def _open_clip_text(state, generator, width, intermediate, whole_tower=True):
+    """HF CLIPTextModel tensors → OpenCLIP's names; ``whole_tower``: plus the unused last layer and the
+    projection Stability's SD 2 files hold (diffusers' conversion script writes neither)."""
     out = {"token_embedding.weight": state["text_model.embeddings.token_embedding.weight"],
            "positional_embedding": state["text_model.embeddings.position_embedding.weight"],
            "ln_final.weight": state["text_model.final_layer_norm.weight"],
@@ -192,6 +209,10 @@ def _open_clip_text(state, generator, width, intermediate):
                              ("ln_2", "layer_norm2"), ("mlp.c_fc", "mlp.fc1"), ("mlp.c_proj", "mlp.fc2")):
             out[oc + ours + ".weight"] = state[hf + theirs + ".weight"]
             out[oc + ours + ".bias"] = state[hf + theirs + ".bias"]
+    if not whole_tower:  # transformers < 4.31 kept position_ids in the state dict; the script renames nothing
+        out["transformer.text_model.embeddings.position_ids"] = torch.arange(state[
+            "text_model.embeddings.position_embedding.weight"].shape[0])[None]
+        return out
     extra = f"transformer.resblocks.{len(layers)}."  # SD 2 conditions on the penultimate layer: never used
     shapes = {"attn.in_proj_weight": (3 * width, width), "attn.in_proj_bias": (3 * width,),
               "attn.out_proj.weight": (width, width), "attn.out_proj.bias": (width,), "ln_1.weight": (width,),
@@ -205,13 +226,24 @@ def _open_clip_text(state, generator, width, intermediate):
     return out
 
 
-def to_original_state_dict(models, *, with_junk=True):
-    """One original-layout state dict (torch tensors) of the three models, as a single-file checkpoint has it."""
+def to_original_state_dict(models, *, with_junk=True, open_clip="stability", ema_unet=None, ema_only=False):
+    """One original-layout state dict (torch tensors) of the three models, as a single-file checkpoint has it.
+
+    ``open_clip`` (SD 2 only): ``"stability"`` (the whole OpenCLIP text tower) or ``"diffusers_script"`` (what
+    diffusers' conversion script writes). ``ema_unet``: a UNet whose weights are added as the EMA copy
+    (``model_ema.*``); ``ema_only``: the file holds the EMA copy and no ``model.diffusion_model.*``.
+    """
+    if open_clip not in ("stability", "diffusers_script"):
+        raise ValueError(f"open_clip={open_clip!r}")
     generator = torch.Generator().manual_seed(123)
     unet, vae, text = models["unet"], models["vae"], models["text_encoder"]
     out = {}
-    for key, value in unet.state_dict().items():
-        out["model.diffusion_model." + _unet_key(key, unet.config)] = value
+    if not ema_only:
+        for key, value in unet.state_dict().items():
+            out["model.diffusion_model." + _unet_key(key, unet.config)] = value
+    if ema_unet is not None:  # LitEma buffers: the parameter names of LatentDiffusion.model without dots
+        for key, value in ema_unet.state_dict().items():
+            out["model_ema." + ("diffusion_model." + _unet_key(key, ema_unet.config)).replace(".", "")] = value
     levels = len(vae.config.block_out_channels)
     for key, value in vae.state_dict().items():
         name = _vae_key(key, levels)
@@ -221,32 +253,38 @@ def to_original_state_dict(models, *, with_junk=True):
     # SD 1 files hold transformers 4's names (text_model.*); transformers 5's state dict drops that level
     text_state = {(k if k.startswith("text_model.") else "text_model." + k): v for k, v in text.state_dict().items()}
     if models["kind"] == "sd2":
-        open_clip = _open_clip_text(text_state, generator, text.config.hidden_size, text.config.intermediate_size)
-        out.update({"cond_stage_model.model." + k: v for k, v in open_clip.items()})
+        tower = _open_clip_text(text_state, generator, text.config.hidden_size, text.config.intermediate_size,
+                                whole_tower=open_clip == "stability")
+        out.update({"cond_stage_model.model." + k: v for k, v in tower.items()})
     else:
         out.update({"cond_stage_model.transformer." + k: v for k, v in text_state.items()})
         out.setdefault("cond_stage_model.transformer.text_model.embeddings.position_ids",
                        torch.arange(77)[None])
-    if with_junk:  # what real training checkpoints carry next to the weights
+    if with_junk or ema_unet is not None:  # what real training checkpoints carry next to the weights
         out["alphas_cumprod"] = torch.linspace(1, 0, 1000)
         out["model_ema.decay"] = torch.tensor(0.9999)
         out["model_ema.num_updates"] = torch.tensor(1000, dtype=torch.int32)
     return {k: v.detach().clone().contiguous() for k, v in out.items()}
 
 
-def save_original_safetensors(models, path, dtype=None):
+def save_original_safetensors(models, path, dtype=None, **layout):
+    """``layout``: the options of ``to_original_state_dict``."""
     from safetensors.torch import save_file
 
-    state = to_original_state_dict(models)
+    state = to_original_state_dict(models, **layout)
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     save_file(state, path)
     return path
 
 
-def save_original_ckpt(models, path):
-    """A training-style ``.ckpt``: ``{"state_dict": ..., "global_step": ..., "epoch": ...}`` via torch.save."""
-    torch.save({"state_dict": to_original_state_dict(models), "global_step": 875000, "epoch": 3}, path)
+def save_original_ckpt(models, path, global_step=875000, **layout):
+    """A training-style ``.ckpt``: ``{"state_dict": ..., "global_step": ..., "epoch": ...}`` via torch.save
+    (``global_step=None``: ``{"state_dict": ...}`` alone, as diffusers' conversion script writes)."""
+    content = {"state_dict": to_original_state_dict(models, **layout)}
+    if global_step is not None:
+        content.update(global_step=global_step, epoch=3)
+    torch.save(content, path)
     return path
 
 

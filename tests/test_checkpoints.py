@@ -2,6 +2,7 @@
 single files (.safetensors, .ckpt) load into sd_keras models that compute what diffusers computes."""
 
 import json
+import logging
 import os
 import pickle
 import subprocess
@@ -17,7 +18,7 @@ from sd_keras import cli
 from sd_keras.models import timestep_embedding
 from sd_keras.pipeline import StableDiffusion
 from sd_keras.weights import key_maps, saved
-from sd_keras.weights.checkpoints import SafetensorsFile, open_checkpoint
+from sd_keras.weights.checkpoints import SafetensorsFile, dotted_unet_name, open_checkpoint
 from sd_keras.weights.pickle_reader import CheckpointFormatError, TorchCheckpoint, UnsafeCheckpointError
 
 ATOL = 1e-4  # float32 parity with diffusers (observed differences are a few 1e-6)
@@ -77,10 +78,10 @@ def reference_outputs(models, inputs):
     }
 
 
-def assert_parity(sd, models):
+def assert_parity(sd, models, components=None):
     ours, inputs = component_outputs(sd)
     theirs = reference_outputs(models, inputs)
-    for component in ours:
+    for component in components or ours:
         assert ours[component].shape == theirs[component].shape, component
         assert np.abs(theirs[component]).max() > 0.1, component  # a meaningful signal, not all zeros
         np.testing.assert_allclose(ours[component], theirs[component], atol=ATOL, rtol=0, err_msg=component)
@@ -156,6 +157,140 @@ def test_sd2_single_file_v_prediction_argument(sd2):
         assert checkpoint.config.image_size == (768, 768)  # the SD 2.x 768-v models
     with pytest.raises(ValueError, match="prediction_type 'sample'"):
         open_checkpoint(sd2["safetensors"], prediction_type="sample")
+
+
+def test_sd2_file_written_by_diffusers_conversion_script(sd2, tmp_path):
+    """diffusers' convert_diffusers_to_original_stable_diffusion.py writes only the text encoder's layers (23 for
+    SD 2) and no text_projection: every layer is used, unlike Stability's files (one more, unused layer)."""
+    models = sd2["models"]
+    path = dm.save_original_safetensors(models, str(tmp_path / "converted.safetensors"), open_clip="diffusers_script")
+    ckpt = dm.save_original_ckpt(models, str(tmp_path / "converted.ckpt"), global_step=None,
+                                 open_clip="diffusers_script", with_junk=False)
+    with open_checkpoint(path) as checkpoint:
+        notes = " ".join(note for _, note in checkpoint.notes)
+    assert "3 of the file's 3 layers" in notes and "no text_projection" in notes
+    with open_checkpoint(sd2["safetensors"]) as checkpoint:  # Stability's layout: 4 layers, the last unused
+        assert "3 of the file's 4 layers" in " ".join(note for _, note in checkpoint.notes)
+    sd = StableDiffusion.from_checkpoint(path)
+    assert sd.config.text_encoder.num_layers == models["text_encoder"].config.num_hidden_layers == 3
+    assert_parity(sd, models)
+    assert_same_weights(StableDiffusion.from_checkpoint(ckpt), sd)
+    assert_same_weights(StableDiffusion.from_checkpoint(sd2["safetensors"]), sd)
+
+
+@pytest.fixture(scope="module")
+def sd2_wide(tmp_path_factory):
+    """An SD 2-like model with the 1024-wide context of SD 2.x (small vocabulary: a small file)."""
+    models = dm.build("sd2", context_width=1024)
+    root = tmp_path_factory.mktemp("sd2_wide")
+    return {"models": models, "safetensors": dm.save_original_safetensors(models, str(root / "v.safetensors")),
+            "base_ckpt": dm.save_original_ckpt(models, str(root / "base.ckpt"), global_step=875000),
+            "v_ckpt": dm.save_original_ckpt(models, str(root / "v.ckpt"), global_step=110000), "root": root}
+
+
+def test_sd2_prediction_type_inferred_like_diffusers(sd2_wide, sd1, sd2, caplog):
+    caplog.set_level(logging.INFO, logger="sd_keras.checkpoints")
+    with open_checkpoint(sd2_wide["safetensors"]) as checkpoint:  # no global_step: a 768-v model
+        assert checkpoint.config.prediction_type == "v_prediction" and checkpoint.config.image_size == (768, 768)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "v_prediction (inferred" in warnings[0].getMessage()
+    assert "v.safetensors" in warnings[0].getMessage() and "--prediction-type epsilon" in warnings[0].getMessage()
+    with open_checkpoint(sd2_wide["v_ckpt"]) as checkpoint:
+        assert checkpoint.config.prediction_type == "v_prediction"
+    with open_checkpoint(sd2_wide["base_ckpt"]) as checkpoint:  # global_step 875000: the 512 base model
+        assert checkpoint.config.prediction_type == "epsilon" and checkpoint.config.image_size == (512, 512)
+        assert "global_step 875000" in checkpoint.notes[0][1]
+    with open_checkpoint(sd2_wide["safetensors"], prediction_type="epsilon") as checkpoint:  # the override
+        assert checkpoint.config.prediction_type == "epsilon" and checkpoint.config.image_size == (512, 512)
+        assert checkpoint.notes[0][1] == "prediction type epsilon (given)"
+    for narrow in (sd1["safetensors"], sd2["safetensors"]):  # not a 1024-wide context: epsilon
+        with open_checkpoint(narrow) as checkpoint:
+            assert checkpoint.config.prediction_type == "epsilon"
+
+
+def test_cli_prints_the_inferred_prediction_type(sd2_wide, tmp_path, capsys):
+    out = str(tmp_path / "v")
+    assert cli.main(["convert", sd2_wide["safetensors"], "-o", out]) == 0
+    err = capsys.readouterr().err
+    assert "sd-keras: " in err and "prediction type v_prediction (inferred" in err
+    assert saved.read_config(out).prediction_type == "v_prediction"
+    out = str(tmp_path / "eps")
+    assert cli.main(["convert", sd2_wide["safetensors"], "-o", out, "--prediction-type", "epsilon"]) == 0
+    assert "prediction type epsilon (given)" in capsys.readouterr().err
+    assert saved.read_config(out).prediction_type == "epsilon"
+
+
+def test_ema_unet_names():
+    assert dotted_unet_name("input_blocks110in_layers0weight") == "input_blocks.11.0.in_layers.0.weight"
+    assert dotted_unet_name("input_blocks00bias") == "input_blocks.0.0.bias"
+    assert (dotted_unet_name("middle_block1transformer_blocks0attn2to_out0weight")
+            == "middle_block.1.transformer_blocks.0.attn2.to_out.0.weight")
+    assert dotted_unet_name("output_blocks82convweight") == "output_blocks.8.2.conv.weight"
+    assert (dotted_unet_name("input_blocks41transformer_blocks0ffnet0projbias")
+            == "input_blocks.4.1.transformer_blocks.0.ff.net.0.proj.bias")
+    assert dotted_unet_name("time_embed2weight") == "time_embed.2.weight"
+    assert dotted_unet_name("somethingelse") is None
+
+
+@pytest.fixture(scope="module")
+def ema_files(sd1, tmp_path_factory):
+    """sd1 files with an EMA UNet (other random weights) next to the non-EMA one, or alone."""
+    ema_models = dm.build("sd1", seed=7)
+    root = tmp_path_factory.mktemp("ema")
+    return {"ema_models": ema_models,
+            "both": dm.save_original_safetensors(sd1["models"], str(root / "both.safetensors"),
+                                                 ema_unet=ema_models["unet"]),
+            "only": dm.save_original_ckpt(sd1["models"], str(root / "only.ckpt"), ema_unet=ema_models["unet"],
+                                          ema_only=True)}
+
+
+def test_ema_weights(sd1, ema_files, caplog):
+    caplog.set_level(logging.INFO, logger="sd_keras.checkpoints")
+    sd = StableDiffusion.from_checkpoint(ema_files["both"])  # both: the non-EMA weights, said loudly
+    assert_parity(sd, sd1["models"])
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "non-EMA" in warning and "model_ema" in warning and "ema=True" in warning
+    caplog.clear()
+    ema = StableDiffusion.from_checkpoint(ema_files["both"], ema=True)
+    assert_parity(ema, ema_files["ema_models"], ["diffusion_model"])
+    assert any("UNet weights: EMA" in r.getMessage() for r in caplog.records)
+    for component in ("text_encoder", "decoder", "image_encoder"):  # the EMA copy is the UNet's only
+        for a, b in zip(getattr(ema, component).get_weights(), getattr(sd, component).get_weights()):
+            np.testing.assert_array_equal(a, b)
+    only = StableDiffusion.from_checkpoint(ema_files["only"])  # only EMA weights: loaded
+    assert_same_weights(only, ema)
+    with pytest.raises(ValueError, match=r"no EMA weights \(model_ema"):
+        StableDiffusion.from_checkpoint(sd1["ckpt"], ema=True)  # model_ema.decay alone is not a UNet
+    with pytest.raises(ValueError, match="model_ema"):
+        StableDiffusion.from_checkpoint(sd1["folder"], ema=True)
+
+
+def test_ema_only_file_errors_name_model_ema(sd1, tmp_path):
+    state = dm.to_original_state_dict(sd1["models"], ema_unet=sd1["models"]["unet"], ema_only=True)
+    from safetensors.torch import save_file
+
+    del state["model_ema.diffusion_modelinput_blocks10in_layers2weight"]
+    path = str(tmp_path / "cut.safetensors")
+    save_file(state, path)
+    with pytest.raises(ValueError, match=r"model_ema\.diffusion_modelinput_blocks10in_layers2weight"):
+        StableDiffusion.from_checkpoint(path)
+    state["model_ema.diffusion_modelinput_blocks10in_layers2weight"] = torch.zeros(2)  # a wrong shape
+    save_file(state, path)
+    with pytest.raises(ValueError, match=r"model_ema\.diffusion_modelinput_blocks10in_layers2weight"):
+        StableDiffusion.from_checkpoint(path)
+
+
+def test_cli_ema_flag(sd1, ema_files, tmp_path, capsys):
+    out = str(tmp_path / "ema")
+    assert cli.main(["convert", ema_files["both"], "-o", out, "--ema"]) == 0
+    assert "UNet weights: EMA" in capsys.readouterr().err
+    assert_same_weights(StableDiffusion.from_checkpoint(out), StableDiffusion.from_checkpoint(ema_files["only"]))
+    out = str(tmp_path / "plain")
+    assert cli.main(["convert", ema_files["both"], "-o", out]) == 0
+    assert "non-EMA (model.diffusion_model.*)" in capsys.readouterr().err
+    message = _one_line_cli_error(["convert", sd1["safetensors"], "-o", str(tmp_path / "x"), "--ema"], capsys)
+    assert "model_ema" in message
+    assert cli.build_parser().parse_args(["generate", "-p", "x", "--ema"]).ema
 
 
 @pytest.mark.parametrize("fmt", ["folder", "safetensors"])

@@ -7,16 +7,26 @@ Inputs:
   ``tokenizer/special_tokens_map.json`` the pad token: SD 2 pads prompts with ``"!"``, id 0);
 - an **original single file** (``.safetensors`` or ``.ckpt``) with ``model.diffusion_model.*``,
   ``first_stage_model.*`` and ``cond_stage_model.*`` tensors: SD 1 (``cond_stage_model.transformer.text_model.*``,
-  OpenAI CLIP in the Hugging Face layout) or SD 2 (``cond_stage_model.model.*``, OpenCLIP: SD 2 conditions on the
-  penultimate layer, so 23 of the 24 layers are built and ``ln_final`` applied after them).
+  OpenAI CLIP in the Hugging Face layout) or SD 2 (``cond_stage_model.model.*``, OpenCLIP). SD 2 conditions on the
+  penultimate OpenCLIP layer: Stability's files hold the whole text tower (24 layers and ``text_projection``), of
+  which the first 23 are built and ``ln_final`` applied after them; files written by diffusers'
+  ``convert_diffusers_to_original_stable_diffusion.py`` hold only the 23 layers SD 2 uses and no
+  ``text_projection``, and all of them are built. The UNet weights are ``model.diffusion_model.*`` or, in
+  training checkpoints, also their EMA copy ``model_ema.*`` (named after the parameter with its dots removed:
+  ``model_ema.diffusion_modelinput_blocks00weight``). A file with both loads the non-EMA weights unless
+  ``ema=True`` (``--ema``); a file with only the EMA copy loads it.
 
 The architecture is read from the folder's ``config.json`` files, or inferred from a single file's tensor
 shapes (channels, levels, blocks per level, attention levels, context width, linear or 1x1-conv projections,
 4- or 9-channel UNet, text encoder width/depth/vocabulary). What the shapes cannot tell follows the original
 code: 32 GroupNorm groups; 8 attention heads per UNet level for SD 1 and 64-wide heads for SD 2; 64-wide heads
-in the text encoder. A single file carries no prediction-type marker: pass ``prediction_type="v_prediction"``
-for the SD 2.x 768-v models (``v2-1_768-ema-pruned``, ``768-v-ema``), which also sets the native size to
-768x768; the 512 "base" models and every SD 1 model predict epsilon (the default).
+in the text encoder. A single file carries no prediction-type marker; it is inferred as diffusers' single-file
+loader does: a 1024-wide context (SD 2.x) without ``global_step == 875000`` (the 512 "base" model's training
+checkpoint) means ``v_prediction`` (the 768-v models, native size 768x768), anything else ``epsilon``. Pass
+``prediction_type="epsilon"`` for an SD 2.x 512 base ``.safetensors`` (it carries no ``global_step``).
+
+What was chosen (prediction type, EMA or not, OpenCLIP layers) is logged by the ``sd_keras.checkpoints`` logger
+and kept in ``Checkpoint.notes``; ``sd-keras`` prints it.
 
 The loaded models compute what diffusers computes: exact-erf GELU in the UNet's GEGLU, GroupNorm epsilon 1e-6 in
 the VAE and the spatial transformers, the text encoder's own activation (``quick_gelu`` for OpenAI CLIP, ``gelu``
@@ -29,13 +39,15 @@ size in memory, and ``convert_checkpoint`` writes each component before it build
 Example:
     >>> from sd_keras import StableDiffusion                                           # doctest: +SKIP
     >>> sd = StableDiffusion.from_checkpoint("v1-5-pruned-emaonly.safetensors")       # doctest: +SKIP
-    >>> sd = load_checkpoint(StableDiffusion, "v2-1_768-ema-pruned.ckpt",
-    ...                      prediction_type="v_prediction")                           # doctest: +SKIP
+    >>> sd = load_checkpoint(StableDiffusion, "512-base-ema.safetensors",
+    ...                      prediction_type="epsilon")                                # doctest: +SKIP
     >>> convert_checkpoint("stable-diffusion-v1-5/", "sd15_keras")                    # doctest: +SKIP
 """
 
+import contextlib
 import gc
 import json
+import logging
 import os
 import re
 import struct
@@ -52,6 +64,10 @@ SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 OPENAI_CLIP_PAD_ID = 49407  # <|endoftext|>
 OPEN_CLIP_PAD_ID = 0  # "!": the SD 2 / OpenCLIP tokenizer pads with 0
+SD2_CONTEXT_WIDTH = 1024  # OpenCLIP ViT-H/14: what marks an SD 2.x UNet
+SD2_BASE_GLOBAL_STEP = 875000  # the SD 2.x 512 base training checkpoint (an epsilon model)
+EMA_PREFIX = "model_ema."
+LOG = logging.getLogger("sd_keras.checkpoints")
 
 __all__ = ["load_checkpoint", "convert_checkpoint", "open_checkpoint", "Checkpoint", "CheckpointFormatError",
            "UnsafeCheckpointError"]
@@ -160,21 +176,34 @@ def open_tensor_file(path):
 
 # ------------------------------------------------------------------------------------------- components
 class ComponentSource:
-    """The tensors of one component inside a reader: keys relative to ``prefix``, optionally renamed."""
+    """The tensors of one component inside a reader: keys relative to ``prefix``, optionally renamed.
 
-    def __init__(self, reader, prefix="", aliases=(), add_prefix=""):
+    ``undotted``: the file names tensors without dots (the original EMA copy, ``model_ema.diffusion_model`` +
+    ``input_blocks00weight``); they are read back as the dotted UNet names.
+    """
+
+    def __init__(self, reader, prefix="", aliases=(), add_prefix="", undotted=False):
         self.reader = reader
         self.prefix = prefix
+        self.undotted = undotted
         self._index = {}
         for key in reader.keys():
             if not key.startswith(prefix):
                 continue
             name = key[len(prefix):]
+            if undotted:
+                name = dotted_unet_name(name) or name  # an unknown word stays as it is: reported as unexpected
             if add_prefix and not name.startswith(add_prefix):
                 name = add_prefix + name
             for old, new in aliases:
                 name = name.replace(old, new)
             self._index[name] = key
+
+    def file_key(self, name):
+        """The name ``name`` has (or would have) in the file."""
+        if name in self._index:
+            return self._index[name]
+        return self.prefix + (name.replace(".", "") if self.undotted else name)
 
     def keys(self):
         return list(self._index)
@@ -213,7 +242,7 @@ class ComponentPlan:
         where = self.source.reader.path
         if missing:
             raise ValueError(f"{where}: {self.name} is missing {len(missing)} tensor(s), e.g. "
-                             f"{[self.source.prefix + m for m in missing[:3]]}; the file does not match the "
+                             f"{[self.source.file_key(m) for m in missing[:3]]}; the file does not match the "
                              "inferred architecture (an unsupported model or an incomplete file)")
         if unexpected:
             raise ValueError(f"{where}: {self.name} has {len(unexpected)} tensor(s) sd_keras does not know, e.g. "
@@ -232,7 +261,7 @@ class ComponentPlan:
                 raise ValueError(f"{where}: {self.source.full_key(entry.source)} has no place in sd_keras's "
                                  f"{model.name} ({entry.keras})")
             if entry.source not in self.source:
-                raise ValueError(f"{where}: {model.name} needs {self.source.prefix + entry.source}, which the "
+                raise ValueError(f"{where}: {model.name} needs {self.source.file_key(entry.source)}, which the "
                                  "checkpoint does not have")
             target = tuple(variables[entry.keras].shape)
             try:
@@ -266,14 +295,16 @@ class Checkpoint:
     """An opened checkpoint: its ``config`` (a ``ModelConfig``) and a plan per component.
 
     ``build(component)`` returns the Keras model filled with the checkpoint's weights. Close it (or use ``with``)
-    to release the files.
+    to release the files. ``notes``: ``(logging level, message)`` pairs saying what was inferred or chosen
+    (prediction type, EMA weights, text encoder layers).
     """
 
-    def __init__(self, path, config, plans, readers):
+    def __init__(self, path, config, plans, readers, notes=()):
         self.path = path
         self.config = config
         self.plans = plans
         self._readers = readers
+        self.notes = list(notes)
 
     @property
     def components(self):
@@ -505,8 +536,10 @@ def _open_diffusers(folder, prediction_type):
     text = text_config_from_diffusers(_read_json(os.path.join(folder, "text_encoder", "config.json")),
                                       os.path.join(folder, "text_encoder", "config.json"))
     scheduler_path = os.path.join(folder, "scheduler", "scheduler_config.json")
+    source = "given"
     if prediction_type is None and os.path.exists(scheduler_path):
-        prediction_type = _read_json(scheduler_path).get("prediction_type", "epsilon")
+        prediction_type, source = _read_json(scheduler_path).get("prediction_type", "epsilon"), "scheduler config"
+    source = source if prediction_type else "default"
     prediction_type = _check_prediction_type(prediction_type or "epsilon", scheduler_path)
     sample_size = unet_json.get("sample_size", 64)
     sample_size = tuple(sample_size) if isinstance(sample_size, (list, tuple)) else (sample_size, sample_size)
@@ -536,7 +569,7 @@ def _open_diffusers(folder, prediction_type):
         for reader in readers:
             reader.close()
         raise
-    return Checkpoint(folder, config, plans, readers)
+    return Checkpoint(folder, config, plans, readers, [(logging.INFO, f"prediction type {prediction_type} ({source})")])
 
 
 # ------------------------------------------------------------------------------------------ single files
@@ -568,7 +601,7 @@ def _indices(keys, pattern):
 
 def _need(source, name, what):
     if name not in source:
-        raise ValueError(f"{source.reader.path}: cannot infer the {what}: {source.prefix + name} is missing")
+        raise ValueError(f"{source.reader.path}: cannot infer the {what}: {source.file_key(name)} is missing")
     return source.shape(name)
 
 
@@ -640,19 +673,35 @@ def _text_heads(width, path):
     return width // 64
 
 
+def open_clip_layers(source):
+    """``(layers in the file, layers SD 2 uses)`` of an OpenCLIP text encoder (``cond_stage_model.model.*``).
+
+    SD 2 conditions on the penultimate layer. Stability's files hold the whole OpenCLIP text tower, projection
+    included: its last layer is never used. diffusers' conversion script writes only the layers of diffusers'
+    text encoder (the ones SD 2 uses) and no ``text_projection``. A file without ``text_projection`` but with the
+    24 layers of OpenCLIP ViT-H/14 is the whole tower too (the projection pruned).
+    """
+    path = source.reader.path
+    layers = _indices(source.keys(), r"transformer\.resblocks\.(\d+)\.")
+    if layers != list(range(len(layers))):
+        raise ValueError(f"{path}: the OpenCLIP layers are not numbered 0..n-1 ({layers[:3]}...{layers[-3:]})")
+    width = _need(source, "token_embedding.weight", "vocabulary")[1]
+    whole_tower = "text_projection" in source or (width == SD2_CONTEXT_WIDTH and len(layers) == 24)
+    used = len(layers) - 1 if whole_tower else len(layers)
+    if used < 1:
+        raise ValueError(f"{path}: an OpenCLIP text encoder with {len(layers)} layer(s) and text_projection has "
+                         "no layer SD 2 uses (it conditions on the penultimate)")
+    return len(layers), used
+
+
 def infer_text_config(source, open_clip):
     """``TextEncoderConfig`` from the tensor shapes of an SD 1 (HF CLIP) or SD 2 (OpenCLIP) text encoder."""
     path = source.reader.path
     if open_clip:
         vocab, width = _need(source, "token_embedding.weight", "vocabulary")
         max_length = _need(source, "positional_embedding", "context length")[0]
-        layers = _indices(source.keys(), r"transformer\.resblocks\.(\d+)\.")
         intermediate = _need(source, "transformer.resblocks.0.mlp.c_fc.weight", "MLP width")[0]
-        if len(layers) < 2:
-            raise ValueError(f"{path}: an OpenCLIP text encoder needs at least 2 layers (SD 2 uses the "
-                             "penultimate)")
-        # SD 2 conditions on the penultimate layer: the last one is never used
-        num_layers, activation = len(layers) - 1, "gelu"
+        num_layers, activation = open_clip_layers(source)[1], "gelu"
     else:
         vocab, width = _need(source, "text_model.embeddings.token_embedding.weight", "vocabulary")
         max_length = _need(source, "text_model.embeddings.position_embedding.weight", "context length")[0]
@@ -664,7 +713,74 @@ def infer_text_config(source, open_clip):
                              activation=activation, layer_norm_eps=1e-5)
 
 
-def _open_single_file(path, prediction_type):
+_UNET_WORDS = ("time_embed", "input_blocks", "middle_block", "output_blocks", "out", "label_emb", "in_layers",
+               "emb_layers", "out_layers", "skip_connection", "op", "conv", "norm", "norm1", "norm2", "norm3",
+               "proj_in", "proj_out", "transformer_blocks", "attn1", "attn2", "to_q", "to_k", "to_v", "to_out",
+               "ff", "net", "proj", "weight", "bias")
+_UNET_TOKEN = re.compile("|".join(sorted(_UNET_WORDS, key=len, reverse=True)) + r"|\d+")
+_UNET_NAME = re.compile(f"(?:{_UNET_TOKEN.pattern})+")
+
+
+def dotted_unet_name(flat):
+    """The original UNet parameter name of an EMA buffer name (its dots removed), or None if it is not one.
+
+    ``input_blocks110in_layers0weight`` -> ``input_blocks.11.0.in_layers.0.weight``: the name is split into the
+    words of the original UNet's modules and numbers; the digits after ``input_blocks`` / ``output_blocks`` are
+    the block index followed by the one-digit position inside the block.
+    """
+    if not _UNET_NAME.fullmatch(flat):
+        return None
+    tokens = _UNET_TOKEN.findall(flat)
+    parts = []
+    for i, token in enumerate(tokens):
+        if token.isdigit() and i and tokens[i - 1] in ("input_blocks", "output_blocks"):
+            if len(token) < 2:
+                return None
+            parts += [str(int(token[:-1])), token[-1]]
+        else:
+            parts.append(token)
+    return ".".join(parts)
+
+
+def _prediction_type_note(prediction_type, unet, reader):
+    """``(prediction type, (level, note))``: the given one, or inferred as diffusers' single-file loader does."""
+    if prediction_type is not None:
+        return prediction_type, (logging.INFO, f"prediction type {prediction_type} (given)")
+    if unet.context_dim != SD2_CONTEXT_WIDTH:
+        return "epsilon", (logging.INFO, f"prediction type epsilon (inferred: a {unet.context_dim}-wide context is "
+                                         "not SD 2.x; pass --prediction-type / prediction_type= to override)")
+    step = getattr(reader, "global_step", None)
+    if step == SD2_BASE_GLOBAL_STEP:
+        return "epsilon", (logging.INFO, f"prediction type epsilon (inferred: SD 2.x with global_step {step}, the "
+                                         "512 base model; pass --prediction-type / prediction_type= to override)")
+    return "v_prediction", (logging.WARNING,
+                            "prediction type v_prediction (inferred: SD 2.x, 1024-wide context, no global_step "
+                            f"{SD2_BASE_GLOBAL_STEP}: a 768-v model); for an SD 2.x 512 base model pass "
+                            "--prediction-type epsilon / prediction_type='epsilon'")
+
+
+def _unet_source(reader, keys, ema):
+    """``(source, note)`` of the UNet: ``model.diffusion_model.*`` or its EMA copy (``model_ema.*``)."""
+    path = reader.path
+    plain_prefix = key_maps.ORIGINAL_PREFIXES["diffusion_model"]
+    ema_prefix = EMA_PREFIX + plain_prefix[len("model."):].replace(".", "")  # model_ema.diffusion_model
+    plain = any(key.startswith(plain_prefix) for key in keys)
+    averaged = any(key.startswith(ema_prefix) for key in keys)
+    if ema and not averaged:
+        raise ValueError(f"{path}: no EMA weights (model_ema.diffusion_model*) to load with ema=True / --ema; the "
+                         f"file holds {'only non-EMA UNet weights (model.diffusion_model.*)' if plain else 'no UNet'}")
+    if ema or not plain:
+        note = ("UNet weights: EMA (model_ema.*, chosen with ema=True / --ema)" if plain
+                else "UNet weights: EMA (model_ema.*), the only UNet weights in the file")
+        return ComponentSource(reader, ema_prefix, undotted=True), (logging.INFO, note)
+    if averaged:
+        return ComponentSource(reader, plain_prefix), (
+            logging.WARNING, "UNet weights: non-EMA (model.diffusion_model.*); the file also holds EMA weights "
+                             "(model_ema.*): pass ema=True / --ema to load those")
+    return ComponentSource(reader, plain_prefix), None
+
+
+def _open_single_file(path, prediction_type, ema=False):
     reader = open_tensor_file(path)
     try:
         keys = reader.keys()
@@ -678,17 +794,21 @@ def _open_single_file(path, prediction_type):
         text_prefix = prefixes["text_encoder_open_clip" if open_clip else "text_encoder_hf"]
         present = {name: any(key.startswith(prefixes[name]) for key in keys)
                    for name in ("diffusion_model", "vae")}
+        present["diffusion_model"] |= any(key.startswith(EMA_PREFIX + "diffusion_model") for key in keys)
         present["text_encoder"] = any(key.startswith(text_prefix) for key in keys)
         if not any(present.values()):
-            raise ValueError(f"{path}: unknown key layout: no model.diffusion_model.*, first_stage_model.* or "
-                             f"cond_stage_model.* tensors (e.g. {sorted(keys)[:3]}); not an SD 1.x / 2.x "
-                             "original-layout checkpoint")
-        expected = {"diffusion_model": "UNet (model.diffusion_model.*)", "vae": "VAE (first_stage_model.*)",
-                    "text_encoder": "text encoder (cond_stage_model.*)"}
+            raise ValueError(f"{path}: unknown key layout: no model.diffusion_model.*, model_ema.*, "
+                             f"first_stage_model.* or cond_stage_model.* tensors (e.g. {sorted(keys)[:3]}); not an "
+                             "SD 1.x / 2.x original-layout checkpoint")
+        expected = {"diffusion_model": "UNet (model.diffusion_model.* or its EMA copy model_ema.*)",
+                    "vae": "VAE (first_stage_model.*)", "text_encoder": "text encoder (cond_stage_model.*)"}
         missing = [expected[name] for name, found in present.items() if not found]
         if missing:
             raise ValueError(f"{path}: the checkpoint has no {' and no '.join(missing)}; sd_keras needs all three")
-        unet_source = ComponentSource(reader, prefixes["diffusion_model"])
+        notes = []
+        unet_source, unet_note = _unet_source(reader, keys, ema)
+        if unet_note:
+            notes.append(unet_note)
         vae_source = ComponentSource(reader, prefixes["vae"])
         # very old transformers saved CLIPTextModel without the "text_model." level
         text_source = (ComponentSource(reader, text_prefix) if open_clip
@@ -696,17 +816,23 @@ def _open_single_file(path, prediction_type):
         text = infer_text_config(text_source, open_clip)
         unet = infer_unet_config(unet_source, open_clip)
         vae = infer_vae_config(vae_source)
-        prediction_type = _check_prediction_type(prediction_type or "epsilon", path)
+        prediction_type, note = _prediction_type_note(prediction_type, unet, reader)
+        notes.insert(0, note)
+        prediction_type = _check_prediction_type(prediction_type, path)
         size = 768 if open_clip and prediction_type == "v_prediction" else 512
         stem = os.path.splitext(os.path.basename(path))[0]
         config = _model_config(stem, text, unet, vae, (size, size), prediction_type,
                                OPEN_CLIP_PAD_ID if open_clip else OPENAI_CLIP_PAD_ID, path)
         layout = key_maps.ORIGINAL
         if open_clip:
-            last = text.num_layers  # the unused final layer
+            in_file, used = open_clip_layers(text_source)
+            notes.append((logging.INFO, f"text encoder: OpenCLIP, {used} of the file's {in_file} layers" + (
+                " (the whole text tower: SD 2 conditions on the penultimate layer)" if used < in_file
+                else " (no text_projection: converted from a diffusers text encoder)")))
             text_plan = ComponentPlan("text_encoder", key_maps.TEXT_ENCODER_OPEN_CLIP, text, layout, text_source,
-                                      unused=(rf"^transformer\.resblocks\.{last}\.", r"^text_projection$",
-                                              r"^logit_scale$", r"^attn_mask$"))
+                                      # the unused final layer of the whole tower, if the file has it
+                                      unused=(rf"^transformer\.resblocks\.{used}\.", r"^text_projection$",
+                                              r"^logit_scale$", r"^attn_mask$", r"position_ids$"))
         else:
             text_plan = ComponentPlan("text_encoder", key_maps.TEXT_ENCODER_HF, text, layout, text_source,
                                       unused=(r"position_ids$",))
@@ -721,24 +847,30 @@ def _open_single_file(path, prediction_type):
     except BaseException:
         reader.close()
         raise
-    return Checkpoint(path, config, plans, [reader])
+    return Checkpoint(path, config, plans, [reader], notes)
 
 
 # ----------------------------------------------------------------------------------------------- entries
-def open_checkpoint(path, *, prediction_type=None):
+def open_checkpoint(path, *, prediction_type=None, ema=False):
     """Open a diffusers folder or an original single file; returns a ``Checkpoint`` (config + plans), with every
-    key checked against the inferred architecture. Nothing is read beyond headers and the pickle index.
+    key checked against the inferred architecture. Nothing is read beyond headers and the pickle index. What was
+    inferred or chosen is logged (``sd_keras.checkpoints`` logger) and kept in ``checkpoint.notes``.
 
-    ``prediction_type``: ``"epsilon"`` or ``"v_prediction"``; overrides the folder's scheduler config and is the
-    only source for single files (default ``"epsilon"``).
+    ``prediction_type``: ``"epsilon"`` or ``"v_prediction"``; overrides the folder's scheduler config or, for a
+    single file, the inferred one (``v_prediction`` for SD 2.x files, 1024-wide context, unless their
+    ``global_step`` is 875000; else ``epsilon``). ``ema``: load a single file's EMA UNet weights (``model_ema.*``)
+    where it also holds the non-EMA ones.
     """
     path = os.fspath(path)
     if prediction_type is not None:
         _check_prediction_type(prediction_type, "prediction_type argument")
     if os.path.isdir(path):
+        if ema:
+            raise ValueError(f"{path}: ema=True / --ema: a diffusers folder holds one set of UNet weights; only "
+                             "original single files carry an EMA copy (model_ema.*)")
         checkpoint = _open_diffusers(path, prediction_type)
     elif os.path.exists(path):
-        checkpoint = _open_single_file(path, prediction_type)
+        checkpoint = _open_single_file(path, prediction_type, ema)
     else:
         raise FileNotFoundError(f"{path}: no such checkpoint file or folder")
     try:
@@ -746,13 +878,31 @@ def open_checkpoint(path, *, prediction_type=None):
     except BaseException:
         checkpoint.close()
         raise
+    for level, note in checkpoint.notes:
+        LOG.log(level, "%s: %s", path, note)
     return checkpoint
 
 
-def load_checkpoint(cls, path, *, dtype="float32", prediction_type=None, loras=()):
+@contextlib.contextmanager
+def printing_notes(stream):
+    """Within the block, what checkpoint loading infers or chooses is printed to ``stream`` (the CLI's report)."""
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("sd-keras: %(message)s"))
+    level = LOG.level
+    LOG.addHandler(handler)
+    LOG.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        LOG.removeHandler(handler)
+        LOG.setLevel(level)
+
+
+def load_checkpoint(cls, path, *, dtype="float32", prediction_type=None, loras=(), ema=False):
     """Load a diffusers folder or an original ``.safetensors`` / ``.ckpt`` into ``cls`` (StableDiffusion).
 
     ``loras``: ``(path, scale)`` pairs merged after loading (see ``sd_keras.weights.lora``).
+    ``prediction_type`` and ``ema``: see ``open_checkpoint``.
 
     Example:
         >>> sd = load_checkpoint(StableDiffusion, "v1-5-pruned-emaonly.safetensors")  # doctest: +SKIP
@@ -762,7 +912,7 @@ def load_checkpoint(cls, path, *, dtype="float32", prediction_type=None, loras=(
     # built in the compute policy straight away (float32 variables either way), so StableDiffusion does not
     # rebuild them: a second copy of the UNet would double the peak memory
     policy = keras_dtype_policy(dtype)
-    with open_checkpoint(path, prediction_type=prediction_type) as checkpoint:
+    with open_checkpoint(path, prediction_type=prediction_type, ema=ema) as checkpoint:
         parts = {name: checkpoint.build(name, dtype=policy if name in ("text_encoder", "diffusion_model") else None)
                  for name in checkpoint.components}
         config = checkpoint.config
@@ -776,12 +926,12 @@ def load_checkpoint(cls, path, *, dtype="float32", prediction_type=None, loras=(
     return sd
 
 
-def convert_checkpoint(path, output, *, prediction_type=None, weight_dtype=None, loras=()):
+def convert_checkpoint(path, output, *, prediction_type=None, weight_dtype=None, loras=(), ema=False):
     """Convert a checkpoint to sd_keras's saved format (a folder ``from_checkpoint`` and ``-m`` load).
 
     One component at a time: build, fill tensor by tensor, merge LoRAs, write its ``.safetensors`` straight from
     the model's variables, free it. The folder is written under a temporary name and renamed at the end.
-    ``weight_dtype="float16"`` halves the files.
+    ``weight_dtype="float16"`` halves the files. ``prediction_type`` and ``ema``: see ``open_checkpoint``.
 
     Example:
         >>> convert_checkpoint("v1-5-pruned-emaonly.safetensors", "sd15")             # doctest: +SKIP
@@ -795,7 +945,7 @@ def convert_checkpoint(path, output, *, prediction_type=None, weight_dtype=None,
         from sd_keras.weights.lora import read_lora
 
         lora_files = [(read_lora(lora_path), scale) for lora_path, scale in loras]
-    with open_checkpoint(path, prediction_type=prediction_type) as checkpoint:
+    with open_checkpoint(path, prediction_type=prediction_type, ema=ema) as checkpoint:
         with files.atomic_folder(output) as staging:
             for component in checkpoint.components:
                 model = checkpoint.build(component)

@@ -2,11 +2,13 @@
 saved format (load it with ``StableDiffusion.from_checkpoint(OUT)`` or ``sd-keras generate -m OUT``).
 
 Also the reusable ``--lora FILE[:SCALE]`` option (repeatable): ``add_lora_argument(parser)`` adds it and
-``apply_lora_arguments(model, args)`` merges the LoRAs into a loaded model.
+``apply_lora_arguments(model, args)`` merges the LoRAs into a loaded model; ``add_checkpoint_arguments(parser)``
+adds ``--prediction-type`` and ``--ema`` (how a single-file checkpoint is read).
 
 Example:
     $ sd-keras convert v1-5-pruned-emaonly.safetensors -o sd15
-    $ sd-keras convert v2-1_768-ema-pruned.ckpt -o sd21 --prediction-type v_prediction
+    $ sd-keras convert 512-base-ema.safetensors -o sd2base --prediction-type epsilon
+    $ sd-keras convert sd-v1-4-full-ema.ckpt -o sd14_ema --ema
     $ sd-keras convert sd15 -o sd15_pixel --lora pixel_art.safetensors:0.8
 """
 
@@ -21,6 +23,17 @@ def add_lora_argument(parser):
     parser.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
                         help="merge a LoRA (.safetensors; diffusers/PEFT or kohya format) with an optional scale; "
                              "repeatable")
+
+
+def add_checkpoint_arguments(parser):
+    """Add ``--prediction-type`` and ``--ema`` (for single-file checkpoints) to an argparse parser."""
+    parser.add_argument("--prediction-type", choices=PREDICTION_TYPES, default=None,
+                        help="what the UNet predicts (default: a diffusers folder's scheduler config; for a single "
+                             "file inferred as diffusers does: v_prediction for SD 2.x unless its global_step is "
+                             "875000, else epsilon; use epsilon for an SD 2.x 512 base .safetensors)")
+    parser.add_argument("--ema", action="store_true",
+                        help="load a single file's EMA UNet weights (model_ema.*) where it also holds the non-EMA "
+                             "ones (the default; a file with only EMA weights loads those)")
 
 
 def lora_specs(args):
@@ -51,7 +64,7 @@ def apply_lora_arguments(model, args):
 
 def cmd_convert(args):
     from sd_keras.weights import saved
-    from sd_keras.weights.checkpoints import check_output_folder, convert_checkpoint
+    from sd_keras.weights.checkpoints import check_output_folder, convert_checkpoint, printing_notes
 
     if not os.path.exists(args.path):
         raise FileNotFoundError(f"{args.path}: no such checkpoint file or folder")
@@ -60,6 +73,9 @@ def cmd_convert(args):
     check_output_folder(os.path.abspath(args.output))
     loras = lora_specs(args)
     if saved.is_saved_folder(args.path):
+        if args.ema or args.prediction_type:
+            raise ValueError(f"{args.path}: an sd_keras saved model: --ema and --prediction-type apply to "
+                             "checkpoints being converted")
         # already sd_keras's format: re-save (with LoRAs merged, or another weight dtype)
         from sd_keras.pipeline import StableDiffusion
         from sd_keras.weights.lora import apply_lora
@@ -69,8 +85,9 @@ def cmd_convert(args):
             apply_lora(model, path, scale)
         output = saved.save_pretrained(model, args.output, weight_dtype=args.weight_dtype)
     else:
-        output = convert_checkpoint(args.path, args.output, prediction_type=args.prediction_type,
-                                    weight_dtype=args.weight_dtype, loras=loras)
+        with printing_notes(sys.stderr):
+            output = convert_checkpoint(args.path, args.output, prediction_type=args.prediction_type,
+                                        weight_dtype=args.weight_dtype, loras=loras, ema=args.ema)
     config = saved.read_config(output)
     print(f"{output}: {config.name}: UNet {config.unet.block_out_channels} ({config.unet.in_channels} input "
           f"channels), text encoder width {config.text_encoder.width} x {config.text_encoder.num_layers} layers, "
@@ -85,9 +102,7 @@ def register(subparsers):
                     ".safetensors/.ckpt file) to sd_keras's saved format, usable as `generate -m OUT`.")
     parser.add_argument("path", help="diffusers folder, .safetensors or .ckpt file")
     parser.add_argument("-o", "--output", required=True, help="output folder (replaced atomically)")
-    parser.add_argument("--prediction-type", choices=PREDICTION_TYPES, default=None,
-                        help="what the UNet predicts; single files do not say: use v_prediction for the SD 2.x "
-                             "768-v models (default: the diffusers scheduler config, else epsilon)")
+    add_checkpoint_arguments(parser)
     parser.add_argument("--weight-dtype", choices=["float32", "float16"], default=None,
                         help="storage dtype of the written weights (default: float32)")
     add_lora_argument(parser)

@@ -153,6 +153,12 @@ def _flatten_state_dict(obj, path):
     return {key: value for key, value in obj.items() if isinstance(key, str) and isinstance(value, LazyTensor)}
 
 
+def _global_step(obj):
+    """A training checkpoint's top-level ``global_step`` (an int), else None."""
+    step = obj.get("global_step") if isinstance(obj, dict) else None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
 def _widen_bfloat16(raw):
     return (raw.astype(np.uint32) << 16).view(np.float32)
 
@@ -161,7 +167,10 @@ class TorchCheckpoint:
     """Lazy, code-free reader of a PyTorch zip checkpoint: ``keys()``, ``shape(key)``, ``read(key)``.
 
     ``read`` returns a numpy array (bfloat16 widened to float32); only that tensor's storage is read.
+    ``global_step``: the training step the file records next to its state dict, if any.
     """
+
+    global_step = None
 
     def __init__(self, path):
         self.path = str(path)
@@ -194,6 +203,7 @@ class TorchCheckpoint:
         except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, TypeError, KeyError,
                 AttributeError, IndexError) as error:
             raise CheckpointFormatError(f"{self.path}: corrupt checkpoint pickle ({error})") from None
+        self.global_step = _global_step(obj)
         return _flatten_state_dict(obj, self.path)
 
     def keys(self):
@@ -249,6 +259,7 @@ class TorchLegacyCheckpoint:
             raise UnsafeCheckpointError(f"{self.path}: refusing to load: {str(error).splitlines()[0]}") from None
         except (RuntimeError, EOFError, ValueError, OSError) as error:
             raise CheckpointFormatError(f"{self.path}: not a readable PyTorch checkpoint ({error})") from None
+        self.global_step = _global_step(obj)
         if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
             obj = obj["state_dict"]
         if not isinstance(obj, dict):
