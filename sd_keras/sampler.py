@@ -87,6 +87,32 @@ class ProgramCache:
             self.evictions += 1
 
 
+# What a ``progress`` callback with a ``phase`` method hears before the steps: ``progress.phase(COMPILING)`` when
+# the loop compiles a program for a new shape (its first run: seconds on a GPU, up to a minute on a CPU), then
+# ``progress.phase(SAMPLING)`` when the steps start. Step times, and so ETAs, count from the latter.
+COMPILING, SAMPLING = "compiling", "sampling"
+
+
+def _tell_phase(progress, phase):
+    hook = getattr(progress, "phase", None)
+    if callable(hook):
+        hook(phase)
+
+
+class _Program:
+    """A compiled program and whether it has run yet (its first run compiles it)."""
+
+    __slots__ = ("function", "compiled")
+
+    def __init__(self, function):
+        self.function, self.compiled = function, False
+
+    def __call__(self, *args):
+        result = self.function(*args)
+        self.compiled = True
+        return result
+
+
 def _shape_key(value):
     if isinstance(value, dict):
         return tuple((key, _shape_key(value[key])) for key in sorted(value))
@@ -246,7 +272,16 @@ class DenoisingLoop:
 
     def _program(self, sampler, mode, with_callback, shapes):
         key = (id(self), _sampler_key(sampler), mode, with_callback, _shape_key(shapes))
-        return self.programs.get(key, lambda: self._build(sampler, mode, with_callback))
+        return self.programs.get(key, lambda: _Program(self._build(sampler, mode, with_callback)))
+
+    def _start(self, program, progress, weights, latent, state, args, every, extra):
+        """Tell ``progress`` that the steps start; first compile ``program`` by running it for zero steps when this
+        is its first run, telling ``progress`` so (the zero-step run costs a few array copies)."""
+        if progress is not None and not program.compiled:
+            _tell_phase(progress, COMPILING)
+            backend.wait(program(weights, latent, state, *args, np.int32(0), np.int32(0), np.int32(every), extra)[0])
+        if progress is not None:
+            _tell_phase(progress, SAMPLING)
 
     # -- running it ------------------------------------------------------------------------------------------
     def __call__(self, sampler, context, unconditional_context, latent, noise=None, *, guidance_scale=7.5,
@@ -268,7 +303,10 @@ class DenoisingLoop:
                 0.25 s once a generation of this shape has been timed; a faster generation runs without reports
                 and then reports every step at the end). The compiled loop reports to the host from inside (JAX;
                 TensorFlow graphs: large models on a CPU-only TensorFlow); with TensorFlow's XLA, whose programs
-                cannot call Python, the same program runs that many steps per call.
+                cannot call Python, the same program runs that many steps per call. If ``progress`` has a
+                ``phase`` method, it is called with ``"compiling"`` before the first run of a shape compiles
+                (then the program is compiled on its own, by a run of zero steps) and with ``"sampling"`` when
+                the steps start, so a progress display can say why it waits and time the steps alone.
         """
         num_steps = int(sampler.num_steps)
         latent = np.asarray(latent, dtype=np.float32)
@@ -287,10 +325,11 @@ class DenoisingLoop:
         args = (context, unconditional_context, noise, guidance)
         timing_key = (_sampler_key(sampler), mode, tuple(latent.shape))
         every = progress_interval(num_steps, self._seconds_per_step.get(timing_key))
-        traces, started = self.trace_count, time.perf_counter()
         in_one_go = progress is not None and every >= num_steps - start_index  # fast: one report, at the end
         if progress is None or in_one_go or backend.supports_loop_callback(self._num_params):
             program = self._program(sampler, mode, progress is not None and not in_one_go, (latent, noise, extra))
+            self._start(program, progress, weights, latent, state, args, every, extra)
+            traces, started = self.trace_count, time.perf_counter()
             self._progress_sink, self._reported = progress, start_index
             try:
                 latent, state = program(weights, latent, state, *args, np.int32(start_index), np.int32(num_steps),
@@ -301,18 +340,21 @@ class DenoisingLoop:
             finally:
                 self._progress_sink = None
         else:
-            latent = self._run_in_chunks(sampler, mode, weights, latent, state, args, extra, start_index, every,
-                                         progress)
+            latent, traces, started = self._run_in_chunks(sampler, mode, weights, latent, state, args, extra,
+                                                          start_index, every, progress)
         if self.trace_count == traces and num_steps > start_index:  # not timed when it compiled
             self._seconds_per_step[timing_key] = (time.perf_counter() - started) / (num_steps - start_index)
         return latent
 
     def _run_in_chunks(self, sampler, mode, weights, latent, state, args, extra, start_index, every, progress):
         """Progress without host calls inside the program (TensorFlow's XLA): the program runs ``every`` steps
-        per call and each call reports its steps when it returns."""
+        per call and each call reports its steps when it returns. Returns the latent and the trace count and
+        time at the start of the steps."""
         num_steps = int(sampler.num_steps)
         program = self._program(sampler, mode, False, (latent, args[2], extra))
         weights = self._weights_in_compute_dtype(weights)  # cast once, not once per chunk
+        self._start(program, progress, weights, latent, state, args, every, extra)
+        traces, started = self.trace_count, time.perf_counter()
         for first in range(start_index, num_steps, every):
             last = min(first + every, num_steps)
             latent, state = program(weights, latent, state, *args, np.int32(first), np.int32(last), np.int32(every),
@@ -320,7 +362,7 @@ class DenoisingLoop:
             backend.wait(latent)
             for step in range(first + 1, last + 1):
                 progress(step)
-        return backend.to_numpy(latent)
+        return backend.to_numpy(latent), traces, started
 
     def _weights_in_compute_dtype(self, weights):
         dtype = _compute_dtype(self.diffusion_model)
