@@ -273,7 +273,7 @@ def test_keras_cv_preset_offline_error_names_files_and_folder(tmp_path, monkeypa
     from sd_keras.weights import download
 
     monkeypatch.setenv(download.CACHE_ENV, str(tmp_path))
-    monkeypatch.setattr(download, "_download", lambda remote, dest, timeout: (_ for _ in ()).throw(
+    monkeypatch.setattr(download, "_download", lambda remote, dest, *options: (_ for _ in ()).throw(
         download.urllib.error.URLError("network is unreachable")))
     with pytest.raises(download.WeightsUnavailableError) as info:
         StableDiffusion.from_preset("sd-v1")
