@@ -3,6 +3,9 @@ plugins {
     id("org.jetbrains.kotlin.android")
 }
 
+// LiteRT's Maven coordinates: com.google.ai.edge.litert:litert and :litert-gpu (see android_demo/README.md)
+val litertVersion = "2.3.0"
+
 android {
     namespace = "org.sdkeras.demo"
     compileSdk = 35
@@ -47,8 +50,10 @@ dependencies {
     implementation(project(":core"))
     implementation("androidx.core:core-ktx:1.13.1")
     implementation("androidx.appcompat:appcompat:1.7.0")
-    // LiteRT CompiledModel API; the GPU accelerator is a separate artifact (without it GPU requests fail and the
-    // app falls back to the CPU)
-    implementation("com.google.ai.edge.litert:litert:2.3.0")
-    implementation("com.google.ai.edge.litert:litert-gpu:2.3.0")
+    // the Photo Picker contract (PickVisualMedia) for image-to-image
+    implementation("androidx.activity:activity-ktx:1.9.3")
+    // LiteRT CompiledModel API (Google's Maven repository; version as in LiteRT's Android docs). From 2.3.0 the
+    // GPU accelerator is a separate artifact: without it a GPU+CPU compilation runs everything on the CPU.
+    implementation("com.google.ai.edge.litert:litert:$litertVersion")
+    implementation("com.google.ai.edge.litert:litert-gpu:$litertVersion")
 }

@@ -6,11 +6,14 @@ import android.provider.DocumentsContract
 import java.io.File
 import java.io.IOException
 import org.sdkeras.core.Bundle
+import org.sdkeras.core.BundleEntry
 import org.sdkeras.core.BundleException
+import org.sdkeras.core.BundleLibrary
 import org.sdkeras.core.BundleManifest
 
 /**
- * Where bundles live on the phone, and copying one in from any folder the system file picker can open.
+ * Where bundles live on the phone, copying one in from any folder the system file picker can open, and deleting
+ * one (listing, checking and deleting are the core's [BundleLibrary]).
  *
  * Two places are searched, each for sub-folders holding a `manifest.json`:
  * - `/sdcard/Android/data/org.sdkeras.demo/files/bundles/NAME` (what `adb push` writes, see the README);
@@ -23,18 +26,34 @@ class BundleStore(private val context: Context) {
     /** Remembers verified sha256 values, so a bundle is hashed once, not at every start. */
     val hashCache = File(context.filesDir, "bundle_hashes.txt")
 
-    /** The folders that look like bundles, by display name ("name" or "name (private)"). */
-    fun list(): List<Pair<String, File>> {
-        val found = ArrayList<Pair<String, File>>()
-        for ((root, suffix) in listOf(externalRoot to "", privateRoot to " (private)")) {
-            val children = root?.listFiles() ?: continue
-            for (child in children.sortedBy { it.name }) {
-                if (child.isDirectory && !child.name.startsWith(".") && File(child, BundleManifest.FILE_NAME).isFile) {
-                    found.add(child.name + suffix to child)
-                }
-            }
+    /** XNNPACK weight caches, one file per model file (named by its sha256); rebuilt if the system clears it. */
+    val weightCacheDirectory = File(context.cacheDir, "xnnpack")
+
+    private val library = BundleLibrary(listOfNotNull(externalRoot?.let { it to "" }, privateRoot to " (private)"))
+
+    /** The folders that look like bundles, with what their manifests say (or why they cannot be read). */
+    fun list(): List<BundleEntry> {
+        library.cleanUp() // what an interrupted import or deletion left behind
+        return library.list()
+    }
+
+    /**
+     * Delete [entry]'s folder and its XNNPACK weight caches; returns the bytes freed.
+     *
+     * @throws IllegalArgumentException the folder is not a bundle inside the app's bundle folders.
+     * @throws IOException the folder could not be removed.
+     */
+    fun delete(entry: BundleEntry): Long {
+        val caches = entry.manifest?.components?.values?.flatMap { it.fileEntries }
+            ?.filter { it.sha256 != null }
+            ?.map { BundleLibrary.weightCacheFile(weightCacheDirectory, it) } ?: emptyList()
+        val freed = library.delete(entry.directory)
+        var cacheBytes = 0L
+        for (cache in caches) {
+            val length = cache.length()
+            if (cache.delete()) cacheBytes += length
         }
-        return found
+        return freed + cacheBytes
     }
 
     /** Human-readable locations for the "no bundle" message. */

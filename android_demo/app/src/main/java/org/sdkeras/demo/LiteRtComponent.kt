@@ -7,22 +7,35 @@ import java.io.File
 import org.sdkeras.core.ComponentSpec
 import org.sdkeras.core.Decoder
 import org.sdkeras.core.DiffusionModel
+import org.sdkeras.core.ImageEncoder
 import org.sdkeras.core.TextEncoder
+
+/** How a component runs on the CPU: XNNPACK's thread count and its weight cache (null: no cache). */
+class CpuSettings(val threads: Int, val weightCache: File?)
 
 /**
  * One `.tflite` file of a bundle as a LiteRT [CompiledModel], run through the named signature the manifest lists.
  *
- * With [preferGpu] the GPU accelerator (the `litert-gpu` artifact) is tried first; if it is missing, cannot
- * compile the model or fails on the first run, the component moves to the CPU and [accelerator] says so.
+ * With [preferGpu] the model is compiled for the GPU *and* the CPU accelerator (the GPU one is the `litert-gpu`
+ * artifact): LiteRT places every op the GPU can run on the GPU and leaves the others on the CPU, so one
+ * unsupported op does not move the whole component to the CPU. If that compilation fails or the first run
+ * fails, the component runs on the CPU alone and [accelerator] says why. The CPU path uses XNNPACK with
+ * [cpu]'s thread count and weight cache (packed weights written once to a file next to the app's cache, then
+ * memory-mapped by later starts instead of re-packed).
  */
-class LiteRtComponent(private val file: File, private val spec: ComponentSpec, preferGpu: Boolean) : AutoCloseable {
+class LiteRtComponent(
+    private val file: File,
+    private val spec: ComponentSpec,
+    preferGpu: Boolean,
+    private val cpu: CpuSettings
+) : AutoCloseable {
     private class Compiled(
         val model: CompiledModel,
         val inputs: Map<String, TensorBuffer>,
         val outputs: Map<String, TensorBuffer>
     )
 
-    /** "GPU" or "CPU", plus why the GPU is not used when it was asked for. */
+    /** "GPU+CPU" (GPU with CPU fallback per op) or "CPU", plus why the GPU is not used when it was asked for. */
     var accelerator: String = "CPU"
         private set
 
@@ -33,8 +46,8 @@ class LiteRtComponent(private val file: File, private val spec: ComponentSpec, p
         var gpu: Compiled? = null
         if (preferGpu) {
             try {
-                gpu = compile(Accelerator.GPU)
-                accelerator = "GPU"
+                gpu = compile(Accelerator.GPU, Accelerator.CPU)
+                accelerator = "GPU+CPU"
             } catch (error: Exception) {
                 accelerator = "CPU (GPU unavailable: ${describe(error)})"
             } catch (error: UnsatisfiedLinkError) {
@@ -44,8 +57,16 @@ class LiteRtComponent(private val file: File, private val spec: ComponentSpec, p
         compiled = gpu ?: compile(Accelerator.CPU)
     }
 
-    private fun compile(target: Accelerator): Compiled {
-        val model = CompiledModel.create(file.path, CompiledModel.Options(target))
+    private fun compile(vararg targets: Accelerator): Compiled {
+        val options = CompiledModel.Options(*targets)
+        options.cpuOptions = CompiledModel.CpuOptions(
+            numThreads = cpu.threads,
+            xnnPackWeightCachePath = cpu.weightCache?.let { cache ->
+                cache.parentFile?.mkdirs()
+                cache.path
+            }
+        )
+        val model = CompiledModel.create(file.path, options)
         try {
             val inputs = LinkedHashMap<String, TensorBuffer>()
             for (input in spec.inputs) inputs[input.name] = model.createInputBuffer(input.name, spec.signature)
@@ -147,4 +168,9 @@ class LiteRtDiffusionModel(private val parts: List<LiteRtComponent>) : Diffusion
 /** The VAE decoder signature: `latent` (1, h, w, 4) to `image` (1, H, W, 3) in [-1, 1]. */
 class LiteRtDecoder(private val component: LiteRtComponent) : Decoder {
     override fun decode(latent: FloatArray): FloatArray = component.run(mapOf("latent" to latent))
+}
+
+/** The VAE encoder signature: `image` (1, H, W, 3) in [-1, 1] to `latent` (1, h, w, 4), for image-to-image. */
+class LiteRtImageEncoder(private val component: LiteRtComponent) : ImageEncoder {
+    override fun encode(image: FloatArray): FloatArray = component.run(mapOf("image" to image))
 }

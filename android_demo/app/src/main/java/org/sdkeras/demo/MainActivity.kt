@@ -1,9 +1,11 @@
 package org.sdkeras.demo
 
-import android.graphics.Bitmap
+import android.Manifest
+import android.content.Context
+import android.content.pm.PackageManager
 import android.net.Uri
+import android.os.Build
 import android.os.Bundle
-import android.os.SystemClock
 import android.view.View
 import android.widget.AdapterView
 import android.widget.ArrayAdapter
@@ -14,29 +16,29 @@ import android.widget.ImageView
 import android.widget.ProgressBar
 import android.widget.Spinner
 import android.widget.TextView
-import android.widget.Toast
+import androidx.activity.result.PickVisualMediaRequest
 import androidx.activity.result.contract.ActivityResultContracts
+import androidx.appcompat.app.AlertDialog
 import androidx.appcompat.app.AppCompatActivity
+import androidx.core.content.ContextCompat
 import java.io.File
 import java.io.IOException
-import java.util.concurrent.ExecutorService
-import java.util.concurrent.Executors
-import java.util.concurrent.atomic.AtomicBoolean
-import org.sdkeras.core.BundleException
-import org.sdkeras.core.PngParameters
-import org.sdkeras.core.RgbImage
+import org.sdkeras.core.AppState
+import org.sdkeras.core.BundleEntry
+import org.sdkeras.core.SamplerChoice
 import org.sdkeras.core.SeedNoise
+import org.sdkeras.core.ThreadChoice
 
 /**
- * The demo screen: pick a bundle, type a prompt, generate with progress and previews, save or share the result.
+ * The demo screen: pick or delete a bundle, type a prompt, optionally pick a photo (image-to-image), generate
+ * with progress and previews, save or share the result.
  *
- * Everything slow runs on one background thread, one job at a time; the screen only draws. Every failure a
- * phone can produce (a broken bundle, a prompt that is too long, running out of memory, a model that fails on
- * the accelerator) ends as a message on screen, never as a crash.
+ * The jobs run in [GenerationController], which outlives this activity, under [GenerationService] (foreground,
+ * wake lock), so a generation continues with the screen off or the app in the background. The form, the chosen
+ * bundle and sampler, the seed and the status line are an [AppState], kept in the saved instance state
+ * (rotation, dark mode, the system reclaiming the activity) and in preferences (the app being killed).
  */
 class MainActivity : AppCompatActivity() {
-    private val worker: ExecutorService = Executors.newSingleThreadExecutor()
-    private val cancelRequested = AtomicBoolean(false)
     private lateinit var store: BundleStore
     private lateinit var export: ImageExport
 
@@ -48,28 +50,46 @@ class MainActivity : AppCompatActivity() {
     private lateinit var guidanceInput: EditText
     private lateinit var seedInput: EditText
     private lateinit var previewInput: EditText
+    private lateinit var threadsInput: EditText
+    private lateinit var strengthInput: EditText
     private lateinit var samplerSpinner: Spinner
     private lateinit var gpuCheck: CheckBox
     private lateinit var lowMemoryCheck: CheckBox
     private lateinit var generateButton: Button
     private lateinit var cancelButton: Button
     private lateinit var importButton: Button
+    private lateinit var deleteButton: Button
+    private lateinit var pickPhotoButton: Button
+    private lateinit var clearPhotoButton: Button
+    private lateinit var photoView: ImageView
     private lateinit var saveButton: Button
     private lateinit var shareButton: Button
     private lateinit var progressBar: ProgressBar
     private lateinit var statusText: TextView
     private lateinit var imageView: ImageView
 
-    private var bundles: List<Pair<String, File>> = emptyList()
-    private var session: ModelSession? = null // touched only on the worker thread
-    private var busy = false
-    private var result: Bitmap? = null
-    private var resultParameters = ""
-    private var resultName = ""
+    private var bundles: List<BundleEntry> = emptyList()
+    private var shownBundlesVersion = -1
+    private var samplersFor: File? = null
+    private var restored = AppState()
+    private val render: () -> Unit = { render() }
 
     private val pickFolder = registerForActivityResult(ActivityResultContracts.OpenDocumentTree()) { tree: Uri? ->
-        if (tree != null) importBundle(tree)
+        if (tree != null) GenerationController.importBundle(this, store, tree)
     }
+
+    private val pickPhoto = registerForActivityResult(ActivityResultContracts.PickVisualMedia()) { uri: Uri? ->
+        if (uri != null) {
+            try {
+                PhotoInput.keep(this, uri)
+            } catch (error: IOException) {
+                GenerationController.showStatus(getString(R.string.io_error, error.message ?: ""))
+            }
+            showPhoto()
+        }
+    }
+
+    private val askNotifications = registerForActivityResult(ActivityResultContracts.RequestPermission()) { }
 
     override fun onCreate(savedInstanceState: Bundle?) {
         super.onCreate(savedInstanceState)
@@ -84,266 +104,275 @@ class MainActivity : AppCompatActivity() {
         guidanceInput = findViewById(R.id.guidance_input)
         seedInput = findViewById(R.id.seed_input)
         previewInput = findViewById(R.id.preview_input)
+        threadsInput = findViewById(R.id.threads_input)
+        strengthInput = findViewById(R.id.strength_input)
         samplerSpinner = findViewById(R.id.sampler_spinner)
         gpuCheck = findViewById(R.id.gpu_check)
         lowMemoryCheck = findViewById(R.id.low_memory_check)
         generateButton = findViewById(R.id.generate_button)
         cancelButton = findViewById(R.id.cancel_button)
         importButton = findViewById(R.id.import_button)
+        deleteButton = findViewById(R.id.delete_button)
+        pickPhotoButton = findViewById(R.id.pick_photo_button)
+        clearPhotoButton = findViewById(R.id.clear_photo_button)
+        photoView = findViewById(R.id.photo_view)
         saveButton = findViewById(R.id.save_button)
         shareButton = findViewById(R.id.share_button)
         progressBar = findViewById(R.id.progress_bar)
         statusText = findViewById(R.id.status_text)
         imageView = findViewById(R.id.image_view)
 
+        restored = restoreState(savedInstanceState)
+        fillForm(restored)
+        if (GenerationController.status.isEmpty()) GenerationController.showStatus(restored.status)
+
         generateButton.setOnClickListener { generate() }
-        cancelButton.setOnClickListener {
-            cancelRequested.set(true)
-            statusText.text = getString(R.string.cancelling)
-        }
+        cancelButton.setOnClickListener { GenerationController.cancel(this) }
         importButton.setOnClickListener { pickFolder.launch(null) }
+        deleteButton.setOnClickListener { confirmDelete() }
+        pickPhotoButton.setOnClickListener {
+            pickPhoto.launch(PickVisualMediaRequest(ActivityResultContracts.PickVisualMedia.ImageOnly))
+        }
+        clearPhotoButton.setOnClickListener {
+            PhotoInput.forget(this)
+            showPhoto()
+        }
         saveButton.setOnClickListener { saveResult() }
         shareButton.setOnClickListener { shareResult() }
         bundleSpinner.onItemSelectedListener = object : AdapterView.OnItemSelectedListener {
             override fun onItemSelected(parent: AdapterView<*>?, view: View?, position: Int, id: Long) = loadSelected()
             override fun onNothingSelected(parent: AdapterView<*>?) {}
         }
-        updateButtons()
+        showPhoto()
+    }
+
+    override fun onStart() {
+        super.onStart()
+        GenerationController.addListener(render)
     }
 
     override fun onResume() {
         super.onResume()
         // bundles pushed with adb while the app was in the background appear without a restart
-        if (!busy) refreshBundles(selectedBundle())
+        if (!GenerationController.busy) refreshBundles(selectedBundle()?.directory ?: restored.bundle?.let { File(it) })
     }
 
-    override fun onDestroy() {
-        cancelRequested.set(true)
-        worker.execute {
-            session?.close()
-            session = null
+    override fun onPause() {
+        super.onPause()
+        val text = currentState().toJson()
+        getSharedPreferences(PREFERENCES, Context.MODE_PRIVATE).edit().putString(STATE_KEY, text).apply()
+    }
+
+    override fun onStop() {
+        GenerationController.removeListener(render)
+        super.onStop()
+    }
+
+    override fun onSaveInstanceState(outState: Bundle) {
+        super.onSaveInstanceState(outState)
+        outState.putString(STATE_KEY, currentState().toJson())
+    }
+
+    // -- state -----------------------------------------------------------------------------------------------------
+
+    private fun restoreState(savedInstanceState: Bundle?): AppState {
+        val text = savedInstanceState?.getString(STATE_KEY)
+            ?: getSharedPreferences(PREFERENCES, Context.MODE_PRIVATE).getString(STATE_KEY, null)
+            ?: return AppState()
+        return try {
+            AppState.fromJson(text)
+        } catch (error: IllegalArgumentException) {
+            AppState() // state from a newer or broken version: start fresh
         }
-        worker.shutdown()
-        super.onDestroy()
+    }
+
+    private fun fillForm(state: AppState) {
+        promptInput.setText(state.prompt)
+        negativeInput.setText(state.negativePrompt)
+        stepsInput.setText(state.steps.toString())
+        guidanceInput.setText(state.guidanceScale.toString())
+        seedInput.setText(state.seed.toString())
+        previewInput.setText(state.previewEvery.toString())
+        threadsInput.setText(state.cpuThreads.toString())
+        strengthInput.setText(state.strength.toString())
+        gpuCheck.isChecked = state.preferGpu
+        lowMemoryCheck.isChecked = state.lowMemory
+    }
+
+    /** The screen as an [AppState]; fields that do not parse keep their last good value. */
+    private fun currentState(): AppState {
+        val base = restored
+        return AppState(
+            bundle = selectedBundle()?.directory?.path ?: base.bundle,
+            prompt = promptInput.text.toString(),
+            negativePrompt = negativeInput.text.toString(),
+            steps = stepsInput.text.toString().trim().toIntOrNull() ?: base.steps,
+            guidanceScale = guidanceInput.text.toString().trim().toFloatOrNull() ?: base.guidanceScale,
+            seed = seedInput.text.toString().trim().ifEmpty { "-1" }.toLongOrNull() ?: base.seed,
+            sampler = (samplerSpinner.selectedItem as? String) ?: base.sampler,
+            previewEvery = previewInput.text.toString().trim().ifEmpty { "0" }.toIntOrNull() ?: base.previewEvery,
+            preferGpu = gpuCheck.isChecked,
+            lowMemory = lowMemoryCheck.isChecked,
+            cpuThreads = threadsInput.text.toString().trim().ifEmpty { "0" }.toIntOrNull() ?: base.cpuThreads,
+            strength = strengthInput.text.toString().trim().toDoubleOrNull() ?: base.strength,
+            status = GenerationController.status,
+            lastSeed = GenerationController.result?.seed ?: base.lastSeed
+        )
     }
 
     // -- bundles -----------------------------------------------------------------------------------------------
 
     private fun refreshBundles(select: File?) {
         bundles = store.list()
-        bundleSpinner.adapter = ArrayAdapter(this, android.R.layout.simple_spinner_dropdown_item, bundles.map { it.first })
+        bundleSpinner.adapter = ArrayAdapter(this, android.R.layout.simple_spinner_dropdown_item, bundles.map { it.label })
         if (bundles.isEmpty()) {
             bundleStatus.text = getString(R.string.no_bundle, store.locations())
             return
         }
-        val index = bundles.indexOfFirst { it.second == select }
+        val index = bundles.indexOfFirst { it.directory == select }
         if (index >= 0) bundleSpinner.setSelection(index)
         if (bundles.size == 1 || index >= 0) loadSelected() // the spinner reports no change for the same index
     }
 
-    private fun selectedBundle(): File? = bundles.getOrNull(bundleSpinner.selectedItemPosition)?.second
+    private fun selectedBundle(): BundleEntry? = bundles.getOrNull(bundleSpinner.selectedItemPosition)
+
+    private fun sessionSettings(entry: BundleEntry): SessionSettings {
+        val requested = threadsInput.text.toString().trim().ifEmpty { "0" }.toIntOrNull() ?: 0
+        val threads = ThreadChoice.threads(requested, Runtime.getRuntime().availableProcessors())
+        return SessionSettings(entry.directory, gpuCheck.isChecked, lowMemoryCheck.isChecked, threads)
+    }
 
     private fun loadSelected() {
-        val directory = selectedBundle() ?: return
-        val preferGpu = gpuCheck.isChecked
-        val lowMemory = lowMemoryCheck.isChecked
-        runJob(getString(R.string.loading_bundle, directory.name)) {
-            val loaded = ensureSession(directory, preferGpu, lowMemory)
-            val manifest = loaded.bundle.manifest
-            ui {
-                samplerSpinner.adapter = ArrayAdapter(this, android.R.layout.simple_spinner_dropdown_item, manifest.samplers)
-                samplerSpinner.setSelection(maxOf(0, manifest.samplers.indexOf(manifest.defaultSampler)))
-                bundleStatus.text = getString(
-                    R.string.bundle_loaded, manifest.model, manifest.imageWidth, manifest.imageHeight,
-                    manifest.quantization ?: "?", loaded.accelerators
-                )
-                statusText.text = ""
-            }
+        val entry = selectedBundle() ?: return
+        if (!entry.isUsable) {
+            bundleStatus.text = entry.describe()
+            return
         }
+        bundleStatus.text = entry.describe()
+        val loaded = GenerationController.loaded
+        if (loaded != null && loaded.directory == entry.directory) {
+            render()
+            return
+        }
+        GenerationController.load(this, sessionSettings(entry))
     }
 
-    /** The session for these settings, loading (and replacing the old one) if needed. Worker thread only. */
-    private fun ensureSession(directory: File, preferGpu: Boolean, lowMemory: Boolean): ModelSession {
-        val current = session
-        if (current != null && current.bundle.directory == directory && current.preferGpu == preferGpu &&
-            current.lowMemory == lowMemory) {
-            return current
-        }
-        current?.close()
-        session = null
-        val loaded = ModelSession.open(directory, preferGpu, lowMemory, store.hashCache)
-        session = loaded
-        return loaded
-    }
-
-    private fun importBundle(tree: Uri) {
-        runJob(getString(R.string.importing)) {
-            var lastUpdate = 0L
-            val destination = store.import(tree) { copied, total ->
-                val now = SystemClock.uptimeMillis()
-                if (now - lastUpdate > 250) {
-                    lastUpdate = now
-                    ui { statusText.text = getString(R.string.copying, copied / 1_000_000, total / 1_000_000) }
-                }
-            }
-            ui {
-                refreshBundles(destination)
-                statusText.text = getString(R.string.imported, destination.name)
-            }
-        }
+    private fun confirmDelete() {
+        val entry = selectedBundle() ?: return
+        AlertDialog.Builder(this)
+            .setTitle(R.string.delete_bundle)
+            .setMessage(getString(R.string.delete_confirm, entry.describe()))
+            .setPositiveButton(R.string.delete) { _, _ -> GenerationController.deleteBundle(this, store, entry) }
+            .setNegativeButton(android.R.string.cancel, null)
+            .show()
     }
 
     // -- generation --------------------------------------------------------------------------------------------
 
     private fun generate() {
-        val directory = selectedBundle()
-        if (directory == null) {
-            statusText.text = getString(R.string.no_bundle, store.locations())
+        val entry = selectedBundle()
+        if (entry == null) {
+            GenerationController.showStatus(getString(R.string.no_bundle, store.locations()))
             return
         }
-        val prompt = promptInput.text.toString()
-        val negative = negativeInput.text.toString()
+        val state = currentState()
         val steps = stepsInput.text.toString().trim().toIntOrNull()
         val guidance = guidanceInput.text.toString().trim().toFloatOrNull()
-        val previewEvery = previewInput.text.toString().trim().ifEmpty { "0" }.toIntOrNull()
         val seedText = seedInput.text.toString().trim()
-        val seed = if (seedText.length == 0 || seedText == "-1") SeedNoise.randomSeed() else seedText.toLongOrNull()
+        val seed = if (seedText.isEmpty() || seedText == "-1") SeedNoise.randomSeed() else seedText.toLongOrNull()
         val sampler = samplerSpinner.selectedItem as? String
+        val photo = PhotoInput.file(this).takeIf { it.isFile }
         val problem = when {
             steps == null -> getString(R.string.bad_number, getString(R.string.steps))
             guidance == null -> getString(R.string.bad_number, getString(R.string.guidance))
             seed == null -> getString(R.string.bad_number, getString(R.string.seed))
-            previewEvery == null || previewEvery < 0 -> getString(R.string.bad_number, getString(R.string.preview_every))
             sampler == null -> getString(R.string.loading_first)
-            else -> null
+            photo != null && GenerationController.loaded?.imageToImage == false -> getString(R.string.no_image_encoder)
+            else -> state.problems().firstOrNull()
         }
         if (problem != null) {
-            statusText.text = problem
+            GenerationController.showStatus(problem)
             return
         }
-        val stepCount: Int = steps!!
-        val scale: Float = guidance!!
-        val seedValue: Long = seed!!
-        val every: Int = previewEvery!!
-        val samplerName: String = sampler!!
-        val preferGpu = gpuCheck.isChecked
-        val lowMemory = lowMemoryCheck.isChecked
-        runJob(getString(R.string.preparing)) {
-            val loaded = ensureSession(directory, preferGpu, lowMemory)
-            val generator = loaded.generator
-            val started = SystemClock.elapsedRealtime()
-            val inputs = generator.setInputs(prompt, negative, stepCount, scale, seedValue, samplerName)
-            loaded.afterTextEncoding()
-            val warning = inputs.truncationMessage()
-            val manifest = loaded.bundle.manifest
-            ui {
-                progressBar.max = stepCount
-                progressBar.progress = 0
-                if (warning != null) Toast.makeText(this, warning, Toast.LENGTH_LONG).show()
-            }
-            var finalImage: RgbImage? = null
-            while (!generator.isFinished) {
-                if (cancelRequested.get()) {
-                    ui { statusText.text = getString(R.string.cancelled, generator.stepsDone, stepCount) }
-                    return@runJob
-                }
-                val upcoming = generator.stepsDone + 1
-                val step = generator.execute(showResult = every > 0 && upcoming % every == 0)
-                val image = step.image
-                if (step.isFinal) finalImage = image
-                val seconds = (SystemClock.elapsedRealtime() - started) / 1000.0
-                ui {
-                    progressBar.progress = step.stepsDone
-                    statusText.text = getString(R.string.step_status, step.stepsDone, step.totalSteps, seconds,
-                        loaded.accelerators)
-                    if (image != null) imageView.setImageBitmap(toBitmap(image))
-                }
-            }
-            val seconds = (SystemClock.elapsedRealtime() - started) / 1000.0
-            val parameters = PngParameters.format(prompt, negative, listOf(
-                "Steps" to stepCount, "Sampler" to samplerName, "CFG scale" to scale, "Seed" to seedValue,
-                "Size" to "${manifest.imageWidth}x${manifest.imageHeight}", "Model" to manifest.model
-            ))
-            val bitmap = toBitmap(finalImage ?: throw IllegalStateException("no image after the last step"))
-            ui {
-                result = bitmap
-                resultParameters = parameters
-                resultName = "sd_keras_${seedValue}_${System.currentTimeMillis() / 1000}.png"
-                imageView.setImageBitmap(bitmap)
-                statusText.text = getString(R.string.done, stepCount, seconds, seedValue, loaded.accelerators) +
-                    (if (warning != null) "\n" + warning else "")
-            }
+        if (Build.VERSION.SDK_INT >= 33 && ContextCompat.checkSelfPermission(this,
+                Manifest.permission.POST_NOTIFICATIONS) != PackageManager.PERMISSION_GRANTED) {
+            askNotifications.launch(Manifest.permission.POST_NOTIFICATIONS) // progress in the notification
         }
+        GenerationController.generate(this, GenerationRequest(
+            sessionSettings(entry), state.prompt, state.negativePrompt, steps!!, guidance!!, seed!!, sampler!!,
+            state.previewEvery, photo, state.strength
+        ))
     }
 
-    private fun toBitmap(image: RgbImage): Bitmap =
-        Bitmap.createBitmap(image.argb, image.width, image.height, Bitmap.Config.ARGB_8888)
-
     private fun saveResult() {
-        val bitmap = result ?: return
+        val result = GenerationController.result ?: return
         try {
-            val where = export.save(bitmap, resultParameters, resultName)
-            statusText.text = getString(R.string.saved, where)
+            val where = export.save(result.bitmap, result.parameters, result.fileName)
+            GenerationController.showStatus(getString(R.string.saved, where))
         } catch (error: IOException) {
-            statusText.text = getString(R.string.save_failed, error.message ?: error.javaClass.simpleName)
+            GenerationController.showStatus(getString(R.string.save_failed, error.message ?: error.javaClass.simpleName))
         }
     }
 
     private fun shareResult() {
-        val bitmap = result ?: return
+        val result = GenerationController.result ?: return
         try {
-            startActivity(export.shareIntent(bitmap, resultParameters, resultName))
+            startActivity(export.shareIntent(result.bitmap, result.parameters, result.fileName))
         } catch (error: Exception) {
-            statusText.text = getString(R.string.save_failed, error.message ?: error.javaClass.simpleName)
+            GenerationController.showStatus(getString(R.string.save_failed, error.message ?: error.javaClass.simpleName))
         }
     }
 
-    // -- background jobs -----------------------------------------------------------------------------------------
+    // -- drawing -----------------------------------------------------------------------------------------------
 
-    private fun ui(action: () -> Unit) = runOnUiThread {
-        if (!isDestroyed) action()
+    private fun showPhoto() {
+        val thumbnail = PhotoInput.thumbnail(this, 256)
+        photoView.setImageBitmap(thumbnail)
+        photoView.visibility = if (thumbnail == null) View.GONE else View.VISIBLE
+        clearPhotoButton.isEnabled = thumbnail != null
+        strengthInput.isEnabled = thumbnail != null
     }
 
-    /** Run [job] on the worker thread with the screen in "busy" state; every failure becomes a message. */
-    private fun runJob(status: String, job: () -> Unit) {
-        if (busy) return
-        busy = true
-        cancelRequested.set(false)
-        statusText.text = status
-        updateButtons()
-        worker.execute {
-            val message: String? = try {
-                job()
-                null
-            } catch (error: OutOfMemoryError) {
-                session?.close()
-                session = null
-                getString(R.string.out_of_memory)
-            } catch (error: BundleException) {
-                getString(R.string.bad_bundle, error.message)
-            } catch (error: IllegalArgumentException) {
-                error.message ?: error.toString()
-            } catch (error: IOException) {
-                getString(R.string.io_error, error.message ?: error.javaClass.simpleName)
-            } catch (error: Exception) {
-                // LiteRT errors, a NaN image (ArithmeticException), a model of the wrong shape, ...
-                getString(R.string.failed, error.javaClass.simpleName, error.message ?: "")
-            }
-            ui {
-                busy = false
-                if (message != null) statusText.text = message
-                updateButtons()
+    /** Draw what the controller reports (called after each of its changes, on the main thread). */
+    private fun render() {
+        val controller = GenerationController
+        if (controller.bundlesVersion != shownBundlesVersion) {
+            val first = shownBundlesVersion < 0
+            shownBundlesVersion = controller.bundlesVersion
+            if (!first && !controller.busy) refreshBundles(controller.selectAfterChange)
+        }
+        val loaded = controller.loaded
+        if (loaded != null && loaded.directory == selectedBundle()?.directory) {
+            val manifest = loaded.manifest
+            bundleStatus.text = getString(R.string.bundle_loaded, manifest.model, manifest.imageWidth,
+                manifest.imageHeight, manifest.quantization ?: "?", loaded.accelerators) +
+                (if (loaded.imageToImage) "" else "\n" + getString(R.string.no_image_encoder))
+            if (samplersFor != loaded.directory) {
+                samplersFor = loaded.directory
+                val previous = (samplerSpinner.selectedItem as? String) ?: restored.sampler
+                val chosen = SamplerChoice.choose(previous, manifest.samplers, manifest.defaultSampler)
+                samplerSpinner.adapter = ArrayAdapter(this, android.R.layout.simple_spinner_dropdown_item, manifest.samplers)
+                samplerSpinner.setSelection(manifest.samplers.indexOf(chosen))
             }
         }
-    }
-
-    private fun updateButtons() {
+        statusText.text = controller.status
+        progressBar.max = Math.max(1, controller.progressTotal)
+        progressBar.progress = controller.progressDone
+        progressBar.visibility = if (controller.busy) View.VISIBLE else View.INVISIBLE
+        imageView.setImageBitmap(controller.image)
+        val busy = controller.busy
         generateButton.isEnabled = !busy
         importButton.isEnabled = !busy
+        deleteButton.isEnabled = !busy && selectedBundle() != null
         bundleSpinner.isEnabled = !busy
+        pickPhotoButton.isEnabled = !busy && loaded?.imageToImage != false
         cancelButton.isEnabled = busy
-        saveButton.isEnabled = !busy && result != null
-        shareButton.isEnabled = !busy && result != null
-        progressBar.visibility = if (busy) View.VISIBLE else View.INVISIBLE
+        saveButton.isEnabled = !busy && controller.result != null
+        shareButton.isEnabled = !busy && controller.result != null
+    }
+
+    companion object {
+        private const val PREFERENCES = "sd_keras_demo"
+        private const val STATE_KEY = "app_state"
     }
 }

@@ -2,13 +2,16 @@ package org.sdkeras.demo
 
 import java.io.File
 import org.sdkeras.core.Bundle
+import org.sdkeras.core.BundleLibrary
 import org.sdkeras.core.ClipTokenizer
+import org.sdkeras.core.ComponentSpec
 import org.sdkeras.core.GeneratorConfig
 import org.sdkeras.core.ImageGenerator
 import org.sdkeras.core.TextEncoder
 
 /**
- * A loaded bundle: checked files, tokenizer, the three LiteRT components and the core's [ImageGenerator] over them.
+ * A loaded bundle: checked files, tokenizer, the LiteRT components (text encoder, UNet, decoder and, when the
+ * bundle has one, the VAE encoder for image-to-image) and the core's [ImageGenerator] over them.
  *
  * With [lowMemory] the text encoder is loaded only while the prompts are encoded and closed before sampling, so
  * the UNet and the decoder do not share memory with it (the peak is what phones with 6 GB need for SD 1.x).
@@ -17,16 +20,20 @@ class ModelSession private constructor(
     val bundle: Bundle,
     val preferGpu: Boolean,
     val lowMemory: Boolean,
+    val threads: Int,
+    private val cacheDirectory: File,
     private val tokenizer: ClipTokenizer,
     private val unet: List<LiteRtComponent>,
-    private val decoder: LiteRtComponent
+    private val decoder: LiteRtComponent,
+    private val imageEncoderComponent: LiteRtComponent?
 ) : AutoCloseable {
     private var textEncoderComponent: LiteRtComponent? = null
 
     private val textEncoder = object : TextEncoder {
         override fun encode(tokens: IntArray): FloatArray {
+            val spec = bundle.manifest.component("text_encoder")
             val component = textEncoderComponent ?: LiteRtComponent(
-                bundle.file("text_encoder"), bundle.manifest.component("text_encoder"), preferGpu
+                bundle.file("text_encoder"), spec, preferGpu, cpuSettings(spec, threads, cacheDirectory)
             ).also { textEncoderComponent = it }
             return LiteRtTextEncoder(component, tokens.size).encode(tokens)
         }
@@ -34,13 +41,14 @@ class ModelSession private constructor(
 
     val generator = ImageGenerator(
         tokenizer, textEncoder, LiteRtDiffusionModel(unet), LiteRtDecoder(decoder),
-        GeneratorConfig.fromManifest(bundle.manifest)
+        GeneratorConfig.fromManifest(bundle.manifest), imageEncoderComponent?.let { LiteRtImageEncoder(it) }
     )
 
     /** Where each component runs, for the status line. */
     val accelerators: String
         get() = "UNet ${unet.map { it.accelerator }.distinct().joinToString("/")}, decoder ${decoder.accelerator}" +
-            (textEncoderComponent?.let { ", text encoder ${it.accelerator}" } ?: "")
+            (textEncoderComponent?.let { ", text encoder ${it.accelerator}" } ?: "") +
+            (imageEncoderComponent?.let { ", image encoder ${it.accelerator}" } ?: "") + ", $threads CPU threads"
 
     /** Called after the prompts are encoded: frees the text encoder in low-memory mode. */
     fun afterTextEncoding() {
@@ -56,6 +64,7 @@ class ModelSession private constructor(
         releaseTextEncoder()
         for (part in unet) part.close()
         decoder.close()
+        imageEncoderComponent?.close()
     }
 
     companion object {
@@ -65,23 +74,42 @@ class ModelSession private constructor(
          * @throws org.sdkeras.core.BundleException the bundle is incomplete, modified or of an unknown version.
          * @throws OutOfMemoryError the phone cannot hold the models (the caller says so on screen).
          */
-        fun open(directory: File, preferGpu: Boolean, lowMemory: Boolean, hashCache: File): ModelSession {
+        fun open(
+            directory: File,
+            preferGpu: Boolean,
+            lowMemory: Boolean,
+            threads: Int,
+            hashCache: File,
+            cacheDirectory: File
+        ): ModelSession {
             val bundle = Bundle.open(directory, verifyHashes = true, hashCache = hashCache)
             val tokenizer = bundle.tokenizer()
             val manifest = bundle.manifest
             // one file, or the consecutive parts of a UNet too large to convert whole (run as a chain)
-            val unet = ArrayList<LiteRtComponent>()
-            val decoder = try {
+            val opened = ArrayList<LiteRtComponent>()
+            fun load(file: File, spec: ComponentSpec) =
+                LiteRtComponent(file, spec, preferGpu, cpuSettings(spec, threads, cacheDirectory)).also { opened.add(it) }
+            try {
                 val unetSpec = manifest.component("diffusion_model")
-                for ((file, spec) in bundle.files("diffusion_model").zip(unetSpec.fileEntries)) {
-                    unet.add(LiteRtComponent(file, spec, preferGpu))
+                val unet = bundle.files("diffusion_model").zip(unetSpec.fileEntries).map { (file, spec) -> load(file, spec) }
+                val decoder = load(bundle.file("decoder"), manifest.component("decoder"))
+                val imageEncoder = if ("image_encoder" in manifest.components) {
+                    load(bundle.file("image_encoder"), manifest.component("image_encoder"))
+                } else {
+                    null
                 }
-                LiteRtComponent(bundle.file("decoder"), manifest.component("decoder"), preferGpu)
+                return ModelSession(bundle, preferGpu, lowMemory, threads, cacheDirectory, tokenizer, unet, decoder,
+                    imageEncoder)
             } catch (error: Throwable) {
-                for (part in unet) part.close()
+                for (component in opened) component.close()
                 throw error
             }
-            return ModelSession(bundle, preferGpu, lowMemory, tokenizer, unet, decoder)
+        }
+
+        /** XNNPACK settings for one model file: [threads], and a weight cache named by the file's sha256. */
+        fun cpuSettings(spec: ComponentSpec, threads: Int, cacheDirectory: File): CpuSettings {
+            val cache = if (spec.sha256 == null) null else BundleLibrary.weightCacheFile(cacheDirectory, spec)
+            return CpuSettings(threads, cache)
         }
     }
 }

@@ -10,6 +10,9 @@ class CropRect(val left: Int, val top: Int, val width: Int, val height: Int) {
     override fun toString() = "CropRect(left=$left, top=$top, width=$width, height=$height)"
 }
 
+/** Packed ARGB pixels with their size (the result of [ImagePreprocessing.upright]). */
+class OrientedImage(val argb: IntArray, val width: Int, val height: Int)
+
 /**
  * A picked photo to the image encoder's input: centre-crop to the model's aspect ratio, resize to the model's
  * size, and map 8-bit RGB to [-1, 1] as Python does (`pixels / 127.5 - 1`, float32).
@@ -98,6 +101,39 @@ object ImagePreprocessing {
             }
         }
         return result
+    }
+
+    /**
+     * Turn a decoded photo upright by its EXIF orientation (1-8; 0 or unknown: unchanged), as galleries show it:
+     * 2 mirror, 3 rotate 180, 4 flip, 5 transpose, 6 rotate 90 clockwise, 7 transverse, 8 rotate 270 clockwise.
+     */
+    @JvmStatic
+    fun upright(argb: IntArray, width: Int, height: Int, orientation: Int): OrientedImage {
+        checkSize(width, height, "photo")
+        if (argb.size != width * height) throw IllegalArgumentException("${argb.size} pixels for a ${width}x$height image")
+        if (orientation < 2 || orientation > 8) return OrientedImage(argb, width, height)
+        val swap = orientation >= 5
+        val outWidth = if (swap) height else width
+        val outHeight = if (swap) width else height
+        val out = IntArray(argb.size)
+        for (y in 0 until outHeight) {
+            for (x in 0 until outWidth) {
+                // (sx, sy): the source pixel shown at (x, y)
+                val sx: Int
+                val sy: Int
+                when (orientation) {
+                    2 -> { sx = width - 1 - x; sy = y }
+                    3 -> { sx = width - 1 - x; sy = height - 1 - y }
+                    4 -> { sx = x; sy = height - 1 - y }
+                    5 -> { sx = y; sy = x }
+                    6 -> { sx = y; sy = height - 1 - x }
+                    7 -> { sx = width - 1 - y; sy = height - 1 - x }
+                    else -> { sx = width - 1 - y; sy = x }
+                }
+                out[y * outWidth + x] = argb[sy * width + sx]
+            }
+        }
+        return OrientedImage(out, outWidth, outHeight)
     }
 
     /** RGB floats in [0, 255] to the encoder's [-1, 1]: `value / 127.5 - 1` in float32, as Python. */

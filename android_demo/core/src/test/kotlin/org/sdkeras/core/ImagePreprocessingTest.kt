@@ -59,6 +59,25 @@ class ImagePreprocessingTest {
     }
 
     @Test
+    fun exifOrientationTurnsThePhotoUpright() {
+        // a 3x2 photo:  0 1 2 / 3 4 5
+        val photo = intArrayOf(0, 1, 2, 3, 4, 5)
+        fun turned(orientation: Int): Triple<Int, Int, List<Int>> {
+            val image = ImagePreprocessing.upright(photo, 3, 2, orientation)
+            return Triple(image.width, image.height, image.argb.toList())
+        }
+        assertEquals(Triple(3, 2, listOf(0, 1, 2, 3, 4, 5)), turned(1))
+        assertEquals(Triple(3, 2, listOf(0, 1, 2, 3, 4, 5)), turned(0))
+        assertEquals(Triple(3, 2, listOf(2, 1, 0, 5, 4, 3)), turned(2))
+        assertEquals(Triple(3, 2, listOf(5, 4, 3, 2, 1, 0)), turned(3))
+        assertEquals(Triple(3, 2, listOf(3, 4, 5, 0, 1, 2)), turned(4))
+        assertEquals(Triple(2, 3, listOf(0, 3, 1, 4, 2, 5)), turned(5))
+        assertEquals(Triple(2, 3, listOf(3, 0, 4, 1, 5, 2)), turned(6)) // 90 degrees clockwise
+        assertEquals(Triple(2, 3, listOf(5, 2, 4, 1, 3, 0)), turned(7))
+        assertEquals(Triple(2, 3, listOf(2, 5, 1, 4, 0, 3)), turned(8)) // 90 degrees counter-clockwise
+    }
+
+    @Test
     fun badSizesAreRefusedWithTheReason() {
         for (call in listOf<() -> Any>(
             { ImagePreprocessing.encoderInput(IntArray(10), 4, 4, 8, 8) },
