@@ -77,12 +77,13 @@ def save_png(image, path, parameters):
 
 
 def read_parameters(path_or_file):
-    """The ``parameters`` text of a PNG, or None when it has none. ValueError if it is not a readable image."""
-    from PIL import Image, UnidentifiedImageError
+    """The ``parameters`` text of a PNG, or None when it has none.
 
-    try:
-        with Image.open(path_or_file) as image:
-            image.load()
-            return image.info.get("parameters") or getattr(image, "text", {}).get("parameters")
-    except (OSError, UnidentifiedImageError) as error:
-        raise ValueError(f"cannot read image {path_or_file!r}: {error}") from None
+    ValueError (naming the file) if it is not a readable image, is larger than PIL's pixel limit
+    (``PIL.Image.MAX_IMAGE_PIXELS``; checked from the header, before decoding) or holds more than 1 MB of text.
+    """
+    from sd_keras.image_file import open_image
+
+    name = path_or_file if isinstance(path_or_file, str) else None
+    with open_image(path_or_file, name) as image:
+        return image.info.get("parameters") or getattr(image, "text", {}).get("parameters")

@@ -14,11 +14,11 @@ import base64
 import binascii
 import io
 
+from sd_keras.image_file import MAX_TEXT_BYTES, ImageFileError, open_image
+
 MAX_IMAGE_SIDE = 2048
-
-
-class ImageInputError(ValueError):
-    """A client-supplied image that cannot be used; the message names the field."""
+# A client-supplied image that cannot be used; the message names the field
+ImageInputError = ImageFileError
 
 
 def encode_png(image, parameters=None):
@@ -53,24 +53,13 @@ def decode_base64(text, field):
 
 
 def _open_checked(data, field, max_side):
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        image = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, OSError):
-        raise ImageInputError(f"{field}: not an image PIL can read (PNG, JPEG, WebP, ...)") from None
-    width, height = image.size
-    if width < 1 or height < 1 or width > max_side or height > max_side:
-        raise ImageInputError(f"{field}: image is {width}x{height}; each side must be in [1, {max_side}]")
-    try:
-        image.load()
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
-        raise ImageInputError(f"{field}: the image data is damaged ({error})") from None
-    return image
+    # the size comes from the header and is checked before any pixel is decoded
+    return open_image(io.BytesIO(data), field, max_side=max_side, max_text_bytes=MAX_TEXT_BYTES)
 
 
 def decode_image(text, field, *, max_side=MAX_IMAGE_SIDE):
-    """Base64 (or data URL) → RGB or L PIL image, refusing non-images and sides over ``max_side``.
+    """Base64 (or data URL) → RGB or L PIL image, refusing non-images, sides over ``max_side`` and text chunks
+    over 1 MB in all.
 
     The size is read from the header before any pixel is decoded, so an oversized image costs no memory.
     """
