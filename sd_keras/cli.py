@@ -61,18 +61,41 @@ def load_model(spec, *, dtype="float32", prediction_type=None, ema=False):
     raise CliError(f"unknown model {spec!r}: not a preset ({', '.join(presets.names())}) and no such file or folder")
 
 
+COMPILING_TEXT = "compiling (first run of this shape)"
+
+
+class _ProgressBar:
+    """The sampling bar: the loop's ``progress`` callback (steps done) with its ``phase`` hook, which says when
+    the first run of a shape compiles and restarts the bar's clock when the steps start, so the rate and the ETA
+    come from the step times alone."""
+
+    def __init__(self, bar):
+        self.bar = bar
+        self._first_step = True
+
+    def __call__(self, step_done):
+        if self._first_step:  # image-to-image starts at a later step: those steps took no time
+            self.bar.initial = step_done - 1
+            self._first_step = False
+        self.bar.n = step_done
+        self.bar.refresh()
+
+    def phase(self, name):
+        if name == "compiling":
+            self.bar.set_description_str(COMPILING_TEXT)
+            return
+        self.bar.set_description_str("sampling", refresh=False)
+        self.bar.reset()  # restarts the clock
+        self._first_step = True
+
+
 def _progress_bar(total, enabled):
     if not enabled:
         return None, lambda: None
     from tqdm import tqdm
 
     bar = tqdm(total=total, desc="sampling", unit="step", file=sys.stderr, leave=False)
-
-    def update(step_done):
-        bar.n = step_done
-        bar.refresh()
-
-    return update, bar.close
+    return _ProgressBar(bar), bar.close
 
 
 def cmd_generate(args):

@@ -28,7 +28,7 @@ from sd_keras.server.generation import (LOAD_MODEL, GenerationRunner, Generation
                                         UnknownModelError, install_cancel_log_filter)
 from sd_keras.server.metrics import CONTENT_TYPE, ServerMetrics
 from sd_keras.server.middleware import ApiKeyMiddleware, BodyLimitMiddleware, MetricsMiddleware
-from sd_keras.server.queue import GenerationCancelled, Job, JobQueue, QueueFullError, ServerStopping
+from sd_keras.server.queue import GenerationCancelled, Job, JobQueue, QueueFullError, ServerStopping, progress_text
 from sd_keras.server.samplers import resolve_sampler, sampler_items, scheduler_items
 
 LOG = logging.getLogger("sd_keras.server")
@@ -261,9 +261,8 @@ def create_app(settings, *, registry=None, loader=None):
         """Progress of the running generation (0 to 1), its ETA and A1111's state snapshot."""
         value, eta, state = server.queue.progress.snapshot()
         state["queue_depth"] = server.queue.depth
-        textinfo = f"Step {state['sampling_step']}/{state['sampling_steps']}" if state["job_count"] else None
         return {"progress": value, "eta_relative": eta, "state": state, "current_image": None,
-                "textinfo": textinfo}
+                "textinfo": progress_text(state), "compiling": state["compiling"]}
 
     @app.post("/sdapi/v1/interrupt", tags=["generation"])
     async def interrupt():

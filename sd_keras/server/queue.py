@@ -55,8 +55,21 @@ class Job:
     submitted_at: float = dataclasses.field(default_factory=time.monotonic)
 
 
+COMPILING_TEXT = "compiling (first run of this shape)"
+
+
+def progress_text(state):
+    """``textinfo`` of ``/sdapi/v1/progress`` for a ``Progress.snapshot`` state: None when idle."""
+    if not state["job_count"]:
+        return None
+    if state.get("compiling"):
+        return COMPILING_TEXT
+    return f"Step {state['sampling_step']}/{state['sampling_steps']}"
+
+
 class Progress:
-    """What ``/sdapi/v1/progress`` reports: the running job's iteration and sampling step (thread-safe)."""
+    """What ``/sdapi/v1/progress`` reports: the running job's iteration and sampling step, whether the sampling
+    loop is compiling (the first run of a shape), and an ETA from the step times alone (thread-safe)."""
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -69,44 +82,76 @@ class Progress:
         self.sampling_step = 0
         self.sampling_steps = 0
         self.interrupted = False
+        self.compiling = False
         self.time_start = None
         self.job_timestamp = "0"
+        # step timing: steps and seconds of the iterations done, and where the current one started timing
+        self._timed_steps, self._timed_seconds = 0, 0.0
+        self._sampling_since, self._sampling_from = None, 0
 
     def begin(self, job, job_count, sampling_steps):
         with self._lock:
             self._reset()
             self.job, self.job_count, self.sampling_steps = job, job_count, sampling_steps
-            self.time_start = time.monotonic()
+            self.time_start = self._sampling_since = time.monotonic()
             self.job_timestamp = time.strftime("%Y%m%d%H%M%S")
 
-    def update(self, *, job_no=None, sampling_step=None, interrupted=None):
+    def update(self, *, job_no=None, sampling_step=None, interrupted=None, phase=None):
+        """Record a new iteration (``job_no``), a finished step, an interruption, or the sampling loop's
+        ``phase``: ``"compiling"`` or ``"sampling"`` (its steps start: step times count from here)."""
         with self._lock:
+            now = time.monotonic()
             if job_no is not None:
+                self._fold_timing()
                 self.job_no, self.sampling_step = job_no, 0
+                self._sampling_since, self._sampling_from = now, 0
+            if phase is not None:
+                self.compiling = phase == "compiling"
+                self._sampling_since, self._sampling_from = now, self.sampling_step
             if sampling_step is not None:
                 self.sampling_step = sampling_step
+                self.compiling = False
             if interrupted:
                 self.interrupted = True
+
+    def _fold_timing(self):
+        if self._sampling_since is not None and self.sampling_step > self._sampling_from and not self.compiling:
+            self._timed_steps += self.sampling_step - self._sampling_from
+            self._timed_seconds += time.monotonic() - self._sampling_since
+        self._sampling_since = None
+
+    def seconds_per_step(self):
+        """Mean time of the steps run so far in this job (compilation excluded); None before the first step."""
+        steps, seconds = self._timed_steps, self._timed_seconds
+        if self._sampling_since is not None and self.sampling_step > self._sampling_from and not self.compiling:
+            steps += self.sampling_step - self._sampling_from
+            seconds += time.monotonic() - self._sampling_since
+        return seconds / steps if steps else None
 
     def end(self):
         with self._lock:
             self._reset()
 
     def snapshot(self):
-        """``(progress in [0, 1], eta seconds, A1111 state dict)``, computed as A1111 computes them."""
+        """``(progress in [0, 1], eta seconds, A1111 state dict + "compiling")``.
+
+        Progress is computed as A1111 does; the ETA is the steps left times the mean step time so far, so
+        compilation does not count (0 until the first step is done).
+        """
         with self._lock:
             state = {"skipped": False, "interrupted": self.interrupted, "stopping_generation": False,
                      "job": self.job, "job_count": self.job_count, "job_timestamp": self.job_timestamp,
                      "job_no": self.job_no, "sampling_step": self.sampling_step,
-                     "sampling_steps": self.sampling_steps}
+                     "sampling_steps": self.sampling_steps, "compiling": self.compiling}
             if self.job_count == 0 or self.time_start is None:
                 return 0.0, 0.0, state
-            # A1111 starts at 0.01 so the ETA division is defined before the first step
+            # A1111 starts at 0.01 so the value is never 0 while a job runs
             progress = 0.01 + self.job_no / self.job_count
             if self.sampling_steps > 0:
                 progress += self.sampling_step / self.sampling_steps / self.job_count
-            elapsed = time.monotonic() - self.time_start
-            eta = max(0.0, elapsed / progress - elapsed)
+            seconds_per_step = self.seconds_per_step()
+            steps_left = (self.job_count - self.job_no) * self.sampling_steps - self.sampling_step
+            eta = 0.0 if seconds_per_step is None else max(0.0, steps_left * seconds_per_step)
             return min(progress, 1.0), eta, state
 
 
@@ -124,10 +169,26 @@ class RunContext:
         if self.all_cancelled():
             raise GenerationCancelled("every client of this generation is gone or it was interrupted")
 
-    def step(self, step_done):
-        """The pipeline's per-step ``progress`` callback: record the step, abort if nobody waits any more."""
-        self.progress.update(sampling_step=int(step_done))
-        self.check_cancelled()
+    @property
+    def step(self):
+        """The pipeline's ``progress`` callback: records each step and aborts when nobody waits any more; its
+        ``phase`` method records whether the sampling loop compiles."""
+        return _StepCallback(self)
+
+
+class _StepCallback:
+    __slots__ = ("context",)
+
+    def __init__(self, context):
+        self.context = context
+
+    def __call__(self, step_done):
+        self.context.progress.update(sampling_step=int(step_done))
+        self.context.check_cancelled()
+
+    def phase(self, name):
+        self.context.progress.update(phase=name)
+        self.context.check_cancelled()
 
 
 class JobQueue:

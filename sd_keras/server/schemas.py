@@ -139,10 +139,14 @@ class ImageResponse(BaseModel):
 
 class ProgressResponse(BaseModel):
     progress: float = Field(description="0 to 1")
-    eta_relative: float = Field(description="estimated seconds left")
+    eta_relative: float = Field(description="estimated seconds left, from the step times so far (0 before the "
+                                            "first step)")
     state: Dict[str, Any]
     current_image: Optional[str] = None
-    textinfo: Optional[str] = None
+    textinfo: Optional[str] = Field(default=None, description="'Step N/M', or 'compiling (first run of this shape)' "
+                                                              "while the sampling loop compiles")
+    compiling: bool = Field(default=False, description="the sampling loop is compiling for a new shape (its first "
+                                                       "run; eta_relative does not count it)")
 
 
 class PNGInfoRequest(BaseModel):

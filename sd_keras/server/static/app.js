@@ -114,7 +114,11 @@ async function pollProgress() {
   try {
     const progress = await api("/sdapi/v1/progress?skip_current_image=true");
     const state = progress.state;
-    if (state.job_count > 0) {
+    if (state.job_count > 0 && progress.compiling) {
+      // the first run of a size, step count or sampler compiles its program first (up to a minute on a CPU)
+      $("progress").removeAttribute("value");
+      setStatus(`Step ${state.sampling_step}/${state.sampling_steps} · ${progress.textinfo}…`);
+    } else if (state.job_count > 0) {
       $("progress").value = progress.progress;
       setStatus(`Step ${state.sampling_step}/${state.sampling_steps}` +
                 (progress.eta_relative > 0.5 ? ` · about ${Math.round(progress.eta_relative)} s left` : ""));
