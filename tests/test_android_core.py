@@ -142,4 +142,90 @@ def test_core_uses_only_what_kotlin_1_3_and_the_jvm_offer():
     assert not problems, "\n".join(problems)
 
 
+# The Gradle wrapper committed in android_demo: the jar Gradle 8.10.x's `wrapper` task writes (Gradle publishes this
+# sha256 for the 8.10 to 8.12 wrapper jars) and the distribution it downloads, pinned by the sha256 Gradle
+# publishes for gradle-8.10.2-bin.zip.
+ANDROID = REPO / "android_demo"
+WRAPPER_JAR_SHA256 = "2db75c40782f5e8ba1fc278a5574bab070adccb2d21ca5a6e5ed840888448046"
+GRADLE_8_10_2_BIN_SHA256 = "31c55713e40233a8303827ceb42ca48a47267a0ad4bab9177123121e71524c26"
+
+
+def _properties(path):
+    values = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip().replace("\\:", ":")
+    return values
+
+
+def test_gradle_wrapper_is_the_official_jar_and_pins_its_distribution():
+    jar = ANDROID / "gradle" / "wrapper" / "gradle-wrapper.jar"
+    assert hashlib.sha256(jar.read_bytes()).hexdigest() == WRAPPER_JAR_SHA256
+    for script in ("gradlew", "gradlew.bat"):
+        text = (ANDROID / script).read_text(encoding="utf-8")
+        assert "org.gradle.wrapper.GradleWrapperMain" in text and "gradle-wrapper.jar" in text, script
+    assert os.access(ANDROID / "gradlew", os.X_OK)
+    properties = _properties(ANDROID / "gradle" / "wrapper" / "gradle-wrapper.properties")
+    assert properties["distributionUrl"] == "https://services.gradle.org/distributions/gradle-8.10.2-bin.zip"
+    assert properties["distributionSha256Sum"] == GRADLE_8_10_2_BIN_SHA256
+    # the Android Gradle plugin in build.gradle.kts needs at least this Gradle (AGP 8.7: Gradle 8.9)
+    agp = re.search(r'id\("com.android.application"\) version "(\d+)\.(\d+)', (ANDROID / "build.gradle.kts").read_text())
+    assert agp and (int(agp.group(1)), int(agp.group(2))) <= (8, 7), "a newer AGP may need a newer Gradle"
+
+
+def _run_wrapper(tmp_path, distribution, checksum):
+    project = tmp_path / "project"
+    (project / "gradle" / "wrapper").mkdir(parents=True, exist_ok=True)
+    shutil.copy(ANDROID / "gradlew", project / "gradlew")
+    shutil.copy(ANDROID / "gradle" / "wrapper" / "gradle-wrapper.jar", project / "gradle" / "wrapper")
+    (project / "gradle" / "wrapper" / "gradle-wrapper.properties").write_text(
+        "distributionBase=GRADLE_USER_HOME\ndistributionPath=wrapper/dists\n"
+        f"distributionSha256Sum={checksum}\ndistributionUrl={distribution.as_uri()}\n"
+        "zipStoreBase=GRADLE_USER_HOME\nzipStorePath=wrapper/dists\n")
+    home = tmp_path / "home"
+    result = subprocess.run(["sh", str(project / "gradlew"), "--version"], cwd=project, capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "GRADLE_USER_HOME": str(home)})
+    return result, home
+
+
+def test_gradle_wrapper_verifies_and_unpacks_a_distribution(tmp_path):
+    """The committed gradlew + jar run on this JVM: a distribution whose sha256 differs from the pinned one is
+    refused, and one that matches is unpacked (it holds no Gradle, so the launch itself then fails)."""
+    import zipfile
+
+    _tool("java")
+    distribution = tmp_path / "gradle-0-bin.zip"
+    with zipfile.ZipFile(distribution, "w") as archive:
+        for folder in ("gradle-0/", "gradle-0/lib/"):  # the wrapper creates folders from their entries
+            archive.writestr(folder, "")
+        archive.writestr("gradle-0/lib/README", "no Gradle here\n")
+    good = hashlib.sha256(distribution.read_bytes()).hexdigest()
+    bad = ("0" if good[0] != "0" else "1") + good[1:]
+    refused, home = _run_wrapper(tmp_path / "bad", distribution, bad)
+    assert refused.returncode != 0
+    assert "Verification of Gradle distribution failed" in refused.stdout + refused.stderr
+    assert not list(home.rglob("gradle-0/lib/README"))
+    accepted, home = _run_wrapper(tmp_path / "good", distribution, good)
+    output = accepted.stdout + accepted.stderr
+    assert "Verification of Gradle distribution failed" not in output, output
+    assert list(home.rglob("gradle-0/lib/README")), output
+
+
+def test_android_app_declares_what_long_generations_need():
+    manifest = (ANDROID / "app" / "src" / "main" / "AndroidManifest.xml").read_text(encoding="utf-8")
+    for permission in ("FOREGROUND_SERVICE", "FOREGROUND_SERVICE_SPECIAL_USE", "WAKE_LOCK", "POST_NOTIFICATIONS"):
+        assert f'android.permission.{permission}"' in manifest, permission
+    assert re.search(r'android:name="\.GenerationService"[^>]*android:foregroundServiceType="specialUse"', manifest, re.S)
+    assert "PROPERTY_SPECIAL_USE_FGS_SUBTYPE" in manifest
+    config_changes = re.search(r'android:configChanges="([^"]+)"', manifest).group(1).split("|")
+    assert {"uiMode", "orientation", "screenSize"} <= set(config_changes)
+    # one pinned LiteRT version for both artifacts, and the README names it
+    build = (ANDROID / "app" / "build.gradle.kts").read_text(encoding="utf-8")
+    version = re.search(r'val litertVersion = "(\d+\.\d+\.\d+)"', build).group(1)
+    for artifact in ("litert", "litert-gpu"):
+        assert f'"com.google.ai.edge.litert:{artifact}:$litertVersion"' in build, artifact
+    assert f"com.google.ai.edge.litert:litert:{version}" in (ANDROID / "README.md").read_text(encoding="utf-8")
+
+
 pytestmark = pytest.mark.once  # backend-independent (see conftest.py)
