@@ -178,6 +178,34 @@ def test_sd2_file_written_by_diffusers_conversion_script(sd2, tmp_path):
     assert_same_weights(StableDiffusion.from_checkpoint(sd2["safetensors"]), sd)
 
 
+class _ShapesOnly:
+    """A reader of tensor names and shapes only (enough for architecture inference)."""
+
+    def __init__(self, shapes):
+        self.path, self._shapes = "shapes.safetensors", shapes
+
+    def keys(self):
+        return list(self._shapes)
+
+    def shape(self, key):
+        return self._shapes[key]
+
+
+@pytest.mark.parametrize("width,layers,projection,used", [
+    (1024, 24, True, 23),  # Stability's SD 2 files: the whole OpenCLIP ViT-H/14 text tower
+    (1024, 24, False, 23),  # the same with text_projection pruned
+    (1024, 23, False, 23),  # diffusers' conversion script
+    (128, 4, True, 3), (128, 4, False, 4)])
+def test_open_clip_layer_count(width, layers, projection, used):
+    from sd_keras.weights.checkpoints import ComponentSource, open_clip_layers
+
+    shapes = {"cond_stage_model.model.token_embedding.weight": (49408, width)}
+    shapes.update({f"cond_stage_model.model.transformer.resblocks.{i}.ln_1.weight": (width,) for i in range(layers)})
+    if projection:
+        shapes["cond_stage_model.model.text_projection"] = (width, width)
+    assert open_clip_layers(ComponentSource(_ShapesOnly(shapes), "cond_stage_model.model.")) == (layers, used)
+
+
 @pytest.fixture(scope="module")
 def sd2_wide(tmp_path_factory):
     """An SD 2-like model with the 1024-wide context of SD 2.x (small vocabulary: a small file)."""
@@ -291,6 +319,9 @@ def test_cli_ema_flag(sd1, ema_files, tmp_path, capsys):
     message = _one_line_cli_error(["convert", sd1["safetensors"], "-o", str(tmp_path / "x"), "--ema"], capsys)
     assert "model_ema" in message
     assert cli.build_parser().parse_args(["generate", "-p", "x", "--ema"]).ema
+    model = cli.load_model(ema_files["both"], ema=True)  # what generate -m FILE --ema loads
+    assert "UNet weights: EMA" in capsys.readouterr().err
+    assert_same_weights(model, StableDiffusion.from_checkpoint(ema_files["only"]))
 
 
 @pytest.mark.parametrize("fmt", ["folder", "safetensors"])
