@@ -8,15 +8,19 @@ Example:
 """
 
 __version__ = "0.1.0"
-__all__ = ["StableDiffusion", "presets", "__version__"]
+__all__ = ["StableDiffusion", "StableDiffusionV2", "image_grid", "presets", "__version__"]
 
 
 def __getattr__(name):
     # Lazy: `sd-keras info` and the tokenizer work without importing Keras and a backend.
-    if name == "StableDiffusion":
-        from sd_keras.pipeline import StableDiffusion
+    if name in ("StableDiffusion", "StableDiffusionV2"):
+        from sd_keras import pipeline
 
-        return StableDiffusion
+        return getattr(pipeline, name)
+    if name == "image_grid":
+        from sd_keras.images import image_grid
+
+        return image_grid
     if name == "presets":
         import importlib
 

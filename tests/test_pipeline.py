@@ -283,3 +283,108 @@ def test_keras_cv_preset_offline_error_names_files_and_folder(tmp_path, monkeypa
     assert str(tmp_path / "sd-v1") in message
     with pytest.raises(ValueError, match="no-such-preset"):
         StableDiffusion.from_preset("no-such-preset")
+
+
+def test_prompt_must_be_text_and_a_prompt_list_sets_the_batch(sd):
+    for bad in (None, 3, [], ["a", None]):
+        with pytest.raises(ValueError, match="prompt must be a string or a non-empty list of strings"):
+            sd.text_to_image(bad, num_steps=2, **SIZE)
+    with pytest.raises(ValueError, match="prompt must be"):
+        sd.encode_text(None)
+    with pytest.raises(ValueError, match="negative_prompt must be"):
+        sd.text_to_image("a cat", negative_prompt=7, num_steps=2, **SIZE)
+    prompts = ["a red circle", "a blue square"]
+    # one compiled program (batch 2, 2 steps, Euler a) serves every generation below and the save test
+    euler = dict(num_steps=2, sampler="Euler a")
+    batch = sd.text_to_image(prompts, seed=4, **euler, **SIZE)
+    assert batch.shape == (2, 64, 64, 3)
+    np.testing.assert_array_equal(sd.generate_image(sd.encode_text(prompts), seed=4, **euler, **SIZE), batch)
+    repeated = sd.text_to_image(["a red circle"], batch_size=2, seed=4, **euler, **SIZE)  # one is repeated
+    assert np.abs(repeated[0].astype(int) - batch[0].astype(int)).max() <= 1  # batch-1 vs batch-2 text rounding
+    assert sd.text_to_image("a cat", ["x", "y"], seed=4, **euler, **SIZE).shape[0] == 2  # negative prompts
+    with pytest.raises(ValueError, match=r"list of 2 but batch_size=3"):
+        sd.text_to_image(prompts, batch_size=3, num_steps=2, **SIZE)
+    with pytest.raises(ValueError, match="2 prompts but 3 negative prompts"):
+        sd.text_to_image(prompts, ["x", "y", "z"], num_steps=2, **SIZE)
+    image = np.zeros((64, 64, 3), np.uint8)
+    assert sd.image_to_image(prompts, image, strength=0.0, num_steps=2, seed=1, **SIZE).shape[0] == 2
+    mask = np.full((64, 64), 255, np.uint8)
+    with pytest.raises(ValueError, match=r"list of 2 but batch_size=1"):
+        sd.inpaint(prompts, image, mask, batch_size=1, num_steps=2, **SIZE)
+    with pytest.raises(ValueError, match="prompt must be"):
+        sd.image_to_image(None, image, num_steps=2, **SIZE)
+
+
+def test_keras_cv_constructor_form_loads_the_published_preset_at_the_given_size(sd, monkeypatch):
+    import sd_keras
+    from sd_keras.pipeline import StableDiffusionV2
+
+    loaded = []
+
+    def fake_from_preset(cls, name, *, dtype="float32"):
+        loaded.append((cls.__name__, name, dtype))
+        return sd  # the tiny model stands in for KerasCV's weights
+
+    monkeypatch.setattr(StableDiffusion, "from_preset", classmethod(fake_from_preset))
+    model = sd_keras.StableDiffusion(img_width=256, img_height=128, jit_compile=True)
+    assert loaded[-1] == ("StableDiffusion", "sd-v1", "float32")
+    assert isinstance(model, StableDiffusion) and model.config.image_size == (128, 256) and model.jit_compile
+    assert model.diffusion_model is sd.diffusion_model and sd.config.image_size == (64, 64)  # sd is untouched
+    model = sd_keras.StableDiffusionV2(320, 200, False)  # positional, as KerasCV allows; rounded as KerasCV rounds
+    assert loaded[-1] == ("StableDiffusionV2", "sd-v2", "float32")
+    assert isinstance(model, StableDiffusionV2) and model.config.image_size == (256, 256) and not model.jit_compile
+    assert sd_keras.StableDiffusion().config.image_size == (512, 512)  # KerasCV's defaults
+    with pytest.raises(ValueError, match="img_height=32 rounds to 0"):
+        sd_keras.StableDiffusion(img_height=32)
+    with pytest.raises(TypeError, match="two values for img_width"):
+        sd_keras.StableDiffusion(512, 512, img_width=512)
+    with pytest.raises(TypeError, match="ModelConfig"):
+        sd_keras.StableDiffusion("sd-v1")
+    with pytest.raises(ValueError, match="KerasCV's constructor form"):
+        StableDiffusion(sd.config, sd.text_encoder, sd.diffusion_model, sd.decoder, img_height=512)
+    assert len(loaded) == 3  # bad arguments fail before any weights are loaded
+
+
+@pytest.mark.parametrize("cls_name, preset", [("StableDiffusion", "sd-v1"), ("StableDiffusionV2", "sd-v2")])
+def test_keras_cv_constructor_form_offline_names_the_presets_files(cls_name, preset, tmp_path, monkeypatch):
+    import sd_keras
+    from sd_keras import presets
+    from sd_keras.weights import download
+
+    monkeypatch.setenv(download.CACHE_ENV, str(tmp_path))
+    monkeypatch.setattr(download, "_download", lambda remote, dest, *options: (_ for _ in ()).throw(
+        download.urllib.error.URLError("network is unreachable")))
+    with pytest.raises(download.WeightsUnavailableError) as info:
+        getattr(sd_keras, cls_name)(img_width=512, img_height=512, jit_compile=True)
+    message = str(info.value)
+    for remote in presets.keras_cv_files(preset):
+        assert remote.url in message and remote.name in message
+    assert str(tmp_path / preset) in message
+
+
+def test_save_writes_pngs_with_each_images_parameters(sd, tmp_path):
+    from PIL import Image
+
+    from sd_keras import metadata
+
+    fresh = StableDiffusion(sd.config, sd.text_encoder, sd.diffusion_model, sd.decoder, sd.image_encoder)
+    with pytest.raises(ValueError, match="no generation"):
+        fresh.save(np.zeros((1, 64, 64, 3), np.uint8), str(tmp_path / "x.png"))
+    images = sd.text_to_image(["a red circle", "a blue square"], negative_prompt="green, blurry", num_steps=2,
+                              unconditional_guidance_scale=5.5, seed=17, sampler="Euler a", **SIZE)
+    paths = sd.save(images, str(tmp_path / "new folder" / "out_%d.png"))
+    assert paths == [str(tmp_path / "new folder" / f"out_{i}.png") for i in range(2)]
+    for i, (path, prompt) in enumerate(zip(paths, ["a red circle", "a blue square"])):
+        np.testing.assert_array_equal(np.asarray(Image.open(path)), images[i])
+        parsed = metadata.parse_parameters(metadata.read_parameters(path))
+        assert parsed == {"prompt": prompt, "negative_prompt": "green, blurry", "Steps": "2", "Sampler": "Euler a",
+                          "CFG scale": "5.5", "Seed": str(17 + i), "Size": "64x64", "Model": "tiny"}
+    with pytest.raises(ValueError, match="got 1 image"):
+        sd.save(images[:1], str(tmp_path / "one.png"))
+    with pytest.raises(ValueError, match="one %d"):
+        sd.save(images, str(tmp_path / "out_%d_%d.png"))
+    edited = sd.image_to_image("a cat", images[0], strength=0.0, num_steps=2, seed=3, **SIZE)  # decode only
+    (path,) = sd.save(edited, str(tmp_path / "edited.png"))
+    parsed = metadata.parse_parameters(metadata.read_parameters(path))
+    assert (parsed["prompt"], parsed["Seed"], parsed["Denoising strength"]) == ("a cat", "3", "0")
+    assert parsed["negative_prompt"] == "" and parsed["Sampler"] == DEFAULT_SAMPLER
