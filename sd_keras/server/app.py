@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from fastapi import Body, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -27,7 +27,8 @@ from sd_keras.server import schemas
 from sd_keras.server.generation import (LOAD_MODEL, GenerationRunner, GenerationSpec, ModelRegistry,
                                         UnknownModelError, install_cancel_log_filter)
 from sd_keras.server.metrics import CONTENT_TYPE, ServerMetrics
-from sd_keras.server.middleware import ApiKeyMiddleware, BodyLimitMiddleware, MetricsMiddleware
+from sd_keras.server.middleware import (ApiKeyMiddleware, BodyLimitMiddleware, HostOriginMiddleware,
+                                        MetricsMiddleware, SecurityHeadersMiddleware)
 from sd_keras.server.queue import GenerationCancelled, Job, JobQueue, QueueFullError, ServerStopping, progress_text
 from sd_keras.server.samplers import resolve_sampler, sampler_items, scheduler_items
 
@@ -48,6 +49,9 @@ class ServerSettings:
     max_body_bytes: int = 20 * 2**20
     dtype: str = "float32"
     output_dir: Optional[str] = None
+    max_programs: Optional[int] = 16      # compiled programs kept per model (None: no bound)
+    allowed_hosts: Tuple[str, ...] = ()   # Host names accepted besides the address reached (no API key only)
+    read_timeout: Optional[float] = 30.0  # most seconds between two parts of a request body
 
 
 class ApiError(Exception):
@@ -77,7 +81,7 @@ class _Server:
         self.registry = registry
         self.queue = JobQueue(GenerationRunner(registry), max_depth=settings.queue_size,
                               max_batch=settings.max_batch, on_finish=self._on_finish)
-        self.metrics = ServerMetrics(self.queue)
+        self.metrics = ServerMetrics(self.queue, registry.programs)
         self._saved_count = itertools.count()
 
     def _on_finish(self, job, seconds, outcome):
@@ -210,7 +214,8 @@ class _Server:
 def create_app(settings, *, registry=None, loader=None):
     """The ASGI app for ``settings``; loads the initial model unless a ready ``registry`` is given."""
     if registry is None:
-        registry = ModelRegistry(settings.models, settings.model, loader=loader, dtype=settings.dtype)
+        registry = ModelRegistry(settings.models, settings.model, loader=loader, dtype=settings.dtype,
+                                 max_programs=settings.max_programs)
         registry.ensure(settings.model)
     install_cancel_log_filter()
     server = _Server(settings, registry)
@@ -295,7 +300,9 @@ def create_app(settings, *, registry=None, loader=None):
 
     @app.get("/sdapi/v1/sd-models", response_model=list[schemas.SDModelItem], tags=["settings"])
     async def sd_models():
-        return [{"title": name, "model_name": name, "filename": spec} for name, spec in registry.specs.items()]
+        # file names only: the server's folders are nobody's business
+        return [{"title": name, "model_name": name, "filename": os.path.basename(os.path.normpath(spec))}
+                for name, spec in registry.specs.items()]
 
     @app.get("/sdapi/v1/samplers", response_model=list[schemas.SamplerItem], tags=["settings"])
     async def samplers():
@@ -337,8 +344,12 @@ def create_app(settings, *, registry=None, loader=None):
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     known_paths = {route.path for route in app.routes if hasattr(route, "path")}
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, read_timeout=settings.read_timeout,
+                       metrics=server.metrics)
     app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
+    app.add_middleware(HostOriginMiddleware, allowed_hosts=settings.allowed_hosts,
+                       check_host=not settings.api_key, metrics=server.metrics)
+    app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=server.metrics, known_paths=known_paths)
     return app
 

@@ -1,7 +1,10 @@
 """``sd-keras serve``: run the HTTP API and web page with uvicorn.
 
     sd-keras serve -m tiny --port 7860
-    SD_KERAS_API_KEY=secret sd-keras serve -m sd-v1 --host 0.0.0.0
+    SD_KERAS_API_KEY=secret-key sd-keras serve -m sd-v1 --host 0.0.0.0
+    sd-keras serve --models-dir ~/models
+
+Only the models named at start (``-m``, ``--models-dir``) can be selected by clients.
 """
 
 import ipaddress
@@ -11,6 +14,11 @@ import sys
 
 API_KEY_ENV = "SD_KERAS_API_KEY"
 LISTENING_PREFIX = "sd-keras serve: listening on "
+MODEL_FILE_EXTENSIONS = (".safetensors", ".ckpt")
+DEFAULT_MAX_PROGRAMS = 16
+DEFAULT_READ_TIMEOUT = 30.0
+MAX_HEADER_BYTES = 16 * 1024  # h11's limit on the request line and headers
+KEEP_ALIVE_SECONDS = 5
 
 
 def _is_loopback(host):
@@ -33,24 +41,115 @@ def _configure_logging(level):
         logger.propagate = False
 
 
+def _is_model_folder(path):
+    from sd_keras.weights import saved
+
+    return (saved.is_saved_folder(path) or os.path.exists(os.path.join(path, "model_index.json"))
+            or os.path.exists(os.path.join(path, "manifest.json")))
+
+
+def models_in_folder(folder):
+    """The model specs in ``folder``: ``.safetensors`` / ``.ckpt`` files and model folders (sd_keras saved,
+    diffusers, exported bundles), sorted by name."""
+    from sd_keras.cli import CliError
+
+    if not os.path.isdir(folder):
+        raise CliError(f"--models-dir {folder}: no such folder")
+    found = []
+    for entry in sorted(os.listdir(folder)):
+        path = os.path.join(folder, entry)
+        if os.path.isfile(path) and entry.lower().endswith(MODEL_FILE_EXTENSIONS):
+            found.append(path)
+        elif os.path.isdir(path) and _is_model_folder(path):
+            found.append(path)
+    if not found:
+        raise CliError(f"--models-dir {folder}: no model in it ({', '.join(MODEL_FILE_EXTENSIONS)} files, "
+                       "sd_keras, diffusers or bundle folders)")
+    return found
+
+
 def registered_models(specs):
-    """Name → spec for every preset plus each ``-m`` spec (a path is served under its base name)."""
+    """Name → spec for each ``-m`` spec (a preset under its name, a path under its base name); nothing else."""
     from sd_keras import presets
     from sd_keras.cli import CliError
     from sd_keras.server.generation import model_name_for
 
-    models = {name: name for name in presets.names()}
+    models = {}
     for spec in specs:
-        if spec in models:
-            continue
-        if not os.path.exists(spec):
-            raise CliError(f"unknown model {spec!r}: not a preset ({', '.join(presets.names())}) and no such file "
-                           "or folder")
-        name = model_name_for(spec)
+        if spec in presets.names():
+            if spec in models:
+                continue
+            name = spec
+        else:
+            if not os.path.exists(spec):
+                raise CliError(f"unknown model {spec!r}: not a preset ({', '.join(presets.names())}) and no such "
+                               "file or folder")
+            name = model_name_for(spec)
+            if models.get(name) == spec:
+                continue
         if name in models:
             raise CliError(f"-m {spec}: its name {name!r} is already taken by {models[name]!r}; rename the file")
         models[name] = spec
     return models
+
+
+def _check_api_key(args):
+    """The API key from --api-key or the environment; None when neither is given; CliError when unusable."""
+    from sd_keras.cli import CliError
+
+    if args.api_key is not None:
+        api_key, source = args.api_key, "--api-key"
+    elif os.environ.get(API_KEY_ENV) is not None:
+        api_key, source = os.environ[API_KEY_ENV], f"${API_KEY_ENV}"
+    else:
+        return None
+    if not api_key.strip():
+        raise CliError(f"{source} is empty (an unset variable?): refusing to serve without the key you meant to "
+                       "set; give a key of at least 8 characters, or leave it out to serve without one")
+    if len(api_key) < 8 or any(c.isspace() for c in api_key):
+        raise CliError("the API key must be at least 8 characters without spaces")
+    return api_key
+
+
+def http_protocol(header_timeout):
+    """uvicorn's h11 protocol, closing a connection whose request line and headers take over ``header_timeout``
+    seconds to arrive (uvicorn itself only times out idle keep-alive connections)."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutProtocol(H11Protocol):
+        _header_timer = None
+
+        def _arm_header_timer(self):
+            self._cancel_header_timer()
+            if header_timeout is not None:
+                self._header_timer = self.loop.call_later(header_timeout, self._header_timeout)
+
+        def _cancel_header_timer(self):
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _header_timeout(self):
+            self._header_timer = None
+            # IDLE: no complete request line and headers yet (after one, h11 moves on to SEND_BODY or DONE)
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.logger.debug("closing a connection whose request headers stalled")
+                self.transport.close()
+
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._arm_header_timer()
+
+        def on_response_complete(self):
+            super().on_response_complete()
+            self._arm_header_timer()  # the next request on this connection gets the same time
+
+        def connection_lost(self, exc):
+            self._cancel_header_timer()
+            super().connection_lost(exc)
+
+    return HeaderTimeoutProtocol
 
 
 def cmd_serve(args):
@@ -61,14 +160,20 @@ def cmd_serve(args):
     from sd_keras.server.generation import model_name_for
     from sd_keras import presets
 
-    specs = args.model or [DEFAULT_MODEL]
     if not 0 <= args.port <= 65535:
         raise CliError(f"--port must be in [0, 65535], got {args.port}")
     if args.queue_size < 1 or args.max_batch < 1:
         raise CliError("--queue-size and --max-batch must be >= 1")
-    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
-    if api_key is not None and (len(api_key) < 8 or any(c.isspace() for c in api_key)):
-        raise CliError("the API key must be at least 8 characters without spaces")
+    if args.max_programs < 1:
+        raise CliError(f"--max-programs must be >= 1, got {args.max_programs}")
+    if not args.read_timeout > 0:
+        raise CliError(f"--read-timeout must be > 0 seconds, got {args.read_timeout:g}")
+    allowed_hosts = tuple(h.strip() for value in args.allowed_hosts or () for h in value.split(",") if h.strip())
+    api_key = _check_api_key(args)
+    specs = list(args.model or [])
+    for folder in args.models_dir or ():
+        specs.extend(models_in_folder(folder))
+    specs = specs or [DEFAULT_MODEL]
     models = registered_models(specs)
     first = specs[0] if specs[0] in presets.names() else model_name_for(specs[0])
     _configure_logging(args.log_level)
@@ -77,10 +182,13 @@ def cmd_serve(args):
             "serving on %s without an API key: anyone who can reach this port can generate; set %s",
             args.host, API_KEY_ENV)
     settings = ServerSettings(models=models, model=first, api_key=api_key, queue_size=args.queue_size,
-                              max_batch=args.max_batch, dtype=args.dtype, output_dir=args.output_dir)
+                              max_batch=args.max_batch, dtype=args.dtype, output_dir=args.output_dir,
+                              max_programs=args.max_programs, allowed_hosts=allowed_hosts,
+                              read_timeout=args.read_timeout)
     app = create_app(settings)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
-                            timeout_graceful_shutdown=5)
+                            timeout_graceful_shutdown=5, http=http_protocol(args.read_timeout),
+                            timeout_keep_alive=KEEP_ALIVE_SECONDS, h11_max_incomplete_event_size=MAX_HEADER_BYTES)
 
     class AnnouncingServer(uvicorn.Server):
         """Prints the bound address whatever the log level (with ``--port 0``, scripts read the port here)."""
@@ -103,14 +211,28 @@ def register(subparsers):
 
     serve = subparsers.add_parser(
         "serve", help="HTTP API (AUTOMATIC1111-compatible /sdapi/v1) and a web page",
-        description="Serve one model over HTTP. Models are chosen by name among the presets and the -m names; "
-                    f"the API key comes from --api-key or ${API_KEY_ENV} (the variable keeps it out of 'ps').")
+        description="Serve one model over HTTP. Clients choose among the models named here (-m, --models-dir) "
+                    f"by name; the API key comes from --api-key or ${API_KEY_ENV} (the variable keeps it out of "
+                    "'ps').")
     serve.add_argument("-m", "--model", action="append",
                        help=f"preset name, checkpoint path or bundle folder (default {DEFAULT_MODEL}); repeat to "
-                            "register several; the first is loaded")
+                            "register several; the first is loaded; only these (and --models-dir) are selectable")
+    serve.add_argument("--models-dir", action="append",
+                       help="register every model in this folder (.safetensors/.ckpt files, sd_keras, diffusers "
+                            "and bundle folders) under its file name; repeatable")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=7860, help="port (default 7860; 0 picks a free one)")
-    serve.add_argument("--api-key", help=f"require this key on every endpoint but /health (or set ${API_KEY_ENV})")
+    serve.add_argument("--api-key", help=f"require this key on every endpoint but /health (or set ${API_KEY_ENV}); "
+                                         "at least 8 characters: an empty key is refused")
+    serve.add_argument("--allowed-hosts", action="append",
+                       help="without an API key, Host names accepted besides the address the server is reached on "
+                            "(comma-separated, repeatable; '*': any). Others get 403 (DNS rebinding)")
+    serve.add_argument("--max-programs", type=int, default=DEFAULT_MAX_PROGRAMS,
+                       help="compiled programs kept in memory, one per model part and shape (size, batch, steps, "
+                            f"sampler, mode); the least recently used is dropped (default {DEFAULT_MAX_PROGRAMS})")
+    serve.add_argument("--read-timeout", type=float, default=DEFAULT_READ_TIMEOUT,
+                       help="seconds a client may take to send its request headers, and between two parts of its "
+                            f"body; stalled connections are closed (default {DEFAULT_READ_TIMEOUT:g})")
     serve.add_argument("--queue-size", type=int, default=16, help="most requests waiting; more get 503")
     serve.add_argument("--max-batch", type=int, default=4,
                        help="most images per batch when compatible requests are batched (1: never batch)")

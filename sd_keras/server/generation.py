@@ -46,19 +46,44 @@ def model_name_for(spec):
 class ModelRegistry:
     """Registered model names → how to load them; holds the one loaded model.
 
-    Only the worker thread calls ``ensure``; request handlers read ``name`` and ``names()``.
+    Only the worker thread calls ``ensure``; request handlers read ``name`` and ``names()``. The loaded model
+    keeps at most ``max_programs`` compiled programs (None: no bound), the least recently used dropped first.
     """
 
-    def __init__(self, specs, initial, *, loader=None, dtype="float32"):
+    def __init__(self, specs, initial, *, loader=None, dtype="float32", max_programs=None):
         if initial not in specs:
             raise UnknownModelError(f"model {initial!r} is not registered")
         self.specs = dict(specs)
         self.initial = initial
         self.dtype = dtype
+        self.max_programs = max_programs
         self._loader = loader
         self.model = None
         self.name = None
         self._lock = threading.Lock()
+        self._retired = {"compilations": 0, "evictions": 0}  # while models loaded before the current one were
+        self._baseline = {"compilations": 0, "evictions": 0}  # the current model's counts when it was loaded
+
+    def _counts_since_load(self, model):
+        cache = getattr(model, "programs", None)
+        return {key: getattr(cache, key, 0) - self._baseline[key] for key in self._baseline}
+
+    def programs(self):
+        """Compiled programs: ``held`` now, their ``limit``, and ``compilations`` / ``evictions`` since start."""
+        model = self.model
+        cache = getattr(model, "programs", None)
+        counts = {"held": len(cache) if cache is not None else 0, "limit": self.max_programs or 0}
+        since_load = self._counts_since_load(model)
+        for key, retired in self._retired.items():
+            counts[key] = retired + since_load[key]
+        return counts
+
+    def _retire(self, model):
+        cache = getattr(model, "programs", None)
+        if cache is not None:
+            for key, value in self._counts_since_load(model).items():
+                self._retired[key] += value
+            cache.clear()  # a model kept elsewhere (a test's, a loader's) does not keep its programs here
 
     def names(self):
         return list(self.specs)
@@ -82,6 +107,13 @@ class ModelRegistry:
             from sd_keras.cli import load_model as loader
         return loader(self.specs[name], dtype=self.dtype)
 
+    def _bounded(self, model):
+        cache = getattr(model, "programs", None)
+        if cache is not None and self.max_programs is not None:
+            cache.resize(self.max_programs)
+        self._baseline = {key: getattr(cache, key, 0) for key in self._baseline}
+        return model
+
     def ensure(self, name):
         """Make ``name`` the loaded model (freeing the previous one first: one model in memory)."""
         self.check(name)
@@ -89,16 +121,17 @@ class ModelRegistry:
             if self.name == name and self.model is not None:
                 return self.model
             previous = self.name
+            self._retire(self.model)
             self.model, self.name = None, None
             gc.collect()
             started = time.monotonic()
             try:
-                self.model = self._load(name)
+                self.model = self._bounded(self._load(name))
             except BaseException:
                 if previous is not None and previous != name:
                     LOG.warning("loading model %r failed; reloading %r", name, previous)
                     try:
-                        self.model = self._load(previous)
+                        self.model = self._bounded(self._load(previous))
                         self.name = previous
                     except Exception:  # noqa: BLE001 - the original error is the one to report
                         LOG.exception("reloading model %r failed too; no model is loaded", previous)

@@ -1,170 +1,124 @@
-"""Prometheus metrics in the text exposition format (version 0.0.4), without a client library.
+"""The server's Prometheus metrics, kept in a ``prometheus_client.CollectorRegistry`` of their own per app.
 
-Counters and histograms with labels, plus gauges read when scraped. Label values are escaped as the format
-requires (backslash, double quote, newline).
+Each app has its own registry (never the process-wide default one), so several apps in one process (tests,
+notebooks) count separately. Counters and histograms take their labels as keyword arguments
+(``requests.inc(endpoint="/health", method="GET", status="200")``); queue and compiled-program values are read
+when ``/metrics`` is scraped.
 
 Example:
-    >>> registry = Metrics()
-    >>> requests = registry.counter("demo_requests_total", "Requests.", ("status",))
-    >>> requests.inc(status="200")
-    >>> print(registry.render().splitlines()[2])
-    demo_requests_total{status="200"} 1.0
+    >>> metrics = ServerMetrics(queue=None)
+    >>> metrics.images.inc(2)
+    >>> "sd_keras_images_generated_total 2.0" in metrics.render()
+    True
 """
 
-import bisect
-import math
-import threading
+import prometheus_client
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# the text format ``generate_latest`` writes (prometheus-client >= 0.22 also names a 1.0.0 type for it)
+CONTENT_TYPE = getattr(prometheus_client, "CONTENT_TYPE_PLAIN_0_0_4", prometheus_client.CONTENT_TYPE_LATEST)
 DEFAULT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
-def _escape(value):
-    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+class _Labelled:
+    """A prometheus-client metric whose labels are given as keyword arguments of ``inc`` / ``observe``."""
+
+    def __init__(self, metric, label_names):
+        self._metric = metric
+        self._label_names = tuple(label_names)
+
+    def _child(self, labels):
+        if set(labels) != set(self._label_names):
+            raise ValueError(f"{self._metric._name} takes labels {self._label_names}, got {tuple(labels)}")
+        return self._metric.labels(**{name: str(value) for name, value in labels.items()}) if labels else self._metric
 
 
-def _labels(names, values, extra=()):
-    pairs = [f'{name}="{_escape(value)}"' for name, value in zip(names, values)] + list(extra)
-    return "{" + ",".join(pairs) + "}" if pairs else ""
-
-
-def _number(value):
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value))
-
-
-class _Metric:
-    kind = ""
-
-    def __init__(self, name, help_text, label_names=()):
-        self.name = name
-        self.help = help_text
-        self.label_names = tuple(label_names)
-        self._lock = threading.Lock()
-
-    def _key(self, labels):
-        if set(labels) != set(self.label_names):
-            raise ValueError(f"{self.name} takes labels {self.label_names}, got {tuple(labels)}")
-        return tuple(str(labels[name]) for name in self.label_names)
-
-    def header(self):
-        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
-
-
-class Counter(_Metric):
-    kind = "counter"
-
-    def __init__(self, *args):
-        super().__init__(*args)
-        self._values = {}
+class Counter(_Labelled):
+    def __init__(self, registry, name, help_text, label_names=()):
+        super().__init__(prometheus_client.Counter(name, help_text, label_names, registry=registry), label_names)
 
     def inc(self, amount=1.0, **labels):
-        key = self._key(labels)
-        with self._lock:
-            self._values[key] = self._values.get(key, 0.0) + amount
-
-    def value(self, **labels):
-        return self._values.get(self._key(labels), 0.0)
-
-    def lines(self):
-        with self._lock:
-            items = sorted(self._values.items())
-        if not items and not self.label_names:
-            items = [((), 0.0)]
-        return self.header() + [f"{self.name}{_labels(self.label_names, key)} {_number(v)}" for key, v in items]
+        self._child(labels).inc(amount)
 
 
-class Gauge(_Metric):
-    """A value read from ``read()`` at scrape time."""
-
-    kind = "gauge"
-
-    def __init__(self, name, help_text, read):
-        super().__init__(name, help_text)
-        self.read = read
-
-    def lines(self):
-        return self.header() + [f"{self.name} {_number(self.read())}"]
-
-
-class Histogram(_Metric):
-    kind = "histogram"
-
-    def __init__(self, name, help_text, label_names=(), buckets=DEFAULT_BUCKETS):
-        super().__init__(name, help_text, label_names)
-        self.buckets = tuple(sorted(float(b) for b in buckets))
-        self._series = {}  # key -> [bucket counts..., sum, count]
+class Histogram(_Labelled):
+    def __init__(self, registry, name, help_text, label_names=(), buckets=DEFAULT_BUCKETS):
+        super().__init__(prometheus_client.Histogram(name, help_text, label_names, registry=registry,
+                                                     buckets=buckets), label_names)
 
     def observe(self, value, **labels):
-        key = self._key(labels)
-        with self._lock:
-            series = self._series.setdefault(key, [0] * len(self.buckets) + [0.0, 0])
-            index = bisect.bisect_left(self.buckets, value)
-            if index < len(self.buckets):
-                series[index] += 1
-            series[-2] += value
-            series[-1] += 1
-
-    def lines(self):
-        with self._lock:
-            items = sorted((key, list(series)) for key, series in self._series.items())
-        out = self.header()
-        for key, series in items:
-            cumulative = 0
-            for bound, count in zip(self.buckets, series):
-                cumulative += count
-                le = _labels(self.label_names, key, [f'le="{_number(bound)}"'])
-                out.append(f"{self.name}_bucket{le} {_number(cumulative)}")
-            infinity = _labels(self.label_names, key, ['le="+Inf"'])
-            out.append(f"{self.name}_bucket{infinity} {_number(series[-1])}")
-            out.append(f"{self.name}_sum{_labels(self.label_names, key)} {_number(series[-2])}")
-            out.append(f"{self.name}_count{_labels(self.label_names, key)} {_number(series[-1])}")
-        return out
+        self._child(labels).observe(value)
 
 
-class Metrics:
-    """A set of metrics rendered together."""
+class _ReadAtScrape:
+    """A collector of gauges and counters whose values are read by functions when scraped."""
 
     def __init__(self):
-        self._metrics = []
+        self._items = []  # (family class, name, help, read)
 
-    def _add(self, metric):
-        self._metrics.append(metric)
-        return metric
+    def add(self, family, name, help_text, read):
+        self._items.append((family, name, help_text, read))
 
-    def counter(self, name, help_text, label_names=()):
-        return self._add(Counter(name, help_text, label_names))
+    def describe(self):
+        return [family(name, help_text) for family, name, help_text, _ in self._items]
 
-    def gauge(self, name, help_text, read):
-        return self._add(Gauge(name, help_text, read))
+    def collect(self):
+        for family, name, help_text, read in self._items:
+            value = read()
+            yield family(name, help_text, value=float(value if value is not None else 0))
 
-    def histogram(self, name, help_text, label_names=(), buckets=DEFAULT_BUCKETS):
-        return self._add(Histogram(name, help_text, label_names, buckets))
+
+class ServerMetrics:
+    """The metrics of ``sd-keras serve``.
+
+    ``queue``: the ``JobQueue`` (depth, capacity, running jobs); ``programs``: a callable returning a dict with
+    ``held``, ``limit``, ``compilations`` and ``evictions`` of the compiled programs (``ModelRegistry.programs``).
+    """
+
+    def __init__(self, queue, programs=None):
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(self.registry, "sd_keras_http_requests_total",
+                                "HTTP requests by endpoint, method and status.", ("endpoint", "method", "status"))
+        self.errors = Counter(self.registry, "sd_keras_errors_total",
+                              "Errors: failed generations or model loads, and 5xx responses.", ("type",))
+        self.client_disconnects = Counter(self.registry, "sd_keras_client_disconnects_total",
+                                          "Requests whose client went away before the response (status 499).",
+                                          ("endpoint",))
+        self.refused = Counter(self.registry, "sd_keras_refused_requests_total",
+                               "Requests refused before reaching an endpoint (wrong Host, cross-origin, read "
+                               "timeout).", ("reason",))
+        self.jobs = Counter(self.registry, "sd_keras_jobs_total", "Finished jobs by kind and outcome.",
+                            ("kind", "outcome"))
+        self.images = Counter(self.registry, "sd_keras_images_generated_total", "Images generated.")
+        self.batched_jobs = Counter(self.registry, "sd_keras_batched_jobs_total",
+                                    "Jobs that ran in one batch together with other compatible jobs.")
+        self.generation_seconds = Histogram(
+            self.registry, "sd_keras_generation_seconds",
+            "Wall time of a job on the worker (a batch counts once per job).", ("kind",))
+        scraped = _ReadAtScrape()
+        if queue is not None:
+            scraped.add(GaugeMetricFamily, "sd_keras_queue_depth", "Jobs waiting in the queue.", lambda: queue.depth)
+            scraped.add(GaugeMetricFamily, "sd_keras_queue_capacity", "Most jobs that may wait.",
+                        lambda: queue.max_depth)
+            scraped.add(GaugeMetricFamily, "sd_keras_jobs_running", "Jobs in the running batch.",
+                        lambda: queue.running)
+        if programs is not None:
+            scraped.add(GaugeMetricFamily, "sd_keras_compiled_programs",
+                        "Compiled programs held in memory (one per model part and input shape).",
+                        lambda: programs()["held"])
+            scraped.add(GaugeMetricFamily, "sd_keras_compiled_programs_limit",
+                        "Most compiled programs held (--max-programs); the least recently used is dropped.",
+                        lambda: programs()["limit"])
+            # CounterMetricFamily appends "_total" to these names
+            scraped.add(CounterMetricFamily, "sd_keras_compilations",
+                        "Programs compiled since the server started (each new shape, steps, sampler or mode).",
+                        lambda: programs()["compilations"])
+            scraped.add(CounterMetricFamily, "sd_keras_compiled_program_evictions",
+                        "Compiled programs dropped to stay within --max-programs.",
+                        lambda: programs()["evictions"])
+        self.registry.register(scraped)
 
     def render(self):
-        lines = []
-        for metric in self._metrics:
-            lines.extend(metric.lines())
-        return "\n".join(lines) + "\n"
-
-
-class ServerMetrics(Metrics):
-    """The metrics of ``sd-keras serve``."""
-
-    def __init__(self, queue):
-        super().__init__()
-        self.requests = self.counter("sd_keras_http_requests_total", "HTTP requests by endpoint, method and status.",
-                                     ("endpoint", "method", "status"))
-        self.errors = self.counter("sd_keras_errors_total",
-                                   "Errors: failed generations or model loads, and 5xx responses.", ("type",))
-        self.jobs = self.counter("sd_keras_jobs_total", "Finished jobs by kind and outcome.", ("kind", "outcome"))
-        self.images = self.counter("sd_keras_images_generated_total", "Images generated.")
-        self.batched_jobs = self.counter("sd_keras_batched_jobs_total",
-                                         "Jobs that ran in one batch together with other compatible jobs.")
-        self.generation_seconds = self.histogram(
-            "sd_keras_generation_seconds", "Wall time of a job on the worker (a batch counts once per job).",
-            ("kind",))
-        self.gauge("sd_keras_queue_depth", "Jobs waiting in the queue.", lambda: queue.depth)
-        self.gauge("sd_keras_queue_capacity", "Most jobs that may wait.", lambda: queue.max_depth)
-        self.gauge("sd_keras_jobs_running", "Jobs in the running batch.", lambda: queue.running)
+        """The exposition text of every metric."""
+        return prometheus_client.generate_latest(self.registry).decode("utf-8")
