@@ -47,6 +47,9 @@ def load_model(spec, *, dtype="float32", prediction_type=None, ema=False):
     from sd_keras import presets
     from sd_keras.pipeline import StableDiffusion
 
+    if (prediction_type is not None or ema) and (spec in presets.names() or os.path.isfile(
+            os.path.join(spec, "manifest.json"))):
+        raise CliError(f"--prediction-type / --ema apply to checkpoint files and folders, not to {spec!r}")
     if spec in presets.names():
         return StableDiffusion.from_preset(spec, dtype=dtype)
     if os.path.isdir(spec) and os.path.exists(os.path.join(spec, "manifest.json")):

@@ -319,6 +319,8 @@ def test_cli_ema_flag(sd1, ema_files, tmp_path, capsys):
     message = _one_line_cli_error(["convert", sd1["safetensors"], "-o", str(tmp_path / "x"), "--ema"], capsys)
     assert "model_ema" in message
     assert cli.build_parser().parse_args(["generate", "-p", "x", "--ema"]).ema
+    with pytest.raises(cli.CliError, match="--ema apply to checkpoint"):
+        cli.load_model("tiny", ema=True)  # not silently ignored
     model = cli.load_model(ema_files["both"], ema=True)  # what generate -m FILE --ema loads
     assert "UNet weights: EMA" in capsys.readouterr().err
     assert_same_weights(model, StableDiffusion.from_checkpoint(ema_files["only"]))

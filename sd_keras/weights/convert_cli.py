@@ -32,8 +32,9 @@ def add_checkpoint_arguments(parser):
                              "file inferred as diffusers does: v_prediction for SD 2.x unless its global_step is "
                              "875000, else epsilon; use epsilon for an SD 2.x 512 base .safetensors)")
     parser.add_argument("--ema", action="store_true",
-                        help="load a single file's EMA UNet weights (model_ema.*) where it also holds the non-EMA "
-                             "ones (the default; a file with only EMA weights loads those)")
+                        help="load a single file's EMA UNet weights (model_ema.*) instead of its non-EMA ones "
+                             "(by default a file with both loads the non-EMA ones, a file with only EMA weights "
+                             "those)")
 
 
 def lora_specs(args):
