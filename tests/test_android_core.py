@@ -11,6 +11,7 @@ The tests themselves run every time.
 """
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -142,6 +143,45 @@ def test_core_uses_only_what_kotlin_1_3_and_the_jvm_offer():
     assert not problems, "\n".join(problems)
 
 
+IMAGE_TO_IMAGE_FIXTURE = CORE / "src" / "test" / "resources" / "python" / "image_to_image.json"
+
+
+def image_to_image_fixture():
+    """What Python computes for image-to-image's start: `start_index` for every sampler, step count and strength
+    below, and the noised start latent (`signal_scale[start] * original + noise_scale[start] * noise`, float32, as
+    `BundleRunner.image_to_image`) for a few cases. ImageToImageGoldenTest compares the Kotlin port with it."""
+    import numpy as np
+
+    from sd_keras import noise as noise_lib
+    from sd_keras.schedulers import get_sampler
+
+    samplers = ["DDIM", "DDIM KerasCV", "Euler", "Euler a", "DPM++ 2M", "DPM++ 2M Karras"]
+    steps = [1, 4, 20, 50]
+    strengths = [0.0, 0.1, 0.3, 0.5, 0.75, 0.99, 1.0]
+    starts = [{"sampler": name, "steps": count, "strength": strength,
+               "start": int(get_sampler(name, count).start_index(strength))}
+              for name in samplers for count in steps for strength in strengths]
+    latents = []
+    for name, count, strength, seed in [("Euler a", 20, 0.75, 42), ("DDIM", 10, 0.5, 7), ("DPM++ 2M Karras", 4, 1.0, 3)]:
+        sampler = get_sampler(name, count)
+        start = sampler.start_index(strength)
+        tables = sampler.tables()
+        original = (np.arange(32, dtype=np.float32) * np.float32(0.37) % np.float32(2.0) - np.float32(1.0))
+        initial, _ = noise_lib.latent_noise(seed, 1, (2, 4, 4), 0)
+        initial = np.asarray(initial, np.float32).reshape(-1)
+        noised = tables["signal_scale"][start] * original + tables["noise_scale"][start] * initial
+        latents.append({"sampler": name, "steps": count, "strength": strength, "seed": seed, "start": int(start),
+                        "original": [float(v) for v in original], "noised": [float(v) for v in noised.astype(np.float32)]})
+    return {"start_index": starts, "noised_latent": latents}
+
+
+def test_image_to_image_fixture_is_what_python_computes():
+    fresh = image_to_image_fixture()
+    committed = json.loads(IMAGE_TO_IMAGE_FIXTURE.read_text(encoding="utf-8"))
+    assert committed == fresh, (f"{IMAGE_TO_IMAGE_FIXTURE} is stale; rewrite it with "
+                                "python -m tests.test_android_core and update the Kotlin port")
+
+
 # The Gradle wrapper committed in android_demo: the jar Gradle 8.10.x's `wrapper` task writes (Gradle publishes this
 # sha256 for the 8.10 to 8.12 wrapper jars) and the distribution it downloads, pinned by the sha256 Gradle
 # publishes for gradle-8.10.2-bin.zip.
@@ -229,3 +269,12 @@ def test_android_app_declares_what_long_generations_need():
 
 
 pytestmark = pytest.mark.once  # backend-independent (see conftest.py)
+
+
+if __name__ == "__main__":  # rewrite the image-to-image fixture from the library
+    from sd_keras.files import atomic_write
+
+    IMAGE_TO_IMAGE_FIXTURE.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(IMAGE_TO_IMAGE_FIXTURE, "w", encoding="utf-8") as out:
+        out.write(json.dumps(image_to_image_fixture(), indent=1) + "\n")
+    print(IMAGE_TO_IMAGE_FIXTURE)
