@@ -336,10 +336,11 @@ class MainActivity : AppCompatActivity() {
     /** Draw what the controller reports (called after each of its changes, on the main thread). */
     private fun render() {
         val controller = GenerationController
-        if (controller.bundlesVersion != shownBundlesVersion) {
+        if (controller.bundlesVersion != shownBundlesVersion && !controller.busy) {
+            // an import or deletion finished (the first call only records the version: onResume lists the bundles)
             val first = shownBundlesVersion < 0
             shownBundlesVersion = controller.bundlesVersion
-            if (!first && !controller.busy) refreshBundles(controller.selectAfterChange)
+            if (!first) refreshBundles(controller.selectAfterChange)
         }
         val loaded = controller.loaded
         if (loaded != null && loaded.directory == selectedBundle()?.directory) {
