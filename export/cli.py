@@ -1,4 +1,7 @@
-"""``sd-keras export``: a model to a verified LiteRT bundle (and ``sd-keras golden`` when that module exists).
+"""``sd-keras export``: a model to a verified LiteRT bundle; ``sd-keras golden``: the Android core's fixtures.
+
+The parsers are built without importing the export modules (they import numpy, TensorFlow and the pipeline):
+``sd-keras --help`` must answer at once.
 
 Example:
     sd-keras export -m tiny -o bundles/tiny-int8 --quantize int8 --size 64x64
@@ -6,6 +9,10 @@ Example:
 
 import importlib
 import sys
+
+# quantize.MODES, spelled out so that building the parser does not import quantize (and numpy); a test keeps
+# the two equal.
+QUANTIZE_MODES = ("fp32", "fp16", "int8", "int8-full", "w8a16", "int4")
 
 
 def _parse_size(text):
@@ -21,16 +28,18 @@ def _parse_size(text):
 
 
 def cmd_export(args):
-    from sd_keras.cli import CliError, load_model
+    from sd_keras.cli import CliError, check_model_spec, load_model
     from sd_keras.export import quantize
     from sd_keras.export.bundle import check_destination, export_bundle
-    from sd_keras.export.litert import ExportError
 
-    quantize.check_mode(args.quantize)
+    quantize.parse_spec(args.quantize)
     if args.max_part_mb is not None and args.max_part_mb < 0:
         raise ValueError(f"--max-part-mb must be 0 (never split) or a positive size, got {args.max_part_mb}")
     size = _parse_size(args.size) if args.size else None
-    check_destination(args.output)
+    check_destination(args.output)  # a missing parent folder is created with the bundle
+    check_model_spec(args.model)
+    from sd_keras.export.litert import ExportError  # imports Keras and TensorFlow: after the cheap checks
+
     model = load_model(args.model)
     if not hasattr(model, "diffusion_model") or not hasattr(model.diffusion_model, "weights"):
         raise CliError(f"{args.model} is already an exported bundle; export from a preset or checkpoint")
@@ -40,12 +49,13 @@ def cmd_export(args):
                                image_encoder=not args.no_image_encoder, calibration_steps=args.calibration_steps,
                                latency_runs=args.latency_runs, log=log,
                                max_part_bytes=None if args.max_part_mb is None else int(args.max_part_mb * 2**20))
-    except ExportError as error:
+    except (ExportError, RuntimeError) as error:  # RuntimeError: LiteRT or the quantizer refusing a file
         print("sd-keras: error: " + " ".join(str(error).split()), file=sys.stderr)
         return 1
     for name, entry in report["components"].items():
         parity = entry["parity"]
-        print(f"{name}: {entry['size_bytes'] / 1e6:.2f} MB, cosine {parity['cosine']:.6f}, "
+        print(f"{name} ({entry['quantization']}): {entry['size_bytes'] / 1e6:.2f} MB, "
+              f"cosine {parity['cosine']:.6f}, "
               f"PSNR {parity['psnr_db']:.1f} dB, {entry['latency']['median_ms']:.1f} ms"
               + (f", {entry['activations']} activations" if "activations" in entry else ""))
     image = report.get("end_to_end")
@@ -55,14 +65,26 @@ def cmd_export(args):
     return 0
 
 
-def register(subparsers):
-    """Add ``export`` (and ``golden``, from ``sd_keras.export.golden`` when present) to the CLI."""
-    from sd_keras.export.quantize import MODES
+def cmd_golden(args):
+    golden = importlib.import_module("sd_keras.export.golden")
+    written = golden.write_golden(args.output)
+    if args.tables:
+        written += golden.write_text_tables(args.tables)
+    for path in written:
+        print(path)
+    return 0
 
+
+def register(subparsers):
+    """Add ``export`` and ``golden`` to the CLI."""
     parser = subparsers.add_parser("export", help="export a model as a LiteRT bundle for phones (verified)")
     parser.add_argument("-m", "--model", required=True, help="preset name or checkpoint path")
-    parser.add_argument("-o", "--output", required=True, help="bundle folder to write")
-    parser.add_argument("--quantize", default="fp32", help=f"one of {', '.join(MODES)} (default fp32)")
+    parser.add_argument("-o", "--output", required=True,
+                        help="bundle folder to write (missing parent folders are created)")
+    parser.add_argument("--quantize", default="fp32",
+                        help=f"one of {', '.join(QUANTIZE_MODES)} (default fp32), or a mode per component: "
+                             f"unet=int8,text_encoder=fp16,decoder=fp16 (components not named: fp32, or a bare "
+                             f"mode in the list)")
     parser.add_argument("--size", help="WIDTHxHEIGHT, multiples of 64 (default: the model's native size)")
     parser.add_argument("--no-image-encoder", action="store_true", help="leave out the VAE encoder (no img2img)")
     parser.add_argument("--calibration-steps", type=int, default=4,
@@ -74,10 +96,12 @@ def register(subparsers):
                              "0: one file)")
     parser.add_argument("-q", "--quiet", action="store_true")
     parser.set_defaults(func=cmd_export)
-    try:
-        golden = importlib.import_module("sd_keras.export.golden")
-    except ModuleNotFoundError as error:
-        if error.name != "sd_keras.export.golden":
-            raise
-    else:
-        golden.register(subparsers)
+
+    golden = subparsers.add_parser(
+        "golden", help="write the golden vectors the Android core is tested against",
+        description="Write JSON golden vectors (tokenizer, samplers, seed noise, trajectories) for the Kotlin port.")
+    golden.add_argument("-o", "--output", required=True,
+                        help="fixture folder, e.g. android_demo/core/src/test/resources/golden")
+    golden.add_argument("--tables", help="also write the Unicode/HTML tables the Kotlin core ships, e.g. "
+                                         "android_demo/core/src/main/resources/org/sdkeras/core")
+    golden.set_defaults(func=cmd_golden)

@@ -54,7 +54,6 @@ from sd_keras.tokenizer import WHITE_SPACE, CLIPTokenizer, PromptTruncatedWarnin
 __all__ = [
     "write_golden",
     "write_text_tables",
-    "register",
     "FIXTURE_NAMES",
     "TABLE_NAMES",
     "STEP_COUNTS",
@@ -511,28 +510,3 @@ def write_text_tables(out_dir):
     out_dir = Path(out_dir)
     return [_write_atomic(out_dir / "unicode_data.txt", _unicode_table()),
             _write_atomic(out_dir / "html_entities.txt", _html_table())]
-
-
-# --- command line ----------------------------------------------------------------------------------------------
-
-
-def _run(args):
-    written = write_golden(args.output)
-    if args.tables:
-        written += write_text_tables(args.tables)
-    for path in written:
-        print(path)
-    return 0
-
-
-def register(subparsers):
-    """Add ``sd-keras golden -o DIR [--tables DIR]`` to the CLI's sub-command parsers."""
-    parser = subparsers.add_parser(
-        "golden", help="write the golden vectors the Android core is tested against",
-        description="Write JSON golden vectors (tokenizer, samplers, seed noise, trajectories) for the Kotlin port.")
-    parser.add_argument("-o", "--output", required=True,
-                        help="fixture folder, e.g. android_demo/core/src/test/resources/golden")
-    parser.add_argument("--tables", help="also write the Unicode/HTML tables the Kotlin core ships, e.g. "
-                                         "android_demo/core/src/main/resources/org/sdkeras/core")
-    parser.set_defaults(func=_run)
-    return parser

@@ -1,8 +1,14 @@
+import os
+import resource
+import stat
 import subprocess
 import sys
+import textwrap
 
+import numpy as np
 import pytest
 
+import sd_keras
 from sd_keras import cli, metadata
 
 
@@ -11,10 +17,16 @@ def run(*args):
 
 
 def test_generate_writes_png_with_parameters_and_info_reads_it(tmp_path):
-    out = tmp_path / "img_%d.png"
+    out = tmp_path / "new" / "img_%d.png"  # a missing folder is created
     result = run("generate", "-m", "tiny", "-p", "a red circle", "-n", "blurry", "-W", "64", "-H", "64",
                  "--steps", "3", "-s", "7", "-b", "2", "--sampling-method", "Euler a", "-o", str(out))
     assert result.returncode == 0, result.stderr
+    tmp_path = tmp_path / "new"
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(os.stat(tmp_path / "img_0.png").st_mode) == 0o666 & ~umask
+    for noise in ("oneDNN", "absl", "cuda", "I0000", "E0000", "W0000"):  # backend log lines stay out
+        assert noise not in result.stderr, result.stderr
     texts = [metadata.read_parameters(str(tmp_path / f"img_{i}.png")) for i in range(2)]
     assert texts[0] == ("a red circle\nNegative prompt: blurry\nSteps: 3, Sampler: Euler a, CFG scale: 7, "
                         "Seed: 7, Size: 64x64, Model: tiny")
@@ -33,15 +45,85 @@ def test_generate_writes_png_with_parameters_and_info_reads_it(tmp_path):
     (["--mask", "m.png"], "--mask needs --init-img"),
     (["-m", "no-such-model"], "unknown model"),
     (["--lora", "/nonexistent/style.safetensors:0.8"], "style.safetensors"),
+    (["-W", "0"], "width=0"),
+    (["-H", "0"], "height=0"),
+    (["-b", "0"], "--batch-count must be >= 1"),
+    (["--strength", "2"], "strength"),
+    (["-o", "/proc/x.png"], "cannot write /proc/x.png"),
+    (["-o", "{tmp}/file.txt/x.png"], "cannot write {tmp}/file.txt/x.png: {tmp}/file.txt is not a folder"),
+    (["-o", "{tmp}"], "cannot write {tmp}: it is a folder"),
+    (["-o", "{tmp}/out_%d_%d.png", "-b", "2"], "-o {tmp}/out_%d_%d.png: not a valid file name pattern"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+    (tmp_path / "file.txt").write_text("a file")
+    args = [arg.replace("{tmp}", str(tmp_path)) for arg in args]
     result = run("generate", "-m", "tiny", "-p", "x", "-W", "64", "-H", "64", "--steps", "2",
                  "-o", str(tmp_path / "o.png"), *args)
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.startswith("sd-keras: error:")]
-    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert len(lines) == 1 and message.replace("{tmp}", str(tmp_path)) in lines[0], result.stderr
     assert "Traceback" not in result.stderr
-    assert not (tmp_path / "o.png").exists()
+    assert sorted(os.listdir(tmp_path)) == ["file.txt"]
+
+
+# What runs before Keras: --help, info and every argument check. Each must import no backend and take well
+# under 2 s of CPU (building the parser used to import Keras and TensorFlow: 12-25 s).
+LIGHT_COMMANDS = {
+    "help": ["--help"],
+    "version": ["--version"],
+    "generate help": ["generate", "--help"],
+    "export help": ["export", "--help"],
+    "info": ["info", "{png}"],
+    "missing prompt": ["generate"],
+    "sampler typo": ["generate", "-p", "x", "--sampling-method", "Eular a"],
+    "zero width": ["generate", "-p", "x", "-W", "0"],
+    "bad steps": ["generate", "-p", "x", "--steps", "0"],
+    "bad cfg": ["generate", "-p", "x", "--cfg-scale", "inf"],
+    "bad strength": ["generate", "-p", "x", "--strength", "-1"],
+    "bad output": ["generate", "-p", "x", "-o", "/proc/x.png"],
+    "export bad output": ["export", "-m", "tiny", "-o", "/proc/bundle"],
+}
+
+
+@pytest.mark.once
+@pytest.mark.parametrize("name", LIGHT_COMMANDS)
+def test_help_info_and_argument_errors_import_no_backend(tmp_path, name):
+    png = tmp_path / "x.png"
+    metadata.save_png(np.zeros((8, 8, 3), np.uint8), str(png), "a cat\nSteps: 3, Seed: 1")
+    argv = [arg.replace("{png}", str(png)) for arg in LIGHT_COMMANDS[name]]
+    code = textwrap.dedent(f"""
+        import sys
+        from sd_keras import cli
+        try:
+            status = cli.main({argv!r})
+        except SystemExit as exit:
+            status = exit.code
+        loaded = sorted(m for m in ("keras", "tensorflow", "jax", "torch") if m in sys.modules)
+        print("RESULT", status, loaded, file=sys.stderr)
+    """)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    status, loaded = result.stderr.strip().splitlines()[-1].split(" ", 2)[1:]
+    assert loaded == "[]", result.stderr
+    expected = 0 if "help" in name or name in ("version", "info") else 2
+    assert status == str(expected), result.stderr
+    if expected == 2:
+        assert "error:" in result.stderr and "Traceback" not in result.stderr
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    assert cpu < 2.0, f"{name}: {cpu:.2f} s of CPU"
+
+
+def test_version():
+    result = run("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"sd-keras {sd_keras.__version__}"
+
+
+def test_export_modes_in_help_are_quantize_modes():
+    from sd_keras.export import cli as export_cli
+    from sd_keras.export import quantize
+
+    assert export_cli.QUANTIZE_MODES == quantize.MODES
 
 
 def test_default_model_is_the_shipped_demo_model(tmp_path):
