@@ -72,7 +72,7 @@ class MainActivity : AppCompatActivity() {
     private var shownBundlesVersion = -1
     private var samplersFor: File? = null
     private var restored = AppState()
-    private val render: () -> Unit = { render() }
+    private val renderListener: () -> Unit = { render() }
 
     private val pickFolder = registerForActivityResult(ActivityResultContracts.OpenDocumentTree()) { tree: Uri? ->
         if (tree != null) GenerationController.importBundle(this, store, tree)
@@ -148,7 +148,7 @@ class MainActivity : AppCompatActivity() {
 
     override fun onStart() {
         super.onStart()
-        GenerationController.addListener(render)
+        GenerationController.addListener(renderListener)
     }
 
     override fun onResume() {
@@ -164,7 +164,7 @@ class MainActivity : AppCompatActivity() {
     }
 
     override fun onStop() {
-        GenerationController.removeListener(render)
+        GenerationController.removeListener(renderListener)
         super.onStop()
     }
 
