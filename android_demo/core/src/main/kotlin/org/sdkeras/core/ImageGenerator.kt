@@ -67,9 +67,10 @@ class GenerationInputs internal constructor(
 class StepResult(val stepsDone: Int, val totalSteps: Int, val image: RgbImage?, val isFinal: Boolean)
 
 /**
- * Text-to-image with any [TextEncoder], [DiffusionModel] and [Decoder], one step at a time, following MediaPipe's
- * image generator contract: [setInputs] (prompt, settings, seed), then [execute] once per step, optionally
- * decoding a preview; the last call returns the image. Cancelling is simply not calling [execute] again.
+ * Text-to-image (and, with an [ImageEncoder], image-to-image: [setImageInputs]) with any [TextEncoder],
+ * [DiffusionModel] and [Decoder], one step at a time, following MediaPipe's image generator contract: [setInputs]
+ * (prompt, settings, seed), then [execute] once per step, optionally decoding a preview; the last call returns the
+ * image. Cancelling is simply not calling [execute] again.
  *
  * The maths is the Python pipeline's: the prompt and negative prompt are tokenized and encoded (batch 1 each), the
  * initial latent (and for ancestral samplers one draw per step) comes from [SeedNoise], and each step runs the
