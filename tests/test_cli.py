@@ -137,3 +137,36 @@ def test_info_without_parameters(tmp_path):
 
     Image.new("RGB", (4, 4)).save(tmp_path / "plain.png")
     assert cli.main(["info", str(tmp_path / "plain.png")]) == 2
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.once
+def test_legacy_ckpt_with_code_is_refused_in_one_line_of_our_own(tmp_path):
+    import pickle
+
+    import torch
+
+    marker = tmp_path / "pwned"
+    files = {"bare.ckpt": pickle.dumps({"state_dict": _Evil(marker)}, protocol=2),
+             "protocol4.ckpt": pickle.dumps({"state_dict": {"x": _Evil(marker)}}, protocol=4)}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "x": _Evil(marker)}, tmp_path / "torch_legacy.ckpt",
+               _use_new_zipfile_serialization=False)  # the pre-1.6 format: a sequence of pickles, no zip
+    for name in [*files, "torch_legacy.ckpt"]:
+        result = run("convert", str(tmp_path / name), "-o", str(tmp_path / "out"))
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr  # no torch warning, no advice
+        assert lines[0].startswith(f"sd-keras: error: {tmp_path / name}: refusing to load: the pickle "), lines[0]
+        if name != "protocol4.ckpt":  # torch stops at protocol 4's first opcode, before it reaches the global
+            assert "references the global posix.system" in lines[0], lines[0]
+        assert "weights_only" not in lines[0] and "Re-running" not in lines[0]
+    assert not marker.exists() and not (tmp_path / "out").exists()

@@ -16,7 +16,8 @@ restricted unpickler that resolves only these globals:
 
 Anything else (``os.system``, ``builtins.eval``, any class) raises ``UnsafeCheckpointError`` naming the file and
 the global, before any of it is called. Files in the pre-1.6 (non-zip) format are read with
-``torch.load(weights_only=True)`` when torch is installed.
+``torch.load(weights_only=True)`` when torch is installed; what it refuses is reported the same way, in one line
+of our own (torch's message suggests ``weights_only=False``, which would run the file's code).
 
 Example:
     >>> reader = TorchCheckpoint("sd-v1-5.ckpt")                                 # doctest: +SKIP
@@ -28,10 +29,16 @@ Example:
 
 import collections
 import pickle
+import re
+import warnings
 import zipfile
 from typing import NamedTuple, Tuple
 
 import numpy as np
+
+
+# torch.load(weights_only=True) names what it refused as "GLOBAL module.name" (e.g. "GLOBAL posix.system")
+_UNSUPPORTED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 
 
 class UnsafeCheckpointError(ValueError):
@@ -254,11 +261,20 @@ class TorchLegacyCheckpoint:
             raise CheckpointFormatError(f"{self.path}: not a zip-format PyTorch checkpoint; reading the legacy "
                                         "format needs torch installed") from None
         try:
-            obj = torch.load(self.path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch's own notes about weights_only are not for our users
+                obj = torch.load(self.path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as error:
-            raise UnsafeCheckpointError(f"{self.path}: refusing to load: {str(error).splitlines()[0]}") from None
+            # Our own words: torch's message goes on to advise loading with weights_only=False, which would run
+            # the file's code.
+            found = _UNSUPPORTED_GLOBAL.search(str(error))
+            what = (f"references the global {found.group(1)}, which is not a tensor or state-dict type" if found
+                    else "holds more than tensors and plain data")
+            raise UnsafeCheckpointError(f"{self.path}: refusing to load: the pickle {what} (loading it would run "
+                                        "code from the file); nothing was loaded") from None
         except (RuntimeError, EOFError, ValueError, OSError) as error:
-            raise CheckpointFormatError(f"{self.path}: not a readable PyTorch checkpoint ({error})") from None
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise CheckpointFormatError(f"{self.path}: not a readable PyTorch checkpoint ({first})") from None
         self.global_step = _global_step(obj)
         if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
             obj = obj["state_dict"]
