@@ -17,8 +17,8 @@ DEV = TF + JAX + SERVE + [
     "nbformat>=5.9",
     "pytest>=8",
     "nbclient>=0.10",
+    "nbmake>=1.5",           # pytest --nbmake notebooks/ runs them as written
     "ipykernel",
-    "matplotlib",
 ]
 
 setup(

@@ -55,8 +55,8 @@ def _as_rgb(image, index):
     return Image.fromarray(array).convert("RGB")
 
 
-def image_grid(images, columns=None, titles=None, *, scale=1, padding=4, background=(255, 255, 255)):
-    """One PIL image holding ``images`` in rows of ``columns`` (default: all in one row), each with its title.
+def image_grid(images, titles=None, *, columns=None, scale=1, padding=4, background=(255, 255, 255)):
+    """One PIL image holding ``images`` in rows of ``columns`` (default: all in one row), each under its title.
 
     ``images``: a uint8 array (B, H, W, 3) as ``text_to_image`` returns, or a list of arrays ((H, W) masks
     included) or PIL images. ``titles``: one string per image (``\\n`` starts a new line; long lines wrap to the

@@ -26,6 +26,19 @@ def keras_cv_files(name):
     return [RemoteFile(f"{component}.h5", *table[component]) for component in _COMPONENTS if component in table]
 
 
+def cached(name):
+    """True when ``name`` loads without a download: a shipped or random preset, or a KerasCV preset whose files
+    are all in the cache (their sha256 is checked when they load)."""
+    get_config(name)  # ValueError listing the presets for an unknown name
+    if name not in KERAS_CV_PRESETS:
+        return True
+    import os
+
+    from sd_keras.weights.download import cache_dir
+
+    return all(os.path.isfile(cache_dir(name, remote.name)) for remote in keras_cv_files(name))
+
+
 def load(cls, name, *, dtype="float32"):
     config = get_config(name)  # ValueError listing the presets for an unknown name
     if name in RANDOM_PRESETS:
