@@ -193,7 +193,8 @@ def test_model_files_are_registered_under_their_base_names(tmp_path):
     models = registered_models(["tiny", str(tmp_path / "my-model.safetensors")])
     assert models["my-model"] == str(tmp_path / "my-model.safetensors") and models["tiny"] == "tiny"
     with pytest.raises(CliError, match="already taken"):
-        registered_models([str(tmp_path / "tiny.ckpt")])
+        registered_models(["tiny", str(tmp_path / "tiny.ckpt")])
+    assert registered_models([str(tmp_path / "tiny.ckpt")]) == {"tiny": str(tmp_path / "tiny.ckpt")}  # no preset
 
 
 # -- live server -----------------------------------------------------------------------------------------------
@@ -361,7 +362,7 @@ BAD_REQUESTS = [
     ("POST", "/sdapi/v1/img2img", {}, {}, 422, "init_images"),
     ("POST", "/sdapi/v1/img2img", {"init_images": ["!!!!"]}, {}, 422, "init_images[0]: not valid base64"),
     ("POST", "/sdapi/v1/img2img", {"init_images": [base64.b64encode(b"not an image").decode()]}, {}, 422,
-     "init_images[0]: not an image"),
+     "init_images[0]: cannot read image"),
     ("POST", "/sdapi/v1/img2img", {"init_images": [_huge_image()]}, {}, 422, "2049x8"),
     ("POST", "/sdapi/v1/img2img", {"init_images": ["https://example.com/a.png"]}, {}, 422, "URLs are not fetched"),
     ("POST", "/sdapi/v1/img2img", {"init_images": [png_base64(np.zeros((8, 8, 3), np.uint8))], "mask": "@@"}, {},
@@ -372,7 +373,7 @@ BAD_REQUESTS = [
     ("POST", "/sdapi/v1/options", {"sd_model_checkpoint": "../../weights.ckpt"}, {}, 404, "not registered"),
     ("POST", "/sdapi/v1/options", [1, 2], {}, 422, "dict"),
     ("POST", "/sdapi/v1/png-info", {"image": base64.b64encode(b"GIF89a-broken").decode()}, {}, 422,
-     "not an image"),
+     "cannot read image"),
 ]
 
 
@@ -558,11 +559,13 @@ def test_models_switch_by_registered_name_only_and_a_failed_load_keeps_the_old_o
                                                progress=lambda step: None)[0]
         assert np.abs(alpha_pixels.astype(int) - expected).max() <= 1
         assert not np.array_equal(alpha_pixels, decode_png(on_beta["images"][0])[0])  # other weights
-        assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == "alpha"  # one model in memory
+        # the override held for that request only (override_settings_restore_afterwards defaults to true)
+        assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == "beta"
 
         failed = client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "broken"})
         assert failed.status_code == 500 and "no such weights file" in failed.json()["detail"]
-        assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == "alpha"  # reloaded
+        # the setting stays; the model loaded before the failure (alpha) was reloaded
+        assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == "beta"
         for name in ("preset-tiny", "/tmp/x.safetensors", "../alpha"):  # specs and paths are not names
             assert client.post("/sdapi/v1/options", json={"sd_model_checkpoint": name}).status_code == 404
         values = metric_values(client)

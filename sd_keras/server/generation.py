@@ -83,7 +83,6 @@ class ModelRegistry:
         if cache is not None:
             for key, value in self._counts_since_load(model).items():
                 self._retired[key] += value
-            cache.clear()  # a model kept elsewhere (a test's, a loader's) does not keep its programs here
 
     def names(self):
         return list(self.specs)
