@@ -7,6 +7,7 @@ TensorFlow subprocess, so these tests cover both paths.
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 
@@ -29,7 +30,7 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def fp32_bundle(tiny, tmp_path_factory):
-    path = tmp_path_factory.mktemp("bundles") / "tiny-fp32"
+    path = tmp_path_factory.mktemp("bundles") / "new" / "tiny-fp32"  # a missing parent folder is created
     report = bundle_lib.export_bundle(tiny, str(path), quantization="fp32", calibration_prompts=[PROMPT, "a dog"],
                                       calibration_steps=3, latency_runs=1)
     return str(path), report
@@ -359,6 +360,17 @@ def test_failed_gate_leaves_no_bundle(tiny, fp32_bundle, tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["bundle.report.json"]
     with open(tmp_path / "bundle.report.json") as handle:
         assert json.load(handle)["passed"] is False
+
+
+def test_bundle_is_shared_like_any_output(fp32_bundle):
+    """Files 0644 and folders 0755 under umask 022 (mkstemp/mkdtemp made them 0600/0700); nothing left beside."""
+    path, _ = fp32_bundle
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o777 & ~umask
+    for name in os.listdir(path):
+        assert stat.S_IMODE(os.stat(os.path.join(path, name)).st_mode) == 0o666 & ~umask, name
+    assert os.listdir(os.path.dirname(path)) == ["tiny-fp32"]
 
 
 def test_export_refuses_to_replace_a_folder_that_is_not_a_bundle(tiny, tmp_path):
