@@ -82,6 +82,7 @@ LIGHT_COMMANDS = {
     "bad strength": ["generate", "-p", "x", "--strength", "-1"],
     "bad output": ["generate", "-p", "x", "-o", "/proc/x.png"],
     "export bad output": ["export", "-m", "tiny", "-o", "/proc/bundle"],
+    "convert bad output": ["convert", "{png}", "-o", "/proc/model"],
 }
 
 

@@ -64,6 +64,7 @@ def apply_lora_arguments(model, args):
 
 
 def cmd_convert(args):
+    from sd_keras import files
     from sd_keras.weights import saved
     from sd_keras.weights.checkpoints import check_output_folder, convert_checkpoint, printing_notes
 
@@ -72,6 +73,7 @@ def cmd_convert(args):
     if os.path.abspath(args.path) == os.path.abspath(args.output):
         raise ValueError("-o/--output must differ from the input checkpoint")
     check_output_folder(os.path.abspath(args.output))
+    files.check_writable(args.output, folder=True)  # before minutes of reading (missing parents are created)
     loras = lora_specs(args)
     if saved.is_saved_folder(args.path):
         if args.ema or args.prediction_type:
@@ -102,7 +104,8 @@ def register(subparsers):
         description="Convert a Stable Diffusion 1.x/2.x checkpoint (diffusers folder, or an original single "
                     ".safetensors/.ckpt file) to sd_keras's saved format, usable as `generate -m OUT`.")
     parser.add_argument("path", help="diffusers folder, .safetensors or .ckpt file")
-    parser.add_argument("-o", "--output", required=True, help="output folder (replaced atomically)")
+    parser.add_argument("-o", "--output", required=True,
+                        help="output folder (replaced atomically; missing parent folders are created)")
     add_checkpoint_arguments(parser)
     parser.add_argument("--weight-dtype", choices=["float32", "float16"], default=None,
                         help="storage dtype of the written weights (default: float32)")
