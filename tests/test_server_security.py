@@ -294,3 +294,27 @@ def test_the_server_bounds_compiled_programs_and_reports_them():
     finally:
         server.should_exit = True
         thread.join(60)
+
+
+def test_a_failed_model_switch_names_no_server_folder():
+    from sd_keras.server.generation import (LOAD_MODEL, GenerationRunner, ModelLoadError, ModelRegistry,
+                                            hide_paths)
+    from sd_keras.server.queue import Job, Progress, RunContext
+
+    def loader(spec, dtype):
+        if spec.endswith(".safetensors"):
+            raise FileNotFoundError(2, "No such file or directory", spec)
+        return object()
+
+    registry = ModelRegistry({"base": "base", "other": "/srv/private models/other.safetensors"}, "base",
+                             loader=loader)
+    registry.ensure("base")
+    job = Job(LOAD_MODEL, "other")
+    with pytest.raises(ModelLoadError) as caught:
+        GenerationRunner(registry)([job], RunContext([job], Progress()))
+    message = str(caught.value)
+    assert "loading model 'other' failed: FileNotFoundError" in message and "other.safetensors" in message
+    assert "/srv" not in message and "private" not in message
+    assert registry.name == "base"  # the previous model is back
+    assert hide_paths("cache /root/.cache/sd_keras/sd-v1/x.h5, see https://example.com/a/b") == \
+        "cache …/x.h5, see https://example.com/a/b"

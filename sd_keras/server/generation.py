@@ -36,6 +36,26 @@ class UnknownModelError(LookupError):
     """A model name that is not registered."""
 
 
+class ModelLoadError(RuntimeError):
+    """Loading a registered model failed; the message names files by base name only (clients see it)."""
+
+
+_PATH = re.compile(r"(?<![\w.:/\\…])(?:~|[A-Za-z]:)?(?:[/\\][^\s'\"/\\,;:()\[\]]+)+")
+
+
+_QUOTED_PATH = re.compile(r"""(['"])((?:~|[A-Za-z]:)?[/\\][^'"]*)\1""")
+
+
+def _base(path):
+    return "…/" + re.split(r"[/\\]", path)[-1]
+
+
+def hide_paths(text):
+    """``text`` with every absolute path cut to ``…/`` and its base name (the server's folders stay private)."""
+    text = _QUOTED_PATH.sub(lambda match: match.group(1) + _base(match.group(2)) + match.group(1), text)
+    return _PATH.sub(lambda match: _base(match.group(0)), text)
+
+
 def model_name_for(spec):
     """The name a ``-m`` spec is served under: a preset's name, or a file or folder's base name."""
     base = os.path.basename(os.path.normpath(spec))
@@ -212,13 +232,25 @@ class GenerationRunner:
     def __init__(self, registry):
         self.registry = registry
 
+    def _ensure(self, name):
+        """``registry.ensure`` for a client's request: a failure is a ModelLoadError without folder names (the
+        log keeps the original error)."""
+        try:
+            return self.registry.ensure(name)
+        except UnknownModelError:
+            raise
+        except Exception as error:
+            LOG.error("loading model %r failed", name, exc_info=error)
+            raise ModelLoadError(f"loading model {name!r} failed: {type(error).__name__}: "
+                                 f"{hide_paths(' '.join(str(error).split()))}") from None
+
     def __call__(self, jobs, context):
         first = jobs[0]
         if first.kind == LOAD_MODEL:
-            self.registry.ensure(first.spec)
+            self._ensure(first.spec)
             return [self.registry.name]
         # no model named: the one loaded when the job runs (a model switch queued before it has happened)
-        model = self.registry.ensure(first.spec.model_name or self.registry.name or self.registry.initial)
+        model = self._ensure(first.spec.model_name or self.registry.name or self.registry.initial)
         if len(jobs) > 1 and hasattr(model, "generate_image"):
             return self._run_batched(model, jobs, context)
         # run one by one, each job cancellable on its own
@@ -306,4 +338,5 @@ def install_cancel_log_filter():
 
 
 __all__ = ["ModelRegistry", "GenerationSpec", "GenerationOutcome", "GenerationRunner", "UnknownModelError",
+           "ModelLoadError", "hide_paths",
            "GenerationCancelled", "LOAD_MODEL", "model_name_for", "install_cancel_log_filter"]
