@@ -87,6 +87,7 @@ def test_progress_inside_the_loop_reports_every_few_steps_and_covers_all(monkeyp
     from sd_keras import sampler as sampler_lib
 
     monkeypatch.setattr(backend, "CPU_GRAPH_MIN_PARAMS", 1)  # TensorFlow: the graph path, progress inside the loop
+    monkeypatch.setattr(backend, "compilation_cache_dir", lambda: None)  # JAX: progress inside the loop
     model = StableDiffusion.from_preset("tiny")
     reports = []
     on_step = model._loop._on_step
@@ -388,3 +389,20 @@ def test_save_writes_pngs_with_each_images_parameters(sd, tmp_path):
     parsed = metadata.parse_parameters(metadata.read_parameters(path))
     assert (parsed["prompt"], parsed["Seed"], parsed["Denoising strength"]) == ("a cat", "3", "0")
     assert parsed["negative_prompt"] == "" and parsed["Sampler"] == DEFAULT_SAMPLER
+
+
+def test_presets_cached_says_whether_a_preset_loads_without_download(tmp_path, monkeypatch):
+    from sd_keras import presets
+    from sd_keras.weights import download
+
+    monkeypatch.setenv(download.CACHE_ENV, str(tmp_path))
+    assert presets.cached("tiny") and presets.cached("shapes")
+    files = presets.keras_cv_files("sd-v2")
+    for remote in files[:-1]:
+        (tmp_path / "sd-v2").mkdir(exist_ok=True)
+        (tmp_path / "sd-v2" / remote.name).write_bytes(b"x")
+    assert not presets.cached("sd-v2")
+    (tmp_path / "sd-v2" / files[-1].name).write_bytes(b"x")
+    assert presets.cached("sd-v2") and not presets.cached("sd-v1")
+    with pytest.raises(ValueError, match="no-such-preset"):
+        presets.cached("no-such-preset")
