@@ -3,7 +3,8 @@ from setuptools import setup
 
 TF = ["tensorflow>=2.16", "ai-edge-litert>=2.3", "ai-edge-quantizer>=0.10"]
 JAX = ["jax>=0.4.30"]
-SERVE = ["fastapi>=0.110", "uvicorn>=0.29", "pydantic>=2", "prometheus-client>=0.17"]
+SERVE = ["fastapi>=0.110", "uvicorn>=0.29", "pydantic>=2", "prometheus-client>=0.17",
+         "fastapi-offline>=1.7"]  # Swagger UI and Redoc files: /docs works offline
 DEV = TF + JAX + SERVE + [
     "keras-cv==0.9.0",       # parity oracle (imports TensorFlow)
     "tf-keras",              # writes KerasCV's legacy h5 layout in tests

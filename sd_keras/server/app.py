@@ -10,12 +10,15 @@ import dataclasses
 import itertools
 import json
 import logging
+import math
 import os
+import reprlib
 import time
 from typing import Any, Dict, Optional, Tuple
 
 from fastapi import Body, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
@@ -35,6 +38,34 @@ from sd_keras.server.samplers import resolve_sampler, sampler_items, scheduler_i
 LOG = logging.getLogger("sd_keras.server")
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 DISCONNECT_POLL_SECONDS = 0.1
+DOCS_ASSETS_URL = "/static/docs"
+PROGRESS_PATH = "/sdapi/v1/progress"
+
+
+def _docs_assets_dir():
+    """Swagger UI's and Redoc's files, from the ``fastapi-offline`` package (the ``serve`` extra): Swagger UI 5,
+    which reads the OpenAPI 3.1 that FastAPI writes."""
+    import fastapi_offline
+
+    return os.path.join(os.path.dirname(os.path.abspath(fastapi_offline.__file__)), "static")
+
+
+class _QuietProgressPolls(logging.Filter):
+    """Drops uvicorn's access line for a successful ``GET /sdapi/v1/progress`` (the page polls it several times
+    a second) unless the access log is at DEBUG (``--log-level debug``)."""
+
+    def filter(self, record):
+        args = record.args  # uvicorn: (client, method, path with query, HTTP version, status)
+        if isinstance(args, tuple) and len(args) == 5 and str(args[2]).split("?", 1)[0] == PROGRESS_PATH \
+                and isinstance(args[4], int) and args[4] < 400:
+            return logging.getLogger("uvicorn.access").isEnabledFor(logging.DEBUG)
+        return True
+
+
+def install_progress_log_filter():
+    access_log = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, _QuietProgressPolls) for f in access_log.filters):
+        access_log.addFilter(_QuietProgressPolls())
 
 
 @dataclasses.dataclass
@@ -64,13 +95,43 @@ def _error_response(status, detail, headers=None):
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
 
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxstring = _SHORT_REPR.maxother = _SHORT_REPR.maxlong = schemas.SHOWN_CHARS
+_SHORT_REPR.maxlevel, _SHORT_REPR.maxdict, _SHORT_REPR.maxlist = 2, 4, 4
+
+
+def _echo(value):
+    """A client's value as an error may repeat it: short, and valid JSON (no NaN, no megabytes)."""
+    if value is None or isinstance(value, (bool, str)):
+        return value if not isinstance(value, str) else schemas.shorten(value)
+    if isinstance(value, int) and abs(value) < 2**64 or isinstance(value, float) and math.isfinite(value):
+        return value
+    return _SHORT_REPR.repr(value)
+
+
+def _location(error):
+    return ".".join(schemas.shorten(p) for p in error.get("loc", ()) if p != "body")
+
+
 def _validation_message(errors):
     parts = []
     for error in errors:
-        location = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
-        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        location = _location(error)
+        if error.get("type") == "finite_number":
+            message = "must be finite"
+        else:
+            message = schemas.shorten(str(error.get("msg", "invalid")).removeprefix("Value error, "), 300)
         parts.append(f"{location}: {message}" if location else message)
     return "; ".join(parts)
+
+
+def _validation_errors(errors):
+    """pydantic's error list with every echoed value shortened (``input``, ``ctx``)."""
+    return [{"type": str(error.get("type")), "loc": [_echo(p) for p in error.get("loc", ())],
+             "msg": schemas.shorten(error.get("msg", ""), 300), "input": _echo(error.get("input")),
+             **({"ctx": {str(k): _echo(v if isinstance(v, (int, float, str)) else str(v))
+                         for k, v in error["ctx"].items()}} if isinstance(error.get("ctx"), dict) else {})}
+            for error in errors]
 
 
 class _Server:
@@ -83,6 +144,22 @@ class _Server:
                               max_batch=settings.max_batch, on_finish=self._on_finish)
         self.metrics = ServerMetrics(self.queue, registry.programs)
         self._saved_count = itertools.count()
+        # the model setting (``sd_model_checkpoint``): what a request without an override runs on. A request's
+        # override loads its model for that request only (unless it asks to keep it); the next request without
+        # one loads the selected model back.
+        self.selected = settings.model
+
+    def native_size(self, name):
+        """(height, width) a model was trained at: of the loaded model, of a preset, or (a checkpoint not
+        loaded yet) the loaded model's as the best guess."""
+        from sd_keras.config import PRESETS
+
+        model = self.registry.model
+        if name != self.registry.name or model is None:
+            spec = self.registry.specs.get(name)
+            if isinstance(spec, str) and spec in PRESETS:
+                return tuple(PRESETS[spec].image_size)
+        return tuple(getattr(getattr(model, "config", None), "image_size", (512, 512)))
 
     def _on_finish(self, job, seconds, outcome):
         if isinstance(outcome, BaseException):
@@ -116,11 +193,17 @@ class _Server:
                 model_name = self.registry.check(model_name)
             except UnknownModelError as error:
                 raise ApiError(404, f"override_settings.sd_model_checkpoint: {error}") from None
+            if not body.override_settings_restore_afterwards:
+                self.selected = model_name  # A1111: the override becomes the setting
+        else:
+            model_name = self.selected
         seed = noise.random_seed() if body.seed == -1 else body.seed
+        native_height, native_width = self.native_size(model_name)
         spec = GenerationSpec(mode=mode, model_name=model_name, prompt=body.prompt,
                               negative_prompt=body.negative_prompt, seed=seed, batch_size=body.batch_size,
-                              n_iter=body.n_iter, steps=body.steps, cfg_scale=body.cfg_scale, width=body.width,
-                              height=body.height, sampler=sampler)
+                              n_iter=body.n_iter, steps=body.steps, cfg_scale=body.cfg_scale,
+                              width=body.width or native_width, height=body.height or native_height,
+                              sampler=sampler)
         if mode == "img2img":
             from PIL import ImageFilter, ImageOps
 
@@ -177,6 +260,16 @@ class _Server:
             raise ApiError(500, f"{job.kind} failed: {type(error).__name__}: {' '.join(str(error).split())}"
                            ) from None
 
+    def size_warnings(self, spec, model_name):
+        """A note when the size is larger than the model's native one (allowed, but it often repeats objects)."""
+        native_height, native_width = self.native_size(model_name)
+        if spec.width <= native_width and spec.height <= native_height:
+            return []
+        return [f"{spec.width}x{spec.height} is larger than {native_width}x{native_height}, the native size of model "
+                f"{model_name!r}: objects may repeat and the composition may fall apart. For a larger image, "
+                f"generate at {native_width}x{native_height} and upscale it with img2img (what A1111's hires fix "
+                "does; enable_hr is not supported here)."]
+
     def respond(self, body, spec, outcome):
         """Encode the images (PNG + parameters) and build A1111's response; optionally save the PNGs."""
         encoded = [image_io.encode_png(image, text) for image, text in zip(outcome.images, outcome.infotexts)]
@@ -187,6 +280,7 @@ class _Server:
                 name = f"{stamp}-{next(self._saved_count):05d}-{seed}.png"
                 metadata.save_png(image, os.path.join(self.settings.output_dir, name), text)
         parameters = body.model_dump()
+        parameters["width"], parameters["height"] = spec.width, spec.height  # the native size when left out
         if isinstance(body, schemas.Img2ImgRequest) and not body.include_init_images:
             parameters["init_images"], parameters["mask"] = None, None
         seeds = outcome.seeds or [spec.seed]
@@ -206,7 +300,7 @@ class _Server:
             "index_of_first_image": 0, "infotexts": outcome.infotexts, "styles": body.styles,
             "job_timestamp": time.strftime("%Y%m%d%H%M%S"), "clip_skip": 1,
             "is_using_inpainting_conditioning": False, "version": f"sd_keras {sd_keras.__version__}",
-            "interrupted": outcome.interrupted,
+            "interrupted": outcome.interrupted, "warnings": self.size_warnings(spec, outcome.model_name),
         }
         return {"images": encoded if body.send_images else [], "parameters": parameters, "info": json.dumps(info)}
 
@@ -218,6 +312,7 @@ def create_app(settings, *, registry=None, loader=None):
                                  max_programs=settings.max_programs)
         registry.ensure(settings.model)
     install_cancel_log_filter()
+    install_progress_log_filter()
     server = _Server(settings, registry)
 
     async def lifespan(app):
@@ -226,7 +321,8 @@ def create_app(settings, *, registry=None, loader=None):
         await run_in_threadpool(server.queue.stop)
 
     app = FastAPI(title="sd_keras", version=sd_keras.__version__, lifespan=lifespan,
-                  description="Stable Diffusion with Keras 3: an AUTOMATIC1111-compatible API (/sdapi/v1).")
+                  description="Stable Diffusion with Keras 3: an AUTOMATIC1111-compatible API (/sdapi/v1).",
+                  docs_url=None, redoc_url=None)  # served below from local files, not from a CDN
     app.state.server = server
 
     @app.exception_handler(ApiError)
@@ -236,8 +332,8 @@ def create_app(settings, *, registry=None, loader=None):
     @app.exception_handler(RequestValidationError)
     async def validation_error(request, error):
         errors = error.errors()
-        return JSONResponse({"detail": _validation_message(errors),
-                             "errors": json.loads(json.dumps(errors, default=str))}, status_code=422)
+        return JSONResponse({"detail": _validation_message(errors), "errors": _validation_errors(errors)},
+                            status_code=422)
 
     async def generate(request, body, mode):
         spec = await run_in_threadpool(server.build_spec, body, mode)
@@ -261,7 +357,7 @@ def create_app(settings, *, registry=None, loader=None):
         """Image to image from ``init_images[0]``; inpainting when ``mask`` is given (white = repaint)."""
         return await generate(request, body, "img2img")
 
-    @app.get("/sdapi/v1/progress", response_model=schemas.ProgressResponse, tags=["generation"])
+    @app.get(PROGRESS_PATH, response_model=schemas.ProgressResponse, tags=["generation"])
     async def progress(skip_current_image: bool = False):
         """Progress of the running generation (0 to 1), its ETA and A1111's state snapshot."""
         value, eta, state = server.queue.progress.snapshot()
@@ -278,9 +374,8 @@ def create_app(settings, *, registry=None, loader=None):
     @app.get("/sdapi/v1/options", tags=["settings"])
     async def get_options():
         """A1111's settings that apply here, plus the loaded model's native size (``sd_keras_default_*``)."""
-        config = getattr(registry.model, "config", None)
-        height, width = getattr(config, "image_size", (512, 512))
-        return {"sd_model_checkpoint": registry.name, "sd_checkpoint_hash": None, "samples_format": "png",
+        height, width = server.native_size(server.selected)
+        return {"sd_model_checkpoint": server.selected, "sd_checkpoint_hash": None, "samples_format": "png",
                 "CLIP_stop_at_last_layers": 1, "sd_vae": "Automatic", "sd_keras_default_width": width,
                 "sd_keras_default_height": height}
 
@@ -294,7 +389,13 @@ def create_app(settings, *, registry=None, loader=None):
             name = registry.check(name)
         except UnknownModelError as error:
             raise ApiError(404, f"sd_model_checkpoint: {error}") from None
-        if await server.run_job(request, Job(LOAD_MODEL, name)) is None:
+        previous, server.selected = server.selected, name  # requests queued from now on run on it
+        try:
+            loaded = await server.run_job(request, Job(LOAD_MODEL, name))
+        except ApiError:
+            server.selected = previous  # refused or failed: the setting stays as it was
+            raise
+        if loaded is None:
             return Response(status_code=499)
         return None
 
@@ -341,6 +442,24 @@ def create_app(settings, *, registry=None, loader=None):
     async def page():
         return FileResponse(os.path.join(STATIC_DIR, "index.html"), media_type="text/html")
 
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request):
+        """Swagger UI with its files served from the installed package: it works offline."""
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(openapi_url=root + app.openapi_url, title=f"{app.title} - API",
+                                   swagger_js_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui.css",
+                                   swagger_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png")
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request):
+        root = request.scope.get("root_path", "")
+        return get_redoc_html(openapi_url=root + app.openapi_url, title=f"{app.title} - API",
+                              redoc_js_url=f"{root}{DOCS_ASSETS_URL}/redoc.standalone.js",
+                              redoc_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png", with_google_fonts=False)
+
+    # before "/static", which would otherwise take these paths; public like the rest of /static/
+    app.mount(DOCS_ASSETS_URL, StaticFiles(directory=_docs_assets_dir()), name="docs-assets")
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     known_paths = {route.path for route in app.routes if hasattr(route, "path")}

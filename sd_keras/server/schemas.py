@@ -3,13 +3,16 @@
 Unknown fields are accepted and ignored, so requests written for A1111 work unchanged; ``null`` means "the
 default". Limits keep one request from taking the server down: sides in [64, 2048] and multiples of 64,
 ``steps`` in [1, 150], ``batch_size`` ≤ 8, ``n_iter`` ≤ 16, at most 32 images per request, prompts ≤ 10,000
-characters.
+characters. Numbers must be finite (JSON's ``NaN``, ``Infinity`` and overflowing ``1e400`` are refused wherever
+they appear). ``width``/``height`` left out mean the model's native size. The seeds of a request's images,
+``seed`` to ``seed + batch_size * n_iter - 1``, must all be at most ``MAX_SEED`` (2**63 - 1).
 
 Example:
     >>> Txt2ImgRequest.model_validate({"prompt": "a cat", "steps": 4, "future_field": 1}).steps
     4
 """
 
+import math
 from typing import Any, Dict, List, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -21,6 +24,29 @@ MAX_N_ITER = 16
 MAX_IMAGES_PER_REQUEST = 32
 MAX_PROMPT_CHARS = 10_000
 MAX_SEED = 2**63 - 1
+SHOWN_CHARS = 100  # how much of a client's value an error message repeats
+
+
+def shorten(text, limit=SHOWN_CHARS):
+    """``text`` cut to ``limit`` characters, saying how long it was."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _first_non_finite(data):
+    """The path (``cfg_scale``, ``override_settings.x``, ``script_args[2]``) of the first NaN or infinite
+    number in a JSON body, or None."""
+    pending = [(data, "")]
+    while pending:
+        value, path = pending.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            return path or "body"
+        if isinstance(value, dict):
+            pending.extend((item, f"{path}.{shorten(key)}" if path else shorten(key))
+                           for key, item in reversed(list(value.items())))
+        elif isinstance(value, list):
+            pending.extend((item, f"{path}[{index}]") for index, item in reversed(list(enumerate(value))))
+    return None
 
 
 def _nearest_multiples(value, base=64):
@@ -30,7 +56,7 @@ def _nearest_multiples(value, base=64):
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, allow_inf_nan=False)
 
     prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
@@ -47,8 +73,9 @@ class _Request(BaseModel):
     n_iter: int = Field(1, ge=1, le=MAX_N_ITER)
     steps: int = Field(50, ge=1, le=MAX_STEPS)
     cfg_scale: float = Field(7.0, ge=0, le=100, allow_inf_nan=False)
-    width: int = Field(512, description="a multiple of 64 in [64, 2048]")
-    height: int = Field(512, description="a multiple of 64 in [64, 2048]")
+    width: Optional[int] = Field(None, description="a multiple of 64 in [64, 2048]; default: the model's native width")
+    height: Optional[int] = Field(None,
+                                  description="a multiple of 64 in [64, 2048]; default: the model's native height")
     restore_faces: Optional[bool] = None
     tiling: Optional[bool] = None
     do_not_save_samples: bool = False
@@ -66,6 +93,11 @@ class _Request(BaseModel):
     @classmethod
     def _null_means_default(cls, data):
         if isinstance(data, dict):
+            # JSON allows NaN/Infinity (and 1e400 overflows to inf); no field means anything by them, and a
+            # non-finite number cannot be echoed back in JSON
+            where = _first_non_finite(data)
+            if where is not None:
+                raise ValueError(f"{where}: must be finite")
             return {key: value for key, value in data.items() if value is not None}
         return data
 
@@ -79,9 +111,13 @@ class _Request(BaseModel):
 
     @model_validator(mode="after")
     def _check_supported(self):
-        if self.batch_size * self.n_iter > MAX_IMAGES_PER_REQUEST:
-            raise ValueError(f"batch_size * n_iter = {self.batch_size * self.n_iter} images; at most "
-                             f"{MAX_IMAGES_PER_REQUEST} per request")
+        images = self.batch_size * self.n_iter
+        if images > MAX_IMAGES_PER_REQUEST:
+            raise ValueError(f"batch_size * n_iter = {images} images; at most {MAX_IMAGES_PER_REQUEST} per request")
+        if self.seed != -1 and self.seed + images - 1 > MAX_SEED:
+            # image i uses seed + i (as in sd_keras.noise); every reported seed must be one a request may send
+            raise ValueError(f"seed: the {images} images would use seeds {self.seed} to {self.seed + images - 1}, "
+                             f"over the largest seed {MAX_SEED}; use a seed of at most {MAX_SEED - images + 1}")
         if self.subseed_strength > 0:
             raise ValueError("subseed_strength > 0 (variation seeds) is not supported")
         if self.restore_faces:
@@ -89,10 +125,12 @@ class _Request(BaseModel):
         if self.tiling:
             raise ValueError("tiling is not supported")
         if self.script_name:
-            raise ValueError(f"script_name: script {self.script_name!r} not found (this server has no scripts)")
+            raise ValueError(f"script_name: script {shorten(repr(self.script_name))} not found (this server has no "
+                             "scripts)")
         if self.alwayson_scripts:
             name = next(iter(self.alwayson_scripts))
-            raise ValueError(f"alwayson_scripts: always-on script {name!r} not found (this server has no scripts)")
+            raise ValueError(f"alwayson_scripts: always-on script {shorten(repr(name))} not found (this server has "
+                             "no scripts)")
         return self
 
 
@@ -150,7 +188,7 @@ class ProgressResponse(BaseModel):
 
 
 class PNGInfoRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
     image: str = Field(description="base64 PNG (raw or data: URL)")
 
 
