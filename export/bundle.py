@@ -229,7 +229,8 @@ def export_bundle(model, output_dir, *, quantization="fp32", image_size=None, im
     Args:
         model: the source ``StableDiffusion``.
         output_dir: the bundle folder to create (an existing bundle there is replaced).
-        quantization: one of ``quantize.MODES``.
+        quantization: one of ``quantize.MODES``, or a mode per component (``"unet=int8,text_encoder=fp16"``
+            or a dict; see ``quantize.parse_spec``).
         image_size: (height, width), multiples of 64; default the model's native size.
         image_encoder: also export the VAE encoder (image-to-image on device).
         random_weights: whether the weights are random (quantized modes' image gates are then reported only);
@@ -267,7 +268,7 @@ def export_bundle(model, output_dir, *, quantization="fp32", image_size=None, im
     def log(message):
         user_log(f"[{time.perf_counter() - started:6.1f}s] {message}")
 
-    quantize.check_mode(quantization)
+    plan = quantize.parse_spec(quantization)
     config = model.config
     height, width = config.image_size if image_size is None else image_size
     check_size(height, width)
@@ -278,6 +279,7 @@ def export_bundle(model, output_dir, *, quantization="fp32", image_size=None, im
               "decoder": model.decoder}
     if image_encoder and getattr(model, "image_encoder", None) is not None:
         models["image_encoder"] = model.image_encoder
+    quantization = quantize.spec_name(plan, tuple(models))
     staging = files.new_folder_beside(destination)
     try:
         log(f"recording {len(calibration_prompts or quantize.CALIBRATION_PROMPTS)} trajectories of "
@@ -286,7 +288,7 @@ def export_bundle(model, output_dir, *, quantization="fp32", image_size=None, im
             model, prompts=calibration_prompts or quantize.CALIBRATION_PROMPTS, num_steps=calibration_steps,
             sampler=calibration_sampler, image_size=(height, width))
         log(f"converting {', '.join(models)} ({quantization})")
-        converted = litert.export_components(models, config, (height, width), quantization, staging,
+        converted = litert.export_components(models, config, (height, width), plan, staging,
                                              representative=records, max_part_bytes=max_part_bytes)
         export_seconds = time.perf_counter() - started
         log("converted")
@@ -299,14 +301,15 @@ def export_bundle(model, output_dir, *, quantization="fp32", image_size=None, im
                           **{key: part[key] for key in ("signature", "inputs", "outputs", "steps",
                                                           "large_model_layout")}}
                          for part in converted[name]["parts"]]
-                components[name] = {"parts": parts, "quantization": quantization, **signatures[name],
+                components[name] = {"parts": parts, "quantization": plan[name], **signatures[name],
                                     "large_model_layout": converted[name]["large_model_layout"]}
                 continue
             path = os.path.join(staging, converted[name]["file"])
             components[name] = {"file": converted[name]["file"], "sha256": sha256_file(path),
-                                "quantization": quantization, **signatures[name],
+                                "quantization": plan[name], **signatures[name],
                                 "large_model_layout": converted[name]["large_model_layout"]}
-            for fact in ("integer_only", "activations", "int8_activations_psnr_db", "int16_activations_error"):
+            for fact in ("integer_only", "float_ops", "activations", "int8_activations_psnr_db",
+                         "int16_activations_psnr_db"):
                 if converted[name].get(fact) is not None:
                     components[name][fact] = converted[name][fact]
         factor = config.vae.downsample_factor
@@ -329,7 +332,7 @@ def export_bundle(model, output_dir, *, quantization="fp32", image_size=None, im
                         "num_steps": 4, "guidance_scale": 7.5}
             if isinstance(end_to_end, dict):
                 settings.update(end_to_end)
-        report = verify.evaluate(model, staging, manifest, records, quantization, random_weights=random_weights,
+        report = verify.evaluate(model, staging, manifest, records, plan, random_weights=random_weights,
                                  threads=threads, latency_runs=latency_runs, max_samples=parity_samples,
                                  end_to_end_settings=settings)
         report["export_seconds"] = round(export_seconds, 2)

@@ -48,7 +48,7 @@ OUTPUT_NAMES = {"text_encoder": "context", "diffusion_model": "model_output", "d
                 "image_encoder": "latent"}
 FLATBUFFER_LIMIT = 2**31 - 1
 # Bytes per weight the converter writes for each mode (int8-full keeps int32 biases: close to int8).
-_BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "int8-full": 1.0, "int4": 4.0}
+_BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "int8-full": 1.0, "w8a16": 4.0, "int4": 4.0}
 _LARGE_MODEL_MARGIN = 0.9  # switch layouts a little before the limit: the graph itself takes space too
 ISOLATE_BYTES = 2**30  # convert models with more float32 weight bytes than this in a child process
 MAX_PART_BYTES = 2**30  # a UNet with more float32 weight bytes is exported as parts of at most this size
@@ -241,12 +241,18 @@ def convert_saved_model(job, feeds=None):
             raise ExportError(f"{component}: conversion failed: {' '.join(message.split())[-500:]}") from None
         finally:
             del conv
-    if mode == "int8-full":
-        facts["integer_only"] = integer_only
-        facts["activations"] = job.get("activations", "int8")
     files.write_bytes(job["path"], data)
     del data
+    if mode == "int8-full":
+        facts.update(_integer_facts(job["path"]), activations=job.get("activations", "int8"))
     return facts
+
+
+def _integer_facts(path):
+    """``integer_only`` (no op of the file computes in float) and ``float_ops`` (``{op: count}`` of those that
+    do), read from the written file, not from the converter's settings."""
+    found = quantize.float_ops(path)
+    return {"integer_only": not found, "float_ops": found}
 
 
 def _run_convert(job_path):
@@ -273,16 +279,28 @@ def _to_int4(path):
         os.unlink(float_path)
 
 
-def _convert_all(models, config, image_size, mode, output_dir, representative, components,
+def _to_w8a16(path, feeds, component, signature_key):
+    """Quantize the fp32 file at ``path`` in place to int8 weights / int16 activations; its integer facts."""
+    try:
+        quantize.quantize_w8a16(path, path, feeds, signature_key)
+    except (RuntimeError, ValueError, KeyError) as error:  # the quantizer's calibration or rewriting failed
+        raise ExportError(f"{component}: int16 activations (w8a16) failed: "
+                          f"{' '.join(str(error).split())[-300:]}") from None
+    return {"activations": "int16", **_integer_facts(path)}
+
+
+def _convert_all(models, config, image_size, plan, output_dir, representative, components,
                  max_part_bytes=None):
     signatures = component_signatures(config, image_size)
     max_part_bytes = MAX_PART_BYTES if max_part_bytes is None else max_part_bytes
+    plan = quantize.parse_spec(plan)
     results = {}
     for component in components:
+        mode = plan[component]
         path = os.path.join(output_dir, f"{component}.tflite")
         feeds = (representative or {}).get(component) if quantize.needs_representative_data(mode) else None
         if quantize.needs_representative_data(mode) and not feeds:
-            raise ExportError(f"{component}: int8-full needs representative data for this component")
+            raise ExportError(f"{component}: {mode} needs representative data for this component")
         if component == "diffusion_model" and max_part_bytes and weight_bytes(models[component]) > max_part_bytes:
             results[component] = _convert_unet_parts(models[component], config, signatures[component], mode,
                                                      output_dir, feeds, max_part_bytes)
@@ -292,6 +310,8 @@ def _convert_all(models, config, image_size, mode, output_dir, representative, c
         if mode == "int8-full":
             facts = _widen_activations_if_needed(models[component], component, signatures[component], path,
                                                  feeds, facts)
+        if mode == "w8a16":
+            facts = {**facts, **_to_w8a16(path, feeds, component, signatures[component]["signature"])}
         if mode == "int4":
             _to_int4(path)
         results[component] = {"file": os.path.basename(path), **facts}
@@ -332,6 +352,8 @@ def _convert_unet_parts(model, config, signature, mode, output_dir, feeds, max_p
                                  representative=part_feeds[index] or None, isolate=True)
         if mode == "int4":
             _to_int4(path)
+        if mode == "w8a16":
+            facts = {**facts, **_to_w8a16(path, part_feeds[index], f"diffusion_model part {index + 1}", name)}
         # the converter drops inputs a part does not read (e.g. the context of a part without attention)
         kept = set(Interpreter(model_path=path).get_signature_list()[name]["inputs"])
         part_signature["inputs"] = [spec for spec in part_signature["inputs"] if spec["name"] in kept]
@@ -342,8 +364,9 @@ def _convert_unet_parts(model, config, signature, mode, output_dir, feeds, max_p
 
 def _widen_activations_if_needed(model, component, signature, path, feeds, facts):
     """int8-full: measure the int8-activation file against Keras on (up to 4 of) the calibration feeds; below
-    ``quantize.INT8_ACTIVATIONS_MIN_PSNR_DB`` convert the component again with int16 activations (where the
-    converter cannot, e.g. an int32 input it tries to calibrate, the int8 file stays and the reason is kept)."""
+    ``quantize.INT8_ACTIVATIONS_MIN_PSNR_DB`` replace it with the component at int16 activations and int8
+    weights (``w8a16``: integer inputs such as the text encoder's positions are left alone, ops without an int16
+    kernel stay float). A widened file that cannot run, or runs worse than the int8 one, is an ExportError."""
     from sd_keras.export import verify
 
     samples = feeds[:: max(1, len(feeds) // 4)][:4]
@@ -351,12 +374,19 @@ def _widen_activations_if_needed(model, component, signature, path, feeds, facts
     facts = {**facts, "int8_activations_psnr_db": round(float(psnr), 2)}
     if psnr >= quantize.INT8_ACTIVATIONS_MIN_PSNR_DB:
         return facts
+    wide = f"{path}.int16"
     try:
-        widened = convert_component(model, component, signature, "int8-full", path, representative=feeds,
-                                    activations="int16")
-    except ExportError as error:  # the int8 file stays; the report says why it was kept
-        return {**facts, "int16_activations_error": str(error)[-300:]}
-    return {**facts, **widened}
+        convert_component(model, component, signature, "fp32", wide)
+        widened = _to_w8a16(wide, feeds, component, signature["signature"])
+        wide_psnr = verify.compare_component(model, component, wide, signature, samples)["psnr_db"]
+        if not wide_psnr > psnr:  # NaN included
+            raise ExportError(f"{component}: int16 activations measure {wide_psnr:.1f} dB against Keras, no "
+                              f"better than int8's {psnr:.1f} dB")
+        os.replace(wide, path)
+    finally:
+        if os.path.exists(wide):
+            os.unlink(wide)
+    return {**facts, **widened, "int16_activations_psnr_db": round(float(wide_psnr), 2)}
 
 
 def export_components(models, config, image_size, mode, output_dir, *, representative=None, components=None,
@@ -367,20 +397,21 @@ def export_components(models, config, image_size, mode, output_dir, *, represent
         models: ``{component: keras.Model}`` (float32 weights; mixed-precision models are rebuilt in float32).
         config: the ``ModelConfig`` the models were built from.
         image_size: (height, width) fixed in the exported shapes.
-        mode: quantization mode.
-        representative: ``{component: [feed, ...]}`` for ``int8-full``.
+        mode: a quantization mode, or a per-component plan (``quantize.parse_spec``'s dict or text).
+        representative: ``{component: [feed, ...]}`` for ``int8-full`` and ``w8a16``.
         components: which components (default: all present in ``models``).
         max_part_bytes: a UNet with more float32 weight bytes is written as consecutive parts of at most this
             size (``unet_parts``); default ``MAX_PART_BYTES``; 0: never split.
 
     Returns:
         ``{component: {"file": name, "large_model_layout": bool, "integer_only": bool | None, "activations":
-        "int8" | "int16" | None, ...}}`` (int8-full adds ``int8_activations_psnr_db``); a UNet written as parts
+        "int8" | "int16" | None, ...}}`` (int8-full and w8a16 add ``float_ops``, int8-full
+        ``int8_activations_psnr_db``); a UNet written as parts
         has ``{"parts": [{"file", "signature", "inputs", "outputs", ...}, ...], "large_model_layout"}``.
     """
     import keras
 
-    quantize.check_mode(mode)
+    mode = quantize.parse_spec(mode)
     components = [c for c in (components or COMPONENTS) if models.get(c) is not None]
     if keras.backend.backend() == "tensorflow":
         models = {c: _float32_model(models[c], config, c) for c in components}

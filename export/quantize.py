@@ -9,8 +9,14 @@ Modes (``--quantize``):
                from real sampling trajectories (``record_trajectories``); inputs and outputs stay float32. A
                component whose int8 activations lose too much against Keras on that data (PSNR under
                ``INT8_ACTIVATIONS_MIN_PSNR_DB``; the VAE's and CLIP's activations have outliers) is converted
-               again with int16 activations and int8 weights (the converter's 16x8 scheme, still integer-only
-               where kernels allow); the manifest names each component's activation type.
+               again with int16 activations and int8 weights (``w8a16`` below); the manifest names each
+               component's activation type and whether its file holds any float op (``integer_only``).
+``w8a16``      int8 weights (per channel) and int16 activations, calibrated on the same recorded trajectories:
+               ``ai-edge-quantizer``'s static recipe applied to the fp32 ``.tflite`` (what phone NPUs run for
+               SD 1.5). Integer inputs (tokens, positions) are left alone, ops on values int16 cannot hold (the
+               attention mask's -inf select and the softmax reading it) and ops without an int16 kernel stay
+               float, and the file's inputs and outputs stay float32 (a QUANTIZE op after each input, a
+               DEQUANTIZE before each output).
 ``int4``       int4 weights through ``ai-edge-quantizer`` applied to the fp32 ``.tflite``: fully-connected and
                embedding weights blockwise (blocks of 32 along the input axis; the quantizer's only blockwise
                int4 configuration, executed with on-the-fly activation quantization), convolution weights per
@@ -20,16 +26,31 @@ Modes (``--quantize``):
 The TensorFlow Model Optimization Toolkit is not used: it works only with Keras 2 (``tf_keras``) and sets
 ``TF_USE_LEGACY_KERAS=1`` when imported, which would switch this process away from Keras 3.
 
+Per component: ``parse_spec("unet=int8,text_encoder=fp16,decoder=fp16")`` gives each component its own mode
+(components not named take a bare mode in the list, else ``fp32``).
+
 Example:
     >>> check_mode("int8")
     'int8'
+    >>> parse_spec("fp16,unet=int8")["diffusion_model"]
+    'int8'
 """
+
+import os
+import re
 
 import numpy as np
 
 from sd_keras import files
 
-MODES = ("fp32", "fp16", "int8", "int8-full", "int4")
+MODES = ("fp32", "fp16", "int8", "int8-full", "w8a16", "int4")
+COMPONENTS = ("text_encoder", "diffusion_model", "decoder", "image_encoder")
+COMPONENT_NAMES = {"text_encoder": "text_encoder", "unet": "diffusion_model", "diffusion_model": "diffusion_model",
+                   "decoder": "decoder", "image_encoder": "image_encoder"}
+# w8a16: a calibrated value whose magnitude passes this is not an activation int16 can hold with useful resolution
+# (the attention mask's select of -inf / float32 min): the ops producing or reading it stay float.
+W8A16_FLOAT_RANGE = 1e6
+W8A16_FLOAT_OPS = ("RSQRT",)  # ... and so do these ops and the ops reading their outputs (see quantize_w8a16)
 INT4_BLOCK_SIZE = 32
 INT8_ACTIVATIONS_MIN_PSNR_DB = 30.0  # int8-full: below this on the calibration data, use int16 activations
 
@@ -41,13 +62,63 @@ def check_mode(mode):
     return mode
 
 
+def parse_spec(spec):
+    """``{component: mode}`` for every component from a ``--quantize`` value.
+
+    ``spec`` is a mode (``"int8"``: every component), or a comma-separated list of ``component=mode`` items
+    (components ``unet``/``diffusion_model``, ``text_encoder``, ``decoder``, ``image_encoder``) with at most one
+    bare mode for the components not named (default ``fp32``); a dict ``{component: mode}`` is checked the same
+    way. ValueError names an unknown component or mode, a repeated component or a second default.
+
+    Example:
+        >>> parse_spec("unet=int8,text_encoder=fp16,decoder=fp16")["image_encoder"]
+        'fp32'
+    """
+    if isinstance(spec, dict):
+        items = [f"{name}={mode}" for name, mode in spec.items()]
+    elif isinstance(spec, str) and spec.strip():
+        items = [item.strip() for item in spec.split(",")]
+    else:
+        raise ValueError(f"quantization must be a mode ({', '.join(MODES)}) or component=mode items, got {spec!r}")
+    default, plan = None, {}
+    for item in items:
+        if "=" not in item:
+            if default is not None:
+                raise ValueError(f"quantization {spec!r}: two modes for the unnamed components ({default!r} and "
+                                 f"{item!r}); name the component of each")
+            default = check_mode(item)
+            continue
+        name, mode = (part.strip() for part in item.split("=", 1))
+        if name not in COMPONENT_NAMES:
+            raise ValueError(f"quantization {spec!r}: unknown component {name!r}; use "
+                             f"{', '.join(sorted(set(COMPONENT_NAMES) - {'diffusion_model'}))}")
+        component = COMPONENT_NAMES[name]
+        if component in plan:
+            raise ValueError(f"quantization {spec!r}: {name} is given twice")
+        if mode not in MODES:
+            raise ValueError(f"quantization {spec!r}: unknown mode {mode!r} for {name}; use one of "
+                             f"{', '.join(MODES)}")
+        plan[component] = mode
+    return {component: plan.get(component, default or "fp32") for component in COMPONENTS}
+
+
+def spec_name(plan, components=COMPONENTS):
+    """The canonical text of a plan: its mode when every component in ``components`` shares one, else
+    ``component=mode`` items in component order (what the manifest and report record)."""
+    modes = [plan[component] for component in components]
+    if len(set(modes)) == 1:
+        return modes[0]
+    return ",".join(f"{component}={plan[component]}" for component in components)
+
+
 def needs_representative_data(mode):
-    return mode == "int8-full"
+    return mode in ("int8-full", "w8a16")
 
 
 def converter_mode(mode):
-    """The mode the TFLite converter produces; int4 starts from the fp32 model and is quantized afterwards."""
-    return "fp32" if mode == "int4" else mode
+    """The mode the TFLite converter produces; int4 and w8a16 start from the fp32 model and are quantized
+    afterwards by ``ai-edge-quantizer``."""
+    return "fp32" if mode in ("int4", "w8a16") else mode
 
 
 def configure_converter(converter, mode, representative=None, *, integer_only=True, activations="int8"):
@@ -84,8 +155,8 @@ def configure_converter(converter, mode, representative=None, *, integer_only=Tr
             raise ValueError(f"int8-full activations must be int8 or int16, got {activations!r}")
         elif integer_only:
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    elif mode == "int4":
-        raise ValueError("int4 is applied to the fp32 model with quantize_int4, not by the converter")
+    elif mode in ("int4", "w8a16"):
+        raise ValueError(f"{mode} is applied to the fp32 model with ai-edge-quantizer, not by the converter")
     return converter
 
 
@@ -110,6 +181,140 @@ def quantize_int4(float_path, output_path, block_size=INT4_BLOCK_SIZE):
     with files.atomic_path(output_path) as temporary:
         result.export_model(temporary, overwrite=True)
     return output_path
+
+
+def quantize_w8a16(float_path, output_path, feeds, signature):
+    """Write the int8-weight, int16-activation version of the float ``.tflite`` at ``float_path`` (atomic).
+
+    Args:
+        float_path: the fp32 file.
+        output_path: where to write (may equal ``float_path``).
+        feeds: calibration feeds (dicts of the signature's inputs; extra keys are ignored).
+        signature: the signature key.
+
+    Returns:
+        ``{"kept_float": [op scopes kept float because their values pass W8A16_FLOAT_RANGE]}``.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_quantizer import calibrator, quantizer, recipe, recipe_manager
+    from ai_edge_quantizer.utils import qsv_utils
+
+    interpreter = Interpreter(model_path=str(float_path))
+    inputs = interpreter.get_signature_runner(signature).get_input_details()
+    feeds = [{name: np.asarray(feed[name], details["dtype"]) for name, details in inputs.items()}
+             for feed in feeds]
+    # ranges: the extremes over every feed (the quantizer's default is a moving average of each feed's extremes,
+    # which clips the values of the feeds beyond the average: the first and last steps of a trajectory)
+    recipes = recipe_manager.RecipeManager()
+    recipes.load_quantization_recipe(recipe.static_wi8_ai16())
+    calibrator_ = calibrator.Calibrator(str(float_path), num_threads=os.cpu_count() or 1,
+                                        qsv_update_func=qsv_utils.min_max_update)
+    calibrator_.calibrate({signature: feeds}, recipes)
+    calibration = calibrator_.get_model_qsvs()
+    del calibrator_
+    huge = {name for name, ranges in calibration.items()
+            if ranges and max(float(np.max(np.abs(ranges["min"]))), float(np.max(np.abs(ranges["max"]))))
+            > W8A16_FLOAT_RANGE}
+    names = {tensor["index"]: tensor["name"] for tensor in interpreter.get_tensor_details()}
+    ops = interpreter._get_ops_details()
+    # 1/sqrt(variance + eps) of the norms: calibration meets near-constant groups, whose huge values would
+    # leave the usual ones a few int16 steps; the reciprocal and the multiply reading it stay float
+    huge |= {names[i] for op in ops if op["op_name"] in W8A16_FLOAT_OPS for i in op["outputs"] if i >= 0}
+    kept_float = set()
+    for op in ops:
+        touched = {names[i] for i in list(op["inputs"]) + list(op["outputs"]) if i >= 0}
+        if touched & huge:  # the quantizer names an op's scope by its outputs: "out1;out2;"
+            kept_float.add("".join(names[i] + ";" for i in op["outputs"] if i >= 0))
+    plan = recipe.static_wi8_ai16()
+    plan += [{"regex": "^" + re.escape(scope) + "$", "operation": "*", "algorithm_key": "no_quantize"}
+             for scope in sorted(kept_float)]
+    engine = quantizer.Quantizer(str(float_path))
+    engine.load_quantization_recipe(plan)
+    quantized = engine.quantize(calibration, enable_progress_report=False).quantized_model
+    files.write_bytes(output_path, _float_inputs_and_outputs(quantized))
+    return {"kept_float": sorted(kept_float)}
+
+
+def _float_inputs_and_outputs(model_bytes):
+    """The quantizer makes a signature's float inputs and outputs int16 (quantized); give them back float32
+    tensors with a QUANTIZE op after each input and a DEQUANTIZE op before each output (what the converter does),
+    so a bundle's inputs and outputs are float32 in every mode."""
+    from ai_edge_litert.tools import flatbuffer_utils
+    from ai_edge_quantizer import qtyping
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(model_bytes))
+
+    def opcode(code):
+        for index, existing in enumerate(model.operatorCodes):
+            if existing.builtinCode == code:
+                return index
+        added = qtyping.OperatorCodeT()
+        added.builtinCode, added.deprecatedBuiltinCode, added.version = code, min(code, 127), 1
+        model.operatorCodes.append(added)
+        return len(model.operatorCodes) - 1
+
+    integer_types = (qtyping.TensorType.INT16, qtyping.TensorType.INT8)
+    for signature in model.signatureDefs:
+        subgraph = model.subgraphs[signature.subgraphIndex]
+        for kind in ("inputs", "outputs"):
+            for item in getattr(signature, kind):
+                index = item.tensorIndex
+                tensor = subgraph.tensors[index]
+                if tensor.type not in integer_types or tensor.quantization is None:
+                    continue
+                outer = qtyping.TensorT()
+                outer.shape, outer.type, outer.name, outer.buffer = (list(tensor.shape), qtyping.TensorType.FLOAT32,
+                                                                     tensor.name, 0)
+                tensor.name = tensor.name + b"_quantized"
+                outer_index = len(subgraph.tensors)
+                subgraph.tensors.append(outer)
+                op = qtyping.OperatorT()
+                if kind == "inputs":
+                    op.opcodeIndex, op.inputs, op.outputs = (opcode(qtyping.BuiltinOperator.QUANTIZE),
+                                                             [outer_index], [index])
+                    subgraph.operators.insert(0, op)
+                    subgraph.inputs = [outer_index if i == index else i for i in subgraph.inputs]
+                else:
+                    op.opcodeIndex, op.inputs, op.outputs = (opcode(qtyping.BuiltinOperator.DEQUANTIZE),
+                                                             [index], [outer_index])
+                    subgraph.operators.append(op)
+                    subgraph.outputs = [outer_index if i == index else i for i in subgraph.outputs]
+                item.tensorIndex = outer_index
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+# ops that move or reinterpret values without computing in float; boundary QUANTIZE/DEQUANTIZE are not counted
+_BOUNDARY_OPS = ("QUANTIZE", "DEQUANTIZE")
+
+
+def float_ops(path):
+    """``{op name: count}`` of the ops of a ``.tflite`` file that compute in float (a float32/float16 input or
+    output), leaving out the QUANTIZE after a float input and the DEQUANTIZE before a float output: an empty
+    dict means the file is integer-only.
+
+    Example:
+        >>> float_ops("unet_int8_full.tflite")   # doctest: +SKIP
+        {'NEG': 45, 'SQUARE': 24}
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    tensors = {tensor["index"]: tensor for tensor in interpreter.get_tensor_details()}
+    boundary = set()
+    for signature in interpreter.get_signature_list():
+        runner = interpreter.get_signature_runner(signature)
+        boundary |= {d["index"] for d in runner.get_input_details().values()}
+        boundary |= {d["index"] for d in runner.get_output_details().values()}
+    counts = {}
+    for op in interpreter._get_ops_details():
+        used = [i for i in list(op["inputs"]) + list(op["outputs"]) if i >= 0 and i in tensors]
+        floating = [i for i in used if np.dtype(tensors[i]["dtype"]).kind == "f"]
+        if not floating:
+            continue
+        if op["op_name"] in _BOUNDARY_OPS and set(floating) <= boundary:
+            continue
+        counts[op["op_name"]] = counts.get(op["op_name"], 0) + 1
+    return dict(sorted(counts.items()))
 
 
 CALIBRATION_PROMPTS = (

@@ -15,8 +15,11 @@ Metrics (reference = Keras, candidate = LiteRT):
 
 Gates (``GATES``): fp32 must match Keras per component (max-abs-relative <= 1e-4) and end to end (no pixel
 off by more than 2 levels). The other modes are gated per component on cosine similarity, and end to end on
-image PSNR (fp16 >= 35 dB, int8 >= 25 dB, int8-full >= 25 dB, int4 >= 20 dB) when the weights are trained.
-The component cosine floors (fp16 0.9999 with PSNR >= 50 dB, int8 0.99, int4 0.9, int8-full 0.75) hold with
+image PSNR (fp16 >= 35 dB, int8 >= 25 dB, int8-full >= 25 dB, w8a16 >= 25 dB, int4 >= 20 dB) when the weights
+are trained. A bundle with a mode per component gates each component with its own mode's thresholds and the
+image with the loosest of its modes'.
+The component cosine floors (fp16 0.9999 with PSNR >= 50 dB, int8 0.99, w8a16 0.98, int4 0.9, int8-full 0.75)
+hold with
 random and with trained weights; they catch a broken conversion, not a small loss of quality. With
 random weights (the ``tiny`` preset) an image PSNR of a quantized model says little: a random UNet driven
 with guidance amplifies any perturbation, so the number is reported and not gated.
@@ -40,10 +43,25 @@ GATES = {
     # int8 activations of attention models lose much more than int8 weights (tiny, random weights: UNet cosine
     # 0.80, text encoder 0.85, VAE 0.99); 0.75 still rejects a broken file (cosine near 0 or NaN).
     "int8-full": {"component": {"cosine": (">=", 0.75)}, "image": {"psnr_db": (">=", 25.0)}},
+    "w8a16": {"component": {"cosine": (">=", 0.98)}, "image": {"psnr_db": (">=", 25.0)}},
     "int4": {"component": {"cosine": (">=", 0.9)}, "image": {"psnr_db": (">=", 20.0)}},
 }
 # Image gates that hold whatever the weights: the fp32 bundle must reproduce the Keras image exactly.
 WEIGHT_INDEPENDENT_IMAGE_GATES = ("fp32",)
+
+
+def image_gates(modes):
+    """The end-to-end image gates of a bundle whose components use ``modes``: for each metric, the loosest
+    threshold among those modes' (a bundle is judged no stricter than its least precise component)."""
+    gates = {}
+    for mode in dict.fromkeys(modes):
+        for metric, (op, threshold) in GATES[mode]["image"].items():
+            if metric not in gates:
+                gates[metric] = (op, threshold)
+            else:
+                loosest = max if op == "<=" else min
+                gates[metric] = (op, loosest(gates[metric][1], threshold))
+    return gates
 
 
 def _psnr(reference, candidate, peak):
@@ -100,13 +118,21 @@ def compare_component(model, component, path, entry, feeds, *, threads=2):
     """Run the ``.tflite`` at ``path`` and the Keras ``model`` on each feed; the worst metrics over the feeds."""
     from sd_keras.export.runner import open_signature
 
-    runner = open_signature(path, entry, threads)
+    from sd_keras.export.litert import ExportError
+
     output_name = entry["outputs"][0]["name"]
     results = []
-    for feed in feeds:
-        feed = {spec["name"]: np.asarray(feed[spec["name"]], spec["dtype"]) for spec in entry["inputs"]}
-        candidate = runner(**feed)[output_name]
-        results.append(metrics(_keras_output(model, component, feed), candidate))
+    try:
+        runner = open_signature(path, entry, threads)
+        for feed in feeds:
+            feed = {spec["name"]: np.asarray(feed[spec["name"]], spec["dtype"]) for spec in entry["inputs"]}
+            candidate = runner(**feed)[output_name]
+            results.append(metrics(_keras_output(model, component, feed), candidate))
+    except RuntimeError as error:  # the LiteRT interpreter refused the file (e.g. a kernel without the type)
+        if isinstance(error, ExportError):
+            raise
+        raise ExportError(f"{component}: the exported file does not run in LiteRT: "
+                          f"{' '.join(str(error).split())[-300:]}") from None
     return {**_worst(results), "samples": len(results)}
 
 
@@ -171,7 +197,7 @@ def evaluate(model, bundle_path, manifest, records, mode, *, random_weights, thr
         bundle_path: the bundle folder (its manifest already written).
         manifest: the manifest dict.
         records: ``{component: [feed, ...]}`` recorded from real trajectories (``quantize.record_trajectories``).
-        mode: the quantization mode.
+        mode: the quantization mode, or ``{component: mode}`` (``quantize.parse_spec``).
         random_weights: True when the weights are random (image gates of quantized modes are not enforced).
         max_samples: parity feeds per component (evenly picked from the records).
         end_to_end_settings: ``end_to_end`` keyword arguments, or None to skip the image comparison.
@@ -180,9 +206,17 @@ def evaluate(model, bundle_path, manifest, records, mode, *, random_weights, thr
 
     from sd_keras.export.runner import BundleRunner
 
-    gates = GATES[mode]
-    report = {"model": manifest["model"], "quantization": mode, "image_size": manifest["image_size"],
-              "random_weights": bool(random_weights), "thresholds": gates, "components": {}}
+    from sd_keras.export import quantize
+
+    plan = quantize.parse_spec(mode)
+    present = tuple(manifest["components"])
+    modes = [plan[component] for component in present]
+    image = image_gates(modes)
+    report = {"model": manifest["model"], "quantization": quantize.spec_name(plan, present),
+              "image_size": manifest["image_size"], "random_weights": bool(random_weights),
+              "thresholds": {"components": {component: GATES[plan[component]]["component"] for component in present},
+                             "image": image},
+              "components": {}}
     keras_models = {"text_encoder": model.text_encoder, "diffusion_model": model.diffusion_model,
                     "decoder": model.decoder, "image_encoder": model.image_encoder}
     for component, entry in manifest["components"].items():
@@ -196,16 +230,16 @@ def evaluate(model, bundle_path, manifest, records, mode, *, random_weights, thr
             "files": [os.path.basename(file) for file in files], "size_bytes": sum(map(os.path.getsize, files)),
             "quantization": entry["quantization"],
             "parity": parity, "latency": measure_latency(path, entry, picked[0], runs=latency_runs, threads=threads),
-            "gates": check_gates(parity, gates["component"]),
-            **{fact: entry[fact] for fact in ("integer_only", "activations", "int8_activations_psnr_db",
-                                              "int16_activations_error") if fact in entry},
+            "gates": check_gates(parity, GATES[plan[component]]["component"]),
+            **{fact: entry[fact] for fact in ("integer_only", "float_ops", "activations", "int8_activations_psnr_db",
+                                              "int16_activations_psnr_db") if fact in entry},
         }
     report["total_size_bytes"] = sum(entry["size_bytes"] for entry in report["components"].values())
     if end_to_end_settings is not None:
         runner = BundleRunner(bundle_path, num_threads=threads)
         result = end_to_end(model, runner, **end_to_end_settings)
-        enforced = not random_weights or mode in WEIGHT_INDEPENDENT_IMAGE_GATES
-        result["gates"] = [dict(gate, enforced=enforced) for gate in check_gates(result, gates["image"])]
+        enforced = not random_weights or all(mode in WEIGHT_INDEPENDENT_IMAGE_GATES for mode in modes)
+        result["gates"] = [dict(gate, enforced=enforced) for gate in check_gates(result, image)]
         report["end_to_end"] = result
     report["failures"] = failures(report)
     report["passed"] = not report["failures"]

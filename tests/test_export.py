@@ -401,6 +401,8 @@ def run_cli(*args):
     (["--size", "100x64"], "width=100 is not a multiple of 64"),
     (["--size", "big"], "--size must be WIDTHxHEIGHT"),
     (["--max-part-mb", "-1"], "--max-part-mb must be 0 (never split) or a positive size"),
+    (["--quantize", "vae=int8"], "unknown component 'vae'"),
+    (["--quantize", "unet=int3,decoder=fp16"], "unknown mode 'int3' for unet"),
 ])
 def test_cli_export_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):
     from sd_keras import cli
@@ -409,6 +411,21 @@ def test_cli_export_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("sd-keras: error:") and message in lines[0], lines
     assert not (tmp_path / "b").exists()
+
+
+def test_cli_export_failure_inside_litert_is_one_line_exit_1(tmp_path, capsys, monkeypatch):
+    """An interpreter or quantizer RuntimeError during the export is reported like a failed gate, not as a
+    traceback."""
+    from sd_keras import cli
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("tensorflow/lite/kernels/squared_difference.cc:\n SquaredDifference only supports "
+                           "FLOAT32 and INT32 now, got int16.\nNode number 12 failed to prepare.")
+
+    monkeypatch.setattr(bundle_lib, "export_bundle", refuse)
+    assert cli.main(["export", "-m", "tiny", "-o", str(tmp_path / "b"), "--quantize", "int8-full"]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sd-keras: error:") and "SquaredDifference" in lines[0], lines
 
 
 def test_cli_generate_from_bundle_and_modified_bundle(fp32_bundle, tmp_path):
