@@ -20,8 +20,9 @@ def test_readme_python_blocks_run_offline(tmp_path):
     blocks = code_blocks("python")
     assert blocks, "README.md has no python block"
     # as a reader would paste them: one fresh interpreter, in an empty folder, with no weights cached and the
-    # network unreachable (a proxy that refuses every connection)
-    env = dict(os.environ, SD_KERAS_CACHE=str(tmp_path / "cache"), TF_CPP_MIN_LOG_LEVEL="2",
+    # network unreachable (a proxy that refuses every connection); JAX, since it compiles the block's four
+    # programs faster than TensorFlow on a CPU (98 s against 160 s on two busy cores)
+    env = dict(os.environ, KERAS_BACKEND="jax", SD_KERAS_CACHE=str(tmp_path / "cache"), TF_CPP_MIN_LOG_LEVEL="2",
                HTTP_PROXY="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9", HF_HUB_OFFLINE="1")
     for number, block in enumerate(blocks):
         done = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, env=env, capture_output=True, text=True,
