@@ -1,9 +1,10 @@
 """What the worker runs: the model registry (one model in memory) and generations for batches of jobs.
 
 Models are chosen by registered name only (the models named with ``-m`` or found by ``--models-dir`` at start;
-presets are not registered unless named), never by a path from a request. A batch of compatible text-to-image jobs (same model, size, steps, sampler, CFG; a sampler
-without per-step noise) runs as one ``generate_image`` call: each job's initial noise is drawn from its own
-seed, so every image equals the one a lone request with that seed gives.
+presets are not registered unless named), never by a path from a request. A batch of compatible text-to-image
+jobs (same model, size, steps, sampler, CFG; a sampler without per-step noise) runs as one ``generate_image``
+call: each job's initial noise is drawn from its own seed, so every image equals the one a lone request with that
+seed gives.
 
 Example:
     >>> registry = ModelRegistry({"tiny": "tiny"}, "tiny")              # doctest: +SKIP
