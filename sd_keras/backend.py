@@ -46,6 +46,7 @@ def jit(fn, *, num_params=None):
     if backend == "jax":
         import jax
 
+        compilation_cache_dir()  # the persistent cache is on by default: switch it on before the first compile
         return jax.jit(fn, compiler_options=jax_compiler_options())
     if backend == "tensorflow":
         import tensorflow as tf
@@ -113,13 +114,19 @@ def _tf_has_accelerator():
 
 
 def supports_loop_callback(num_params=None):
-    """Whether progress is reported by a host callback inside the compiled loop: JAX, and TensorFlow graphs
-    without XLA (whose XLA programs cannot call Python; they run the loop a few steps per call instead).
+    """Whether progress is reported by a host callback inside the compiled loop: JAX without the persistent
+    compilation cache, and TensorFlow graphs without XLA (whose XLA programs cannot call Python; they run the
+    loop a few steps per call instead).
 
     On an H200 (SD 1.x, 512x512, 50 steps, batch 1: 0.37 s) five reports from inside the loop cost 3.4 %, five
-    calls of ten steps each 4.1 % (each program call has its own start-up work), so JAX keeps the callback.
+    calls of ten steps each 4.1 % (each program call has its own start-up work). But JAX never writes a program
+    with a host callback to its persistent compilation cache, so with the cache on (the default) JAX runs the
+    loop a few steps per call too: its one program then loads from the cache in the next process, with or
+    without progress, instead of compiling again (seconds on a GPU, up to a minute on a CPU).
     """
-    return name() == "jax" or (name() == "tensorflow" and not tf_uses_xla(num_params))
+    if name() == "jax":
+        return compilation_cache_dir() is None
+    return name() == "tensorflow" and not tf_uses_xla(num_params)
 
 
 def optimization_barrier(values):
@@ -163,24 +170,89 @@ def to_numpy(value):
     return keras.ops.convert_to_numpy(value)
 
 
-def enable_compilation_cache(path=None):
-    """Switch on JAX's persistent compilation cache in ``path`` (default ``$SD_KERAS_CACHE/xla``).
+# The persistent compilation cache (JAX), on by default; ``SD_KERAS_COMPILATION_CACHE=0`` (or
+# ``disable_compilation_cache()``) turns it off. Programs that compile faster than this are not written (JAX's
+# own default, 1 s, would skip the small models' programs on a fast machine; trivial programs stay out) ...
+COMPILATION_CACHE_MIN_SECONDS = 0.5
+# ... and the least recently used entries are deleted past this size (an SD 1.x program is tens of MB).
+COMPILATION_CACHE_MAX_BYTES = 4 << 30
+COMPILATION_CACHE_VARIABLE = "SD_KERAS_COMPILATION_CACHE"
+_compilation_cache = {"decided": False}
 
-    A second process with the same shapes then loads the compiled programs instead of compiling them.
-    No effect (returns None) on other backends.
+
+def compilation_cache_dir():
+    """The folder of the persistent compilation cache in use, or None (off, or not JAX).
+
+    The first call decides the default: unless ``SD_KERAS_COMPILATION_CACHE`` is ``0`` (``false``, ``no``,
+    ``off``) or the cache was configured otherwise (``JAX_COMPILATION_CACHE_DIR``, ``jax.config``,
+    ``enable_compilation_cache``, ``disable_compilation_cache``), the cache goes to ``$SD_KERAS_CACHE/xla``.
     """
     if name() != "jax":
         return None
+    import jax
+
+    if not _compilation_cache["decided"]:
+        _compilation_cache["decided"] = True
+        wanted = os.environ.get(COMPILATION_CACHE_VARIABLE, "1").strip().lower() not in ("0", "false", "no", "off")
+        if wanted and jax.config.jax_compilation_cache_dir is None and jax.config.jax_enable_compilation_cache:
+            _configure_jax_cache(None, COMPILATION_CACHE_MIN_SECONDS)
+    if not jax.config.jax_enable_compilation_cache:
+        return None
+    return jax.config.jax_compilation_cache_dir
+
+
+def _configure_jax_cache(path, min_seconds):
     import jax
 
     from sd_keras.weights.download import cache_dir
 
     path = path or cache_dir("xla")
     os.makedirs(path, exist_ok=True)
+    jax.config.update("jax_enable_compilation_cache", True)
     jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_seconds)
+    if jax.config.jax_compilation_cache_max_size == -1:  # unless set (JAX_COMPILATION_CACHE_MAX_SIZE)
+        jax.config.update("jax_compilation_cache_max_size", COMPILATION_CACHE_MAX_BYTES)
+    _reset_jax_cache()
     return path
+
+
+def _reset_jax_cache():
+    # JAX opens its cache once, at the first compilation that looks for it: make it look again
+    from jax.experimental.compilation_cache import compilation_cache
+
+    compilation_cache.reset_cache()
+
+
+def enable_compilation_cache(path=None, *, min_compile_seconds=0.0):
+    """Switch on JAX's persistent compilation cache in ``path`` (default ``$SD_KERAS_CACHE/xla``).
+
+    It is on by default (see ``compilation_cache_dir``); this chooses another folder, or caches programs that
+    compile in under ``COMPILATION_CACHE_MIN_SECONDS`` too (``min_compile_seconds``). A second process with the
+    same shapes then loads the compiled programs instead of compiling them. Returns the folder; None (no effect)
+    on other backends: TensorFlow's XLA cache (``--tf_xla_persistent_cache_directory``) logs parse errors and
+    machine-mismatch warnings when it loads on a CPU, so it is not used.
+
+    Example:
+        >>> backend.enable_compilation_cache("/fast_disk/xla")   # doctest: +SKIP
+    """
+    if name() != "jax":
+        return None
+    _compilation_cache["decided"] = True
+    return _configure_jax_cache(path, min_compile_seconds)
+
+
+def disable_compilation_cache():
+    """Turn the persistent compilation cache off for this process (as ``SD_KERAS_COMPILATION_CACHE=0`` does).
+
+    Programs compiled from now on are neither read from nor written to the cache.
+    """
+    _compilation_cache["decided"] = True
+    if name() == "jax":
+        import jax
+
+        jax.config.update("jax_enable_compilation_cache", False)
+        _reset_jax_cache()
 
 
 def use_devices(devices):

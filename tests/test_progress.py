@@ -5,6 +5,7 @@ done: every display says so, and ETAs come from the step times alone.
 """
 
 import io
+import os
 import threading
 import time
 
@@ -103,7 +104,8 @@ def test_server_progress_excludes_compilation_from_the_eta():
 def test_progress_endpoint_reports_the_compilation_of_a_new_shape():
     """A live server: the first request of a new size compiles; /progress says so while it does."""
     seen = []
-    with ServerProcess("-m", "tiny") as server, httpx.Client(base_url=server.url, timeout=600) as client:
+    env = {**os.environ, "SD_KERAS_COMPILATION_CACHE": "0"}  # JAX: a program cached by an earlier run loads at once
+    with ServerProcess("-m", "tiny", env=env) as server, httpx.Client(base_url=server.url, timeout=600) as client:
         results = []
         request = threading.Thread(target=lambda: results.append(client.post(
             "/sdapi/v1/txt2img", json={"prompt": "a blue square", "width": 64, "height": 64, "steps": 3,

@@ -1,0 +1,63 @@
+"""The persistent compilation cache (JAX) is on by default: a second process loads the programs the first one
+compiled, the loop's progress reports included; ``SD_KERAS_COMPILATION_CACHE=0`` turns it off."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+GENERATE = """
+import collections, json, sys, time
+import jax
+events = collections.Counter()
+jax.monitoring.register_event_listener(lambda name, **kw: events.update([name.rsplit("/", 1)[-1]]))
+from sd_keras import backend
+from sd_keras.pipeline import StableDiffusion
+model = StableDiffusion.from_preset("tiny")
+seen = []
+model.text_to_image("a red circle", num_steps=3, seed=1, height=64, width=64, sampler="Euler", progress=seen.append)
+print("RESULT" + json.dumps({"hits": events["cache_hits"], "misses": events["cache_misses"], "steps": seen,
+                             "folder": backend.compilation_cache_dir(),
+                             "loop_callback": backend.supports_loop_callback()}))
+"""
+
+
+SETTINGS = """
+import json
+from sd_keras import backend
+settings = {"folder": backend.compilation_cache_dir(), "loop_callback": backend.supports_loop_callback()}
+print("RESULT" + json.dumps(settings))
+"""
+
+
+def _run(env, tmp_path, script=GENERATE):
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                            cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.split("RESULT", 1)[1])
+
+
+@pytest.mark.once  # always runs JAX in subprocesses (see conftest.py)
+def test_a_second_process_loads_the_compiled_programs_from_the_cache(tmp_path):
+    env = {**os.environ, "KERAS_BACKEND": "jax", "SD_KERAS_CACHE": str(tmp_path / "cache")}
+    env.pop("SD_KERAS_COMPILATION_CACHE", None)
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    folder = str(tmp_path / "cache" / "xla")
+
+    first = _run(env, tmp_path)
+    assert first["folder"] == folder and first["hits"] == 0 and first["misses"] >= 1
+    assert first["steps"] == [1, 2, 3] and not first["loop_callback"]  # progress without a host callback
+    written = sorted(name for name in os.listdir(folder) if name.endswith("-cache"))
+    assert any(name.startswith("jit_program-") for name in written), written  # the sampling loop
+
+    second = _run(env, tmp_path)
+    # the same programs looked up; those written by the first process are found (programs that compile in under
+    # COMPILATION_CACHE_MIN_SECONDS are not written, so they would miss again)
+    assert second["hits"] + second["misses"] == first["misses"] and second["hits"] >= len(written)
+    assert sorted(name for name in os.listdir(folder) if name.endswith("-cache")) == written
+    assert second["steps"] == [1, 2, 3]
+
+    off = _run({**env, "SD_KERAS_COMPILATION_CACHE": "0"}, tmp_path, SETTINGS)
+    assert off == {"folder": None, "loop_callback": True}  # off: progress from inside the loop again
