@@ -32,8 +32,9 @@ _COMMAND_MODULES = (
 )
 # Python loggers of the backends that print start-up noise at WARNING (e.g. JAX's "no GPU/TPU found" fallback).
 _NOISY_LOGGERS = ("absl", "tensorflow", "jax._src.xla_bridge", "jax._src.compiler")
-# Exit statuses after which the backends' log is not kept: done, train paused by --max-minutes, Ctrl-C.
-_NOT_FAILURES = (0, 3, 130)
+# Exit statuses after which the backends' log is not kept: done, bad input (the one-line message says it all),
+# train paused by --max-minutes, Ctrl-C.
+_NOT_FAILURES = (0, EXIT_USAGE, 3, 130)
 _INDEX_FIELD = re.compile(r"%0?\d*d")  # %d, %03d: the image index in -o
 
 

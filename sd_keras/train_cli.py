@@ -14,6 +14,7 @@ def cmd_train(args):
 
     if args.max_minutes is not None:  # before the config is read and the models are built
         train_lib.check_max_minutes(args.max_minutes)
+    train_lib.load_config(args.config, args.overrides)  # bad file, key or value: one line, before Keras loads
     out = args.out or os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0])
     try:
         summary = train_lib.train(args.config, out, overrides=args.overrides, resume=args.resume,

@@ -83,6 +83,8 @@ LIGHT_COMMANDS = {
     "bad output": ["generate", "-p", "x", "-o", "/proc/x.png"],
     "export bad output": ["export", "-m", "tiny", "-o", "/proc/bundle"],
     "convert bad output": ["convert", "{png}", "-o", "/proc/model"],
+    "train missing config": ["train", "{png}.yaml"],
+    "train bad override": ["train", "{configs}/tiny_test.yaml", "train.steps=-5"],
 }
 
 
@@ -91,7 +93,8 @@ LIGHT_COMMANDS = {
 def test_help_info_and_argument_errors_import_no_backend(tmp_path, name):
     png = tmp_path / "x.png"
     metadata.save_png(np.zeros((8, 8, 3), np.uint8), str(png), "a cat\nSteps: 3, Seed: 1")
-    argv = [arg.replace("{png}", str(png)) for arg in LIGHT_COMMANDS[name]]
+    configs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+    argv = [arg.replace("{png}", str(png)).replace("{configs}", configs) for arg in LIGHT_COMMANDS[name]]
     code = textwrap.dedent(f"""
         import sys
         from sd_keras import cli
@@ -113,6 +116,13 @@ def test_help_info_and_argument_errors_import_no_backend(tmp_path, name):
         assert "error:" in result.stderr and "Traceback" not in result.stderr
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     assert cpu < 2.0, f"{name}: {cpu:.2f} s of CPU"
+
+
+def test_verbose_is_accepted_before_and_after_the_command():
+    parser = cli.build_parser()
+    assert parser.parse_args(["--verbose", "info", "x.png"]).verbose
+    assert parser.parse_args(["generate", "-p", "x", "--verbose"]).verbose
+    assert not parser.parse_args(["generate", "-p", "x"]).verbose
 
 
 def test_version():
