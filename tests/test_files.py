@@ -114,7 +114,7 @@ def test_package_writers_use_the_umask(tmp_path, umask):
     merges = CLIPTokenizer().save_merges(tmp_path / "merges.txt.gz")
     assert mode(merges) == 0o666 & ~umask
 
-    from export.bundle import write_json_atomic
+    from sd_keras.export.bundle import write_json_atomic
 
     write_json_atomic(str(tmp_path / "manifest.json"), {"a": 1})
     assert mode(tmp_path / "manifest.json") == 0o666 & ~umask
