@@ -118,6 +118,17 @@ def test_help_info_and_argument_errors_import_no_backend(tmp_path, name):
     assert cpu < 2.0, f"{name}: {cpu:.2f} s of CPU"
 
 
+def test_export_destination_may_have_missing_parent_folders(tmp_path):
+    from sd_keras.export import bundle
+
+    destination = tmp_path / "bundles" / "x"
+    assert bundle.check_destination(str(destination)) == str(destination)
+    assert list(tmp_path.iterdir()) == []  # created with the bundle, not by the check
+    with pytest.raises(bundle.BundleError, match=f"cannot write {tmp_path}/file/x: {tmp_path}/file is not a folder"):
+        (tmp_path / "file").write_text("x")
+        bundle.check_destination(str(tmp_path / "file" / "x"))
+
+
 def test_verbose_is_accepted_before_and_after_the_command():
     parser = cli.build_parser()
     assert parser.parse_args(["--verbose", "info", "x.png"]).verbose
