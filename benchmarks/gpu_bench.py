@@ -192,8 +192,10 @@ def cold_start(cache_dir):
         "t2 = time.perf_counter()\n"
         "print('COLD', json.dumps({'build_s': t1 - t0, 'first_image_s': t2 - t1}))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env={**os.environ, "KERAS_BACKEND": "jax"})
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    if not cache_dir:
+        env["SD_KERAS_COMPILATION_CACHE"] = "0"  # the cache is on by default
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     for line in result.stdout.splitlines():
         if line.startswith("COLD "):
             return json.loads(line[5:])
