@@ -288,10 +288,10 @@ class _NativeLogDiverted:
     def __init__(self):
         import tempfile
 
+        self._log = tempfile.NamedTemporaryFile(prefix="sd-keras-backend-", suffix=".log", delete=False)
         sys.stderr.flush()
         self._stderr = sys.stderr
         self._saved = os.dup(2)
-        self._log = tempfile.NamedTemporaryFile(prefix="sd-keras-backend-", suffix=".log", delete=False)
         os.dup2(self._log.fileno(), 2)
         sys.stderr = open(os.dup(self._saved), "w", buffering=1, encoding=self._stderr.encoding,
                           errors=self._stderr.errors, closefd=True)
@@ -304,7 +304,10 @@ class _NativeLogDiverted:
                 return None
         except (AttributeError, OSError, ValueError):
             return None
-        return cls()
+        try:
+            return cls()
+        except OSError:  # no writable temporary folder: keep the console as it is
+            return None
 
     def close(self, failed):
         diverted = sys.stderr
