@@ -129,6 +129,37 @@ def test_export_destination_may_have_missing_parent_folders(tmp_path):
         bundle.check_destination(str(tmp_path / "file" / "x"))
 
 
+@pytest.mark.once
+@pytest.mark.parametrize("verbose, status", [(False, 0), (True, 0), (False, 1)])
+def test_native_log_lines_stay_out_of_the_console_unless_verbose(verbose, status):
+    # A stand-in for a command whose backend writes from C++ straight to file descriptor 2.
+    code = textwrap.dedent(f"""
+        import os, sys
+        from sd_keras import cli
+
+        def command(args):
+            os.write(2, b"I0000 cuda_platform.cc: a native log line\\n")
+            print("a line of ours", file=sys.stderr)
+            return {status}
+
+        cli.cmd_info = command
+        sys.exit(cli.main({["--verbose"] if verbose else []!r} + ["info", "x.png"]))
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == status, result.stderr
+    assert "a line of ours" in result.stderr
+    assert ("a native log line" in result.stderr) == verbose, result.stderr
+    kept = [line for line in result.stderr.splitlines() if "the backends' log is in" in line]
+    if status and not verbose:
+        path = kept[0].split(" is in ")[1].split(" ")[0]
+        try:
+            assert "a native log line" in open(path).read()
+        finally:
+            os.unlink(path)
+    else:
+        assert kept == []
+
+
 def test_verbose_is_accepted_before_and_after_the_command():
     parser = cli.build_parser()
     assert parser.parse_args(["--verbose", "info", "x.png"]).verbose
