@@ -147,7 +147,9 @@ async function generate(event) {
     const result = await api("/sdapi/v1/txt2img", request());
     const info = addToGallery(result);
     const seconds = ((performance.now() - started) / 1000).toFixed(1);
-    setStatus(info.interrupted ? `Interrupted after ${seconds} s` : `Done in ${seconds} s (seed ${info.seed})`);
+    const done = info.interrupted ? `Interrupted after ${seconds} s` : `Done in ${seconds} s (seed ${info.seed})`;
+    // e.g. a size larger than the model's native one
+    setStatus([done, ...(info.warnings || [])].join(" · "));
   } catch (error) {
     setStatus(error.message, true);
   } finally {
