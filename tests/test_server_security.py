@@ -78,9 +78,10 @@ def test_an_empty_api_key_refuses_to_start(argv, env, monkeypatch, capsys):
         monkeypatch.delenv("SD_KERAS_API_KEY", raising=False)
     else:
         monkeypatch.setenv("SD_KERAS_API_KEY", env)
-    assert cli.main(["serve", *argv]) == 2
+    # the missing model would stop a server that skipped the key check too, instead of serving
+    assert cli.main(["serve", *argv, "-m", "/no/such/model.safetensors"]) == 2
     err = capsys.readouterr().err
-    assert "is empty" in err and "at least 8 characters" in err
+    assert "is empty" in err and "at least 8 characters" in err and "unknown model" not in err
 
 
 def test_only_models_named_at_start_are_registered(tmp_path):
