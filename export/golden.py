@@ -129,6 +129,8 @@ NOISE_SEEDS = (0, 1, 42, 1234, -1, -12345, 2**31, 2**32 - 1, 2**53 + 1, 2**63 - 
 NOISE_COUNT = 9  # odd: the last Box-Muller sine is dropped
 EMBEDDING_TIMESTEPS = (0.0, 1.0, 20.5, 500.0, 999.0)
 EMBEDDING_DIM = 320
+# every DDIM/Euler timestep of 20-step schedules and fractional ones (Euler "linspace", Karras)
+RUNNER_EMBEDDING_TIMESTEPS = (0.0, 1.0, 20.5, 52.578946, 261.0, 500.0, 737.4211, 946.7368, 981.0, 999.0)
 
 
 # --- JSON output -----------------------------------------------------------------------------------------------
@@ -312,13 +314,20 @@ def _noise_fixture():
 
 
 def _embedding_fixture():
+    from sd_keras.export.runner import timestep_embedding as runner_embedding
     from sd_keras.models.layers import timestep_embedding
 
     rows = np.asarray(timestep_embedding(np.array(EMBEDDING_TIMESTEPS, np.float32), EMBEDDING_DIM))
+    runner_rows = runner_embedding(np.array(RUNNER_EMBEDDING_TIMESTEPS, np.float32), EMBEDDING_DIM)
     return {
-        "description": "sd_keras.models.layers.timestep_embedding(t, dim): [cos(t * f_k), sin(t * f_k)], float32.",
+        "description": "sd_keras.models.layers.timestep_embedding(t, dim): [cos(t * f_k), sin(t * f_k)], float32 "
+                       "('rows', within an ulp of float32 exp/cos/sin of the Keras backend that wrote it); "
+                       "'runner_rows': sd_keras.export.runner.timestep_embedding (float64 exp/cos/sin rounded to "
+                       "float32), which the Kotlin port must equal bit for bit.",
         "dim": EMBEDDING_DIM,
         "rows": [{"t": _float32(t), "values": _floats(row)} for t, row in zip(EMBEDDING_TIMESTEPS, rows)],
+        "runner_rows": [{"t": _float32(t), "values": _floats(row)}
+                        for t, row in zip(RUNNER_EMBEDDING_TIMESTEPS, runner_rows)],
     }
 
 

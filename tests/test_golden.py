@@ -103,6 +103,19 @@ def test_fixtures_cover_the_issue():
     assert {case["sampler"] for case in trajectories["cases"]} == set(SAMPLER_NAMES)
 
 
+def test_runner_embedding_rows_are_exact():
+    """The bundle runner's embedding is backend-independent: the committed ``runner_rows`` (which the Kotlin port
+    must equal bit for bit) are exactly what it computes, including t = 999 where float32 libraries differ."""
+    from sd_keras.export.runner import timestep_embedding
+
+    fixture = json.loads((FIXTURES / "timestep_embedding.json").read_text(encoding="utf-8"))
+    assert np.array_equal(np.array([row["t"] for row in fixture["runner_rows"]], np.float32),
+                          np.array(golden.RUNNER_EMBEDDING_TIMESTEPS, np.float32))
+    for row in fixture["runner_rows"]:
+        computed = timestep_embedding(np.array([row["t"]], np.float32), fixture["dim"])[0]
+        np.testing.assert_array_equal(computed, np.array(row["values"], np.float32), err_msg=f"t = {row['t']}")
+
+
 def test_golden_decoder_output_rounds_like_the_pipeline():
     from sd_keras.pipeline import to_uint8
 

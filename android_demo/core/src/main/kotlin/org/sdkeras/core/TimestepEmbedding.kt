@@ -3,6 +3,10 @@ package org.sdkeras.core
 /**
  * The UNet's sinusoidal timestep input, `[cos(t·f_k), sin(t·f_k)]` with `f_k = exp(-ln(10000)·k / half)`, in
  * float32 in the order of `sd_keras.models.layers.timestep_embedding` (computed on the host, as in Python).
+ *
+ * The exponent and the phase `t·f_k` are float32 products; exp, cos and sin are evaluated in double and rounded
+ * to float32. The bundle runner (export/runner.py) computes the same recipe, so the two give identical bits
+ * (golden `runner_rows`), and an int8 bundle runs the same UNet inputs on the phone as in Python.
  */
 object TimestepEmbedding {
     private const val MAX_PERIOD = 10000.0

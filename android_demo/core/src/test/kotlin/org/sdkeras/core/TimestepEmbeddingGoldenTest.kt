@@ -17,6 +17,26 @@ class TimestepEmbeddingGoldenTest {
         }
     }
 
+    /** The bundle runner's embedding (export/runner.py) and this port compute the same float32 values. */
+    @Test
+    fun embeddingEqualsTheBundleRunnerBitForBit() {
+        val golden = Golden.load("timestep_embedding.json")
+        val dim = golden.int("dim")
+        for (row in golden.objects("runner_rows")) {
+            val t = row.double("t").toFloat()
+            val expected = row.floats("values")
+            val actual = TimestepEmbedding.compute(t, dim)
+            val differing = expected.indices.filter {
+                java.lang.Float.floatToIntBits(expected[it]) != java.lang.Float.floatToIntBits(actual[it])
+            }
+            if (differing.isNotEmpty()) {
+                val first = differing[0]
+                org.junit.Assert.fail("t = $t: ${differing.size} of ${expected.size} values differ from the bundle " +
+                    "runner; first at [$first]: ${actual[first]} != ${expected[first]}")
+            }
+        }
+    }
+
     @Test
     fun smallTimestepsAgreeTightly() {
         val golden = Golden.load("timestep_embedding.json")
