@@ -75,13 +75,18 @@ def check_output_paths(pattern, count):
     return paths
 
 
-def check_model_spec(spec):
-    """CliError unless ``spec`` is a preset name or an existing file or folder (before anything is loaded)."""
+def check_model_spec(spec, *, prediction_type=None, ema=False):
+    """CliError unless ``spec`` is a preset name or an existing file or folder, and ``prediction_type`` / ``ema``
+    are given only for a checkpoint (checked before anything is loaded)."""
     from sd_keras import presets
 
-    if spec in presets.names() or os.path.exists(spec):
-        return spec
-    raise CliError(f"unknown model {spec!r}: not a preset ({', '.join(presets.names())}) and no such file or folder")
+    if spec not in presets.names() and not os.path.exists(spec):
+        raise CliError(f"unknown model {spec!r}: not a preset ({', '.join(presets.names())}) and no such file or "
+                       "folder")
+    if (prediction_type is not None or ema) and (spec in presets.names() or os.path.isfile(
+            os.path.join(spec, "manifest.json"))):
+        raise CliError(f"--prediction-type / --ema apply to checkpoint files and folders, not to {spec!r}")
+    return spec
 
 
 def load_model(spec, *, dtype="float32", prediction_type=None, ema=False):
@@ -92,10 +97,7 @@ def load_model(spec, *, dtype="float32", prediction_type=None, ema=False):
     from sd_keras import presets
     from sd_keras.pipeline import StableDiffusion
 
-    check_model_spec(spec)
-    if (prediction_type is not None or ema) and (spec in presets.names() or os.path.isfile(
-            os.path.join(spec, "manifest.json"))):
-        raise CliError(f"--prediction-type / --ema apply to checkpoint files and folders, not to {spec!r}")
+    check_model_spec(spec, prediction_type=prediction_type, ema=ema)
     if spec in presets.names():
         return StableDiffusion.from_preset(spec, dtype=dtype)
     if os.path.isdir(spec) and os.path.exists(os.path.join(spec, "manifest.json")):
@@ -165,7 +167,7 @@ def check_generate_arguments(args):
     get_sampler(args.sampling_method, args.steps)  # ValueError listing the known names
     if args.mask and not args.init_img:
         raise CliError("--mask needs --init-img")
-    check_model_spec(args.model)
+    check_model_spec(args.model, prediction_type=args.prediction_type, ema=args.ema)
     lora_specs(args)
     for flag, image in (("--init-img", args.init_img), ("--mask", args.mask)):
         if image:

@@ -81,6 +81,7 @@ LIGHT_COMMANDS = {
     "bad cfg": ["generate", "-p", "x", "--cfg-scale", "inf"],
     "bad strength": ["generate", "-p", "x", "--strength", "-1"],
     "bad output": ["generate", "-p", "x", "-o", "/proc/x.png"],
+    "ema with a preset": ["generate", "-p", "x", "-m", "tiny", "--ema"],
     "export bad output": ["export", "-m", "tiny", "-o", "/proc/bundle"],
     "convert bad output": ["convert", "{png}", "-o", "/proc/model"],
     "train missing config": ["train", "{png}.yaml"],
