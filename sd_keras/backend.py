@@ -56,17 +56,33 @@ def jit(fn, *, num_params=None):
 
 
 def jax_compiler_options():
-    """XLA options for sd_keras' JAX programs: on a GPU, matrix products through cuBLAS rather than Triton.
+    """XLA options for sd_keras' JAX programs on a GPU (None elsewhere).
 
-    Measured on an H200 (SD 1.x, 512x512, 50 steps, bf16): 0.400 -> 0.378 s at batch 1 and 0.222 -> 0.219 s per
-    image at batch 8 (benchmarks/results/gpu_bench_h200.json). Per program, so other JAX code in the process is
-    untouched; an ``xla_gpu_enable_triton_gemm`` setting in ``XLA_FLAGS`` wins.
+    - Matrix products through cuBLAS rather than Triton. Measured on an H200 (SD 1.x, 512x512, 50 steps,
+      bf16): 0.400 -> 0.378 s at batch 1 and 0.222 -> 0.219 s per image at batch 8
+      (benchmarks/results/gpu_bench_h200.json).
+    - No rematerialization pass. XLA sizes the loop's and the decoder's programs at 129 GiB (132 at batch 8:
+      the estimate holds a scratch buffer as large as the card that an autotuned kernel asks for; the
+      allocator then logs that it "ran out of memory trying to allocate 129.35GiB" as "not a failure"), above
+      the pass's limit of 80 % of the device's memory x 0.95 = 106 GiB, whatever JAX's preallocation. The pass
+      can remove nothing ("only reduced to 129.36GiB ... down from 129.36GiB originally") and printed two
+      "Can't reduce memory use below 106 GiB" warnings per new program; the programs need 6.9 GiB when they
+      run. Without the pass: no warning, the same 0.48 s per image and the same peak memory
+      (benchmarks/results/first_image_h200.json).
+
+    Per program, so other JAX code in the process is untouched; the same setting in ``XLA_FLAGS`` wins.
     """
     import jax
 
-    if jax.default_backend() != "gpu" or "xla_gpu_enable_triton_gemm" in os.environ.get("XLA_FLAGS", ""):
+    if jax.default_backend() != "gpu":
         return None
-    return {"xla_gpu_enable_triton_gemm": False}
+    flags = os.environ.get("XLA_FLAGS", "")
+    options = {}
+    if "xla_gpu_enable_triton_gemm" not in flags:
+        options["xla_gpu_enable_triton_gemm"] = False
+    if "xla_disable_hlo_passes" not in flags:
+        options["xla_disable_hlo_passes"] = "rematerialization"
+    return options or None
 
 
 # Convolutions with at most this many output positions (batch x height x width) and at least this many inputs

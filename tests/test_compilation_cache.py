@@ -61,3 +61,23 @@ def test_a_second_process_loads_the_compiled_programs_from_the_cache(tmp_path):
 
     off = _run({**env, "SD_KERAS_COMPILATION_CACHE": "0"}, tmp_path, SETTINGS)
     assert off == {"folder": None, "loop_callback": True}  # off: progress from inside the loop again
+
+
+@pytest.mark.once  # pure JAX, whatever the Keras backend (see conftest.py)
+def test_gpu_programs_compile_without_the_rematerialization_pass(monkeypatch):
+    """On a GPU the pass only printed "Can't reduce memory use below 106 GiB" warnings (see
+    ``backend.jax_compiler_options``): sd_keras' programs turn it off, unless XLA_FLAGS says otherwise."""
+    import jax
+    import numpy as np
+
+    from sd_keras import backend
+
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    assert backend.jax_compiler_options() is None or jax.default_backend() == "gpu"  # CPU: no options
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    options = backend.jax_compiler_options()
+    assert options == {"xla_gpu_enable_triton_gemm": False, "xla_disable_hlo_passes": "rematerialization"}
+    compiled = jax.jit(lambda x: x @ x.T, compiler_options={"xla_disable_hlo_passes": "rematerialization"})
+    np.testing.assert_allclose(np.asarray(compiled(np.eye(3, dtype=np.float32))), np.eye(3))  # XLA accepts it
+    monkeypatch.setenv("XLA_FLAGS", "--xla_disable_hlo_passes=fusion")
+    assert backend.jax_compiler_options() == {"xla_gpu_enable_triton_gemm": False}
