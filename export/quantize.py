@@ -130,8 +130,9 @@ def configure_converter(converter, mode, representative=None, *, integer_only=Tr
         representative: for ``int8-full``, a list of feed dicts (input name -> array with the signature's shape).
         integer_only: ``int8-full`` with integer builtins only (``TFLITE_BUILTINS_INT8``); False allows float
             kernels where no int8 kernel exists.
-        activations: ``int8-full``'s activation type: ``"int8"``, or ``"int16"`` (int8 weights, int16
-            activations: the converter's 16x8 scheme, for components whose activations int8 cannot hold).
+        activations: ``int8-full``'s activation type: ``"int8"``, or ``"int16"`` (the converter's own 16x8
+            scheme; the exporter does not use it: it calibrates the int32 positions input and emits int16 kernels
+            LiteRT lacks, such as SQUARED_DIFFERENCE, so components are widened with ``quantize_w8a16``).
     """
     import tensorflow as tf
 
