@@ -54,7 +54,8 @@ def test_page_generates_an_image_into_the_gallery(browser, tmp_path):
         field.clear()
         field.send_keys(str(value))
 
-    with ServerProcess("-m", "tiny", "--api-key", KEY) as server:
+    env = {**os.environ, "SD_KERAS_COMPILATION_CACHE": "0"}  # a program cached earlier would load at once (JAX)
+    with ServerProcess("-m", "tiny", "--api-key", KEY, env=env) as server:
         browser.get(server.url + "/")
         wait = WebDriverWait(browser, 600)
         status = browser.find_element(By.ID, "status")
@@ -76,9 +77,16 @@ def test_page_generates_an_image_into_the_gallery(browser, tmp_path):
         set_value("seed", 77)
         set_value("negative-prompt", "blurry")
         Select(browser.find_element(By.ID, "sampler")).select_by_visible_text("Euler a")
+        # every status text the page shows while it works (the first run of a size compiles its program)
+        browser.execute_script("window.statusTexts = []; new MutationObserver(() => window.statusTexts.push("
+                               "document.getElementById('status').textContent)).observe("
+                               "document.getElementById('status'), {childList: true, characterData: true, "
+                               "subtree: true});")
         browser.find_element(By.ID, "generate").click()
 
         image = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#gallery figure img"))[0]
+        texts = browser.execute_script("return window.statusTexts")
+        assert any("compiling (first run of this shape)" in text for text in texts), texts
         wait.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image))
         assert browser.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]",
                                       image) == [64, 64]
