@@ -211,7 +211,12 @@ def compilation_cache_dir():
         _compilation_cache["decided"] = True
         wanted = os.environ.get(COMPILATION_CACHE_VARIABLE, "1").strip().lower() not in ("0", "false", "no", "off")
         if wanted and jax.config.jax_compilation_cache_dir is None and jax.config.jax_enable_compilation_cache:
-            _configure_jax_cache(None, COMPILATION_CACHE_MIN_SECONDS)
+            try:
+                _configure_jax_cache(None, COMPILATION_CACHE_MIN_SECONDS)
+            except OSError as error:  # e.g. a read-only home folder: compile as without a cache
+                import warnings
+
+                warnings.warn(f"no persistent compilation cache: {error}", RuntimeWarning, stacklevel=2)
     if not jax.config.jax_enable_compilation_cache:
         return None
     return jax.config.jax_compilation_cache_dir

@@ -81,3 +81,17 @@ def test_gpu_programs_compile_without_the_rematerialization_pass(monkeypatch):
     np.testing.assert_allclose(np.asarray(compiled(np.eye(3, dtype=np.float32))), np.eye(3))  # XLA accepts it
     monkeypatch.setenv("XLA_FLAGS", "--xla_disable_hlo_passes=fusion")
     assert backend.jax_compiler_options() == {"xla_gpu_enable_triton_gemm": False}
+
+
+@pytest.mark.once  # always runs JAX in a subprocess (see conftest.py)
+def test_an_unwritable_cache_folder_only_turns_the_cache_off(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    env = {**os.environ, "KERAS_BACKEND": "jax", "SD_KERAS_CACHE": str(blocker / "cache")}
+    env.pop("SD_KERAS_COMPILATION_CACHE", None)
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    result = subprocess.run([sys.executable, "-W", "always", "-c", SETTINGS], env=env, capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.split("RESULT", 1)[1]) == {"folder": None, "loop_callback": True}
+    assert "no persistent compilation cache" in result.stderr
