@@ -22,8 +22,8 @@ wall times rise with other processes' load, the CPU times much less.
     python benchmarks/litert_cpu_speed.py /tmp/b/shapes-fp16 /tmp/b/shapes-int8 --threads 1,2 \\
         --repeats 5 --e2e-runs 3 --out benchmarks/results/litert_cpu_speed.json
 
-A result file that exists is updated: bundles measured again replace their entries, others are kept (so large
-bundles can be measured in separate runs). Not a test: the numbers depend on the machine and its load.
+A result file that exists is updated: the thread counts of a bundle measured again replace their entries, other
+bundles and thread counts are kept (so large bundles can be measured in separate runs). Not a test: the numbers depend on the machine and its load.
 """
 
 import argparse
@@ -93,16 +93,37 @@ class CompiledSignature:
         self.inputs = {spec["name"]: self.model.create_input_buffer_by_name(signature, spec["name"])
                        for spec in inputs}
         self.input_dtypes = {spec["name"]: spec["dtype"] for spec in inputs}
-        self.outputs = {spec["name"]: (self.model.create_output_buffer_by_name(signature, spec["name"]),
-                                       tuple(spec["shape"]), spec["dtype"]) for spec in outputs}
+        # One tensor that is two signature outputs (a UNet part's ``h`` is also its last skip) appears in the
+        # CompiledModel's signature under one of the names only: the other names read the same buffer.
+        available = self.model.get_output_tensor_details(signature)
+        by_index = {details["index"]: name for name, details in available.items()}
+        aliases = {}
+        missing = [spec["name"] for spec in outputs if spec["name"] not in available]
+        if missing:
+            from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+            plain = Interpreter(model_path=path,
+                                experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+            details = plain.get_signature_runner(signature).get_output_details()
+            aliases = {name: by_index[details[name]["index"]] for name in missing}
+            del plain
+        self.outputs = {}
+        for spec in outputs:
+            name = aliases.get(spec["name"], spec["name"])
+            if name not in self.outputs:
+                self.outputs[name] = (self.model.create_output_buffer_by_name(signature, name),
+                                      tuple(spec["shape"]), spec["dtype"])
+        self.aliases = aliases
 
     def __call__(self, **feed):
         for name, buffer in self.inputs.items():
             buffer.write(np.ascontiguousarray(feed[name], dtype=self.input_dtypes[name]))
         self.model.run_by_name(self.signature, self.inputs,
                                {name: buffer for name, (buffer, _, _) in self.outputs.items()})
-        return {name: buffer.read(int(np.prod(shape)), np.dtype(dtype)).reshape(shape)
-                for name, (buffer, shape, dtype) in self.outputs.items()}
+        values = {name: buffer.read(int(np.prod(shape)), np.dtype(dtype)).reshape(shape)
+                  for name, (buffer, shape, dtype) in self.outputs.items()}
+        values.update({alias: values[name] for alias, name in self.aliases.items()})
+        return values
 
 
 class Chain:
@@ -267,6 +288,9 @@ def main(argv=None):
             entry = measure_bundle(path, threads, repeats=args.repeats, e2e_runs=args.e2e_runs, steps=args.steps,
                                    scratch=scratch, interpreter=args.interpreter)
             entry["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+            previous = results["bundles"].get(key, {})
+            if previous.get("quantization") == entry["quantization"]:  # other thread counts measured earlier stay
+                entry["threads"] = {**previous.get("threads", {}), **entry["threads"]}
             results["bundles"][key] = entry
             write_json_atomic(args.out, results)  # after each bundle: a long run keeps what it measured
     print(json.dumps(results, indent=1))
