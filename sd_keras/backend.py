@@ -190,8 +190,8 @@ def to_numpy(value):
 # ``disable_compilation_cache()``) turns it off. Programs that compile faster than this are not written (JAX's
 # own default, 1 s, would skip the small models' programs on a fast machine; trivial programs stay out) ...
 COMPILATION_CACHE_MIN_SECONDS = 0.5
-# ... and the least recently used entries are deleted past this size (an SD 1.x program is tens of MB).
-COMPILATION_CACHE_MAX_BYTES = 4 << 30
+# No size bound: JAX's least-recently-used eviction fails on entries written without it (by earlier sd_keras
+# versions or other JAX programs), and then writes nothing. The folder may be deleted at any time.
 COMPILATION_CACHE_VARIABLE = "SD_KERAS_COMPILATION_CACHE"
 _compilation_cache = {"decided": False}
 
@@ -232,8 +232,6 @@ def _configure_jax_cache(path, min_seconds):
     jax.config.update("jax_enable_compilation_cache", True)
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", min_seconds)
-    if jax.config.jax_compilation_cache_max_size == -1:  # unless set (JAX_COMPILATION_CACHE_MAX_SIZE)
-        jax.config.update("jax_compilation_cache_max_size", COMPILATION_CACHE_MAX_BYTES)
     _reset_jax_cache()
     return path
 

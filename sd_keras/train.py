@@ -1081,8 +1081,7 @@ class Trainer:
         self.config = config
         self.model_config = build_model_config(config.model)
         self.devices = backend.use_devices(devices)
-        if backend.name() == "jax":
-            backend.enable_compilation_cache()
+        backend.compilation_cache_dir()  # the persistent compilation cache (on unless SD_KERAS_COMPILATION_CACHE=0)
         # The layers draw their initial weights from numpy's global RNG (HostUniform); keras.utils.set_random_seed
         # would also import TensorFlow under JAX.
         np.random.seed(config.model.seed)
