@@ -188,7 +188,7 @@ def to_numpy(value):
 
 # The persistent compilation cache (JAX), on by default; ``SD_KERAS_COMPILATION_CACHE=0`` (or
 # ``disable_compilation_cache()``) turns it off. Programs that compile faster than this are not written (JAX's
-# own default, 1 s, would skip the small models' programs on a fast machine; trivial programs stay out) ...
+# own default, 1 s, would skip the small models' programs on a fast machine; trivial programs stay out).
 COMPILATION_CACHE_MIN_SECONDS = 0.5
 # No size bound: JAX's least-recently-used eviction fails on entries written without it (by earlier sd_keras
 # versions or other JAX programs), and then writes nothing. The folder may be deleted at any time.
