@@ -14,7 +14,6 @@ import argparse
 import importlib
 import logging
 import os
-import re
 import sys
 
 from sd_keras import __version__
@@ -35,7 +34,6 @@ _NOISY_LOGGERS = ("absl", "tensorflow", "jax._src.xla_bridge", "jax._src.compile
 # Exit statuses after which the backends' log is not kept: done, bad input (the one-line message says it all),
 # train paused by --max-minutes, Ctrl-C.
 _NOT_FAILURES = (0, EXIT_USAGE, 3, 130)
-_INDEX_FIELD = re.compile(r"%0?\d*d")  # %d, %03d: the image index in -o
 
 
 class CliError(Exception):
@@ -43,21 +41,15 @@ class CliError(Exception):
 
 
 def _output_paths(pattern, count):
-    """The ``count`` PNG paths of ``-o``: ``%d`` (or ``%03d``) takes the image index; without one, a batch
-    gets ``stem_<i>.ext``. CliError naming the pattern when it cannot be filled in."""
-    if _INDEX_FIELD.search(pattern):
-        try:
-            paths = [pattern % i for i in range(count)]
-        except (TypeError, ValueError) as error:
-            raise CliError(f"-o {pattern}: not a valid file name pattern ({error}); use one %d for the image "
-                           f"index, e.g. out_%d.png, and %% for a literal %") from None
-        if len(set(paths)) != count:
-            raise CliError(f"-o {pattern}: gives the same file name to different images")
-        return paths
-    if count == 1:
-        return [pattern]
-    stem, ext = os.path.splitext(pattern)
-    return [f"{stem}_{i}{ext or '.png'}" for i in range(count)]
+    """The ``count`` PNG paths of ``-o`` (``sd_keras.images.output_paths``' rules); CliError naming the pattern
+    when it cannot be filled in."""
+    from sd_keras.images import output_paths
+
+    try:
+        return output_paths(pattern, count)
+    except ValueError as error:
+        raise CliError(f"-o {pattern}: not a valid file name pattern ({error}); use one %d for the image index, "
+                       f"e.g. out_%d.png, and %% for a literal %") from None
 
 
 def check_output_paths(pattern, count):
