@@ -219,7 +219,9 @@ def _schedule_entry():
 
 def export_bundle(model, output_dir, *, quantization="fp32", image_size=None, image_encoder=True,
                   random_weights=None, calibration_prompts=None, calibration_steps=4, calibration_sampler="Euler a",
-                  parity_samples=6, latency_runs=3, threads=2, end_to_end=True, max_part_bytes=None, log=None):
+                  parity_samples=6, latency_runs=3, threads=2, end_to_end=True, max_part_bytes=None,
+                  quality_gates=True, gate_prompts=None, gate_steps=None, gate_sampler=None, prompt_following=None,
+                  evaluate_prompts=None, max_accuracy_drop=None, quality_reference=None, log=None):
     """Export ``model`` (a ``StableDiffusion``) as a verified bundle folder ``output_dir``.
 
     Everything is written to a hidden staging folder next to ``output_dir`` and renamed into place only after
@@ -243,6 +245,20 @@ def export_bundle(model, output_dir, *, quantization="fp32", image_size=None, im
             ``verify.end_to_end`` settings).
         max_part_bytes: UNets with more float32 weight bytes are written as parts (``litert.MAX_PART_BYTES``
             by default; 0 never splits): the converter needs several times a file's weights in memory.
+        quality_gates: judge the bundle as a user meets it (``verify.quality_gates``): every component against
+            Keras on all inputs of full-length trajectories of held-out prompts (mean SNR gated per mode, worst
+            reported), plus prompt-following (``sd_keras.evaluate``, the shapes model) or CLIP-free image
+            statistics (other models). A bundle failing an enforced gate is not written.
+        gate_prompts: trajectories recorded for the quality gates (default ``verify.GATE_PROMPTS``, or
+            ``verify.RANDOM_WEIGHTS_GATE_PROMPTS`` for random weights), or a list of prompts.
+        gate_steps, gate_sampler: their length and sampler (default 20 steps of the deterministic
+            ``verify.GATE_SAMPLER``).
+        prompt_following: run the prompt-following gate (default: for the ``shapes`` model only).
+        evaluate_prompts: ``(single, double)`` held-out prompts for prompt-following (default 24, 8).
+        max_accuracy_drop: points (as a fraction) a bundle may lose against Keras on colour, shape or
+            background accuracy (default ``verify.MAX_ACCURACY_DROP``, 0.05).
+        quality_reference: a ``verify.quality_reference`` of this model computed earlier (several exports of
+            one model measure Keras once); its settings replace the gate_* arguments.
         log: ``callable(str)`` for progress lines.
 
     Returns:
@@ -339,9 +355,30 @@ def export_bundle(model, output_dir, *, quantization="fp32", image_size=None, im
         report["calibration"] = {"prompts": len(calibration_prompts or quantize.CALIBRATION_PROMPTS),
                                  "steps": calibration_steps, "sampler": calibration_sampler,
                                  "unet_samples": len(records["diffusion_model"])}
+        if report["passed"] and quality_gates:
+            reference = quality_reference
+            if reference is None:
+                if prompt_following is None:
+                    prompt_following = config.name == "shapes"
+                count = gate_prompts if gate_prompts is not None else (
+                    verify.RANDOM_WEIGHTS_GATE_PROMPTS if random_weights else verify.GATE_PROMPTS)
+                reference = verify.quality_reference(
+                    model, prompts=count, num_steps=gate_steps or verify.GATE_STEPS,
+                    sampler=gate_sampler or verify.GATE_SAMPLER, image_size=(height, width),
+                    evaluate_prompts=(evaluate_prompts or (verify.EVALUATE_SINGLE, verify.EVALUATE_DOUBLE))
+                    if prompt_following else None, log=log)
+            quality = verify.quality_gates(
+                staging, plan, reference, random_weights=random_weights, threads=threads, log=log,
+                max_accuracy_drop=verify.MAX_ACCURACY_DROP if max_accuracy_drop is None else max_accuracy_drop)
+            report["quality"] = quality
+            report["failures"] += quality["failures"]
+            report["passed"] = not report["failures"]
+            manifest["quality_gates"] = verify.quality_summary(quality)
+            write_json_atomic(os.path.join(staging, MANIFEST), manifest)
         if not report["passed"]:
             failed_report = write_json_atomic(f"{destination}.report.json", report)
-            raise litert.ExportError(f"parity gate failed for {config.name} ({quantization}): "
+            kind = "quality" if report.get("quality", {}).get("failures") else "parity"
+            raise litert.ExportError(f"{kind} gate failed for {config.name} ({quantization}), bundle not written: "
                                      f"{'; '.join(report['failures'])}; report: {failed_report}")
         write_json_atomic(os.path.join(staging, REPORT), report)
         replace_folder(staging, destination)

@@ -244,3 +244,250 @@ def evaluate(model, bundle_path, manifest, records, mode, *, random_weights, thr
     report["failures"] = failures(report)
     report["passed"] = not report["failures"]
     return report
+
+
+# -- quality gates: what a user sees -------------------------------------------------------------------------
+# Every component is compared with Keras on inputs recorded from full-length trajectories of several held-out
+# prompts (every UNet call of every step); the mean SNR per component is gated, the worst is reported (a NaN
+# fails). Floors per mode, from the trained shapes model's 20-step DDIM trajectories
+# (benchmarks/results/export_shapes_quality.json: the lowest mean among its components was fp32 93.6,
+# fp16 93.6, int8 32.0, int8-full 19.1, w8a16 34.2, int4 14.2 dB).
+GATE_SAMPLER = "DDIM KerasCV"  # deterministic: no per-step noise to amplify small differences
+GATE_STEPS = 20
+GATE_PROMPTS = 8  # trajectories recorded for the SNR and image-statistics gates (trained weights)
+RANDOM_WEIGHTS_GATE_PROMPTS = 2  # random weights: the gates check the conversion only
+SNR_MEAN_MIN_DB = {"fp32": 60.0, "fp16": 50.0, "int8": 25.0, "int8-full": 15.0, "w8a16": 25.0, "int4": 10.0}
+# SNR floors that hold whatever the weights (quantized modes' floors need trained weights: a random UNet
+# driven with guidance amplifies any perturbation along a trajectory).
+WEIGHT_INDEPENDENT_SNR_GATES = ("fp32", "fp16")
+# Prompt-following (models sd_keras.evaluate can judge: the shapes model): the bundle's accuracy on each of
+# these may fall at most MAX_ACCURACY_DROP (a fraction: 0.05 = 5 points) below the Keras model's.
+PROMPT_FOLLOWING_KEYS = ("single_color", "single_shape", "single_background")
+MAX_ACCURACY_DROP = 0.05
+EVALUATE_SINGLE, EVALUATE_DOUBLE = 24, 8
+# CLIP-free image statistics (other models): per image, the bundle's channel means and contrast against the
+# Keras image of the same prompt and seed.
+IMAGE_STATISTICS_GATES = {"max_mean_level_diff": ("<=", 12.0), "min_contrast_ratio": (">=", 0.8),
+                          "max_contrast_ratio": ("<=", 1.25)}
+
+
+def snr_db(reference, candidate):
+    """``10 log10(sum(reference^2) / sum((candidate - reference)^2))`` in float64; NaN when the candidate is not
+    finite, ``MAX_PSNR_DB`` when identical.
+
+    Example:
+        >>> snr_db(np.ones(4), np.ones(4) * 1.1)
+        20.0
+    """
+    reference = np.asarray(reference, np.float64)
+    candidate = np.asarray(candidate, np.float64)
+    if reference.shape != candidate.shape:
+        raise ValueError(f"output shapes differ: {reference.shape} vs {candidate.shape}")
+    if not np.all(np.isfinite(candidate)):
+        return float("nan")
+    power, noise = float(np.sum(reference ** 2)), float(np.sum((candidate - reference) ** 2))
+    if noise == 0:
+        return MAX_PSNR_DB
+    if power == 0:
+        return 0.0
+    return round(min(MAX_PSNR_DB, 10.0 * math.log10(power / noise)), 6)
+
+
+def gate_prompts(count):
+    """``count`` held-out prompts of the shapes data set (captions the training split never shows), spread over
+    colours, shapes and one-/two-object scenes."""
+    from sd_keras import evaluate as evaluate_lib
+
+    if count < 1:
+        raise ValueError(f"gate prompts must be at least 1, got {count}")
+    scenes = evaluate_lib.heldout_scenes(EVALUATE_SINGLE, EVALUATE_DOUBLE)
+    return [scene.caption for scene in scenes[::max(1, len(scenes) // count)]][:count]
+
+
+def keras_outputs(model, records):
+    """The Keras model's output for every recorded feed: ``{component: [array, ...]}``."""
+    keras_models = {"text_encoder": model.text_encoder, "diffusion_model": model.diffusion_model,
+                    "decoder": model.decoder, "image_encoder": model.image_encoder}
+    return {component: [_keras_output(keras_models[component], component, feed) for feed in feeds]
+            for component, feeds in records.items() if feeds and keras_models.get(component) is not None}
+
+
+def component_snr(bundle_path, records, references, *, threads=2):
+    """SNR of each bundle component against the Keras ``references`` on every recorded feed:
+    ``{component: {"worst_db", "mean_db", "inputs"}}`` (NaN when any output is not finite)."""
+    from sd_keras.export.bundle import read_bundle
+    from sd_keras.export.runner import _Component
+
+    bundle = read_bundle(bundle_path)
+    result = {}
+    for component, feeds in records.items():
+        if not bundle.has(component) or component not in references:
+            continue
+        run = _Component(bundle, component, threads)
+        values = [snr_db(reference, run(**feed)) for feed, reference in zip(feeds, references[component])]
+        finite = all(math.isfinite(value) for value in values)
+        result[component] = {"worst_db": round(float(np.min(values)), 2) if finite else float("nan"),
+                             "mean_db": round(float(np.mean(values)), 2) if finite else float("nan"),
+                             "inputs": len(values)}
+    return result
+
+
+def snr_gates(snr, plan, *, random_weights):
+    """Per component: the mean-SNR floor of its mode (``SNR_MEAN_MIN_DB``) and a finite worst case, each with
+    ``enforced`` (False for quantized modes of random weights)."""
+    gates = {}
+    for component, values in snr.items():
+        mode = plan[component]
+        enforced = not random_weights or mode in WEIGHT_INDEPENDENT_SNR_GATES
+        checks = check_gates({"mean_db": values["mean_db"], "worst_db": values["worst_db"]},
+                             {"mean_db": (">=", SNR_MEAN_MIN_DB[mode]), "worst_db": (">=", -MAX_PSNR_DB)})
+        gates[component] = [dict(gate, enforced=enforced or gate["metric"] == "worst_db") for gate in checks]
+    return gates
+
+
+def image_statistics(reference_images, candidate_images):
+    """CLIP-free statistics of the candidate images against the reference images of the same prompts and seeds
+    (uint8 (N, H, W, 3)): per image the largest difference of a channel mean (levels) and the ratio of the
+    pixel standard deviations (contrast); the worst over the images, and the mean level difference."""
+    reference = np.asarray(reference_images, np.float64)
+    candidate = np.asarray(candidate_images, np.float64)
+    if reference.shape != candidate.shape:
+        raise ValueError(f"image batches differ: {reference.shape} vs {candidate.shape}")
+    level = np.abs(candidate.mean(axis=(1, 2)) - reference.mean(axis=(1, 2))).max(axis=-1)
+    ratio = (candidate.std(axis=(1, 2, 3)) + 1.0) / (reference.std(axis=(1, 2, 3)) + 1.0)
+    if not (np.all(np.isfinite(level)) and np.all(np.isfinite(ratio))):
+        return {"max_mean_level_diff": float("nan"), "min_contrast_ratio": float("nan"),
+                "max_contrast_ratio": float("nan"), "mean_level_diff": float("nan"), "images": len(reference)}
+    return {"max_mean_level_diff": round(float(level.max()), 3), "min_contrast_ratio": round(float(ratio.min()), 4),
+            "max_contrast_ratio": round(float(ratio.max()), 4), "mean_level_diff": round(float(level.mean()), 3),
+            "images": len(reference)}
+
+
+def prompt_following(model, scenes, *, num_steps=GATE_STEPS, sampler=GATE_SAMPLER):
+    """``sd_keras.evaluate`` on ``scenes``: (``{measure: accuracy}``, seconds)."""
+    from sd_keras import evaluate as evaluate_lib
+
+    report = evaluate_lib.evaluate(model, scenes, num_steps=num_steps, sampler=sampler)
+    return {key: value["accuracy"] for key, value in report["summary"].items()}, report["seconds"]
+
+
+def accuracy_drops(keras_accuracy, accuracy, max_drop=MAX_ACCURACY_DROP):
+    """The ``PROMPT_FOLLOWING_KEYS`` on which ``accuracy`` is more than ``max_drop`` below ``keras_accuracy``,
+    as readable text (empty: the bundle keeps the prompt)."""
+    return [f"{key} {accuracy[key]:.3f} vs Keras {keras_accuracy[key]:.3f}" for key in PROMPT_FOLLOWING_KEYS
+            if accuracy.get(key) is not None and keras_accuracy.get(key) is not None
+            and accuracy[key] < keras_accuracy[key] - max_drop - 1e-9]
+
+
+def quality_reference(model, *, prompts=GATE_PROMPTS, num_steps=GATE_STEPS, sampler=GATE_SAMPLER,
+                      image_size=None, evaluate_prompts=None, log=None):
+    """What the quality gates compare a bundle with, computed once per model (reusable across exports).
+
+    Args:
+        model: the Keras ``StableDiffusion``.
+        prompts: number of held-out prompts (``gate_prompts``) whose full trajectories (prompt ``k`` with seed
+            ``k``) give the component inputs, or a list of prompts.
+        num_steps, sampler: the trajectories' and prompt-following's settings (deterministic sampler).
+        image_size: (height, width); default the model's native size.
+        evaluate_prompts: ``(single, double)`` held-out prompts for prompt-following (None: no
+            prompt-following gate).
+
+    Returns:
+        ``{"prompts", "num_steps", "sampler", "records", "references", "images", "scenes",
+        "keras_prompt_following", "keras_evaluate_seconds"}``.
+    """
+    from sd_keras.export import quantize
+
+    prompts = gate_prompts(prompts) if isinstance(prompts, int) else list(prompts)
+    if not prompts:
+        raise ValueError("quality gates need at least one prompt")
+    if num_steps < 1:
+        raise ValueError(f"gate steps must be at least 1, got {num_steps}")
+    say = log or (lambda message: None)
+    say(f"quality gates: recording {len(prompts)} trajectories of {num_steps} steps ({sampler})")
+    records = quantize.record_trajectories(model, prompts=prompts, num_steps=num_steps, sampler=sampler,
+                                           image_size=image_size)
+    references = keras_outputs(model, records)
+    from sd_keras.export.runner import to_uint8
+
+    images = to_uint8(np.concatenate([feed["image"] for feed in records["image_encoder"][:len(prompts)]]))
+    reference = {"prompts": prompts, "num_steps": num_steps, "sampler": sampler, "records": records,
+                 "references": references, "images": images, "scenes": None,
+                 "keras_prompt_following": None, "keras_evaluate_seconds": None}
+    if evaluate_prompts is not None:
+        from sd_keras import evaluate as evaluate_lib
+
+        single, double = evaluate_prompts
+        if single < 1 or double < 0:
+            raise ValueError(f"prompt-following needs at least 1 one-object prompt, got {single}/{double}")
+        reference["scenes"] = evaluate_lib.heldout_scenes(single, double)
+        say(f"quality gates: prompt-following of the Keras model on {single}+{double} held-out prompts")
+        reference["keras_prompt_following"], reference["keras_evaluate_seconds"] = prompt_following(
+            model, reference["scenes"], num_steps=num_steps, sampler=sampler)
+    return reference
+
+
+def quality_gates(bundle_path, plan, reference, *, random_weights, max_accuracy_drop=MAX_ACCURACY_DROP,
+                  threads=2, log=None):
+    """Judge a written bundle against ``quality_reference``: the ``quality`` section of the report.
+
+    Gates run: ``component_snr`` (always), ``prompt_following`` (when the reference has prompt-following
+    scenes), else ``image_statistics`` (the bundle runner's images against the Keras images of the same
+    prompts and seeds). A gate with ``enforced: false`` is reported only (random weights).
+    """
+    from sd_keras.export.runner import BundleRunner
+
+    say = log or (lambda message: None)
+    quality = {"sampler": reference["sampler"], "num_steps": reference["num_steps"],
+               "prompts": list(reference["prompts"]), "gates_run": ["component_snr"]}
+    say("quality gates: component SNR over full trajectories")
+    snr = component_snr(bundle_path, reference["records"], reference["references"], threads=threads)
+    gates = snr_gates(snr, plan, random_weights=random_weights)
+    quality["component_snr"] = {component: {**values, "gates": gates[component]} for component, values in snr.items()}
+    failed = [f"{component} SNR {gate['metric'].replace('_db', '')} {gate['value']} dB (needs {gate['op']} "
+              f"{gate['threshold']})" for component, items in gates.items() for gate in items
+              if not gate["passed"] and gate["enforced"]]
+    runner = BundleRunner(bundle_path, num_threads=threads)
+    if reference["scenes"] is not None:
+        quality["gates_run"].append("prompt_following")
+        say(f"quality gates: prompt-following of the bundle on {len(reference['scenes'])} held-out prompts")
+        accuracy, seconds = prompt_following(runner, reference["scenes"], num_steps=reference["num_steps"],
+                                             sampler=reference["sampler"])
+        drops = accuracy_drops(reference["keras_prompt_following"], accuracy, max_accuracy_drop)
+        quality["prompt_following"] = {
+            "prompts": len(reference["scenes"]), "max_accuracy_drop": max_accuracy_drop,
+            "keys": list(PROMPT_FOLLOWING_KEYS), "keras": reference["keras_prompt_following"],
+            "bundle": accuracy, "keras_seconds": reference["keras_evaluate_seconds"], "bundle_seconds": seconds,
+            "passed": not drops}
+        failed += [f"prompt-following {drop} (more than {max_accuracy_drop * 100:g} points below)" for drop in drops]
+    else:
+        quality["gates_run"].append("image_statistics")
+        say("quality gates: image statistics over the gate prompts")
+        images = np.stack([np.asarray(runner.text_to_image(
+            prompt, num_steps=reference["num_steps"], seed=index, sampler=reference["sampler"],
+            unconditional_guidance_scale=7.5))[0] for index, prompt in enumerate(reference["prompts"])])
+        statistics = image_statistics(reference["images"], images)
+        enforced = not random_weights or all(mode in WEIGHT_INDEPENDENT_SNR_GATES for mode in plan.values())
+        checks = [dict(gate, enforced=enforced) for gate in check_gates(statistics, IMAGE_STATISTICS_GATES)]
+        quality["image_statistics"] = {**statistics, "gates": checks}
+        failed += [f"image statistics {gate['metric']} {gate['value']} (needs {gate['op']} {gate['threshold']})"
+                   for gate in checks if not gate["passed"] and gate["enforced"]]
+    quality["failures"] = failed
+    quality["passed"] = not failed
+    return quality
+
+
+def quality_summary(quality):
+    """The manifest's ``quality_gates``: which gates ran and their headline numbers."""
+    summary = {"passed": quality["passed"], "gates_run": list(quality["gates_run"]), "sampler": quality["sampler"],
+               "num_steps": quality["num_steps"], "prompts": len(quality["prompts"]),
+               "component_snr_db": {component: {"worst": values["worst_db"], "mean": values["mean_db"]}
+                                    for component, values in quality["component_snr"].items()}}
+    if "prompt_following" in quality:
+        section = quality["prompt_following"]
+        summary["prompt_following"] = {key: {"bundle": section["bundle"][key], "keras": section["keras"][key]}
+                                       for key in section["keys"]}
+    if "image_statistics" in quality:
+        summary["image_statistics"] = {key: value for key, value in quality["image_statistics"].items()
+                                       if key != "gates"}
+    return summary
