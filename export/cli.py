@@ -27,6 +27,17 @@ def _parse_size(text):
     return height, width
 
 
+def _parse_evaluate_prompts(text):
+    """``SINGLE,DOUBLE`` -> (single, double) held-out prompts for the prompt-following gate."""
+    if text is None:
+        return None
+    parts = text.split(",")
+    if len(parts) != 2 or not all(part.strip().isdigit() for part in parts) or int(parts[0]) < 1:
+        raise ValueError(f"--evaluate-prompts must be SINGLE,DOUBLE such as 24,8 (at least one one-object "
+                         f"prompt), got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
 def cmd_export(args):
     from sd_keras.cli import CliError, check_model_spec, load_model
     from sd_keras.export import quantize
@@ -36,6 +47,11 @@ def cmd_export(args):
     if args.max_part_mb is not None and args.max_part_mb < 0:
         raise ValueError(f"--max-part-mb must be 0 (never split) or a positive size, got {args.max_part_mb}")
     size = _parse_size(args.size) if args.size else None
+    if args.gate_prompts is not None and args.gate_prompts < 1:
+        raise ValueError(f"--gate-prompts must be at least 1, got {args.gate_prompts}")
+    if args.gate_steps < 1:
+        raise ValueError(f"--gate-steps must be at least 1, got {args.gate_steps}")
+    evaluate_prompts = _parse_evaluate_prompts(args.evaluate_prompts)
     check_destination(args.output)  # a missing parent folder is created with the bundle
     check_model_spec(args.model)
     from sd_keras.export.litert import ExportError  # imports Keras and TensorFlow: after the cheap checks
@@ -48,7 +64,11 @@ def cmd_export(args):
         report = export_bundle(model, args.output, quantization=args.quantize, image_size=size,
                                image_encoder=not args.no_image_encoder, calibration_steps=args.calibration_steps,
                                latency_runs=args.latency_runs, log=log,
-                               max_part_bytes=None if args.max_part_mb is None else int(args.max_part_mb * 2**20))
+                               max_part_bytes=None if args.max_part_mb is None else int(args.max_part_mb * 2**20),
+                               quality_gates=not args.no_quality_gates, gate_prompts=args.gate_prompts,
+                               gate_steps=args.gate_steps,
+                               prompt_following={"auto": None, "on": True, "off": False}[args.prompt_following],
+                               evaluate_prompts=evaluate_prompts)
     except (ExportError, RuntimeError) as error:  # RuntimeError: LiteRT or the quantizer refusing a file
         print("sd-keras: error: " + " ".join(str(error).split()), file=sys.stderr)
         return 1
@@ -61,6 +81,21 @@ def cmd_export(args):
     image = report.get("end_to_end")
     if image:
         print(f"end-to-end image vs Keras: PSNR {image['psnr_db']:.1f} dB, max diff {image['max_abs_diff']}/255")
+    quality = report.get("quality")
+    if quality:
+        print(f"quality gates ({', '.join(quality['gates_run'])}; {len(quality['prompts'])} prompts, "
+              f"{quality['num_steps']} steps {quality['sampler']}):")
+        for name, snr in quality["component_snr"].items():
+            print(f"  {name} SNR vs Keras: mean {snr['mean_db']:.1f} dB, worst {snr['worst_db']:.1f} dB "
+                  f"over {snr['inputs']} inputs")
+        if "prompt_following" in quality:
+            section = quality["prompt_following"]
+            print("  prompt-following (bundle / Keras): " + ", ".join(
+                f"{key} {section['bundle'][key]:.3f} / {section['keras'][key]:.3f}" for key in section["keys"]))
+        if "image_statistics" in quality:
+            stats = quality["image_statistics"]
+            print(f"  image statistics vs Keras: channel means within {stats['max_mean_level_diff']:.1f} levels, "
+                  f"contrast ratio {stats['min_contrast_ratio']:.3f}-{stats['max_contrast_ratio']:.3f}")
     print(args.output)
     return 0
 
@@ -94,6 +129,21 @@ def register(subparsers):
                         help="export a UNet with more float32 weights than this as consecutive part files "
                              "(default 1024: the converter needs several times a file's weights in memory; "
                              "0: one file)")
+    parser.add_argument("--gate-prompts", type=int,
+                        help="held-out prompts whose full trajectories the quality gates replay: every component "
+                             "against Keras on every step (mean SNR gated per mode) and, for models without "
+                             "prompt-following, image statistics against Keras (default 8; 2 for random weights)")
+    parser.add_argument("--gate-steps", type=int, default=20,
+                        help="steps of each quality-gate trajectory (deterministic DDIM sampler; default 20)")
+    parser.add_argument("--prompt-following", choices=("auto", "on", "off"), default="auto",
+                        help="gate on sd_keras.evaluate's colour/shape/background accuracy against Keras (a bundle "
+                             "more than 5 points below is not written); auto: for the shapes model, where it "
+                             "takes a few minutes on a CPU (up to about 15 for int8-full and w8a16, whose int16 "
+                             "kernels are slow)")
+    parser.add_argument("--evaluate-prompts", metavar="SINGLE,DOUBLE",
+                        help="one- and two-object held-out prompts of the prompt-following gate (default 24,8)")
+    parser.add_argument("--no-quality-gates", action="store_true",
+                        help="skip the quality gates (the per-component parity checks still run)")
     parser.add_argument("-q", "--quiet", action="store_true")
     parser.set_defaults(func=cmd_export)
 

@@ -403,6 +403,9 @@ def run_cli(*args):
     (["--max-part-mb", "-1"], "--max-part-mb must be 0 (never split) or a positive size"),
     (["--quantize", "vae=int8"], "unknown component 'vae'"),
     (["--quantize", "unet=int3,decoder=fp16"], "unknown mode 'int3' for unet"),
+    (["--gate-prompts", "0"], "--gate-prompts must be at least 1"),
+    (["--gate-steps", "0"], "--gate-steps must be at least 1"),
+    (["--evaluate-prompts", "24"], "--evaluate-prompts must be SINGLE,DOUBLE"),
 ])
 def test_cli_export_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):
     from sd_keras import cli
@@ -446,3 +449,80 @@ def test_cli_generate_from_bundle_and_modified_bundle(fp32_bundle, tmp_path):
 
 
 pytestmark = pytest.mark.once  # backend-independent (see conftest.py)
+
+
+# -- quality gates -----------------------------------------------------------------------------------------------
+def test_quality_gates_replay_full_trajectories_in_report_and_manifest(fp32_bundle):
+    path, report = fp32_bundle
+    quality = report["quality"]
+    assert quality["passed"] and quality["sampler"] == verify.GATE_SAMPLER and quality["num_steps"] == 20
+    # random weights: the default number of held-out prompts for a conversion check; no evaluator for tiny
+    assert len(quality["prompts"]) == verify.RANDOM_WEIGHTS_GATE_PROMPTS
+    assert quality["gates_run"] == ["component_snr", "image_statistics"]
+    snr = quality["component_snr"]
+    assert snr["diffusion_model"]["inputs"] == 20 * len(quality["prompts"])  # every step of every trajectory
+    assert snr["text_encoder"]["inputs"] == len(quality["prompts"]) + 1  # and the empty prompt
+    for component, values in snr.items():
+        assert values["mean_db"] >= verify.SNR_MEAN_MIN_DB["fp32"] and values["worst_db"] <= values["mean_db"]
+        assert all(gate["passed"] and gate["enforced"] for gate in values["gates"]), component
+    assert quality["image_statistics"]["max_mean_level_diff"] < 1.0
+    with open(os.path.join(path, "manifest.json")) as handle:
+        manifest = json.load(handle)
+    summary = manifest["quality_gates"]
+    assert summary["passed"] and summary["gates_run"] == quality["gates_run"] and summary["num_steps"] == 20
+    assert summary["component_snr_db"]["decoder"] == {"worst": snr["decoder"]["worst_db"],
+                                                      "mean": snr["decoder"]["mean_db"]}
+    bundle_lib.read_bundle(path)  # the rewritten manifest still reads
+
+
+def test_quality_metrics():
+    assert verify.snr_db(np.ones(8), np.ones(8)) == verify.MAX_PSNR_DB
+    assert verify.snr_db(np.ones(8), np.full(8, 1.1)) == pytest.approx(20.0)
+    assert np.isnan(verify.snr_db(np.ones(2), np.array([1.0, np.nan])))
+    keras = {"single_color": 1.0, "single_shape": 1.0, "single_background": 0.9}
+    assert verify.accuracy_drops(keras, {"single_color": 0.96, "single_shape": 1.0, "single_background": 0.85}) == []
+    assert verify.accuracy_drops(keras, {"single_color": 0.94, "single_shape": 1.0, "single_background": 0.9}) == [
+        "single_color 0.940 vs Keras 1.000"]
+    images = np.random.default_rng(0).integers(0, 255, (2, 8, 8, 3)).astype(np.uint8)
+    darker = (images // 2).astype(np.uint8)
+    stats = verify.image_statistics(images, darker)
+    assert stats["max_mean_level_diff"] > 50 and stats["max_contrast_ratio"] < 0.6
+    assert not all(gate["passed"] for gate in verify.check_gates(stats, verify.IMAGE_STATISTICS_GATES))
+
+
+def test_prompt_following_gate_refuses_a_bundle_below_keras(tiny, fp32_bundle, tmp_path, monkeypatch):
+    """The same fp32 files pass prompt-following at the default 5-point margin and are refused (nothing
+    written, the reason named) when the margin demands more than Keras scores; an SNR floor the files cannot
+    reach refuses them too."""
+    source = fp32_bundle[0]
+
+    def copy_components(models, config, image_size, mode, output_dir, **kwargs):
+        for name in models:
+            shutil.copy(os.path.join(source, f"{name}.tflite"), output_dir)
+        return {name: {"file": f"{name}.tflite", "large_model_layout": False, "integer_only": None}
+                for name in models}
+
+    monkeypatch.setattr(litert, "export_components", copy_components)
+    reference = verify.quality_reference(tiny, prompts=1, num_steps=4, evaluate_prompts=(2, 1))
+    assert len(reference["scenes"]) == 3 and reference["keras_prompt_following"]["single_color"] is not None
+    settings = dict(quantization="fp32", calibration_prompts=["x"], calibration_steps=1, end_to_end=False,
+                    latency_runs=1, image_encoder=False, quality_reference=reference)
+    report = bundle_lib.export_bundle(tiny, str(tmp_path / "kept"), **settings)
+    following = report["quality"]["prompt_following"]
+    assert report["quality"]["gates_run"] == ["component_snr", "prompt_following"]
+    assert following["passed"] and following["bundle"] == following["keras"]  # fp32: the same images
+    with open(tmp_path / "kept" / "manifest.json") as handle:
+        assert json.load(handle)["quality_gates"]["prompt_following"]["single_color"]["keras"] is not None
+    destination = tmp_path / "refused"
+    with pytest.raises(litert.ExportError, match=r"quality gate failed .*bundle not written.*prompt-following "
+                                                 r"single_color"):
+        bundle_lib.export_bundle(tiny, str(destination), max_accuracy_drop=-0.5, **settings)
+    assert not destination.exists()
+    with open(tmp_path / "refused.report.json") as handle:
+        failed = json.load(handle)
+    assert failed["passed"] is False and failed["quality"]["prompt_following"]["passed"] is False
+    monkeypatch.setitem(verify.SNR_MEAN_MIN_DB, "fp32", 1000.0)
+    with pytest.raises(litert.ExportError, match=r"quality gate failed .*diffusion_model SNR mean"):
+        bundle_lib.export_bundle(tiny, str(destination), **settings)
+    assert not destination.exists()
+
