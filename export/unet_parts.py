@@ -6,8 +6,11 @@ of at most ``max_bytes`` of weights each; every part becomes its own ``.tflite``
 Tensors cross part boundaries by name: ``h`` (the running activation), ``temb`` (the projected timestep
 embedding, made by part 0), ``context`` (the model input) and ``skip_NN`` (the skip connections, numbered in the
 order the down path makes them; the up path takes them from the end). A part's inputs are what it reads, its
-outputs what later parts read; the last part's output is the whole model's (``model_output``). Runners keep one
-dict of named tensors and run the parts in order (``ChainedComponent``), exactly what the Android app does.
+outputs what later parts read; the last part's output is the whole model's (``model_output``). A part that ends
+on a down-path step, which keeps ``h`` as its newest skip, passes ``h`` on under that skip's name only: one tensor
+under two output names is listed under just one of them by LiteRT's ``CompiledModel`` (the Android app's API).
+Runners keep one dict of named tensors and run the parts in order (``ChainedComponent``), exactly what the Android
+app does.
 
 Example:
     >>> from sd_keras.models import build_diffusion_model
@@ -125,21 +128,34 @@ def _skip_name(index):
     return f"skip_{index:02d}"
 
 
+def _skips_before(steps, index):
+    return steps[index - 1].skips_after if index else 0
+
+
+def _h_is_newest_skip(steps, stop):
+    """True when the step before ``stop`` kept ``h`` as a new skip (the stem, each down-path block): then ``h`` and
+    that skip are one tensor."""
+    return steps[stop - 1].skips_after > _skips_before(steps, stop - 1)
+
+
 def part_interfaces(steps, parts):
-    """For each part: (input names, output names) of the named-tensor chain."""
+    """For each part: (input names, output names) of the named-tensor chain; no tensor is named twice."""
     interfaces = []
     for number, (start, stop) in enumerate(parts):
-        before = steps[start - 1].skips_after if start else 0
+        before = _skips_before(steps, start)
         lowest = min([before] + [steps[i].skips_after for i in range(start, stop)])
         after = steps[stop - 1].skips_after
         if number == 0:
             inputs = list(WHOLE_INPUTS)
+        elif _h_is_newest_skip(steps, start):
+            inputs = ["temb", "context"] + [_skip_name(i) for i in range(min(lowest, before - 1), before)]
         else:
             inputs = ["h", "temb", "context"] + [_skip_name(i) for i in range(lowest, before)]
         if stop == len(steps):
             outputs = [OUTPUT]
         else:
-            outputs = ["h"] + (["temb"] if number == 0 else []) + [_skip_name(i) for i in range(lowest, after)]
+            outputs = ((["h"] if not _h_is_newest_skip(steps, stop) else []) + (["temb"] if number == 0 else [])
+                       + [_skip_name(i) for i in range(lowest, after)])
         interfaces.append((inputs, outputs))
     return interfaces
 
@@ -150,9 +166,10 @@ def run_part(steps, part, interface, values):
     if start == 0:
         state = {name: values[name] for name in WHOLE_INPUTS}
     else:
-        before = steps[start - 1].skips_after
+        before = _skips_before(steps, start)
         skips = [values.get(_skip_name(i)) for i in range(before)]  # only the ones this part pops are read
-        state = {"h": values["h"], "temb": values["temb"], "context": values["context"], "skips": skips}
+        h = values["h"] if "h" in inputs else values[_skip_name(before - 1)]
+        state = {"h": h, "temb": values["temb"], "context": values["context"], "skips": skips}
     for step in steps[start:stop]:
         state = step.run(state)
     result = {}

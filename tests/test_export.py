@@ -266,6 +266,10 @@ def test_unet_parts_chain_to_the_whole_model(tiny):
         interfaces = unet_parts.part_interfaces(steps, parts)
         _, outputs = unet_parts.trace_values(steps, parts, interfaces, feed)
         np.testing.assert_allclose(outputs[-1]["model_output"], whole, rtol=0, atol=1e-5)
+        for produced in outputs:  # one tensor never leaves a part under two names (CompiledModel lists one)
+            arrays = list(produced.values())
+            assert not any(np.array_equal(a, b) for i, a in enumerate(arrays) for b in arrays[i + 1:]), \
+                sorted(produced)
     assert len(unet_parts.plan_parts(tiny.diffusion_model, steps, 1)) == len(steps)
 
 
@@ -280,6 +284,12 @@ def test_split_unet_bundle_generates_like_keras(tiny, split_bundle):
         assert {spec["name"] for spec in part["inputs"]} <= produced, part["file"]
         produced |= {spec["name"] for spec in part["outputs"]}
         assert os.path.getsize(os.path.join(path, part["file"])) < 2**20
+    from ai_edge_litert.compiled_model import CompiledModel
+
+    for part in entry["parts"]:  # the Android app asks LiteRT's CompiledModel for every output by its name
+        listed = CompiledModel.from_file(os.path.join(path, part["file"])).get_output_tensor_details(
+            part["signature"])
+        assert {spec["name"] for spec in part["outputs"]} <= set(listed), part["file"]
     unet = report["components"]["diffusion_model"]
     assert unet["files"] == [part["file"] for part in entry["parts"]]
     assert unet["parity"]["cosine"] >= 0.99 and report["passed"]
