@@ -225,7 +225,7 @@ def export_bundle(model, output_dir, *, quantization="fp32", image_size=None, im
     """Export ``model`` (a ``StableDiffusion``) as a verified bundle folder ``output_dir``.
 
     Everything is written to a hidden staging folder next to ``output_dir`` and renamed into place only after
-    every parity gate passed (``report.json`` inside the bundle has the numbers); a failed gate raises
+    every parity and quality gate passed (``report.json`` inside the bundle has the numbers); a failed gate raises
     ``ExportError``, removes the staging folder and leaves the report as ``<output_dir>.report.json``.
 
     Args:

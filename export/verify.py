@@ -24,6 +24,12 @@ random and with trained weights; they catch a broken conversion, not a small los
 random weights (the ``tiny`` preset) an image PSNR of a quantized model says little: a random UNet driven
 with guidance amplifies any perturbation, so the number is reported and not gated.
 
+Quality gates (``quality_reference`` / ``quality_gates``, run by the exporter after the checks above): every
+component against Keras on every input of full 20-step trajectories of held-out prompts (mean SNR gated per mode:
+``SNR_MEAN_MIN_DB``; the worst reported), and prompt-following by ``sd_keras.evaluate`` for the shapes model (a
+bundle more than ``MAX_ACCURACY_DROP`` below Keras on colour, shape or background is refused) or, for other
+models, CLIP-free image statistics against the Keras images of the same prompts and seeds.
+
 Example:
     >>> metrics(np.ones(4), np.ones(4))["cosine"]
     1.0
