@@ -239,12 +239,35 @@ def test_cli_per_component_export_and_generation(tiny, tmp_path):
     assert report["components"]["diffusion_model"]["size_bytes"] < 0.4 * unet_fp32_bytes
     # random weights: the image PSNR is reported, not enforced
     assert report["end_to_end"]["psnr_db"] > 0 and not report["end_to_end"]["gates"][0]["enforced"]
+    # quality gates over full 20-step trajectories: quantized modes' SNR floors are reported for random weights,
+    # fp16's is enforced
+    quality = report["quality"]
+    assert "quality gates (component_snr, image_statistics" in result.stdout
+    assert manifest["quality_gates"]["gates_run"] == quality["gates_run"] == ["component_snr", "image_statistics"]
+    assert quality["component_snr"]["diffusion_model"]["inputs"] == 20 * len(quality["prompts"])
+    assert [gate["enforced"] for gate in quality["component_snr"]["diffusion_model"]["gates"]] == [False, True]
+    assert quality["component_snr"]["decoder"]["gates"][0]["enforced"]
+    assert quality["component_snr"]["decoder"]["mean_db"] >= verify.SNR_MEAN_MIN_DB["fp16"]
     runner = BundleRunner(str(out))
     assert runner.image_encoder is None
     with pytest.raises(ValueError, match="no image_encoder"):
         runner.image_to_image("x", np.zeros((64, 64, 3), np.uint8), num_steps=2)
     image = runner.text_to_image("a red circle", num_steps=2, seed=1)
     assert image.shape == (1, 64, 64, 3) and image.dtype == np.uint8
+
+
+def test_snr_floors_of_quantized_modes_are_enforced_for_trained_weights():
+    snr = {"diffusion_model": {"worst_db": 3.0, "mean_db": 12.0}, "decoder": {"worst_db": 40.0, "mean_db": 45.0}}
+    plan = quantize.parse_spec("unet=int8,decoder=fp16")
+    trained = verify.snr_gates(snr, plan, random_weights=False)
+    assert [(gate["metric"], gate["passed"], gate["enforced"]) for gate in trained["diffusion_model"]] == [
+        ("mean_db", False, True), ("worst_db", True, True)]
+    assert trained["decoder"][0]["threshold"] == verify.SNR_MEAN_MIN_DB["fp16"] and not trained["decoder"][0]["passed"]
+    random = verify.snr_gates(snr, plan, random_weights=True)
+    assert not random["diffusion_model"][0]["enforced"] and random["decoder"][0]["enforced"]
+    nan = verify.snr_gates({"decoder": {"worst_db": float("nan"), "mean_db": float("nan")}}, plan,
+                           random_weights=True)
+    assert [gate["passed"] for gate in nan["decoder"]] == [False, False]
 
 
 pytestmark = pytest.mark.once  # backend-independent (see conftest.py)
