@@ -288,6 +288,9 @@ def export_bundle(model, output_dir, *, quantization="fp32", image_size=None, im
     config = model.config
     height, width = config.image_size if image_size is None else image_size
     check_size(height, width)
+    if quality_reference is not None and quality_reference["image_size"] != [height, width]:
+        raise ValueError(f"quality_reference was measured at {quality_reference['image_size']}, the export is "
+                         f"{[height, width]}")
     destination = check_destination(output_dir)
     if random_weights is None:
         random_weights = config.name in presets.RANDOM_PRESETS

@@ -132,14 +132,16 @@ def register(subparsers):
     parser.add_argument("--gate-prompts", type=int,
                         help="held-out prompts whose full trajectories the quality gates replay: every component "
                              "against Keras on every step (mean SNR gated per mode) and, for models without "
-                             "prompt-following, image statistics against Keras (default 8; 2 for random weights)")
+                             "prompt-following, image statistics against Keras (default 8; 2 for random weights). "
+                             "Each prompt costs one generation by Keras and by the bundle: seconds for the shapes "
+                             "model, minutes per prompt for SD 1.x at 512x512 on a CPU")
     parser.add_argument("--gate-steps", type=int, default=20,
                         help="steps of each quality-gate trajectory (deterministic DDIM sampler; default 20)")
     parser.add_argument("--prompt-following", choices=("auto", "on", "off"), default="auto",
                         help="gate on sd_keras.evaluate's colour/shape/background accuracy against Keras (a bundle "
                              "more than 5 points below is not written); auto: for the shapes model, where it "
-                             "takes a few minutes on a CPU (up to about 15 for int8-full and w8a16, whose int16 "
-                             "kernels are slow)")
+                             "takes about a minute on a 2-core CPU for fp32/fp16/int8 and up to about 12 for "
+                             "int8-full and w8a16, whose int16 kernels are slow)")
     parser.add_argument("--evaluate-prompts", metavar="SINGLE,DOUBLE",
                         help="one- and two-object held-out prompts of the prompt-following gate (default 24,8)")
     parser.add_argument("--no-quality-gates", action="store_true",

@@ -399,7 +399,7 @@ def quality_reference(model, *, prompts=GATE_PROMPTS, num_steps=GATE_STEPS, samp
             prompt-following gate).
 
     Returns:
-        ``{"prompts", "num_steps", "sampler", "records", "references", "images", "scenes",
+        ``{"prompts", "num_steps", "sampler", "records", "image_size", "references", "images", "scenes",
         "keras_prompt_following", "keras_evaluate_seconds"}``.
     """
     from sd_keras.export import quantize
@@ -418,6 +418,7 @@ def quality_reference(model, *, prompts=GATE_PROMPTS, num_steps=GATE_STEPS, samp
 
     images = to_uint8(np.concatenate([feed["image"] for feed in records["image_encoder"][:len(prompts)]]))
     reference = {"prompts": prompts, "num_steps": num_steps, "sampler": sampler, "records": records,
+                 "image_size": list(image_size or model.config.image_size),
                  "references": references, "images": images, "scenes": None,
                  "keras_prompt_following": None, "keras_evaluate_seconds": None}
     if evaluate_prompts is not None:

@@ -531,6 +531,8 @@ def test_prompt_following_gate_refuses_a_bundle_below_keras(tiny, fp32_bundle, t
     with open(tmp_path / "refused.report.json") as handle:
         failed = json.load(handle)
     assert failed["passed"] is False and failed["quality"]["prompt_following"]["passed"] is False
+    with pytest.raises(ValueError, match=r"quality_reference was measured at \[64, 64\], the export is \[128, 64\]"):
+        bundle_lib.export_bundle(tiny, str(destination), **dict(settings, image_size=(128, 64)))
     monkeypatch.setitem(verify.SNR_MEAN_MIN_DB, "fp32", 1000.0)
     with pytest.raises(litert.ExportError, match=r"quality gate failed .*diffusion_model SNR mean"):
         bundle_lib.export_bundle(tiny, str(destination), **settings)
