@@ -369,11 +369,13 @@ def image_statistics(reference_images, candidate_images):
             "images": len(reference)}
 
 
-def prompt_following(model, scenes, *, num_steps=GATE_STEPS, sampler=GATE_SAMPLER):
-    """``sd_keras.evaluate`` on ``scenes``: (``{measure: accuracy}``, seconds)."""
+def prompt_following(model, scenes, *, num_steps=GATE_STEPS, sampler=GATE_SAMPLER, image_size=None):
+    """``sd_keras.evaluate`` on ``scenes`` at ``image_size`` (default the model's): (``{measure: accuracy}``,
+    seconds). The Keras model and a bundle are judged at the bundle's size: a model drawn at another size than
+    its native one follows its prompts less well, whatever the bundle."""
     from sd_keras import evaluate as evaluate_lib
 
-    report = evaluate_lib.evaluate(model, scenes, num_steps=num_steps, sampler=sampler)
+    report = evaluate_lib.evaluate(model, scenes, num_steps=num_steps, sampler=sampler, image_size=image_size)
     return {key: value["accuracy"] for key, value in report["summary"].items()}, report["seconds"]
 
 
@@ -430,7 +432,8 @@ def quality_reference(model, *, prompts=GATE_PROMPTS, num_steps=GATE_STEPS, samp
         reference["scenes"] = evaluate_lib.heldout_scenes(single, double)
         say(f"quality gates: prompt-following of the Keras model on {single}+{double} held-out prompts")
         reference["keras_prompt_following"], reference["keras_evaluate_seconds"] = prompt_following(
-            model, reference["scenes"], num_steps=num_steps, sampler=sampler)
+            model, reference["scenes"], num_steps=num_steps, sampler=sampler,
+            image_size=reference["image_size"])
     return reference
 
 
@@ -459,7 +462,7 @@ def quality_gates(bundle_path, plan, reference, *, random_weights, max_accuracy_
         quality["gates_run"].append("prompt_following")
         say(f"quality gates: prompt-following of the bundle on {len(reference['scenes'])} held-out prompts")
         accuracy, seconds = prompt_following(runner, reference["scenes"], num_steps=reference["num_steps"],
-                                             sampler=reference["sampler"])
+                                             sampler=reference["sampler"], image_size=reference["image_size"])
         drops = accuracy_drops(reference["keras_prompt_following"], accuracy, max_accuracy_drop)
         quality["prompt_following"] = {
             "prompts": len(reference["scenes"]), "max_accuracy_drop": max_accuracy_drop,

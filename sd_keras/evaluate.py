@@ -315,7 +315,7 @@ def evaluate_ground_truth(num_samples=1000, *, seed=12345, image_size=REFERENCE_
 
 
 def evaluate(model, scenes=None, *, num_steps=20, sampler=None, guidance_scale=DEFAULT_GUIDANCE, seed=0,
-             batch_size=8, out_dir=None, progress=None):
+             batch_size=8, out_dir=None, progress=None, image_size=None):
     """Generate one image per held-out prompt with ``model`` and measure it.
 
     Args:
@@ -325,6 +325,7 @@ def evaluate(model, scenes=None, *, num_steps=20, sampler=None, guidance_scale=D
         seed: prompt ``i`` uses seed ``seed + i``.
         out_dir: when given, writes ``report.json`` and ``grid.png`` there (atomically).
         progress: ``callable(images_done, total)``.
+        image_size: (height, width) to generate at; default the model's native size.
 
     Returns:
         The report dict: settings, ``summary`` (accuracy and count per measure), ``targets``, ``passed``,
@@ -340,7 +341,7 @@ def evaluate(model, scenes=None, *, num_steps=20, sampler=None, guidance_scale=D
     scenes = heldout_scenes() if scenes is None else list(scenes)
     if not scenes:
         raise ValueError("scenes: nothing to evaluate")
-    height, width = model.config.image_size
+    height, width = image_size or model.config.image_size
     started = time.time()
     images = []
     for start in range(0, len(scenes), batch_size):
