@@ -271,13 +271,17 @@ class BundleRunner:
         return self.last_seed
 
     # -- generation ------------------------------------------------------------------------------------------
-    def text_to_image(self, prompt, negative_prompt=None, batch_size=1, num_steps=50,
+    def text_to_image(self, prompt, negative_prompt=None, batch_size=None, num_steps=50,
                       unconditional_guidance_scale=7.5, seed=None, *, sampler=None, height=None, width=None,
                       progress=None):
         """uint8 images (B, H, W, 3); same arguments and seeds as ``StableDiffusion.text_to_image``.
 
-        ``sampler`` defaults to the manifest's ``default_sampler``. Image ``i`` uses seed ``seed + i``.
+        ``sampler`` defaults to the manifest's ``default_sampler``. Image ``i`` uses seed ``seed + i``; a list of
+        prompts sets ``batch_size``.
         """
+        from sd_keras.pipeline import _batch_size
+
+        batch_size = _batch_size(batch_size, prompt, negative_prompt)
         scheduler = self._resolve(num_steps, unconditional_guidance_scale, sampler, height, width, batch_size)
         context, unconditional = self._contexts(prompt, negative_prompt, batch_size)
         seed = self._seed(seed)
@@ -292,13 +296,14 @@ class BundleRunner:
                                    progress=_batch_progress(progress, index, batch_size, scheduler.num_steps)))
         return self.decode(np.concatenate(latents))
 
-    def image_to_image(self, prompt, image, strength=0.75, negative_prompt=None, batch_size=1, num_steps=50,
+    def image_to_image(self, prompt, image, strength=0.75, negative_prompt=None, batch_size=None, num_steps=50,
                        unconditional_guidance_scale=7.5, seed=None, *, sampler=None, height=None, width=None,
                        progress=None):
         """Encode ``image`` with the bundle's VAE encoder, noise it to ``strength``'s step and denoise the rest
         (``StableDiffusion.image_to_image`` step for step)."""
-        from sd_keras.pipeline import check_strength, load_image
+        from sd_keras.pipeline import _batch_size, check_strength, load_image
 
+        batch_size = _batch_size(batch_size, prompt, negative_prompt)
         if self.image_encoder is None:
             raise ValueError(f"bundle {self.path} has no image_encoder; export it with the VAE encoder for "
                              f"image_to_image")

@@ -157,6 +157,15 @@ def test_runner_batch_uses_consecutive_seeds_and_reports_progress(runner):
     assert runner.last_seed == 6
 
 
+def test_runner_prompt_list_sets_the_batch_like_the_pipeline(runner):
+    prompts = [PROMPT, "a blue square"]
+    batch = runner.text_to_image(prompts, num_steps=2, seed=5, sampler="Euler")
+    assert batch.shape[0] == 2
+    assert np.array_equal(batch[1], runner.text_to_image(prompts[1], num_steps=2, seed=6, sampler="Euler")[0])
+    with pytest.raises(ValueError, match="batch_size=3"):
+        runner.text_to_image(prompts, batch_size=3, num_steps=2, seed=5)
+
+
 KERAS_FREE_SCRIPT = """
 import sys
 
