@@ -10,17 +10,17 @@ from sd_keras.config import ModelConfig, get_config
 from sd_keras.schedulers import get_sampler
 
 
-class _SamplerModule:
-    """``sd_keras.sampler`` (Keras), imported on first use: the input checks and ``load_image`` below also serve
+class _LoopModule:
+    """``sd_keras.loop`` (Keras), imported on first use: the input checks and ``load_image`` below also serve
     the bundle runner, which runs without Keras."""
 
     def __getattr__(self, name):
-        from sd_keras import sampler
+        from sd_keras import loop
 
-        return getattr(sampler, name)
+        return getattr(loop, name)
 
 
-sampler_lib = _SamplerModule()
+loop_lib = _LoopModule()
 
 MAX_STEPS = 1000
 # KerasCV 0.9's generate_image schedule, so that KerasCV code ported to sd_keras gives KerasCV's images
@@ -145,7 +145,7 @@ class StableDiffusion:
         self.config = config
         self.tokenizer = tokenizer or CLIPTokenizer()
         self.dtype = dtype
-        policy = sampler_lib.keras_dtype_policy(dtype)
+        policy = loop_lib.keras_dtype_policy(dtype)
         from sd_keras import models
 
         if not _built_with(text_encoder, policy):
@@ -158,11 +158,11 @@ class StableDiffusion:
         self.image_encoder = image_encoder
         # every compiled program of this model (loop, encoders, decoder), one per input shape; unbounded unless
         # ``programs.resize(n)`` is called (``sd-keras serve --max-programs``)
-        self.programs = sampler_lib.ProgramCache()
-        self._loop = sampler_lib.DenoisingLoop(diffusion_model, self.programs)
-        self._encode_text = sampler_lib.CompiledFunction(text_encoder, programs=self.programs)
-        self._decode = sampler_lib.CompiledFunction(decoder, programs=self.programs)
-        self._encode_image = (sampler_lib.CompiledFunction(image_encoder, programs=self.programs)
+        self.programs = loop_lib.ProgramCache()
+        self._loop = loop_lib.DenoisingLoop(diffusion_model, self.programs)
+        self._encode_text = loop_lib.CompiledFunction(text_encoder, programs=self.programs)
+        self._decode = loop_lib.CompiledFunction(decoder, programs=self.programs)
+        self._encode_image = (loop_lib.CompiledFunction(image_encoder, programs=self.programs)
                               if image_encoder is not None else None)
         self.last_truncated = False
 
@@ -197,7 +197,7 @@ class StableDiffusion:
         if isinstance(config, str):
             config = get_config(config)
         keras.utils.set_random_seed(seed)
-        policy = sampler_lib.keras_dtype_policy(dtype)  # build once, directly in the compute dtype
+        policy = loop_lib.keras_dtype_policy(dtype)  # build once, directly in the compute dtype
         return cls(config, models.build_text_encoder(config, dtype=policy),
                    models.build_diffusion_model(config, dtype=policy), models.build_decoder(config),
                    models.build_image_encoder(config), dtype=dtype)
@@ -336,10 +336,10 @@ class StableDiffusion:
             if initial.shape != (batch_size,) + latent_shape:
                 raise ValueError(f"diffusion_noise must have shape {(batch_size,) + latent_shape}, got {initial.shape}")
         latent = initial * np.float32(scheduler.init_noise_sigma)
-        extra, mode = None, sampler_lib.TXT2IMG
+        extra, mode = None, loop_lib.TXT2IMG
         if self.unet_in_channels != self.latent_channels:
             # a 9-channel inpainting UNet asked for plain text-to-image: everything is "to repaint"
-            mode = sampler_lib.CONCAT
+            mode = loop_lib.CONCAT
             extra = {"cond": np.concatenate([np.ones(latent.shape[:3] + (1,), np.float32),
                                              np.zeros(latent.shape, np.float32)], -1)}
         latent = self._loop(scheduler, context, unconditional, latent, step_noise,
@@ -454,12 +454,12 @@ class StableDiffusion:
             latent = (initial * np.float32(scheduler.init_noise_sigma) if start == 0
                       else np.asarray(scheduler.add_noise(original, initial, start), np.float32))
             extra = {"cond": np.concatenate([latent_mask, masked_latent], -1)}
-            mode = sampler_lib.CONCAT
+            mode = loop_lib.CONCAT
         elif self.unet_in_channels == self.latent_channels:
             start = scheduler.start_index(float(strength))
             latent = np.asarray(scheduler.add_noise(original, initial, start), np.float32)
             extra = {"original": original, "noise": initial, "mask": latent_mask}
-            mode = sampler_lib.BLEND
+            mode = loop_lib.BLEND
         else:
             raise ValueError(f"cannot inpaint with a UNet of {self.unet_in_channels} input channels")
         if start >= scheduler.num_steps:

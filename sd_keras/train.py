@@ -1110,10 +1110,10 @@ class Trainer:
 
     def latents(self):
         """The current (frozen) VAE's scaled posterior means of all training images."""
-        from sd_keras import sampler as sampler_lib
+        from sd_keras import loop as loop_lib
 
         if self._encode is None:
-            self._encode = sampler_lib.CompiledFunction(self.parts.image_encoder)
+            self._encode = loop_lib.CompiledFunction(self.parts.image_encoder)
         images = self.images
         batch_size = min(256, len(images))
         out = []

@@ -17,7 +17,7 @@ from keras import ops
 
 from sd_keras.cli import main
 from sd_keras.export import golden
-from sd_keras.sampler import DenoisingLoop
+from sd_keras.loop import DenoisingLoop
 from sd_keras.schedulers import get_sampler
 from sd_keras.tokenizer import CLIPTokenizer
 

@@ -84,7 +84,7 @@ def test_progress_inside_the_loop_reports_every_few_steps_and_covers_all(monkeyp
     # A report from inside the compiled loop stops a GPU until the host has it: at most MAX_PROGRESS_REPORTS of
     # them per generation, and the callback still hears of every step, in order.
     from sd_keras import backend
-    from sd_keras import sampler as sampler_lib
+    from sd_keras import loop as loop_lib
 
     monkeypatch.setattr(backend, "CPU_GRAPH_MIN_PARAMS", 1)  # TensorFlow: the graph path, progress inside the loop
     monkeypatch.setattr(backend, "compilation_cache_dir", lambda: None)  # JAX: progress inside the loop
@@ -95,8 +95,8 @@ def test_progress_inside_the_loop_reports_every_few_steps_and_covers_all(monkeyp
     seen = []
     model.text_to_image("x", num_steps=25, seed=0, progress=seen.append, **SIZE)
     assert seen == list(range(1, 26))
-    assert sampler_lib.progress_interval(25) == 7 and sampler_lib.progress_interval(4) == 1
-    assert sampler_lib.progress_interval(23) == 6
+    assert loop_lib.progress_interval(25) == 7 and loop_lib.progress_interval(4) == 1
+    assert loop_lib.progress_interval(23) == 6
     assert reports == [6, 13, 20, 24]  # step indices: every seventh step, and a shorter last chunk
     reports.clear(), seen.clear()
     model.text_to_image("x", num_steps=23, seed=0, progress=seen.append, **SIZE)
@@ -115,8 +115,8 @@ def test_progress_inside_the_loop_reports_every_few_steps_and_covers_all(monkeyp
     reports.clear(), seen.clear()
     model.text_to_image("x", num_steps=23, seed=0, progress=seen.append, **SIZE)
     assert seen == list(range(1, 24)) and reports == [22]
-    assert sampler_lib.progress_interval(50, 0.007) == 36 and sampler_lib.progress_interval(50, 0.5) == 13
-    assert sampler_lib.progress_interval(1, None) == 1
+    assert loop_lib.progress_interval(50, 0.007) == 36 and loop_lib.progress_interval(50, 0.5) == 13
+    assert loop_lib.progress_interval(1, None) == 1
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -165,7 +165,7 @@ def test_image_to_image_and_strength_limits(sd):
 
 def test_inpaint_with_plain_unet_keeps_known_latent(sd):
     """After the last step the known region is exactly the original latent (re-blended each step)."""
-    from sd_keras import sampler as sampler_lib
+    from sd_keras import loop as loop_lib
 
     scheduler = get_sampler("Euler", 4)
     original = noise.gaussian(1, (1, 8, 8, 4))
@@ -174,7 +174,7 @@ def test_inpaint_with_plain_unet_keeps_known_latent(sd):
     mask[:, :4] = 1.0
     context = sd.encode_text("a cat")
     latent = np.asarray(scheduler.add_noise(original, initial, 0), np.float32)
-    out = sd._loop(scheduler, context, sd.encode_text(""), latent, guidance_scale=5.0, mode=sampler_lib.BLEND,
+    out = sd._loop(scheduler, context, sd.encode_text(""), latent, guidance_scale=5.0, mode=loop_lib.BLEND,
                    extra={"original": original, "noise": initial, "mask": mask})
     np.testing.assert_allclose(out[:, 4:], original[:, 4:], atol=1e-5)
     assert np.abs(out[:, :4] - original[:, :4]).max() > 1e-2

@@ -227,7 +227,7 @@ def test_evicted_programs_are_freed_and_rebuilt_when_needed_again():
     import keras
     import numpy as np
 
-    from sd_keras.sampler import CompiledFunction, ProgramCache
+    from sd_keras.loop import CompiledFunction, ProgramCache
 
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     programs = ProgramCache(max_size=1)
@@ -251,7 +251,7 @@ class _ModelWithPrograms:
     """Stands in for a pipeline: every (steps, size) "compiles" a program into its ``ProgramCache``."""
 
     def __init__(self):
-        from sd_keras.sampler import ProgramCache
+        from sd_keras.loop import ProgramCache
 
         self.programs = ProgramCache()
         self.config = type("Config", (), {"image_size": (64, 64)})()

@@ -907,7 +907,7 @@ def load_checkpoint(cls, path, *, dtype="float32", prediction_type=None, loras=(
     Example:
         >>> sd = load_checkpoint(StableDiffusion, "v1-5-pruned-emaonly.safetensors")  # doctest: +SKIP
     """
-    from sd_keras.sampler import keras_dtype_policy
+    from sd_keras.loop import keras_dtype_policy
 
     # built in the compute policy straight away (float32 variables either way), so StableDiffusion does not
     # rebuild them: a second copy of the UNet would double the peak memory
