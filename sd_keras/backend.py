@@ -225,7 +225,7 @@ def compilation_cache_dir():
 def _configure_jax_cache(path, min_seconds):
     import jax
 
-    from sd_keras.weights.download import cache_dir
+    from sd_keras.paths import cache_dir
 
     path = path or cache_dir("xla")
     os.makedirs(path, exist_ok=True)

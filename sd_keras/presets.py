@@ -34,7 +34,7 @@ def cached(name):
         return True
     import os
 
-    from sd_keras.weights.download import cache_dir
+    from sd_keras.paths import cache_dir
 
     return all(os.path.isfile(cache_dir(name, remote.name)) for remote in keras_cv_files(name))
 

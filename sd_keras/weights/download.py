@@ -30,8 +30,8 @@ import urllib.error
 import urllib.request
 
 from sd_keras import files as _files
+from sd_keras.paths import CACHE_ENV, cache_dir  # noqa: F401  (the cache folder is sd_keras.paths's)
 
-CACHE_ENV = "SD_KERAS_CACHE"
 _CHUNK = 1 << 20
 _RACY_NS = 2_000_000_000  # file times can be as coarse as 2 s (FAT); a jiffy on Linux file systems
 
@@ -51,12 +51,6 @@ class WeightsUnavailableError(RuntimeError):
 
 class HashMismatchError(ValueError):
     """Raised when a file's sha256 differs from the published one."""
-
-
-def cache_dir(*parts):
-    """The cache folder (``$SD_KERAS_CACHE`` or ``~/.cache/sd_keras``), joined with ``parts``."""
-    root = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "sd_keras")
-    return os.path.join(root, *parts)
 
 
 def sha256_of(path, digest=None):
