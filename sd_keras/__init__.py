@@ -5,10 +5,12 @@ Example:
     >>> sd = sd_keras.StableDiffusion.from_preset("tiny")
     >>> sd.text_to_image("a red circle", num_steps=2, seed=0, height=64, width=64).shape
     (1, 64, 64, 3)
+    >>> sd_keras.load("tiny").config.name       # a preset, checkpoint path or exported bundle folder
+    'tiny'
 """
 
 __version__ = "0.1.0"
-__all__ = ["StableDiffusion", "StableDiffusionV2", "image_grid", "presets", "__version__"]
+__all__ = ["StableDiffusion", "StableDiffusionV2", "image_grid", "load", "presets", "__version__"]
 
 
 def __getattr__(name):
@@ -17,6 +19,10 @@ def __getattr__(name):
         from sd_keras import pipeline
 
         return getattr(pipeline, name)
+    if name == "load":
+        from sd_keras.loading import load
+
+        return load
     if name == "image_grid":
         from sd_keras.images import image_grid
 
