@@ -10,6 +10,7 @@ from keras import ops
 
 from sd_keras import backend, models
 from sd_keras.config import PRESETS, ModelConfig, TextEncoderConfig, UNetConfig, VAEConfig, get_config
+from sd_keras.errors import InputError
 from sd_keras.models import layers
 
 TINY = get_config("tiny")
@@ -383,3 +384,82 @@ def test_graph_ops_follow_the_convolution_rule(monkeypatch):
     assert "Conv2D" not in op_types() and ("MatMul" in op_types() or "BatchMatMulV2" in op_types())
     with backend.native_convolutions():
         assert "Conv2D" in op_types()
+
+
+# -- the component registry ----------------------------------------------------------------------------------
+
+
+def test_registry_builds_every_component_as_its_builder_does(tiny):
+    assert list(models.COMPONENTS) == ["text_encoder", "diffusion_model", "decoder", "image_encoder"]
+    assert models.components(TINY) == models.components("tiny") == list(models.COMPONENTS)
+    for name, model in tiny.items():
+        built = models.build(name, TINY)
+        assert built.name == name
+        assert [v.path for v in built.weights] == [v.path for v in model.weights]
+        assert [tuple(v.shape) for v in built.weights] == [tuple(v.shape) for v in model.weights]
+    assert models.COMPONENTS["image_encoder"].optional and not models.COMPONENTS["decoder"].optional
+    with pytest.raises(InputError, match="'vae'.*text_encoder, diffusion_model, decoder, image_encoder"):
+        models.build("vae", TINY)
+    with pytest.raises(InputError, match="a VAEConfig belongs to no model family"):
+        models.build("decoder", TINY.vae)
+    with pytest.raises(TypeError):
+        models.COMPONENTS["decoder"] = None  # the registry is read-only outside register_family
+
+
+def test_build_under_a_policy_and_rebuild_keep_the_weights(tiny):
+    source = tiny["diffusion_model"]
+    assert models.built_with(source, "float32") and models.rebuild(source, "diffusion_model", TINY) is source
+    mixed = models.rebuild(source, "diffusion_model", TINY, "mixed_bfloat16")
+    assert mixed is not source and models.built_with(mixed, "mixed_bfloat16")
+    assert all(np.array_equal(a, b) for a, b in zip(mixed.get_weights(), source.get_weights()))
+    back = models.rebuild(mixed, "diffusion_model", TINY, keras.DTypePolicy("float32"))
+    assert models.built_with(back, None)
+    assert all(np.array_equal(a, b) for a, b in zip(back.get_weights(), source.get_weights()))
+
+
+def test_build_all_applies_weights_per_component(tiny):
+    weights = models.Weights({name: models.tensors(model) for name, model in tiny.items()
+                              if name != "image_encoder"}, source="test weights")
+    parts = models.build_all(TINY, weights, dtype="mixed_float16")
+    assert parts["image_encoder"] is None  # optional and absent
+    assert models.built_with(parts["diffusion_model"], "mixed_float16")
+    assert models.built_with(parts["decoder"], "float32")  # the VAE stays float32
+    for name in ("text_encoder", "diffusion_model", "decoder"):
+        assert all(np.array_equal(a, b) for a, b in zip(parts[name].get_weights(), tiny[name].get_weights()))
+    no_decoder = models.Weights({"text_encoder": tiny["text_encoder"]}, source="half a model")
+    with pytest.raises(InputError, match="half a model: no diffusion_model weights"):
+        models.build_all(TINY, no_decoder)
+    first = models.build_all(TINY, models.Weights.random_weights(3))
+    second = models.build_all(TINY, models.Weights.random_weights(3))
+    assert all(np.array_equal(a, b) for a, b in zip(first["decoder"].get_weights(), second["decoder"].get_weights()))
+
+
+def test_assign_checks_every_key_and_shape_before_assigning(tiny):
+    decoder = models.build("decoder", TINY)
+    before = decoder.get_weights()
+    values = models.tensors(tiny["decoder"])
+    values.pop("conv_out/bias")
+    with pytest.raises(InputError, match="my file: does not fit decoder: 1 missing"):
+        models.assign(decoder, values, source="my file")
+    values["conv_out/bias"] = np.zeros((5,), "float32")
+    with pytest.raises(InputError, match="conv_out/bias has shape \\(5,\\)"):
+        models.assign(decoder, values, source="my file")
+    assert all(np.array_equal(a, b) for a, b in zip(decoder.get_weights(), before))
+
+
+def test_a_second_family_registers_without_touching_the_first(monkeypatch):
+    @dataclasses.dataclass(frozen=True)
+    class TwoEncoderConfig:
+        text_encoder: TextEncoderConfig
+        text_encoder_2: TextEncoderConfig
+
+    monkeypatch.setattr(models.registry, "FAMILIES", dict(models.registry.FAMILIES))
+    models.registry.register_family("two-encoders", TwoEncoderConfig, [
+        models.Component("text_encoder", models.build_text_encoder, "text_encoder"),
+        models.Component("text_encoder_2", models.build_text_encoder, "text_encoder_2")])
+    small = TextEncoderConfig(width=16, num_layers=1, num_heads=2, intermediate_size=32, vocab_size=100)
+    wide = dataclasses.replace(small, width=32)
+    parts = models.build_all(TwoEncoderConfig(small, wide), models.Weights.random_weights(0))
+    assert {name: (model.name, model.output.shape[-1]) for name, model in parts.items()} == {
+        "text_encoder": ("text_encoder", 16), "text_encoder_2": ("text_encoder_2", 32)}
+    assert models.components(TINY) == list(models.COMPONENTS)
