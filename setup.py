@@ -34,6 +34,7 @@ setup(
         "sd_keras.weights",
         "sd_keras.data",
         "sd_keras.server",
+        "sd_keras.train",
         "sd_keras.export",
     ],
     package_dir={"sd_keras.export": "export"},

@@ -228,7 +228,7 @@ def test_trainer_lora_file_merges_like_keras_enable_lora(tmp_path):
     trained, sd = StableDiffusion.from_preset("tiny"), StableDiffusion.from_preset("tiny")
     train.enable_lora(trained.diffusion_model, 2, alpha=3.0, targets=("q_proj", "v_proj", "out_proj"))
     rng = np.random.default_rng(0)
-    for layer in train._dense_layers(trained.diffusion_model):
+    for layer in train.lora.dense_layers(trained.diffusion_model):
         if layer.lora_enabled:  # B starts at zero: give it values so the adapter changes something
             layer.lora_kernel_b.assign(rng.normal(0, 0.2, layer.lora_kernel_b.shape).astype("float32"))
     path = train.save_lora(trained.diffusion_model, str(tmp_path / "lora.safetensors"), "tiny")

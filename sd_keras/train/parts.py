@@ -1,0 +1,83 @@
+"""The models a training run updates: the four sub-models plus the encoder's moments head."""
+
+from sd_keras.errors import InputError
+from sd_keras.train.config import config_differences
+from sd_keras.train.lora import variable_key
+
+
+class Parts:
+    """The four sub-models plus the encoder's moments head (shares the image encoder's layers)."""
+
+    NAMES = ("text_encoder", "diffusion_model", "decoder", "image_encoder")
+
+    def __init__(self, model_config, policy):
+        import keras
+
+        from sd_keras import models
+
+        self.config = model_config
+        self.text_encoder = models.build_text_encoder(model_config, dtype=policy)
+        self.diffusion_model = models.build_diffusion_model(model_config, dtype=policy)
+        self.decoder = models.build_decoder(model_config, dtype=policy)
+        self.image_encoder = models.build_image_encoder(model_config, dtype=policy)
+        self.encoder_moments = keras.Model(self.image_encoder.input,
+                                           self.image_encoder.get_layer("quant_conv").output, name="encoder_moments")
+
+    def items(self):
+        return [(name, getattr(self, name)) for name in self.NAMES]
+
+    def for_component(self, component):
+        return {"vae": [self.image_encoder, self.decoder], "text_encoder": [self.text_encoder],
+                "unet": [self.diffusion_model]}[component]
+
+    def tensors(self):
+        from sd_keras.weights.saved import model_tensors
+
+        return {f"{name}/{key}": value for name, model in self.items() for key, value in model_tensors(model).items()}
+
+    def keys(self):
+        """``{id(variable): "<component>/<variable path>"}``: the checkpoint key of every weight."""
+        return {id(variable): f"{name}/{variable_key(model, variable)}" for name, model in self.items()
+                for variable in model.weights}
+
+    def assign(self, tensors, source, *, partial=False):
+        """Assign ``<component>/<path>`` tensors; ``partial`` assigns only the keys given (shapes checked)."""
+        from sd_keras.weights.saved import assign_tensors
+
+        for name, model in self.items():
+            prefix = name + "/"
+            values = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            if not partial:
+                assign_tensors(model, values, source=source)
+                continue
+            for variable in model.weights:
+                value = values.get(variable_key(model, variable))
+                if value is not None:
+                    if tuple(value.shape) != tuple(variable.shape):
+                        raise InputError(f"{source}: {name}/{variable.path} has shape {value.shape}")
+                    variable.assign(value)
+
+    def load_init(self, spec):
+        """Copy the weights of a preset or saved folder with the same architecture."""
+        from sd_keras.pipeline import StableDiffusion
+        from sd_keras.weights.saved import assign_tensors, is_saved_folder, load_pretrained, model_tensors
+
+        if is_saved_folder(spec):
+            source = load_pretrained(StableDiffusion, spec)
+        else:
+            try:
+                source = StableDiffusion.from_preset(spec)
+            except ValueError as error:
+                raise InputError(f"model.init: {spec!r} is neither a saved model folder nor a usable preset "
+                                 f"({error})") from None
+        # The native image size is no part of the weights: fine-tuning at another size is allowed here
+        # (a resumed checkpoint must match exactly, image size included: its data depends on it).
+        differences = config_differences(source.config.to_dict(), self.config.to_dict(),
+                                         ignore=("name", "image_size"))
+        if differences:
+            raise InputError(f"model.init: {spec!r} has another architecture: {'; '.join(differences[:6])}")
+        for name, model in self.items():
+            other = getattr(source, name, None)
+            if other is None:
+                raise InputError(f"model.init: {spec!r} has no {name}")
+            assign_tensors(model, model_tensors(other), source=f"model.init {spec}")
