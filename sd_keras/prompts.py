@@ -1,0 +1,248 @@
+"""Prompts to text-encoder contexts with AUTOMATIC1111's syntax: 75-token chunks, emphasis, fixed chunk counts.
+
+``sd_keras.prompt_syntax`` reads a prompt into weighted pieces; this module turns them into what the UNet reads:
+
+1. **Chunks.** Each piece is tokenized on its own and its tokens (each carrying the piece's weight) fill chunks of
+   75 tokens; ``BREAK`` starts a new chunk. Each chunk becomes one 77-token row, start token + 75 tokens + end
+   token and padding, laid out as the plain tokenizer lays out a prompt (so a prompt of up to 75 tokens without
+   syntax is the very row ``CLIPTokenizer.tokenize`` gives).
+2. **Words kept whole at commas.** As in AUTOMATIC1111 (its default "comma padding backtrack" of 20): when a chunk
+   is full and the next token is not a comma, and one of the chunk's last 20 tokens is a comma, the tokens after
+   that comma move to the next chunk. Without a comma that near, the chunk is cut at 75 tokens, even inside a
+   word, as AUTOMATIC1111 cuts it.
+3. **Encoding.** Each chunk goes through the text encoder on its own (it reads 77 tokens) and the outputs are
+   concatenated along the sequence: a prompt of ``n`` chunks gives a ``(n * 77, D)`` context. The UNet's
+   cross-attention takes a context of any length.
+4. **Emphasis**, AUTOMATIC1111's "Original" method: each chunk's hidden states are multiplied by their tokens'
+   weights, then rescaled so that their mean equals the mean before weighting. AUTOMATIC1111 takes that mean over
+   the whole batch of prompts; here it is taken per prompt, so a prompt's context does not depend on the other
+   prompts of its batch (at batch 1 the two agree). A chunk whose weights are all 1 is left exactly as encoded.
+5. **Fixed chunk counts.** The prompt and the negative prompt of a generation get the same number of chunks, and
+   that number is rounded up to one of ``CHUNK_COUNTS`` (1, 2, 4, 8, 16, 32: contexts of 77, 154, 308, 616, ...
+   tokens) by appending chunks of the empty prompt, as AUTOMATIC1111 pads a prompt and its negative prompt to the
+   same length. The compiled sampling loop is compiled once for each count used, not once per prompt length.
+   Prompts of more than ``MAX_CHUNKS`` chunks (2400 tokens) are refused.
+
+Differences from AUTOMATIC1111, besides the per-prompt mean: chunk counts are rounded up as above (AUTOMATIC1111
+pads only the shorter of prompt and negative prompt); for SD 2.x models a chunk is laid out as this model's
+tokenizer lays out a prompt (end token right after the text, then padding), where AUTOMATIC1111 puts the end token
+at the chunk's last position. Textual-inversion embeddings are not looked up.
+
+This module needs no Keras: ``encode`` is any function from ``(batch, 77)`` int32 token ids to ``(batch, 77, D)``
+hidden states, so the Keras pipeline and the LiteRT bundle runner share it.
+
+Example:
+    >>> from sd_keras.tokenizer import CLIPTokenizer
+    >>> chunks = chunk_prompt("a (cat:1.2), " * 30, CLIPTokenizer())
+    >>> chunks.ids.shape, chunks.weights[0, 1:4].tolist()
+    ((2, 77), [1.0, 1.2000000476837158, 1.0])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from sd_keras.errors import InputError
+from sd_keras.prompt_syntax import parse_prompt
+
+__all__ = ["PromptChunks", "PromptContexts", "chunk_prompt", "chunk_count", "apply_emphasis", "encode_chunks",
+           "prompt_contexts", "CHUNK_COUNTS", "MAX_CHUNKS", "COMMA_BACKTRACK"]
+
+COMMA_BACKTRACK = 20
+CHUNK_COUNTS = (1, 2, 4, 8, 16, 32)
+MAX_CHUNKS = CHUNK_COUNTS[-1]
+_COMMA = ",</w>"
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptChunks:
+    """One prompt as rows for the text encoder.
+
+    Attributes:
+        ids: ``(num_chunks, 77)`` int32 token ids, one chunk a row.
+        weights: ``(num_chunks, 77)`` float32 emphasis of each token (1.0 for start, end and padding).
+        loras: the prompt's ``<lora:...>`` tags (``prompt_syntax.LoraReference``).
+    """
+
+    ids: np.ndarray
+    weights: np.ndarray
+    loras: tuple = ()
+
+    @property
+    def num_chunks(self) -> int:
+        return int(self.ids.shape[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptContexts:
+    """Contexts of a generation: ``context`` ``(B, L, D)`` and ``unconditional`` ``(B or 1, L, D)`` float32 with
+    the same ``L`` (a multiple of 77), and each prompt's LoRA tags then each negative prompt's."""
+
+    context: np.ndarray
+    unconditional: np.ndarray
+    loras: tuple = ()
+
+
+def chunk_prompt(prompt, tokenizer, *, pad_token_id=None, comma_backtrack=COMMA_BACKTRACK) -> PromptChunks:
+    """Parse ``prompt`` (AUTOMATIC1111's syntax) and lay it out in 77-token rows with per-token weights.
+
+    Args:
+        prompt: the prompt text.
+        tokenizer: a ``CLIPTokenizer``.
+        pad_token_id: the padding id (the model's; defaults to the tokenizer's).
+        comma_backtrack: how near the end of a full chunk its last comma must be for the text after it to move
+            to the next chunk (0: never move).
+
+    Raises:
+        InputError: the prompt's syntax cannot be read, or it needs more than ``MAX_CHUNKS`` chunks.
+
+    Example:
+        >>> from sd_keras.tokenizer import CLIPTokenizer
+        >>> chunks = chunk_prompt("a cat BREAK a dog", CLIPTokenizer())
+        >>> chunks.ids[:, :4].tolist()
+        [[49406, 320, 2368, 49407], [49406, 320, 1929, 49407]]
+    """
+    parsed = parse_prompt(prompt)
+    capacity = tokenizer.context_length - 2
+    comma = tokenizer.token_to_id(_COMMA)
+    chunks = []  # (tokens, weights) of the finished chunks
+    tokens, weights = [], []
+    last_comma = -1
+
+    def finish():
+        nonlocal tokens, weights, last_comma
+        chunks.append((tokens, weights))
+        tokens, weights, last_comma = [], [], -1
+
+    for text, weight in parsed.pieces:
+        if weight is None:  # BREAK
+            finish()
+            continue
+        for token in tokenizer.encode(text):
+            if token == comma:
+                last_comma = len(tokens)
+            elif (comma_backtrack and len(tokens) == capacity and last_comma != -1
+                  and len(tokens) - last_comma <= comma_backtrack):
+                moved = slice(last_comma + 1, None)
+                rest_tokens, rest_weights = tokens[moved], weights[moved]
+                del tokens[moved], weights[moved]
+                finish()
+                tokens, weights = rest_tokens, rest_weights
+            if len(tokens) == capacity:
+                finish()
+            tokens.append(token)
+            weights.append(weight)
+    if tokens or not chunks:
+        finish()
+    if len(chunks) > MAX_CHUNKS:
+        raise InputError(f"prompt: {len(chunks)} chunks of {capacity} tokens; at most {MAX_CHUNKS} "
+                         f"({MAX_CHUNKS * capacity} tokens) are read")
+    pad = tokenizer.pad_token_id if pad_token_id is None else pad_token_id
+    ids = np.full((len(chunks), tokenizer.context_length), pad, np.int32)
+    token_weights = np.ones((len(chunks), tokenizer.context_length), np.float32)
+    for row, (chunk_tokens, chunk_weights) in enumerate(chunks):
+        ids[row, 0] = tokenizer.start_token_id
+        ids[row, 1:len(chunk_tokens) + 1] = chunk_tokens
+        ids[row, len(chunk_tokens) + 1] = tokenizer.end_token_id
+        token_weights[row, 1:len(chunk_weights) + 1] = chunk_weights
+    return PromptChunks(ids, token_weights, parsed.loras)
+
+
+def chunk_count(num_chunks) -> int:
+    """The chunk count a context of ``num_chunks`` chunks is padded to: the next of ``CHUNK_COUNTS``.
+
+    Example:
+        >>> [chunk_count(n) for n in (1, 2, 3, 5, 8)]
+        [1, 2, 4, 8, 8]
+    """
+    for count in CHUNK_COUNTS:
+        if num_chunks <= count:
+            return count
+    raise InputError(f"prompt: {num_chunks} chunks; at most {MAX_CHUNKS} are read")
+
+
+def apply_emphasis(hidden, weights):
+    """AUTOMATIC1111's emphasis on one batch of chunks: scale each token's hidden state by its weight, then restore
+    each row's mean.
+
+    Args:
+        hidden: ``(batch, 77, D)`` text-encoder output.
+        weights: ``(batch, 77)`` token weights.
+
+    Returns:
+        ``(batch, 77, D)`` float32; rows whose weights are all 1 are returned unchanged.
+    """
+    hidden = np.asarray(hidden, np.float32)
+    weights = np.asarray(weights, np.float32)
+    result = hidden.copy()
+    for row in range(hidden.shape[0]):
+        if np.all(weights[row] == 1.0):
+            continue
+        original_mean = hidden[row].mean(dtype=np.float64)
+        weighted = hidden[row].astype(np.float64) * weights[row][:, None]
+        new_mean = weighted.mean()
+        # a zero mean after weighting (everything weighted 0) cannot be rescaled: keep the weighted states
+        scale = original_mean / new_mean if new_mean != 0 else 1.0
+        result[row] = (weighted * scale).astype(np.float32)
+    return result
+
+
+def encode_chunks(chunked, encode, num_chunks, empty):
+    """``(len(chunked), num_chunks * 77, D)`` contexts: every prompt's chunks, padded with ``empty`` chunks.
+
+    Chunk ``k`` of every prompt goes through ``encode`` in one call (``(batch, 77)`` ids, the shape the text
+    encoder is compiled for); a position where every prompt has run out of chunks reuses one encoding of the
+    empty prompt.
+
+    Args:
+        chunked: ``PromptChunks`` of each prompt of the batch.
+        encode: ``(batch, 77)`` int32 ids -> ``(batch, 77, D)`` hidden states.
+        num_chunks: chunks per context (at least the longest prompt's).
+        empty: ``PromptChunks`` of the empty prompt (one chunk).
+    """
+    parts, empty_hidden = [], None
+    for index in range(num_chunks):
+        present = [chunks.num_chunks > index for chunks in chunked]
+        if not any(present):
+            if empty_hidden is None:
+                empty_hidden = np.asarray(encode(empty.ids), np.float32)
+            parts.append(np.repeat(empty_hidden, len(chunked), axis=0))
+            continue
+        ids = np.stack([chunks.ids[index] if has else empty.ids[0] for chunks, has in zip(chunked, present)])
+        weights = np.stack([chunks.weights[index] if has else empty.weights[0]
+                            for chunks, has in zip(chunked, present)])
+        parts.append(apply_emphasis(encode(ids), weights))
+    return np.concatenate(parts, axis=1)
+
+
+def prompt_contexts(prompts, negative_prompts, tokenizer, encode, *, pad_token_id=None,
+                    comma_backtrack=COMMA_BACKTRACK) -> PromptContexts:
+    """Contexts for prompts and negative prompts read with AUTOMATIC1111's syntax (see the module docstring).
+
+    Args:
+        prompts: list of prompts (one per image, or one for all).
+        negative_prompts: list of negative prompts (``[""]`` for none).
+        tokenizer: a ``CLIPTokenizer``.
+        encode: ``(batch, 77)`` int32 ids -> ``(batch, 77, D)`` hidden states (the text encoder).
+        pad_token_id: the model's padding id (defaults to the tokenizer's).
+
+    Example:
+        >>> import numpy as np
+        >>> from sd_keras.tokenizer import CLIPTokenizer
+        >>> fake_encoder = lambda ids: np.repeat(ids[..., None].astype(np.float32), 4, axis=-1)
+        >>> contexts = prompt_contexts(["a cat " * 50], [""], CLIPTokenizer(), fake_encoder)
+        >>> contexts.context.shape, contexts.unconditional.shape
+        ((1, 154, 4), (1, 154, 4))
+    """
+    options = dict(pad_token_id=pad_token_id, comma_backtrack=comma_backtrack)
+    chunked = [chunk_prompt(prompt, tokenizer, **options) for prompt in prompts]
+    negative = [chunk_prompt(prompt, tokenizer, **options) for prompt in negative_prompts]
+    empty = chunk_prompt("", tokenizer, **options)
+    count = chunk_count(max(chunks.num_chunks for chunks in chunked + negative))
+    return PromptContexts(
+        encode_chunks(chunked, encode, count, empty),
+        encode_chunks(negative, encode, count, empty),
+        tuple(lora for chunks in chunked + negative for lora in chunks.loras),
+    )
