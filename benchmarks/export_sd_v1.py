@@ -109,7 +109,7 @@ def main(argv=None):
     import keras
 
     from sd_keras.export.bundle import export_bundle, write_json_atomic
-    from sd_keras.export.cli import _parse_size
+    from sd_keras.cli.export import _parse_size
     from sd_keras.pipeline import StableDiffusion
 
     height, width = _parse_size(args.size)

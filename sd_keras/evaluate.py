@@ -437,9 +437,9 @@ def main(argv=None):
     if args.ground_truth:
         print(format_summary(evaluate_ground_truth(args.ground_truth)))
         return 0
-    from sd_keras.cli import load_model
+    from sd_keras.loading import load
 
-    model = load_model(args.model)
+    model = load(args.model)
     report = evaluate(model, heldout_scenes(args.single, args.double), num_steps=args.steps, sampler=args.sampler,
                       guidance_scale=args.cfg_scale, seed=args.seed, batch_size=args.batch_size, out_dir=args.out,
                       progress=lambda done, total: print(f"{done}/{total} images", file=sys.stderr))

@@ -14,11 +14,13 @@ import pytest
 import torch
 
 import diffusers_models as dm
-from sd_keras import cli
+import sd_keras
+from sd_keras import cli, models
+from sd_keras.errors import InputError
 from sd_keras.models import timestep_embedding
 from sd_keras.pipeline import StableDiffusion
 from sd_keras.weights import key_maps, saved
-from sd_keras.weights.checkpoints import SafetensorsFile, dotted_unet_name, open_checkpoint
+from sd_keras.weights.checkpoints import SafetensorsFile, dotted_unet_name, open_checkpoint, printing_notes
 from sd_keras.weights.pickle_reader import CheckpointFormatError, TorchCheckpoint, UnsafeCheckpointError
 
 ATOL = 1e-4  # float32 parity with diffusers (observed differences are a few 1e-6)
@@ -319,9 +321,10 @@ def test_cli_ema_flag(sd1, ema_files, tmp_path, capsys):
     message = _one_line_cli_error(["convert", sd1["safetensors"], "-o", str(tmp_path / "x"), "--ema"], capsys)
     assert "model_ema" in message
     assert cli.build_parser().parse_args(["generate", "-p", "x", "--ema"]).ema
-    with pytest.raises(cli.CliError, match="--ema apply to checkpoint"):
-        cli.load_model("tiny", ema=True)  # not silently ignored
-    model = cli.load_model(ema_files["both"], ema=True)  # what generate -m FILE --ema loads
+    with pytest.raises(InputError, match="--ema .* apply to checkpoint"):
+        sd_keras.load("tiny", ema=True)  # not silently ignored
+    with printing_notes(sys.stderr):  # as generate -m FILE --ema reports it
+        model = sd_keras.load(ema_files["both"], ema=True)
     assert "UNet weights: EMA" in capsys.readouterr().err
     assert_same_weights(model, StableDiffusion.from_checkpoint(ema_files["only"]))
 
@@ -343,7 +346,7 @@ def test_bfloat16_safetensors(sd1, tmp_path):
     np.testing.assert_array_equal(reader.read(key), expected)
     sd = StableDiffusion.from_checkpoint(path, dtype="bfloat16")  # bf16 compute, float32 variables
     assert {layer.dtype_policy.name for layer in sd.diffusion_model.layers if layer.weights} == {"mixed_bfloat16"}
-    kernel = dict((saved._variable_key(sd.diffusion_model, v), v) for v in sd.diffusion_model.weights)
+    kernel = models.variables(sd.diffusion_model)
     np.testing.assert_array_equal(np.asarray(kernel["down_0_res_0/conv1/kernel"]), expected.transpose(2, 3, 1, 0))
 
 
@@ -403,16 +406,15 @@ def test_old_vae_names_sharded_unet_and_pickled_text_encoder(sd1, tmp_path):
 
 
 def test_key_map_tables_cover_every_variable():
-    from sd_keras import models
     from sd_keras.config import get_config
 
     config = get_config("tiny")
-    tables = {"text_encoder": (models.build_text_encoder, key_maps.TEXT_ENCODER_HF, config.text_encoder),
-              "diffusion_model": (models.build_diffusion_model, key_maps.UNET, config.unet),
-              "decoder": (models.build_decoder, key_maps.DECODER, config.vae),
-              "image_encoder": (models.build_image_encoder, key_maps.IMAGE_ENCODER, config.vae)}
-    for name, (builder, table, part) in tables.items():
-        variables = set(saved.model_tensors(builder(config)))
+    tables = {"text_encoder": key_maps.TEXT_ENCODER_HF, "diffusion_model": key_maps.UNET,
+              "decoder": key_maps.DECODER, "image_encoder": key_maps.IMAGE_ENCODER}
+    assert set(tables) == set(models.COMPONENTS)
+    for name, table in tables.items():
+        part = getattr(config, models.COMPONENTS[name].config_field)
+        variables = set(models.variables(models.build(name, config)))
         for layout in key_maps.LAYOUTS:
             entries = key_maps.expand_tensors(table, part, layout)
             targets = [entry.keras for entry in entries]
@@ -428,8 +430,8 @@ def test_convert_cli_roundtrip_and_generate(sd1, tmp_path):
     assert saved.is_saved_folder(out)
     assert sorted(os.listdir(out)) == ["config.json", "decoder.safetensors", "diffusion_model.safetensors",
                                        "image_encoder.safetensors", "text_encoder.safetensors"]
-    # `generate -m OUT` resolves the model with cli.load_model
-    converted = cli.load_model(out)
+    # `generate -m OUT` resolves the model with sd_keras.load
+    converted = sd_keras.load(out)
     assert isinstance(converted, StableDiffusion)
     assert_same_weights(converted, StableDiffusion.from_checkpoint(sd1["ckpt"]))
     assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []  # no temporary folder left

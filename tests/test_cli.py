@@ -137,13 +137,14 @@ def test_native_log_lines_stay_out_of_the_console_unless_verbose(verbose, status
     code = textwrap.dedent(f"""
         import os, sys
         from sd_keras import cli
+        from sd_keras.cli import info
 
         def command(args):
             os.write(2, b"I0000 cuda_platform.cc: a native log line\\n")
             print("a line of ours", file=sys.stderr)
             return {status}
 
-        cli.cmd_info = command
+        info.cmd_info = command
         sys.exit(cli.main({["--verbose"] if verbose else []!r} + ["info", "x.png"]))
     """)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -174,7 +175,7 @@ def test_version():
 
 
 def test_export_modes_in_help_are_quantize_modes():
-    from sd_keras.export import cli as export_cli
+    from sd_keras.cli import export as export_cli
     from sd_keras.export import quantize
 
     assert export_cli.QUANTIZE_MODES == quantize.MODES

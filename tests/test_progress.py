@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from sd_keras import cli
+from sd_keras.cli import generate as cli_generate
 from sd_keras.server import queue as server_queue
 from sd_keras.server.process import ServerProcess
 
@@ -51,8 +51,8 @@ def test_the_loop_says_when_it_compiles_and_when_the_steps_start():
 
 def test_cli_bar_says_compiling_and_times_the_steps_alone(monkeypatch):
     stream = io.StringIO()
-    monkeypatch.setattr(cli.sys, "stderr", stream)
-    progress, close = cli._progress_bar(20, True)
+    monkeypatch.setattr(cli_generate.sys, "stderr", stream)
+    progress, close = cli_generate._progress_bar(20, True)
     progress.phase("compiling")
     assert "compiling (first run of this shape)" in stream.getvalue()
     time.sleep(0.5)  # the compilation
@@ -66,8 +66,8 @@ def test_cli_bar_says_compiling_and_times_the_steps_alone(monkeypatch):
 
 
 def test_cli_bar_rate_ignores_the_steps_image_to_image_skips(monkeypatch):
-    monkeypatch.setattr(cli.sys, "stderr", io.StringIO())
-    progress, close = cli._progress_bar(20, True)
+    monkeypatch.setattr(cli_generate.sys, "stderr", io.StringIO())
+    progress, close = cli_generate._progress_bar(20, True)
     progress.phase("sampling")
     time.sleep(0.2)
     progress(16)  # strength 0.25: the loop starts at step 15

@@ -185,14 +185,14 @@ def test_cli_refuses_bad_serve_options_before_loading_anything(capsys):
 
 
 def test_model_files_are_registered_under_their_base_names(tmp_path):
-    from sd_keras.cli import CliError
-    from sd_keras.server.cli import registered_models
+    from sd_keras.cli.serve import registered_models
+    from sd_keras.errors import InputError
 
     (tmp_path / "my-model.safetensors").write_bytes(b"")
     (tmp_path / "tiny.ckpt").write_bytes(b"")
     models = registered_models(["tiny", str(tmp_path / "my-model.safetensors")])
     assert models["my-model"] == str(tmp_path / "my-model.safetensors") and models["tiny"] == "tiny"
-    with pytest.raises(CliError, match="already taken"):
+    with pytest.raises(InputError, match="already taken"):
         registered_models(["tiny", str(tmp_path / "tiny.ckpt")])
     assert registered_models([str(tmp_path / "tiny.ckpt")]) == {"tiny": str(tmp_path / "tiny.ckpt")}  # no preset
 

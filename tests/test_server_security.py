@@ -85,8 +85,8 @@ def test_an_empty_api_key_refuses_to_start(argv, env, monkeypatch, capsys):
 
 
 def test_only_models_named_at_start_are_registered(tmp_path):
-    from sd_keras.cli import CliError
-    from sd_keras.server.cli import models_in_folder, registered_models
+    from sd_keras.cli.serve import models_in_folder, registered_models
+    from sd_keras.errors import InputError
 
     assert registered_models(["tiny"]) == {"tiny": "tiny"}  # no sd-v1 / sd-v2 behind the operator's back
     (tmp_path / "b-model.safetensors").write_bytes(b"")
@@ -98,9 +98,9 @@ def test_only_models_named_at_start_are_registered(tmp_path):
     found = models_in_folder(str(tmp_path))
     assert [p.rsplit("/", 1)[-1] for p in found] == ["a-model.ckpt", "b-model.safetensors", "bundle"]
     assert sorted(registered_models(["tiny", *found])) == ["a-model", "b-model", "bundle", "tiny"]
-    with pytest.raises(CliError, match="no model in it"):
+    with pytest.raises(InputError, match="no model in it"):
         models_in_folder(str(tmp_path / "empty-folder"))
-    with pytest.raises(CliError, match="no such folder"):
+    with pytest.raises(InputError, match="no such folder"):
         models_in_folder(str(tmp_path / "missing"))
 
 

@@ -10,6 +10,8 @@ Example:
 import importlib
 import sys
 
+from sd_keras.errors import InputError
+
 # quantize.MODES, spelled out so that building the parser does not import quantize (and numpy); a test keeps
 # the two equal.
 QUANTIZE_MODES = ("fp32", "fp16", "int8", "int8-full", "w8a16", "int4")
@@ -21,7 +23,7 @@ def _parse_size(text):
 
     parts = text.lower().split("x")
     if len(parts) != 2 or not all(part.strip().isdigit() for part in parts):
-        raise ValueError(f"--size must be WIDTHxHEIGHT such as 512x512, got {text!r}")
+        raise InputError(f"--size must be WIDTHxHEIGHT such as 512x512, got {text!r}")
     width, height = (int(part) for part in parts)
     check_size(height, width)
     return height, width
@@ -33,32 +35,32 @@ def _parse_evaluate_prompts(text):
         return None
     parts = text.split(",")
     if len(parts) != 2 or not all(part.strip().isdigit() for part in parts) or int(parts[0]) < 1:
-        raise ValueError(f"--evaluate-prompts must be SINGLE,DOUBLE such as 24,8 (at least one one-object "
+        raise InputError(f"--evaluate-prompts must be SINGLE,DOUBLE such as 24,8 (at least one one-object "
                          f"prompt), got {text!r}")
     return int(parts[0]), int(parts[1])
 
 
 def cmd_export(args):
-    from sd_keras.cli import CliError, check_model_spec, load_model
+    import sd_keras
+    from sd_keras.cli.arguments import check_model_spec
     from sd_keras.export import quantize
     from sd_keras.export.bundle import check_destination, export_bundle
 
     quantize.parse_spec(args.quantize)
     if args.max_part_mb is not None and args.max_part_mb < 0:
-        raise ValueError(f"--max-part-mb must be 0 (never split) or a positive size, got {args.max_part_mb}")
+        raise InputError(f"--max-part-mb must be 0 (never split) or a positive size, got {args.max_part_mb}")
     size = _parse_size(args.size) if args.size else None
     if args.gate_prompts is not None and args.gate_prompts < 1:
-        raise ValueError(f"--gate-prompts must be at least 1, got {args.gate_prompts}")
+        raise InputError(f"--gate-prompts must be at least 1, got {args.gate_prompts}")
     if args.gate_steps < 1:
-        raise ValueError(f"--gate-steps must be at least 1, got {args.gate_steps}")
+        raise InputError(f"--gate-steps must be at least 1, got {args.gate_steps}")
     evaluate_prompts = _parse_evaluate_prompts(args.evaluate_prompts)
     check_destination(args.output)  # a missing parent folder is created with the bundle
-    check_model_spec(args.model)
+    if check_model_spec(args.model) == "bundle":
+        raise InputError(f"{args.model} is already an exported bundle; export from a preset or checkpoint")
     from sd_keras.export.litert import ExportError  # imports Keras and TensorFlow: after the cheap checks
 
-    model = load_model(args.model)
-    if not hasattr(model, "diffusion_model") or not hasattr(model.diffusion_model, "weights"):
-        raise CliError(f"{args.model} is already an exported bundle; export from a preset or checkpoint")
+    model = sd_keras.load(args.model)
     log = (lambda message: print(message, file=sys.stderr, flush=True)) if not args.quiet else None
     try:
         report = export_bundle(model, args.output, quantization=args.quantize, image_size=size,
@@ -111,7 +113,7 @@ def cmd_golden(args):
 
 
 def register(subparsers):
-    """Add ``export`` and ``golden`` to the CLI."""
+    """Add ``export`` and ``golden`` to the ``sd-keras`` command line."""
     parser = subparsers.add_parser("export", help="export a model as a LiteRT bundle for phones (verified)")
     parser.add_argument("-m", "--model", required=True, help="preset name or checkpoint path")
     parser.add_argument("-o", "--output", required=True,

@@ -4,7 +4,8 @@
     SD_KERAS_API_KEY=secret-key sd-keras serve -m sd-v1 --host 0.0.0.0
     sd-keras serve --models-dir ~/models
 
-Only the models named at start (``-m``, ``--models-dir``) can be selected by clients.
+Only the models named at start (``-m``, ``--models-dir``) can be selected by clients. Fields a request leaves
+out get AUTOMATIC1111's API defaults (``sd_keras.defaults.SERVER``).
 """
 
 import ipaddress
@@ -12,9 +13,12 @@ import logging
 import os
 import sys
 
+from sd_keras import defaults, paths
+from sd_keras.errors import InputError
+
 API_KEY_ENV = "SD_KERAS_API_KEY"
 LISTENING_PREFIX = "sd-keras serve: listening on "
-MODEL_FILE_EXTENSIONS = (".safetensors", ".ckpt")
+MODEL_FILE_EXTENSIONS = paths.CHECKPOINT_EXTENSIONS
 DEFAULT_MAX_PROGRAMS = 16
 DEFAULT_READ_TIMEOUT = 30.0
 MAX_HEADER_BYTES = 16 * 1024  # h11's limit on the request line and headers
@@ -44,17 +48,14 @@ def _configure_logging(level):
 def _is_model_folder(path):
     from sd_keras.weights import saved
 
-    return (saved.is_saved_folder(path) or os.path.exists(os.path.join(path, "model_index.json"))
-            or os.path.exists(os.path.join(path, "manifest.json")))
+    return saved.is_saved_folder(path) or paths.is_diffusers_folder(path) or paths.is_bundle_folder(path)
 
 
 def models_in_folder(folder):
     """The model specs in ``folder``: ``.safetensors`` / ``.ckpt`` files and model folders (sd_keras saved,
     diffusers, exported bundles), sorted by name."""
-    from sd_keras.cli import CliError
-
     if not os.path.isdir(folder):
-        raise CliError(f"--models-dir {folder}: no such folder")
+        raise InputError(f"--models-dir {folder}: no such folder")
     found = []
     for entry in sorted(os.listdir(folder)):
         path = os.path.join(folder, entry)
@@ -63,40 +64,34 @@ def models_in_folder(folder):
         elif os.path.isdir(path) and _is_model_folder(path):
             found.append(path)
     if not found:
-        raise CliError(f"--models-dir {folder}: no model in it ({', '.join(MODEL_FILE_EXTENSIONS)} files, "
+        raise InputError(f"--models-dir {folder}: no model in it ({', '.join(MODEL_FILE_EXTENSIONS)} files, "
                        "sd_keras, diffusers or bundle folders)")
     return found
 
 
 def registered_models(specs):
     """Name → spec for each ``-m`` spec (a preset under its name, a path under its base name); nothing else."""
-    from sd_keras import presets
-    from sd_keras.cli import CliError
+    from sd_keras.loading import PRESET, spec_kind
     from sd_keras.server.generation import model_name_for
 
     models = {}
     for spec in specs:
-        if spec in presets.names():
+        if spec_kind(spec) == PRESET:  # InputError naming the presets for an unknown spec
             if spec in models:
                 continue
             name = spec
         else:
-            if not os.path.exists(spec):
-                raise CliError(f"unknown model {spec!r}: not a preset ({', '.join(presets.names())}) and no such "
-                               "file or folder")
             name = model_name_for(spec)
             if models.get(name) == spec:
                 continue
         if name in models:
-            raise CliError(f"-m {spec}: its name {name!r} is already taken by {models[name]!r}; rename the file")
+            raise InputError(f"-m {spec}: its name {name!r} is already taken by {models[name]!r}; rename the file")
         models[name] = spec
     return models
 
 
 def _check_api_key(args):
-    """The API key from --api-key or the environment; None when neither is given; CliError when unusable."""
-    from sd_keras.cli import CliError
-
+    """The API key from --api-key or the environment; None when neither is given; InputError when unusable."""
     if args.api_key is not None:
         api_key, source = args.api_key, "--api-key"
     elif os.environ.get(API_KEY_ENV) is not None:
@@ -104,10 +99,10 @@ def _check_api_key(args):
     else:
         return None
     if not api_key.strip():
-        raise CliError(f"{source} is empty (an unset variable?): refusing to serve without the key you meant to "
+        raise InputError(f"{source} is empty (an unset variable?): refusing to serve without the key you meant to "
                        "set; give a key of at least 8 characters, or leave it out to serve without one")
     if len(api_key) < 8 or any(c.isspace() for c in api_key):
-        raise CliError("the API key must be at least 8 characters without spaces")
+        raise InputError("the API key must be at least 8 characters without spaces")
     return api_key
 
 
@@ -155,25 +150,24 @@ def http_protocol(header_timeout):
 def cmd_serve(args):
     import uvicorn
 
-    from sd_keras.cli import DEFAULT_MODEL, CliError
     from sd_keras.server.app import ServerSettings, create_app
     from sd_keras.server.generation import model_name_for
     from sd_keras import presets
 
     if not 0 <= args.port <= 65535:
-        raise CliError(f"--port must be in [0, 65535], got {args.port}")
+        raise InputError(f"--port must be in [0, 65535], got {args.port}")
     if args.queue_size < 1 or args.max_batch < 1:
-        raise CliError("--queue-size and --max-batch must be >= 1")
+        raise InputError("--queue-size and --max-batch must be >= 1")
     if args.max_programs < 1:
-        raise CliError(f"--max-programs must be >= 1, got {args.max_programs}")
+        raise InputError(f"--max-programs must be >= 1, got {args.max_programs}")
     if not args.read_timeout > 0:
-        raise CliError(f"--read-timeout must be > 0 seconds, got {args.read_timeout:g}")
+        raise InputError(f"--read-timeout must be > 0 seconds, got {args.read_timeout:g}")
     allowed_hosts = tuple(h.strip() for value in args.allowed_hosts or () for h in value.split(",") if h.strip())
     api_key = _check_api_key(args)
     specs = list(args.model or [])
     for folder in args.models_dir or ():
         specs.extend(models_in_folder(folder))
-    specs = specs or [DEFAULT_MODEL]
+    specs = specs or [defaults.MODEL]
     models = registered_models(specs)
     first = specs[0] if specs[0] in presets.names() else model_name_for(specs[0])
     _configure_logging(args.log_level)
@@ -207,15 +201,15 @@ def cmd_serve(args):
 
 def register(subparsers):
     """Add ``serve`` to the ``sd-keras`` command line."""
-    from sd_keras.cli import DEFAULT_MODEL
-
     serve = subparsers.add_parser(
         "serve", help="HTTP API (AUTOMATIC1111-compatible /sdapi/v1) and a web page",
         description="Serve one model over HTTP. Clients choose among the models named here (-m, --models-dir) "
                     f"by name; the API key comes from --api-key or ${API_KEY_ENV} (the variable keeps it out of "
-                    "'ps').")
+                    f"'ps'). Fields a request leaves out get AUTOMATIC1111's API defaults: {defaults.SERVER.steps} "
+                    f"steps, CFG scale {defaults.SERVER.cfg_scale:g}, sampler {defaults.SERVER.sampler!r}, a random "
+                    f"seed, denoising strength {defaults.SERVER.strength:g}.")
     serve.add_argument("-m", "--model", action="append",
-                       help=f"preset name, checkpoint path or bundle folder (default {DEFAULT_MODEL}); repeat to "
+                       help=f"preset name, checkpoint path or bundle folder (default {defaults.MODEL}); repeat to "
                             "register several; the first is loaded; only these (and --models-dir) are selectable")
     serve.add_argument("--models-dir", action="append",
                        help="register every model in this folder (.safetensors/.ckpt files, sd_keras, diffusers "
@@ -242,8 +236,3 @@ def register(subparsers):
     serve.set_defaults(func=cmd_serve)
     return serve
 
-
-if __name__ == "__main__":
-    from sd_keras.cli import main
-
-    sys.exit(main(["serve", *sys.argv[1:]]))

@@ -45,8 +45,9 @@ def _resume_command(args, out):
 
 
 def register(subparsers):
+    """Add ``train`` to the ``sd-keras`` command line."""
     parser = subparsers.add_parser("train", help="train or fine-tune a model from a YAML config",
-                                   description="Train the stages of CONFIG (see sd_keras/train.py), then export "
+                                   description="Train the stages of CONFIG (see sd_keras/train/), then export "
                                                "OUT/model and evaluate it.")
     parser.add_argument("config", help="YAML training config, e.g. configs/shapes.yaml")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
@@ -58,3 +59,4 @@ def register(subparsers):
                         help="stop with a checkpoint after this many minutes (exit status 3)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     parser.set_defaults(func=cmd_train)
+    return parser

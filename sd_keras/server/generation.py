@@ -124,7 +124,7 @@ class ModelRegistry:
     def _load(self, name):
         loader = self._loader
         if loader is None:
-            from sd_keras.cli import load_model as loader
+            from sd_keras.loading import load as loader
         return loader(self.specs[name], dtype=self.dtype)
 
     def _bounded(self, model):

@@ -14,10 +14,11 @@ Example:
 
 import dataclasses
 
+from sd_keras.defaults import SERVER as _DEFAULTS
 from sd_keras.schedulers import SAMPLER_ALIASES, SAMPLER_NAMES
 from sd_keras.schedulers.base import KARRAS_RHO
 
-DEFAULT_SAMPLER = "Euler"  # A1111's API default (its ``sampler_index`` field defaults to "Euler")
+DEFAULT_SAMPLER = _DEFAULTS.sampler  # A1111's API default (its ``sampler_index`` field defaults to "Euler")
 UNIFORM, KARRAS = "uniform", "karras"
 SCHEDULE_LABELS = {UNIFORM: "Uniform", KARRAS: "Karras"}
 

@@ -17,6 +17,8 @@ from typing import Any, Dict, List, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from sd_keras.defaults import SERVER as DEFAULTS  # A1111's API defaults, shared with `sd-keras serve --help`
+
 MAX_SIDE = 2048
 MAX_STEPS = 150
 MAX_BATCH_SIZE = 8
@@ -61,18 +63,20 @@ class _Request(BaseModel):
     prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     styles: List[str] = Field(default_factory=list, max_length=64)
-    seed: int = Field(-1, ge=-1, le=MAX_SEED, description="-1 draws a random seed; the one used is reported")
+    seed: int = Field(DEFAULTS.seed, ge=-1, le=MAX_SEED,
+                      description="-1 draws a random seed; the one used is reported")
     subseed: int = Field(-1, ge=-1, le=MAX_SEED)
     subseed_strength: float = Field(0.0, ge=0, le=1, allow_inf_nan=False)
     seed_resize_from_h: int = -1
     seed_resize_from_w: int = -1
     sampler_name: Optional[str] = Field(None, max_length=100)
-    sampler_index: Optional[str] = Field("Euler", max_length=100, description="A1111's older name for sampler_name")
+    sampler_index: Optional[str] = Field(DEFAULTS.sampler, max_length=100,
+                                         description="A1111's older name for sampler_name")
     scheduler: Optional[str] = Field(None, max_length=100)
     batch_size: int = Field(1, ge=1, le=MAX_BATCH_SIZE)
     n_iter: int = Field(1, ge=1, le=MAX_N_ITER)
-    steps: int = Field(50, ge=1, le=MAX_STEPS)
-    cfg_scale: float = Field(7.0, ge=0, le=100, allow_inf_nan=False)
+    steps: int = Field(DEFAULTS.steps, ge=1, le=MAX_STEPS)
+    cfg_scale: float = Field(DEFAULTS.cfg_scale, ge=0, le=100, allow_inf_nan=False)
     width: Optional[int] = Field(None, description="a multiple of 64 in [64, 2048]; default: the model's native width")
     height: Optional[int] = Field(None,
                                   description="a multiple of 64 in [64, 2048]; default: the model's native height")
@@ -153,7 +157,7 @@ class Img2ImgRequest(_Request):
     init_images: List[str] = Field(..., min_length=1, max_length=1,
                                    description="one base64 image (raw or data: URL)")
     resize_mode: int = 0
-    denoising_strength: float = Field(0.75, ge=0, le=1, allow_inf_nan=False)
+    denoising_strength: float = Field(DEFAULTS.strength, ge=0, le=1, allow_inf_nan=False)
     image_cfg_scale: Optional[float] = None
     mask: Optional[str] = Field(None, description="base64 image; white = repaint")
     mask_blur: int = Field(4, ge=0, le=64)
