@@ -29,6 +29,7 @@ setup(
     python_requires=">=3.10",
     packages=[
         "sd_keras",
+        "sd_keras.cli",
         "sd_keras.models",
         "sd_keras.schedulers",
         "sd_keras.weights",

@@ -12,7 +12,7 @@ from sd_keras import cli
 from sd_keras.models import timestep_embedding
 from sd_keras.pipeline import StableDiffusion
 from sd_keras.weights import saved
-from sd_keras.weights.convert_cli import apply_lora_arguments
+from sd_keras.cli.arguments import apply_lora_arguments
 from sd_keras.weights.lora import apply_lora, parse_lora_spec, read_lora, remove_lora
 
 ATOL = 1e-4
