@@ -9,6 +9,7 @@ so where it sits in a batch does not change what it shows.
 """
 
 import hashlib
+import json
 import time
 
 import numpy as np
@@ -17,26 +18,16 @@ from sd_keras.dataset import table as table_lib
 from sd_keras.errors import InputError
 
 
-def load_model(spec, *, dtype="float32"):
-    """A preset name or a checkpoint / saved-model path (``StableDiffusion.from_preset`` / ``from_checkpoint``)."""
-    import os
-
-    from sd_keras import presets
-    from sd_keras.pipeline import StableDiffusion
-
-    if spec in presets.names():
-        return StableDiffusion.from_preset(spec, dtype=dtype)
-    if not os.path.exists(spec):
-        raise InputError(f"model {spec!r}: not a preset ({', '.join(presets.names())}) and no such file or folder")
-    return StableDiffusion.from_checkpoint(spec, dtype=dtype)
-
-
 def model_identity(model, name):
     """``{"name", "config", "dtype", "sha256"}``: the sha256 covers every weight (name, shape, dtype, bytes) of
-    the text encoder, UNet and decoder, so two datasets made with the same weights say so."""
+    the text encoder, UNet and decoder (of a LiteRT bundle: its manifest's file hashes), so two datasets made with
+    the same weights say so."""
     digest = hashlib.sha256()
-    for part in (model.text_encoder, model.diffusion_model, model.decoder):
-        for variable in part.weights:
+    if not hasattr(model, "diffusion_model"):  # a bundle runner: its manifest lists every file's sha256
+        digest.update(json.dumps(getattr(model, "manifest", {}), sort_keys=True, default=str).encode("utf-8"))
+    for part in (getattr(model, "text_encoder", None), getattr(model, "diffusion_model", None),
+                 getattr(model, "decoder", None)):
+        for variable in getattr(part, "weights", ()):
             value = np.asarray(variable.numpy() if hasattr(variable, "numpy") else variable)
             digest.update(f"{variable.path}:{value.shape}:{value.dtype}\n".encode("utf-8"))
             digest.update(np.ascontiguousarray(value).tobytes())
@@ -48,7 +39,7 @@ class ShardWorker:
     """Generates shards with one model.
 
     Args:
-        model: a ``StableDiffusion`` or a model spec for ``load_model``.
+        model: a ``Generator`` (``StableDiffusion``, ``BundleRunner``) or a spec for ``sd_keras.load``.
         batch_size: images per compiled batch.
         quality_filter: None or ``callable(image, item) -> (keep, verdict)`` (see ``sd_keras.dataset.quality``).
         model_name: the name recorded for a model object (default: its config's name).
@@ -56,8 +47,10 @@ class ShardWorker:
 
     def __init__(self, model, *, batch_size=8, quality_filter=None, model_name=None, dtype="float32"):
         if isinstance(model, str):
+            from sd_keras import loading
+
             model_name = model_name or model
-            model = load_model(model, dtype=dtype)
+            model = loading.load(model, dtype=dtype)
         if model.unet_in_channels != model.latent_channels:
             raise InputError("model: an inpainting UNet (9 input channels) cannot make a text-to-image dataset")
         self.model = model
@@ -65,6 +58,11 @@ class ShardWorker:
         self.quality_filter = quality_filter
         self.identity = model_identity(model, model_name or model.config.name)
         self.compiled_groups = set()
+
+    def compilations(self):
+        """Programs compiled so far (a LiteRT bundle compiles none)."""
+        programs = getattr(self.model, "programs", None)
+        return programs.compilations if programs is not None else 0
 
     def native_size(self):
         return tuple(self.model.config.image_size)
@@ -81,7 +79,7 @@ class ShardWorker:
             group_key = (group[0] or height, group[1] or width) + group[2:]
             if on_batch is not None and group_key not in self.compiled_groups:
                 getattr(on_batch, "compiling", lambda key: None)(group_key)
-            before, started = self.model.programs.compilations, time.perf_counter()
+            before, started = self.compilations(), time.perf_counter()
             try:
                 images, failure = self.generate_batch(batch), None
             except FloatingPointError as error:  # NaN/inf in a batch: its images are rejected, the job goes on
@@ -89,7 +87,7 @@ class ShardWorker:
             self.compiled_groups.add(group_key)
             seconds = time.perf_counter() - started
             if on_batch is not None:
-                on_batch(batch, images, failure, seconds, self.model.programs.compilations != before)
+                on_batch(batch, images, failure, seconds, self.compilations() != before)
 
     def generate_batch(self, items):
         """uint8 (len(items), H, W, 3) images of ``items`` (one group), run as a padded batch of ``batch_size``."""
@@ -98,18 +96,20 @@ class ShardWorker:
         model = self.model
         first = items[0]
         padded = list(items) + [items[-1]] * (self.batch_size - len(items))
+        # the Generator contract (sd_keras.generator): checks and scheduler, prompt -> contexts, the engine's loop,
+        # decode with its NaN check; only the noise is drawn here, one seed per image
         scheduler, height, width = model._resolve(first.steps, first.cfg_scale, first.sampler, first.height,
                                                   first.width, len(padded))
-        context, unconditional = model._contexts(model.encode_text([item.prompt for item in padded]),
-                                                 [item.negative_prompt for item in padded], len(padded))
+        context, unconditional = model._contexts([item.prompt for item in padded],
+                                                 [item.negative_prompt for item in padded])
         latent_shape = (height // 8, width // 8, model.latent_channels)
         draws = scheduler.num_steps if scheduler.needs_noise else 0
         noises = [noise_lib.latent_noise(item.seed, 1, latent_shape, draws) for item in padded]
         initial = np.concatenate([initial for initial, _ in noises])
         step_noise = np.concatenate([steps for _, steps in noises], axis=1) if draws else None
-        latent = model._loop(scheduler, context, unconditional, initial * np.float32(scheduler.init_noise_sigma),
-                             step_noise, guidance_scale=first.cfg_scale)
-        return model._decode_latent(latent)[:len(items)]
+        latent = model._denoise(scheduler, context, unconditional, initial * np.float32(scheduler.init_noise_sigma),
+                                step_noise, guidance_scale=first.cfg_scale)
+        return model.decode(latent)[:len(items)]
 
     def records(self, items, images):
         """Shard records ``(key, png, metadata)`` of generated images, after the quality filter; and the filtered
