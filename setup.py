@@ -11,6 +11,7 @@ DEV = TF + JAX + SERVE + [
     "torch==2.13.0",         # CPU build; diffusers parity
     "diffusers>=0.30",
     "peft",                  # LoRA parity in tests
+    "compel>=2.5",           # prompt-weighting oracle (A1111 syntax tests)
     "transformers>=4.40",    # reference CLIP tokenizer / text model
     "regex",                 # CLIP's reference split pattern in tokenizer tests
     "httpx",
