@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 
+from sd_keras import defaults
 from sd_keras.dataset import manifest as manifest_lib
 from sd_keras.dataset import shards as shard_io
 from sd_keras.dataset import table as table_lib
@@ -105,7 +106,8 @@ def _duration(seconds):
 
 
 def generate(table, out, *, model="shapes", output_format="webdataset", shard_size=1000, batch_size=8,
-             base_seed=0, steps=20, cfg_scale=7.0, sampler="Euler a", width=None, height=None, negative_prompt="",
+             base_seed=0, steps=defaults.CLI.steps, cfg_scale=defaults.CLI.cfg_scale, sampler=defaults.CLI.sampler,
+             width=None, height=None, negative_prompt="",
              num_images=1, resume=False, quality_filter=None, devices=None, ray=None, ray_workers=None,
              ray_gpus_per_worker=0, dtype="float32", progress=None):
     """Generate the images of a prompt table into sharded files in ``out``; returns the manifest (a dict).
@@ -120,11 +122,11 @@ def generate(table, out, *, model="shapes", output_format="webdataset", shard_si
         shard_size: image numbers per shard; batch_size: images per compiled batch.
         base_seed: image ``i`` without a ``seed`` cell uses ``base_seed + i``.
         steps, cfg_scale, sampler, width, height, negative_prompt, num_images: what an empty cell means
-            (width/height None: the model's native size).
+            (the CLI's defaults, AUTOMATIC1111's: 20 steps, CFG 7, Euler a; width/height None: the model's size).
         resume: continue the job in ``out``: finished shards (listed in the manifest, sha256 checked) are kept,
             the others generated. Without it, ``out`` must not hold a dataset yet.
-        quality_filter: None, ``"shapes"`` (keep images that ``sd_keras.evaluate`` judges to show the prompt) or
-            ``callable(image, item) -> bool or (bool, verdict)``.
+        quality_filter: None, ``"shapes"`` (keep images that ``sd_keras.evaluate`` judges to show the prompt),
+            ``callable(image, item) -> bool or (bool, verdict)`` or its import path ``"module:function"``.
         devices: ``"all"`` or a count: data-parallel over local accelerators (JAX), as ``generate`` does.
         ray: None (this process), ``"auto"`` or a cluster address: run the shards on Ray actors.
         ray_workers: actors (default: as many as the cluster's CPUs, or GPUs when ``ray_gpus_per_worker``).
@@ -190,7 +192,7 @@ def generate(table, out, *, model="shapes", output_format="webdataset", shard_si
         if not isinstance(model, str):
             raise InputError("ray: pass the model as a preset name or path (each actor loads its own copy)")
         run = ray_job.run(ray, out, manifest, validation, ranges, by_shard, pending, model, batch_size,
-                          quality_filter if filter_function is not None else None, dtype, output_format,
+                          quality_filter, dtype, output_format,
                           ray_workers, ray_gpus_per_worker, Progress(total, done_images, enabled=show))
     manifest["timing"] = {"seconds": round(time.perf_counter() - started, 3), "images_this_run": run["images"],
                           "compile_seconds": round(run["compile_seconds"], 3),

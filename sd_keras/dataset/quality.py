@@ -6,7 +6,8 @@ outside it rejects the row before any generation) and the image measured with ``
 shape (the ``objects`` score). The verdict (all scores) goes into the image's JSON as ``quality``; a dropped
 image is listed in the manifest's ``filtered`` entries with its verdict.
 
-A user's filter is ``callable(image, item)``, ``image`` uint8 (H, W, 3) and ``item`` a
+A user's filter is ``callable(image, item)`` (or its import path ``"module:function"``, which the CLI and the
+Ray actors take), ``image`` uint8 (H, W, 3) and ``item`` a
 ``sd_keras.dataset.table.Item`` (prompt, seed, labels, ...), returning a bool or ``(bool, verdict)`` with a
 JSON-serialisable verdict.
 """
@@ -56,7 +57,23 @@ def resolve(quality_filter):
         return None, None, None
     if quality_filter == "shapes":
         return shapes_filter, "shapes", _shapes_check
+    if isinstance(quality_filter, str) and ":" in quality_filter:
+        return _wrap_user(_import(quality_filter)), quality_filter, None
     if callable(quality_filter):
         name = f"{getattr(quality_filter, '__module__', '?')}.{getattr(quality_filter, '__qualname__', '?')}"
         return _wrap_user(quality_filter), name, None
-    raise InputError(f"quality_filter must be None, one of {', '.join(NAMES)} or a function, got {quality_filter!r}")
+    raise InputError(f"quality filter must be one of {', '.join(NAMES)}, 'module:function' or a function, got "
+                     f"{quality_filter!r}")
+
+
+def _import(path):
+    import importlib
+
+    module_name, _, name = path.partition(":")
+    try:
+        function = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as error:
+        raise InputError(f"quality filter {path}: cannot import it ({error})") from None
+    if not callable(function):
+        raise InputError(f"quality filter {path}: not a function")
+    return function

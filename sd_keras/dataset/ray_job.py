@@ -78,8 +78,8 @@ def run(address, out, manifest, validation, ranges, by_shard, pending, model, ba
         progress.close()
         return {"images": 0, "compile_seconds": 0.0, "rate": None}
     if callable(quality_filter):
-        raise InputError("ray: a quality filter function cannot be sent to the actors by name; use 'shapes' or "
-                         "run locally")
+        raise InputError("ray: pass a quality filter function as its import path 'module:function' (the actors "
+                         "import it), or 'shapes'")
     ray = _connect(address)
     import ray.data
 
