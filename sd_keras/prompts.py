@@ -41,6 +41,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 
@@ -48,9 +49,14 @@ from sd_keras.errors import InputError
 from sd_keras.prompt_syntax import parse_prompt
 
 __all__ = ["PromptChunks", "PromptContexts", "chunk_prompt", "chunk_count", "apply_emphasis", "encode_chunks",
-           "prompt_contexts", "CHUNK_COUNTS", "MAX_CHUNKS", "COMMA_BACKTRACK"]
+           "prompt_contexts", "match_lengths", "syntax_contexts", "check_prompt_syntax", "find_lora", "lora_names",
+           "CHUNK_COUNTS", "MAX_CHUNKS", "COMMA_BACKTRACK", "PROMPT_SYNTAXES", "LORA_SUFFIXES"]
 
 COMMA_BACKTRACK = 20
+PROMPT_SYNTAXES = ("a1111",)
+# files a LoRA folder may hold, as AUTOMATIC1111's Lora folder does; read by ``sd_keras.weights.lora`` (PyTorch
+# files through the safe pickle reader)
+LORA_SUFFIXES = (".safetensors", ".ckpt", ".pt")
 CHUNK_COUNTS = (1, 2, 4, 8, 16, 32)
 MAX_CHUNKS = CHUNK_COUNTS[-1]
 _COMMA = ",</w>"
@@ -246,3 +252,132 @@ def prompt_contexts(prompts, negative_prompts, tokenizer, encode, *, pad_token_i
         encode_chunks(negative, encode, count, empty),
         tuple(lora for chunks in chunked + negative for lora in chunks.loras),
     )
+
+
+# --- generation (``sd_keras.generator.Generator``) ------------------------------------------------------------
+def check_prompt_syntax(value):
+    """``value`` if it names a prompt syntax (None: plain text, KerasCV's reading); InputError otherwise."""
+    if value is not None and value not in PROMPT_SYNTAXES:
+        raise InputError(f"prompt_syntax must be None (plain text) or one of {', '.join(PROMPT_SYNTAXES)}, "
+                         f"got {value!r}")
+    return value
+
+
+def match_lengths(context, unconditional, empty_context):
+    """Pad the shorter of ``context`` and ``unconditional`` (``(B, L, D)`` each) with chunks of the empty prompt
+    (``empty_context``, ``(1, 77, D)``) to the other's length; equal lengths are returned as they are."""
+    lengths = {context.shape[1], unconditional.shape[1]}
+    if len(lengths) == 1:
+        return context, unconditional
+    target = max(lengths)
+    chunk = empty_context.shape[1]
+
+    def pad(values):
+        missing = target - values.shape[1]
+        if missing % chunk:
+            raise InputError(f"contexts of {context.shape[1]} and {unconditional.shape[1]} tokens cannot be "
+                             f"matched with chunks of {chunk}")
+        filler = np.repeat(np.repeat(empty_context, values.shape[0], axis=0), missing // chunk, axis=1)
+        return np.concatenate([values, filler.astype(values.dtype)], axis=1)
+
+    return pad(context) if context.shape[1] < target else context, (
+        pad(unconditional) if unconditional.shape[1] < target else unconditional)
+
+
+def syntax_contexts(generator, prompts, negative_prompts):
+    """``Generator._contexts`` with AUTOMATIC1111's syntax: ``(context, unconditional)``, either list None to skip
+    it. Both get the same chunk count when both are given; ``<lora:...>`` tags of the prompts are merged into the
+    model (see ``sync_prompt_loras``) before the text is encoded. Sets ``last_truncated`` to False: nothing is cut.
+    """
+    tokenizer, pad = generator.tokenizer, generator.config.pad_token_id
+
+    def encode(ids):
+        return np.asarray(generator._encode_tokens(np.asarray(ids, np.int32)), np.float32)
+
+    chunked = [chunk_prompt(prompt, tokenizer, pad_token_id=pad) for prompt in prompts or ()]
+    negative = [chunk_prompt(prompt, tokenizer, pad_token_id=pad) for prompt in negative_prompts or ()]
+    for chunks in negative:
+        if chunks.loras:
+            raise InputError(f"negative_prompt: <lora:{chunks.loras[0].name}:...> tags are read from the prompt "
+                             "only")
+    if prompts is not None:
+        loras = {lora for chunks in chunked for lora in chunks.loras}
+        sync_prompt_loras(generator, sorted(loras, key=lambda lora: (lora.name, lora.weight)))
+        generator.last_truncated = False
+    empty = chunk_prompt("", tokenizer, pad_token_id=pad)
+    count = chunk_count(max([chunks.num_chunks for chunks in chunked + negative] or [1]))
+    context = encode_chunks(chunked, encode, count, empty) if prompts is not None else None
+    unconditional = encode_chunks(negative, encode, count, empty) if negative_prompts is not None else None
+    return context, unconditional
+
+
+def lora_names(folder):
+    """The LoRA names (file names without suffix) in ``folder``, sorted; ``LORA_SUFFIXES`` only."""
+    try:
+        entries = os.listdir(folder)
+    except OSError as error:
+        raise InputError(f"LoRA folder {folder}: cannot be read ({error.strerror or error})") from None
+    return sorted(os.path.splitext(entry)[0] for entry in entries
+                  if entry.endswith(LORA_SUFFIXES) and os.path.isfile(os.path.join(folder, entry)))
+
+
+def find_lora(name, folder):
+    """The file of ``<lora:name>`` in ``folder``: ``name`` plus one of ``LORA_SUFFIXES``, a regular file directly
+    inside the folder (a name with a path separator or ``..`` is refused, so a prompt cannot reach other files).
+
+    Raises:
+        InputError: no folder, a name that is not a plain file name, or no such LoRA (the message lists the
+            folder's LoRAs).
+    """
+    if folder is None:
+        raise InputError(f"prompt: <lora:{name}> needs a LoRA folder (lora_dir= in Python, --lora-dir in the CLI "
+                         "and the server)")
+    if not os.path.isdir(folder):
+        raise InputError(f"LoRA folder {folder}: no such folder")
+    if name in (".", "..") or any(separator and separator in name for separator in (os.sep, os.altsep, "/")):
+        raise InputError(f"prompt: <lora:{name}>: a LoRA name is a file name in the LoRA folder, without folders")
+    for suffix in LORA_SUFFIXES:
+        path = os.path.join(folder, name + suffix)
+        if os.path.isfile(path):
+            return path
+    available = lora_names(folder)
+    shown = ", ".join(available[:20]) + (f" and {len(available) - 20} more" if len(available) > 20 else "")
+    raise InputError(f"prompt: <lora:{name}>: no {name}{{{','.join(LORA_SUFFIXES)}}} in the LoRA folder {folder} "
+                     f"(it holds {shown or 'no LoRA files'})")
+
+
+def sync_prompt_loras(generator, loras):
+    """Make the LoRAs merged for prompt tags exactly ``loras`` (``LoraReference`` list): those asked for by the
+    previous prompt and not by this one are taken out, new ones merged (``sd_keras.weights.lora.apply_lora``, the
+    reader and checks of ``--lora``). LoRAs merged otherwise (``--lora``, ``apply_lora``) are left alone.
+
+    Raises:
+        InputError: a tag names no file of the LoRA folder, there is no LoRA folder, or the engine cannot merge
+            LoRAs (an exported bundle).
+    """
+    wanted = tuple((find_lora(lora.name, generator.lora_dir), lora.weight) for lora in loras)
+    current = getattr(generator, "_prompt_loras", ())
+    if wanted == tuple((applied.path, applied.scale) for applied in current):
+        return
+    if wanted and not getattr(generator, "can_merge_lora", False):
+        raise InputError("prompt: <lora:...> tags need a Keras model (a preset or checkpoint), not an exported "
+                         "bundle")
+    from sd_keras.weights.lora import apply_lora
+
+    for applied in reversed(current):
+        applied.remove()
+    generator._prompt_loras = ()
+    applied = []
+    try:
+        for path, weight in wanted:
+            try:
+                applied.append(apply_lora(generator, path, weight))
+            except InputError:
+                raise
+            except (ValueError, OSError) as error:
+                raise InputError(f"prompt: LoRA {path}: {error}") from None
+    except BaseException:
+        for done in reversed(applied):
+            done.remove()
+        raise
+    generator._prompt_loras = tuple(applied)
