@@ -271,12 +271,12 @@ def export_bundle(model, output_dir, *, quantization="fp32", image_size=None, im
     """
     import time
 
-    import sd_keras
     from sd_keras import presets
     from sd_keras.export import litert, quantize, verify
     from sd_keras.pipeline import DEFAULT_SAMPLER, check_size
     from sd_keras.schedulers import SAMPLER_NAMES
     from sd_keras.tokenizer import CONTEXT_LENGTH, END_OF_TEXT_ID, START_OF_TEXT_ID
+    from sd_keras.version import __version__
 
     started = time.perf_counter()
     user_log = log or (lambda message: None)
@@ -342,7 +342,7 @@ def export_bundle(model, output_dir, *, quantization="fp32", image_size=None, im
                        "context_length": CONTEXT_LENGTH, "start_id": START_OF_TEXT_ID, "end_id": END_OF_TEXT_ID,
                        "pad_id": config.pad_token_id},
             components=components, quantization=quantization, model_config=config.to_dict(),
-            producer={"name": "sd_keras", "version": sd_keras.__version__})
+            producer={"name": "sd_keras", "version": __version__})
         write_json_atomic(os.path.join(staging, MANIFEST), manifest)
         log("checking parity with the Keras model")
         settings = None

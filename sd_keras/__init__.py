@@ -9,7 +9,7 @@ Example:
     'tiny'
 """
 
-__version__ = "0.1.0"
+from sd_keras.version import __version__
 __all__ = ["StableDiffusion", "StableDiffusionV2", "image_grid", "load", "presets", "__version__"]
 
 

@@ -25,17 +25,15 @@ Example:
     >>> score_scene(sample.scene, analysis)["color"]
     True
 
-Command line (writes ``report.json`` and ``grid.png`` into ``--out``)::
+Command line (``sd_keras/cli/evaluate.py``; writes ``report.json`` and ``grid.png`` into ``--out``)::
 
-    python -m sd_keras.evaluate -m shapes --out eval/ [--steps 20] [--sampler "DDIM KerasCV"]
-    python -m sd_keras.evaluate --ground-truth 1000      # the measurement on dataset images
+    sd-keras evaluate -m shapes --out eval/ [--steps 20] [--sampler "DDIM KerasCV"]
+    sd-keras evaluate --ground-truth 1000      # the measurement on dataset images
 """
 
-import argparse
 import dataclasses
 import json
 import os
-import sys
 import time
 from typing import Tuple
 
@@ -418,34 +416,3 @@ def format_summary(summary):
         accuracy = "  n/a" if value["accuracy"] is None else f"{value['accuracy']:.3f}"
         lines.append(f"{key:<18}{accuracy} ({value['count']})")
     return "\n".join(lines)
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m sd_keras.evaluate", description=__doc__.split("\n")[0])
-    parser.add_argument("-m", "--model", default="shapes", help="preset name or saved model folder")
-    parser.add_argument("--out", help="folder for report.json and grid.png")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--sampler", default=None, help="default: the pipeline's default sampler")
-    parser.add_argument("--cfg-scale", type=float, default=DEFAULT_GUIDANCE)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--single", type=int, default=48, help="number of single-object prompts")
-    parser.add_argument("--double", type=int, default=16, help="number of two-object prompts")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--ground-truth", type=int, metavar="N",
-                        help="instead: measure N dataset images (checks the measurement itself)")
-    args = parser.parse_args(argv)
-    if args.ground_truth:
-        print(format_summary(evaluate_ground_truth(args.ground_truth)))
-        return 0
-    from sd_keras.loading import load
-
-    model = load(args.model)
-    report = evaluate(model, heldout_scenes(args.single, args.double), num_steps=args.steps, sampler=args.sampler,
-                      guidance_scale=args.cfg_scale, seed=args.seed, batch_size=args.batch_size, out_dir=args.out,
-                      progress=lambda done, total: print(f"{done}/{total} images", file=sys.stderr))
-    print(format_summary(report["summary"]))
-    return 0 if all(report["passed"].values()) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -104,7 +104,9 @@ def test_evaluate_a_model_writes_report_and_grid(tmp_path):
 
 @pytest.mark.once  # numpy only: backend-independent (see conftest.py)
 def test_command_line_ground_truth(capsys):
-    assert evaluate.main(["--ground-truth", "30"]) == 0
+    from sd_keras import cli
+
+    assert cli.main(["evaluate", "--ground-truth", "30"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert any(line.startswith("single_color") and "1.000" in line for line in lines)
 
