@@ -58,7 +58,9 @@ def add_shard(manifest, entry):
 def save(folder, manifest, validation_rejects=()):
     """Write ``manifest.json`` and ``rejects.jsonl`` (every rejected row, with its reason), atomically."""
     by_index = {reject["index"]: reject for reject in validation_rejects}
-    by_index.update((reject["index"], reject) for shard in manifest["shards"] for reject in shard["rejected"])
+    for shard in manifest["shards"]:  # a row's cells are in the validation record; runtime rejects add theirs
+        for reject in shard["rejected"]:
+            by_index.setdefault(reject["index"], reject)
     lines = [by_index[index] for index in sorted(by_index)]
     files.write_text(os.path.join(folder, REJECTS),
                      "".join(json.dumps(line, sort_keys=True, ensure_ascii=False) + "\n" for line in lines))
