@@ -5,6 +5,11 @@ TF = ["tensorflow>=2.16", "ai-edge-litert>=2.3", "ai-edge-quantizer>=0.10"]
 JAX = ["jax>=0.4.30"]
 SERVE = ["fastapi>=0.110", "uvicorn>=0.29", "pydantic>=2", "prometheus-client>=0.17",
          "fastapi-offline>=1.7"]  # Swagger UI and Redoc files: /docs works offline
+# Upscaler parity oracle (tests/test_upscalers.py). Not in DEV: spandrel requires torchvision, and PyPI's
+# torchvision wheels are built for PyPI's CUDA torch; beside the CPU torch build DEV uses, torchvision fails to
+# import and takes transformers' CLIP down with it. Install it without dependencies (it needs only torch, einops,
+# safetensors): pip install --no-deps "spandrel>=0.4.2" einops
+PARITY = ["spandrel>=0.4.2", "einops"]
 DEV = TF + JAX + SERVE + [
     "keras-cv==0.9.0",       # parity oracle (imports TensorFlow)
     "tf-keras",              # writes KerasCV's legacy h5 layout in tests
@@ -52,6 +57,6 @@ setup(
         "h5py>=3.8",
         "tqdm>=4.60",
     ],
-    extras_require={"tf": TF, "jax": JAX, "serve": SERVE, "dev": DEV},
+    extras_require={"tf": TF, "jax": JAX, "serve": SERVE, "dev": DEV, "parity": PARITY},
     entry_points={"console_scripts": ["sd-keras=sd_keras.cli:main"]},
 )

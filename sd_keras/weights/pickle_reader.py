@@ -151,10 +151,22 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return StorageRef(str(key), STORAGE_DTYPES[storage_type.name], int(numel))
 
 
+# Wrappers a state dict is found under, first match wins: Lightning/SD checkpoints ("state_dict"), basicsr /
+# Real-ESRGAN training files ("params_ema": the EMA weights they release, before the raw "params")
+STATE_DICT_WRAPPERS = ("state_dict", "params_ema", "params")
+
+
+def _unwrap_state_dict(obj):
+    for wrapper in STATE_DICT_WRAPPERS:
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            return obj[wrapper]
+    return obj
+
+
 def _flatten_state_dict(obj, path):
-    """The ``{name: LazyTensor}`` inside a loaded object: ``obj["state_dict"]`` when present, else ``obj``."""
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
+    """The ``{name: LazyTensor}`` inside a loaded object: the first of ``STATE_DICT_WRAPPERS`` present
+    (``obj["state_dict"]``, ``obj["params_ema"]``, ``obj["params"]``), else ``obj``."""
+    obj = _unwrap_state_dict(obj)
     if not isinstance(obj, dict):
         raise CheckpointFormatError(f"{path}: the pickle holds a {type(obj).__name__}, not a state dict")
     return {key: value for key, value in obj.items() if isinstance(key, str) and isinstance(value, LazyTensor)}
@@ -276,8 +288,7 @@ class TorchLegacyCheckpoint:
             first = (str(error).strip().splitlines() or [type(error).__name__])[0]
             raise CheckpointFormatError(f"{self.path}: not a readable PyTorch checkpoint ({first})") from None
         self.global_step = _global_step(obj)
-        if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-            obj = obj["state_dict"]
+        obj = _unwrap_state_dict(obj)
         if not isinstance(obj, dict):
             raise CheckpointFormatError(f"{self.path}: holds a {type(obj).__name__}, not a state dict")
         self._tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}

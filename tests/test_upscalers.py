@@ -1,0 +1,319 @@
+"""AI upscalers (RRDBNet, SRVGGNetCompact): parity with spandrel on CPU torch with random weights, loading of every
+key layout from .pth and .safetensors, tiled inference against the whole image, and the tiling maths."""
+import fractions
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from sd_keras import tiling
+from sd_keras.errors import InputError
+from sd_keras.models.upscalers import UpscalerConfig, build_upscaler
+from sd_keras.upscale import Upscalers, upscale
+from sd_keras.weights.upscalers import WHERE_TO_GET, load_upscaler, read_upscaler
+
+PARITY = 1e-4  # max |keras - spandrel| / max |spandrel|
+
+
+def _spandrel():
+    """spandrel (the reference A1111 and ComfyUI use). Two of its restoration architectures (LaMa, RestoreFormer)
+    import torchvision at import time; where torchvision cannot be imported (PyPI's torchvision wheels need PyPI's
+    CUDA build of torch, so they fail beside a CPU-only torch build) placeholders let spandrel's registry import.
+    Neither architecture is used here: ESRGAN and Compact need torch only."""
+    if "spandrel" in sys.modules:
+        return sys.modules["spandrel"]
+    placeholders = {}
+    try:
+        import torchvision  # noqa: F401
+    except Exception:  # ImportError, or RuntimeError from a torchvision built for another torch
+        for name in [name for name in sys.modules if name == "torchvision" or name.startswith("torchvision.")]:
+            del sys.modules[name]
+        functional = types.ModuleType("torchvision.transforms.functional")
+
+        def unavailable(*args, **kwargs):
+            raise RuntimeError("torchvision is not available")
+
+        functional.InterpolationMode = type("InterpolationMode", (), {"NEAREST": "nearest", "BILINEAR": "bilinear"})
+        functional.rotate = functional.normalize = unavailable
+        transforms = types.ModuleType("torchvision.transforms")
+        transforms.functional = functional
+        package = types.ModuleType("torchvision")
+        package.transforms = transforms
+        placeholders = {"torchvision": package, "torchvision.transforms": transforms,
+                        "torchvision.transforms.functional": functional}
+        sys.modules.update(placeholders)
+    try:
+        return pytest.importorskip("spandrel", reason="the upscaler parity oracle: pip install --no-deps "
+                                   "'spandrel>=0.4.2' einops (setup.py's 'parity' extra)")
+    finally:  # other tests' libraries (transformers) must not find the placeholders
+        for name in placeholders:
+            sys.modules.pop(name, None)
+
+
+def _conv(rng, out_channels, in_channels):
+    bound = 1.0 / np.sqrt(in_channels * 9)
+    return {"weight": torch.from_numpy(rng.uniform(-bound, bound, (out_channels, in_channels, 3, 3))
+                                       .astype(np.float32)),
+            "bias": torch.from_numpy(rng.uniform(-bound, bound, out_channels).astype(np.float32))}
+
+
+def _add(state, name, tensors):
+    state.update({f"{name}.{kind}": value for kind, value in tensors.items()})
+
+
+def rrdbnet_state(seed=0, *, num_feat=16, num_block=1, num_grow_ch=32, in_channels=3, stages=2):
+    """A random RRDBNet state dict in the new (basicsr / Real-ESRGAN) key layout."""
+    rng = np.random.default_rng(seed)
+    state = {}
+    _add(state, "conv_first", _conv(rng, num_feat, in_channels))
+    for block in range(num_block):
+        for dense in range(1, 4):
+            for conv in range(1, 6):
+                out_channels = num_feat if conv == 5 else num_grow_ch
+                _add(state, f"body.{block}.rdb{dense}.conv{conv}",
+                     _conv(rng, out_channels, num_feat + (conv - 1) * num_grow_ch))
+    _add(state, "conv_body", _conv(rng, num_feat, num_feat))
+    for stage in range(1, stages + 1):
+        _add(state, f"conv_up{stage}", _conv(rng, num_feat, num_feat))
+    _add(state, "conv_hr", _conv(rng, num_feat, num_feat))
+    _add(state, "conv_last", _conv(rng, 3, num_feat))
+    return state
+
+
+def srvgg_state(seed=0, *, num_feat=16, num_conv=4, scale=4):
+    """A random SRVGGNetCompact state dict (PReLU slopes around 0.25, as PyTorch initialises them, varied)."""
+    rng = np.random.default_rng(seed)
+    state = {}
+    for index in range(num_conv + 1):
+        _add(state, f"body.{2 * index}", _conv(rng, num_feat, 3 if index == 0 else num_feat))
+        state[f"body.{2 * index + 1}.weight"] = torch.from_numpy(rng.uniform(0.05, 0.45, num_feat)
+                                                                .astype(np.float32))
+    _add(state, f"body.{2 * num_conv + 2}", _conv(rng, 3 * scale * scale, num_feat))
+    return state
+
+
+def _reference(state, image):
+    """spandrel's output for a uint8 (H, W, 3) image, as float32 NHWC, and its descriptor."""
+    descriptor = _spandrel().ModelLoader().load_from_state_dict(state)
+    descriptor.model.eval()
+    with torch.no_grad():
+        x = torch.from_numpy(image.astype(np.float32)[None] / 255.0).permute(0, 3, 1, 2)
+        return descriptor.model(x).permute(0, 2, 3, 1).numpy(), descriptor
+
+
+def _keras(model, image):
+    return np.asarray(model.predict_on_batch(image.astype(np.float32)[None] / 255.0))
+
+
+def _relative(ours, reference):
+    return float(np.abs(ours - reference).max() / np.abs(reference).max())
+
+
+def _image(height, width, seed=1):
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def _save(state, path):
+    if str(path).endswith(".safetensors"):
+        save_file({key: value.contiguous() for key, value in state.items()}, str(path))
+    else:
+        torch.save(state, str(path))
+    return path
+
+
+def test_rrdbnet_x4_matches_spandrel_from_pth_params_ema(tmp_path):
+    state = rrdbnet_state(0)
+    path = _save({"params_ema": state, "params": rrdbnet_state(9)}, tmp_path / "RealESRGAN_x4_random.pth")
+    model = load_upscaler(path)
+    config = model.upscaler_config
+    assert (config.architecture, config.scale, config.num_feat, config.num_block, config.num_grow_ch,
+            config.unshuffle) == ("rrdbnet", 4, 16, 1, 32, 1)
+    image = _image(13, 11)
+    reference, descriptor = _reference(state, image)
+    assert descriptor.scale == 4
+    ours = _keras(model, image)
+    assert ours.shape == reference.shape == (1, 52, 44, 3)
+    assert _relative(ours, reference) <= PARITY
+
+
+def test_rrdbnet_x2_pixel_unshuffle_matches_spandrel_from_safetensors(tmp_path):
+    """Real-ESRGAN x2: the image is folded 2x2 into 12 channels; odd sizes are padded by reflection and cropped."""
+    state = rrdbnet_state(1, in_channels=12)
+    model = load_upscaler(_save(state, tmp_path / "x2.safetensors"))
+    assert (model.upscaler_config.scale, model.upscaler_config.unshuffle) == (2, 2)
+    image = _image(13, 11)
+    reference, descriptor = _reference(state, image)
+    assert descriptor.scale == 2
+    ours = upscale(image, model, tile=0)
+    assert ours.shape == (26, 22, 3)
+    expected = np.clip(np.round(reference[0] * 255), 0, 255)
+    assert np.abs(ours.astype(np.float32) - expected).max() <= 1
+    padded = np.pad(image, ((0, 1), (0, 1), (0, 0)), mode="reflect")
+    assert _relative(_keras(model, padded)[:, :26, :22], reference) <= PARITY
+
+
+def test_old_esrgan_layout_matches_spandrel(tmp_path):
+    """Original ESRGAN files (model.0, model.1.sub.N.RDBk.convj.0, model.3, ...), here the x4 layout spandrel
+    writes for the same random weights."""
+    state = rrdbnet_state(2)
+    _, descriptor = _reference(state, _image(4, 4))
+    old_state = descriptor.model.state_dict()
+    assert "model.1.sub.0.RDB1.conv1.0.weight" in old_state and "model.10.weight" in old_state
+    model = load_upscaler(_save(old_state, tmp_path / "4x_old.pth"))
+    assert (model.upscaler_config.scale, model.upscaler_config.num_block) == (4, 1)
+    image = _image(9, 14)
+    reference, _ = _reference(old_state, image)
+    assert _relative(_keras(model, image), reference) <= PARITY
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_srvgg_compact_matches_spandrel(tmp_path, suffix):
+    state = srvgg_state(3)
+    model = load_upscaler(_save(state, tmp_path / f"realesr-general-x4-random{suffix}"))
+    config = model.upscaler_config
+    assert (config.architecture, config.scale, config.num_feat, config.num_conv) == ("srvgg", 4, 16, 4)
+    image = _image(15, 9)
+    reference, descriptor = _reference(state, image)
+    assert descriptor.scale == 4
+    assert _relative(_keras(model, image), reference) <= PARITY
+
+
+def test_srvgg_x2_scale_from_last_convolution(tmp_path):
+    config, weights = read_upscaler(_save(srvgg_state(4, num_conv=2, scale=2), tmp_path / "x2.pth"))
+    assert (config.scale, config.num_conv) == (2, 2)
+    assert weights["body_1/alpha"].shape == (1, 1, 16)
+
+
+def test_tiled_matches_whole_image_within_one_level(tmp_path):
+    """Tiles of 24 pixels with 12 shared, blended, against the whole image at once: at most 1/255 apart."""
+    compact = load_upscaler(_save(srvgg_state(5), tmp_path / "compact.pth"))
+    image = _image(50, 41, seed=7)
+    whole = upscale(image, compact, tile=0)
+    tiled = upscale(image, compact, tile=24, overlap=12)
+    assert tiling.tile_count(50, 41, 24, 12) >= 9
+    assert tiled.shape == whole.shape == (200, 164, 3)
+    assert np.abs(tiled.astype(int) - whole.astype(int)).max() <= 1
+
+
+def test_tiled_unshuffled_rrdbnet_matches_whole_image(tmp_path):
+    """An x2 RRDBNet folds 2x2 pixels: tiles start on even pixels; a 33x30 image is padded and cropped."""
+    model = load_upscaler(_save(rrdbnet_state(6, in_channels=12), tmp_path / "x2.safetensors"))
+    image = _image(33, 30, seed=8)
+    whole = upscale(image, model, tile=0)
+    tiled = upscale(image, model, tile=24, overlap=16)
+    assert tiled.shape == whole.shape == (66, 60, 3)
+    assert np.abs(tiled.astype(int) - whole.astype(int)).max() <= 1
+
+
+def test_scale_other_than_the_models_resizes_with_lanczos(tmp_path):
+    model = load_upscaler(_save(srvgg_state(7, num_conv=1), tmp_path / "c.pth"))
+    image = _image(10, 12)
+    assert upscale(image, model, 2).shape == (20, 24, 3)
+    assert upscale(image, model, size=(30, 17)).shape == (17, 30, 3)
+    assert upscale(np.stack([image, image]), "Nearest", 3).shape == (2, 30, 36, 3)
+    np.testing.assert_array_equal(upscale(image, "Nearest", 2)[::2, ::2], image)
+
+
+# ----------------------------------------------------------------------------------------------- bad input
+def test_missing_file_names_where_to_get_weights(tmp_path):
+    with pytest.raises(InputError, match="no such upscaler file.*Real-ESRGAN.*openmodeldb"):
+        load_upscaler(tmp_path / "RealESRGAN_x4plus.pth")
+    assert "github.com/xinntao/Real-ESRGAN/releases" in WHERE_TO_GET
+
+
+def test_unknown_layout_names_the_keys_found(tmp_path):
+    path = _save({"encoder.conv.weight": torch.zeros(4, 3, 3, 3)}, tmp_path / "other.safetensors")
+    with pytest.raises(InputError, match=r"not an ESRGAN.*1 tensors: encoder\.conv\.weight"):
+        load_upscaler(path)
+
+
+def test_esrgan_plus_and_stray_tensors_are_refused(tmp_path):
+    state = rrdbnet_state(0)
+    plus = dict(state, **{"body.0.rdb1.conv1x1.weight": torch.zeros(32, 16, 1, 1)})
+    with pytest.raises(InputError, match="ESRGAN\\+"):
+        load_upscaler(_save(plus, tmp_path / "plus.pth"))
+    stray = dict(state, **{"extra.weight": torch.zeros(3)})
+    with pytest.raises(InputError, match="extra"):
+        load_upscaler(_save(stray, tmp_path / "stray.pth"))
+    wrong = dict(state, **{"conv_last.weight": torch.zeros(3, 8, 3, 3)})
+    with pytest.raises(InputError, match="conv_last"):
+        load_upscaler(_save(wrong, tmp_path / "wrong.pth"))
+
+
+def test_unsafe_pickle_is_an_input_error(tmp_path):
+    import os
+    import pickle
+    import zipfile
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    path = tmp_path / "evil.pth"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("evil/data.pkl", pickle.dumps({"params_ema": Exploit()}))
+    with pytest.raises(InputError, match="refus|not allowed|global"):
+        load_upscaler(path)
+
+
+def test_upscalers_folder_lists_files_and_refuses_unknown_names(tmp_path):
+    _save(srvgg_state(0, num_conv=1), tmp_path / "compact-x4.pth")
+    (tmp_path / "notes.txt").write_text("not a model")
+    upscalers = Upscalers(str(tmp_path))
+    assert upscalers.names(with_none=True) == ["None", "Lanczos", "Nearest", "compact-x4"]
+    assert upscalers.get("compact-x4").upscaler_config.scale == 4
+    assert upscalers.get("compact-x4") is upscalers.get("compact-x4")
+    with pytest.raises(InputError, match="unknown; available: Lanczos, Nearest, compact-x4"):
+        upscalers.get("RealESRGAN_x4plus")
+
+
+def test_bad_image_scale_and_tile_are_input_errors():
+    image = _image(8, 8)
+    for call, cause in [(lambda: upscale(image.astype(np.float32), "Lanczos", 2), "uint8"),
+                        (lambda: upscale(image, "Lanczos", 0), "scale 0"),
+                        (lambda: upscale(image, "Lanczos", 16), "at most 8"),
+                        (lambda: upscale(image, "Lanczos", size=(0, 5)), "size 0x5")]:
+        with pytest.raises(InputError, match=cause):
+            call()
+    model = build_upscaler(UpscalerConfig("srvgg", num_feat=4, num_conv=1))
+    model.upscaler_config = UpscalerConfig("srvgg", num_feat=4, num_conv=1)
+    with pytest.raises(InputError, match="tile 4"):
+        upscale(image, model, tile=4)
+
+
+# ------------------------------------------------------------------------------------------------ tiling
+def test_tile_grid_golden_values():
+    """Golden values shared with the Kotlin port (android_demo/core TilingTest)."""
+    assert tiling.tile_starts(100, 40, 8) == [0, 30, 60]
+    assert tiling.tile_starts(40, 40, 8) == [0]
+    assert tiling.tile_starts(30, 40, 8) == [0]
+    assert tiling.tile_starts(41, 40, 8) == [0, 1]
+    assert tiling.tile_starts(512, 192, 32) == [0, 160, 320]
+    assert tiling.tile_starts(66, 24, 16, align=2) == [0, 6, 14, 20, 28, 34, 42]
+    np.testing.assert_allclose(tiling.feather_weights(8, 0, 8), [1, 1, 0.875, 0.625, 0.375, 0.125, 0, 0])
+    np.testing.assert_allclose(tiling.feather_weights(6, 4, 0), [0, 0.25, 0.75, 1, 1, 1])
+
+
+def test_tiled_apply_blends_to_a_partition_of_unity():
+    """Any tiling of a function that ignores neighbours reproduces it exactly, at integer and fractional
+    scales (the tiled VAE's x8 decoder and /8 encoder)."""
+    image = np.random.default_rng(0).random((2, 48, 72, 4), dtype=np.float32)
+    upsample = lambda x: np.repeat(np.repeat(x, 8, axis=1), 8, axis=2) * 2.0  # noqa: E731
+    np.testing.assert_allclose(tiling.tiled_apply(upsample, image, 8, tile=16, overlap=8), upsample(image),
+                               rtol=1e-6)
+    pool = lambda x: x.reshape(x.shape[0], x.shape[1] // 8, 8, x.shape[2] // 8, 8, -1).mean(axis=(2, 4))  # noqa
+    out = tiling.tiled_apply(pool, image, fractions.Fraction(1, 8), tile=24, overlap=8)
+    np.testing.assert_allclose(out, pool(image), rtol=1e-6)
+
+
+def test_tiled_apply_bad_settings():
+    image = np.zeros((1, 30, 30, 3), np.float32)
+    with pytest.raises(InputError, match="overlap 16"):
+        tiling.tiled_apply(lambda x: x, image, 1, tile=16, overlap=16)
+    with pytest.raises(InputError, match="whole output pixels"):
+        tiling.tiled_apply(lambda x: x, image, fractions.Fraction(1, 8), tile=16, overlap=8)
+    with pytest.raises(InputError, match="gave"):
+        tiling.tiled_apply(lambda x: x, image, 2, tile=16, overlap=8)
