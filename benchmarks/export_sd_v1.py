@@ -108,7 +108,8 @@ def main(argv=None):
 
     import keras
 
-    from sd_keras.export.bundle import export_bundle, write_json_atomic
+    from sd_keras.export.bundle import write_json_atomic
+    from sd_keras.export.exporter import export_bundle
     from sd_keras.cli.export import _parse_size
     from sd_keras.pipeline import StableDiffusion
 

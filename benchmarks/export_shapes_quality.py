@@ -68,7 +68,7 @@ def main(argv=None):
 
     from sd_keras import files
     from sd_keras.export import quantize, verify
-    from sd_keras.export.bundle import export_bundle
+    from sd_keras.export.exporter import export_bundle
     from sd_keras.export.litert import ExportError
     from sd_keras.pipeline import StableDiffusion
 

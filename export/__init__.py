@@ -13,16 +13,20 @@ __all__ = ["export_bundle", "read_bundle", "BundleRunner", "BundleError", "Expor
 
 def __getattr__(name):
     # Lazy: reading a bundle must not import TensorFlow or a Keras backend.
-    if name in ("export_bundle", "read_bundle", "BundleError"):
+    if name in ("read_bundle", "BundleError"):
         from sd_keras.export import bundle
 
         return getattr(bundle, name)
+    if name == "export_bundle":
+        from sd_keras.export.exporter import export_bundle
+
+        return export_bundle
     if name == "BundleRunner":
         from sd_keras.export.runner import BundleRunner
 
         return BundleRunner
     if name == "ExportError":
-        from sd_keras.export.litert import ExportError
+        from sd_keras.export.bundle import ExportError
 
         return ExportError
     if name == "MODES":

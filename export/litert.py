@@ -42,6 +42,7 @@ import numpy as np
 
 from sd_keras import backend, files
 from sd_keras.export import quantize
+from sd_keras.export.bundle import ExportError  # noqa: F401  (raised here; litert.ExportError for callers)
 
 COMPONENTS = ("text_encoder", "diffusion_model", "decoder", "image_encoder")
 OUTPUT_NAMES = {"text_encoder": "context", "diffusion_model": "model_output", "decoder": "image",
@@ -52,10 +53,6 @@ _BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "int8-full": 1.0, "w
 _LARGE_MODEL_MARGIN = 0.9  # switch layouts a little before the limit: the graph itself takes space too
 ISOLATE_BYTES = 2**30  # convert models with more float32 weight bytes than this in a child process
 MAX_PART_BYTES = 2**30  # a UNet with more float32 weight bytes is exported as parts of at most this size
-
-
-class ExportError(RuntimeError):
-    """The export could not produce a valid model (unsupported ops, a failed parity gate, a failed worker)."""
 
 
 def _spec(name, shape, dtype="float32"):

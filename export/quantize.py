@@ -42,6 +42,7 @@ import re
 import numpy as np
 
 from sd_keras import files
+from sd_keras.errors import InputError
 
 MODES = ("fp32", "fp16", "int8", "int8-full", "w8a16", "int4")
 COMPONENTS = ("text_encoder", "diffusion_model", "decoder", "image_encoder")
@@ -58,7 +59,7 @@ INT8_ACTIVATIONS_MIN_PSNR_DB = 30.0  # int8-full: below this on the calibration 
 def check_mode(mode):
     """``mode`` if it is one of ``MODES``; ValueError naming the known modes otherwise."""
     if mode not in MODES:
-        raise ValueError(f"unknown quantization mode {mode!r}; use one of {', '.join(MODES)}")
+        raise InputError(f"unknown quantization mode {mode!r}; use one of {', '.join(MODES)}")
     return mode
 
 
@@ -79,24 +80,24 @@ def parse_spec(spec):
     elif isinstance(spec, str) and spec.strip():
         items = [item.strip() for item in spec.split(",")]
     else:
-        raise ValueError(f"quantization must be a mode ({', '.join(MODES)}) or component=mode items, got {spec!r}")
+        raise InputError(f"quantization must be a mode ({', '.join(MODES)}) or component=mode items, got {spec!r}")
     default, plan = None, {}
     for item in items:
         if "=" not in item:
             if default is not None:
-                raise ValueError(f"quantization {spec!r}: two modes for the unnamed components ({default!r} and "
+                raise InputError(f"quantization {spec!r}: two modes for the unnamed components ({default!r} and "
                                  f"{item!r}); name the component of each")
             default = check_mode(item)
             continue
         name, mode = (part.strip() for part in item.split("=", 1))
         if name not in COMPONENT_NAMES:
-            raise ValueError(f"quantization {spec!r}: unknown component {name!r}; use "
+            raise InputError(f"quantization {spec!r}: unknown component {name!r}; use "
                              f"{', '.join(sorted(set(COMPONENT_NAMES) - {'diffusion_model'}))}")
         component = COMPONENT_NAMES[name]
         if component in plan:
-            raise ValueError(f"quantization {spec!r}: {name} is given twice")
+            raise InputError(f"quantization {spec!r}: {name} is given twice")
         if mode not in MODES:
-            raise ValueError(f"quantization {spec!r}: unknown mode {mode!r} for {name}; use one of "
+            raise InputError(f"quantization {spec!r}: unknown mode {mode!r} for {name}; use one of "
                              f"{', '.join(MODES)}")
         plan[component] = mode
     return {component: plan.get(component, default or "fp32") for component in COMPONENTS}

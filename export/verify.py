@@ -122,9 +122,8 @@ def _keras_output(model, component, feed):
 
 def compare_component(model, component, path, entry, feeds, *, threads=2):
     """Run the ``.tflite`` at ``path`` and the Keras ``model`` on each feed; the worst metrics over the feeds."""
+    from sd_keras.export.bundle import ExportError
     from sd_keras.export.runner import open_signature
-
-    from sd_keras.export.litert import ExportError
 
     output_name = entry["outputs"][0]["name"]
     results = []

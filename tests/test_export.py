@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from sd_keras.export import bundle as bundle_lib
-from sd_keras.export import litert, quantize, verify
+from sd_keras.export import exporter, litert, quantize, verify
 from sd_keras.export.runner import BundleRunner, denoise, timestep_embedding
 from sd_keras.pipeline import DEFAULT_SAMPLER, StableDiffusion
 from sd_keras.schedulers import SAMPLER_NAMES, get_sampler
@@ -31,7 +31,7 @@ def tiny():
 @pytest.fixture(scope="module")
 def fp32_bundle(tiny, tmp_path_factory):
     path = tmp_path_factory.mktemp("bundles") / "new" / "tiny-fp32"  # a missing parent folder is created
-    report = bundle_lib.export_bundle(tiny, str(path), quantization="fp32", calibration_prompts=[PROMPT, "a dog"],
+    report = exporter.export_bundle(tiny, str(path), quantization="fp32", calibration_prompts=[PROMPT, "a dog"],
                                       calibration_steps=3, latency_runs=1)
     return str(path), report
 
@@ -251,7 +251,7 @@ def test_numpy_loop_matches_keras_sampler_steps(name):
 def split_bundle(tiny, tmp_path_factory):
     """The tiny UNet exported as parts of at most 1 MB of weights (sd-v1's is split at 1 GiB)."""
     path = tmp_path_factory.mktemp("bundles") / "tiny-int8-parts"
-    report = bundle_lib.export_bundle(tiny, str(path), quantization="int8", calibration_prompts=[PROMPT],
+    report = exporter.export_bundle(tiny, str(path), quantization="int8", calibration_prompts=[PROMPT],
                                       calibration_steps=2, latency_runs=1, image_encoder=False,
                                       max_part_bytes=2**20)
     return str(path), report
@@ -373,7 +373,7 @@ def test_failed_gate_leaves_no_bundle(tiny, fp32_bundle, tmp_path, monkeypatch):
     monkeypatch.setitem(verify.GATES, "fp32", {"component": {"max_abs_rel": ("<=", 0.0)}, "image": {}})
     destination = tmp_path / "bundle"
     with pytest.raises(litert.ExportError, match=r"parity gate failed .*max_abs_rel"):
-        bundle_lib.export_bundle(tiny, str(destination), quantization="fp32", calibration_prompts=["x"],
+        exporter.export_bundle(tiny, str(destination), quantization="fp32", calibration_prompts=["x"],
                                  calibration_steps=1, end_to_end=False, latency_runs=1)
     assert not destination.exists()
     assert [p.name for p in tmp_path.iterdir()] == ["bundle.report.json"]
@@ -396,15 +396,15 @@ def test_export_refuses_to_replace_a_folder_that_is_not_a_bundle(tiny, tmp_path)
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "notes.txt").write_text("keep me")
     with pytest.raises(bundle_lib.BundleError, match="not a bundle"):
-        bundle_lib.export_bundle(tiny, str(tmp_path / "out"))
+        exporter.export_bundle(tiny, str(tmp_path / "out"))
     assert (tmp_path / "out" / "notes.txt").read_text() == "keep me"
 
 
 def test_unknown_mode_and_bad_size_fail_before_any_work(tiny, tmp_path):
     with pytest.raises(ValueError, match="unknown quantization mode 'int3'"):
-        bundle_lib.export_bundle(tiny, str(tmp_path / "b"), quantization="int3")
+        exporter.export_bundle(tiny, str(tmp_path / "b"), quantization="int3")
     with pytest.raises(ValueError, match="width=100"):
-        bundle_lib.export_bundle(tiny, str(tmp_path / "b"), image_size=(64, 100))
+        exporter.export_bundle(tiny, str(tmp_path / "b"), image_size=(64, 100))
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(ValueError, match="unknown quantization mode"):
         quantize.check_mode("fp8")
@@ -444,7 +444,7 @@ def test_cli_export_failure_inside_litert_is_one_line_exit_1(tmp_path, capsys, m
         raise RuntimeError("tensorflow/lite/kernels/squared_difference.cc:\n SquaredDifference only supports "
                            "FLOAT32 and INT32 now, got int16.\nNode number 12 failed to prepare.")
 
-    monkeypatch.setattr(bundle_lib, "export_bundle", refuse)
+    monkeypatch.setattr(exporter, "export_bundle", refuse)
     assert cli.main(["export", "-m", "tiny", "-o", str(tmp_path / "b"), "--quantize", "int8-full"]) == 1
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("sd-keras: error:") and "SquaredDifference" in lines[0], lines
@@ -526,7 +526,7 @@ def test_prompt_following_gate_refuses_a_bundle_below_keras(tiny, fp32_bundle, t
     assert len(reference["scenes"]) == 3 and reference["keras_prompt_following"]["single_color"] is not None
     settings = dict(quantization="fp32", calibration_prompts=["x"], calibration_steps=1, end_to_end=False,
                     latency_runs=1, image_encoder=False, quality_reference=reference)
-    report = bundle_lib.export_bundle(tiny, str(tmp_path / "kept"), **settings)
+    report = exporter.export_bundle(tiny, str(tmp_path / "kept"), **settings)
     following = report["quality"]["prompt_following"]
     assert report["quality"]["gates_run"] == ["component_snr", "prompt_following"]
     assert following["passed"] and following["bundle"] == following["keras"]  # fp32: the same images
@@ -535,15 +535,15 @@ def test_prompt_following_gate_refuses_a_bundle_below_keras(tiny, fp32_bundle, t
     destination = tmp_path / "refused"
     with pytest.raises(litert.ExportError, match=r"quality gate failed .*bundle not written.*prompt-following "
                                                  r"single_color"):
-        bundle_lib.export_bundle(tiny, str(destination), max_accuracy_drop=-0.5, **settings)
+        exporter.export_bundle(tiny, str(destination), max_accuracy_drop=-0.5, **settings)
     assert not destination.exists()
     with open(tmp_path / "refused.report.json") as handle:
         failed = json.load(handle)
     assert failed["passed"] is False and failed["quality"]["prompt_following"]["passed"] is False
     with pytest.raises(ValueError, match=r"quality_reference was measured at \[64, 64\], the export is \[128, 64\]"):
-        bundle_lib.export_bundle(tiny, str(destination), **dict(settings, image_size=(128, 64)))
+        exporter.export_bundle(tiny, str(destination), **dict(settings, image_size=(128, 64)))
     monkeypatch.setitem(verify.SNR_MEAN_MIN_DB, "fp32", 1000.0)
     with pytest.raises(litert.ExportError, match=r"quality gate failed .*diffusion_model SNR mean"):
-        bundle_lib.export_bundle(tiny, str(destination), **settings)
+        exporter.export_bundle(tiny, str(destination), **settings)
     assert not destination.exists()
 

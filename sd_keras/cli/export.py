@@ -44,7 +44,8 @@ def cmd_export(args):
     import sd_keras
     from sd_keras.cli.arguments import check_model_spec
     from sd_keras.export import quantize
-    from sd_keras.export.bundle import check_destination, export_bundle
+    from sd_keras.export.bundle import check_destination
+    from sd_keras.export.exporter import export_bundle
 
     quantize.parse_spec(args.quantize)
     if args.max_part_mb is not None and args.max_part_mb < 0:
@@ -58,9 +59,9 @@ def cmd_export(args):
     check_destination(args.output)  # a missing parent folder is created with the bundle
     if check_model_spec(args.model) == "bundle":
         raise InputError(f"{args.model} is already an exported bundle; export from a preset or checkpoint")
-    from sd_keras.export.litert import ExportError  # imports Keras and TensorFlow: after the cheap checks
+    from sd_keras.export.bundle import ExportError
 
-    model = sd_keras.load(args.model)
+    model = sd_keras.load(args.model)  # imports Keras: after the cheap checks
     log = (lambda message: print(message, file=sys.stderr, flush=True)) if not args.quiet else None
     try:
         report = export_bundle(model, args.output, quantization=args.quantize, image_size=size,
