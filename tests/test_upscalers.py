@@ -317,3 +317,160 @@ def test_tiled_apply_bad_settings():
         tiling.tiled_apply(lambda x: x, image, fractions.Fraction(1, 8), tile=16, overlap=8)
     with pytest.raises(InputError, match="gave"):
         tiling.tiled_apply(lambda x: x, image, 2, tile=16, overlap=8)
+
+
+# ------------------------------------------------------------------------------------------------ front ends
+def _png(path, image, texts=()):
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    for key, value in texts:
+        info.add_text(key, value)
+    Image.fromarray(image).save(path, pnginfo=info)
+    return str(path)
+
+
+def _texts(path_or_bytes):
+    import io
+
+    from PIL import Image
+
+    source = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, bytes) else path_or_bytes
+    with Image.open(source) as image:
+        return np.asarray(image), dict(image.text)
+
+
+def test_cli_upscale_writes_pngs_with_metadata_kept(tmp_path, capsys):
+    from sd_keras import cli
+
+    model = _save(srvgg_state(0, num_conv=1), tmp_path / "compact-x4.pth")
+    parameters = "a red circle\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 12x10, Model: shapes"
+    first = _png(tmp_path / "a.png", _image(10, 12), [("parameters", parameters)])
+    second = _png(tmp_path / "b.png", _image(7, 5, seed=3))
+    out = tmp_path / "out" / "big.png"
+    assert cli.main(["upscale", first, second, "-m", str(model), "-o", str(out), "--tile", "8",
+                     "--overlap", "4"]) == 0
+    pixels, texts = _texts(tmp_path / "out" / "big_0.png")
+    assert pixels.shape == (40, 48, 3)
+    assert texts == {"parameters": parameters,
+                     "postprocessing": "Postprocess upscale by: 4, Postprocess upscaler: compact-x4"}
+    np.testing.assert_array_equal(pixels, upscale(_image(10, 12), load_upscaler(model), tile=8, overlap=4))
+    assert _texts(tmp_path / "out" / "big_1.png")[0].shape == (28, 20, 3)
+    assert cli.main(["upscale", first, "-m", "Lanczos", "-s", "2.5", "-o", str(tmp_path / "l.png")]) == 0
+    pixels, texts = _texts(tmp_path / "l.png")
+    assert pixels.shape == (25, 30, 3)
+    assert texts["postprocessing"] == "Postprocess upscale by: 2.5, Postprocess upscaler: Lanczos"
+    assert not [name for name in (tmp_path / "out").iterdir() if name.name.startswith(".")]  # no temporaries
+
+
+@pytest.mark.parametrize("argv, cause", [
+    (["missing.png", "-m", "Lanczos"], "missing.png: no such image file"),
+    (["{image}", "-m", "RealESRGAN_x4plus.pth"], "neither an upscaler file nor one of Lanczos, Nearest;.*Real-ESRGAN"),
+    (["{image}", "-m", "Lanczos", "-s", "20"], "-s 20: must be above 0 and at most 8"),
+    (["{image}", "-m", "Lanczos", "--tile", "16", "--overlap", "16"], "--tile 16 / --overlap 16"),
+    (["{image}", "-m", "{notes}"], "not an ESRGAN"),
+])
+def test_cli_upscale_bad_input_exits_2_in_one_line(tmp_path, capsys, argv, cause):
+    import re
+
+    from sd_keras import cli
+
+    image = _png(tmp_path / "a.png", _image(6, 6))
+    notes = tmp_path / "notes.safetensors"
+    save_file({"encoder.weight": torch.zeros(2)}, str(notes))
+    argv = [arg.format(image=image, notes=notes) for arg in argv]
+    assert cli.main(["upscale", *argv, "-o", str(tmp_path / "o.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and re.search(cause, err), err
+    assert not (tmp_path / "o.png").exists()
+
+
+@pytest.fixture(scope="module")
+def extras_client(tmp_path_factory):
+    from fastapi.testclient import TestClient
+
+    from sd_keras.pipeline import StableDiffusion
+    from sd_keras.server.app import ServerSettings, create_app
+
+    folder = tmp_path_factory.mktemp("upscalers")
+    _save(srvgg_state(0, num_conv=1), folder / "compact-x4.pth")
+    _save(srvgg_state(1, num_conv=1, scale=2), folder / "compact-x2.safetensors")
+    tiny = StableDiffusion.from_preset("tiny")
+    settings = ServerSettings(models={"tiny": "tiny"}, model="tiny", upscalers_dir=str(folder),
+                              allowed_hosts=("testserver",))
+    app = create_app(settings, loader=lambda spec, dtype: tiny)
+    return TestClient(app), folder
+
+
+def _b64(image, texts=()):
+    import base64
+    import io
+
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    for key, value in texts:
+        info.add_text(key, value)
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", pnginfo=info)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _decoded(text):
+    import base64
+
+    return _texts(base64.b64decode(text))
+
+
+def test_server_lists_upscalers(extras_client):
+    client, folder = extras_client
+    response = client.get("/sdapi/v1/upscalers")
+    assert response.status_code == 200
+    items = response.json()
+    assert [item["name"] for item in items] == ["None", "Lanczos", "Nearest", "compact-x2", "compact-x4"]
+    assert items[-1]["model_path"] == str(folder / "compact-x4.pth")
+
+
+def test_server_extra_single_image_upscales_and_keeps_parameters(extras_client):
+    client, folder = extras_client
+    image = _image(9, 11)
+    response = client.post("/sdapi/v1/extra-single-image", json={
+        "image": _b64(image, [("parameters", "a cat\nSteps: 20, Seed: 1, Size: 11x9")]),
+        "upscaler_1": "compact-x4", "upscaling_resize": 4})
+    assert response.status_code == 200, response.text
+    pixels, texts = _decoded(response.json()["image"])
+    np.testing.assert_array_equal(pixels, upscale(image, load_upscaler(folder / "compact-x4.pth")))
+    assert texts["parameters"] == "a cat\nSteps: 20, Seed: 1, Size: 11x9"
+    assert response.json()["html_info"] == texts["postprocessing"] == \
+        "Postprocess upscale by: 4, Postprocess upscaler: compact-x4"
+    # scale to a box: cover 30x20, crop the centre
+    response = client.post("/sdapi/v1/extra-single-image", json={
+        "image": _b64(image), "upscaler_1": "compact-x2", "resize_mode": 1, "upscaling_resize_w": 30,
+        "upscaling_resize_h": 20})
+    assert _decoded(response.json()["image"])[0].shape == (20, 30, 3)
+
+
+def test_server_extra_batch_images(extras_client):
+    client, _ = extras_client
+    body = {"imageList": [{"data": _b64(_image(8, 8)), "name": "a.png"},
+                          {"data": _b64(_image(6, 10, seed=2)), "name": "b.png"}],
+            "upscaler_1": "Lanczos", "upscaling_resize": 2}
+    response = client.post("/sdapi/v1/extra-batch-images", json=body)
+    assert response.status_code == 200, response.text
+    assert [_decoded(text)[0].shape for text in response.json()["images"]] == [(16, 16, 3), (12, 20, 3)]
+
+
+@pytest.mark.parametrize("body, detail", [
+    ({"upscaler_1": "RealESRGAN_x4plus"},
+     "upscaler_1: upscaler 'RealESRGAN_x4plus': unknown; available: Lanczos, Nearest, compact-x2, compact-x4"),
+    ({"upscaler_1": "Lanczos", "upscaling_resize": 8, "image_side": 600}, "larger than 4096 pixels"),
+    ({"upscaler_1": "Lanczos", "codeformer_visibility": 0.5}, "face restoration is not available"),
+    ({"upscaler_1": "Lanczos", "image": "not base64!"}, "image: not valid base64"),
+])
+def test_server_extras_bad_input_is_a_422(extras_client, body, detail):
+    client, _ = extras_client
+    side = body.pop("image_side", 8)
+    body.setdefault("image", _b64(_image(side, side)))
+    response = client.post("/sdapi/v1/extra-single-image", json=body)
+    assert response.status_code == 422
+    assert detail in response.json()["detail"]

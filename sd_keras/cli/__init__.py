@@ -10,6 +10,7 @@
     sd_keras/cli/serve.py      serve: the HTTP API and web page
     sd_keras/cli/dataset.py    dataset: a prompt table or template to a sharded image dataset (local or Ray)
     sd_keras/cli/evaluate.py   evaluate: prompt-following of a shapes model (sd_keras.evaluate)
+    sd_keras/cli/upscale.py    upscale: images through an AI upscaler file (ESRGAN, Real-ESRGAN) or Lanczos
 
 Each command module has ``register(subparsers)``, which adds its parser and sets ``func`` on it; ``func(args)``
 returns the exit status. A new command is a new module listed in ``COMMAND_MODULES``. Front ends sit on top of the
@@ -51,6 +52,7 @@ COMMAND_MODULES = (
     "sd_keras.cli.serve",      # serve
     "sd_keras.cli.dataset",    # dataset
     "sd_keras.cli.evaluate",   # evaluate
+    "sd_keras.cli.upscale",    # upscale
 )
 # Python loggers of the backends that print start-up noise at WARNING (e.g. JAX's "no GPU/TPU found" fallback).
 _NOISY_LOGGERS = ("absl", "tensorflow", "jax._src.xla_bridge", "jax._src.compiler")

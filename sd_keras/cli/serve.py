@@ -164,6 +164,8 @@ def cmd_serve(args):
         raise InputError(f"--read-timeout must be > 0 seconds, got {args.read_timeout:g}")
     allowed_hosts = tuple(h.strip() for value in args.allowed_hosts or () for h in value.split(",") if h.strip())
     api_key = _check_api_key(args)
+    if args.upscalers_dir is not None and not os.path.isdir(args.upscalers_dir):
+        raise InputError(f"--upscalers-dir {args.upscalers_dir}: no such folder")
     specs = list(args.model or [])
     for folder in args.models_dir or ():
         specs.extend(models_in_folder(folder))
@@ -178,6 +180,7 @@ def cmd_serve(args):
     settings = ServerSettings(models=models, model=first, api_key=api_key, queue_size=args.queue_size,
                               max_batch=args.max_batch, dtype=args.dtype, output_dir=args.output_dir,
                               max_programs=args.max_programs, allowed_hosts=allowed_hosts,
+                              upscalers_dir=args.upscalers_dir,
                               read_timeout=args.read_timeout)
     app = create_app(settings)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
@@ -232,6 +235,10 @@ def register(subparsers):
                        help="most images per batch when compatible requests are batched (1: never batch)")
     serve.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     serve.add_argument("--output-dir", help="where requests with save_images=true save their PNGs")
+    serve.add_argument("--upscalers-dir",
+                       help="upscaler files (.pth / .safetensors: ESRGAN, Real-ESRGAN, compact) offered by "
+                            "/sdapi/v1/upscalers and the extras endpoints under their file names, besides "
+                            "Lanczos and Nearest; none ship with sd_keras (Real-ESRGAN's releases, OpenModelDB)")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     serve.set_defaults(func=cmd_serve)
     return serve

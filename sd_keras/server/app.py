@@ -82,6 +82,7 @@ class ServerSettings:
     output_dir: Optional[str] = None
     max_programs: Optional[int] = 16      # compiled programs kept per model (None: no bound)
     allowed_hosts: Tuple[str, ...] = ()   # Host names accepted besides the address reached (no API key only)
+    upscalers_dir: Optional[str] = None   # upscaler files (.pth/.safetensors) offered by /sdapi/v1/upscalers
     read_timeout: Optional[float] = 30.0  # most seconds between two parts of a request body
 
 
@@ -324,6 +325,10 @@ def create_app(settings, *, registry=None, loader=None):
                   description="Stable Diffusion with Keras 3: an AUTOMATIC1111-compatible API (/sdapi/v1).",
                   docs_url=None, redoc_url=None)  # served below from local files, not from a CDN
     app.state.server = server
+    from sd_keras.server.extras import create_router
+    from sd_keras.upscale import Upscalers
+
+    app.include_router(create_router(Upscalers(settings.upscalers_dir)))  # /upscalers, /extra-*-image(s)
 
     @app.exception_handler(ApiError)
     async def api_error(request, error):
