@@ -1,39 +1,50 @@
+"""``sd-keras``: commands run in-process through ``sd_keras.cli.main(argv)``; subprocesses only where the process
+itself is what is tested (start-up cost and imports, native log lines on file descriptor 2, the console script)."""
+
 import os
-import resource
+import shutil
 import stat
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import numpy as np
 import pytest
 
 import sd_keras
-from sd_keras import cli, metadata
+from sd_keras import cli, defaults, metadata
+from sd_keras.cli import info as info_command
+from sd_keras.errors import InputError
 
 
-def run(*args):
-    return subprocess.run([sys.executable, "-m", "sd_keras.cli", *args], capture_output=True, text=True)
+def one_error_line(capsys):
+    """The one ``sd-keras: error:`` line the last command printed (asserting there is exactly one, no traceback)."""
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("sd-keras: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
 
 
-def test_generate_writes_png_with_parameters_and_info_reads_it(tmp_path):
+def test_generate_writes_png_with_parameters_and_info_reads_it(tmp_path, capsys):
     out = tmp_path / "new" / "img_%d.png"  # a missing folder is created
-    result = run("generate", "-m", "tiny", "-p", "a red circle", "-n", "blurry", "-W", "64", "-H", "64",
-                 "--steps", "3", "-s", "7", "-b", "2", "--sampling-method", "Euler a", "-o", str(out))
-    assert result.returncode == 0, result.stderr
+    status = cli.main(["generate", "-m", "tiny", "-p", "a red circle", "-n", "blurry", "-W", "64", "-H", "64",
+                       "--steps", "3", "-s", "7", "-b", "2", "--sampling-method", "Euler a", "-o", str(out),
+                       "--no-progress"])
+    stdout = capsys.readouterr().out
+    assert status == 0
     tmp_path = tmp_path / "new"
     umask = os.umask(0o022)
     os.umask(umask)
     assert stat.S_IMODE(os.stat(tmp_path / "img_0.png").st_mode) == 0o666 & ~umask
-    for noise in ("oneDNN", "absl", "cuda", "I0000", "E0000", "W0000"):  # backend log lines stay out
-        assert noise not in result.stderr, result.stderr
     texts = [metadata.read_parameters(str(tmp_path / f"img_{i}.png")) for i in range(2)]
     assert texts[0] == ("a red circle\nNegative prompt: blurry\nSteps: 3, Sampler: Euler a, CFG scale: 7, "
                         "Seed: 7, Size: 64x64, Model: tiny")
     assert "Seed: 8," in texts[1]
-    assert texts[0] in result.stdout and texts[1] in result.stdout
-    info = run("info", str(tmp_path / "img_1.png"))
-    assert info.returncode == 0 and "Seed: 8" in info.stdout and "negative_prompt: blurry" in info.stdout
+    assert texts[0] in stdout and texts[1] in stdout
+    assert cli.main(["info", str(tmp_path / "img_1.png")]) == 0
+    stdout = capsys.readouterr().out
+    assert "Seed: 8" in stdout and "negative_prompt: blurry" in stdout
 
 
 @pytest.mark.parametrize("args, message", [
@@ -43,7 +54,8 @@ def test_generate_writes_png_with_parameters_and_info_reads_it(tmp_path):
     (["--cfg-scale", "nan"], "guidance"),
     (["-i", "/nonexistent/x.png"], "cannot read image"),
     (["--mask", "m.png"], "--mask needs --init-img"),
-    (["-m", "no-such-model"], "unknown model"),
+    (["-m", "no-such-model"], "unknown model 'no-such-model': not a preset (sd-v1, sd-v2, tiny, shapes"),
+    (["--ema"], "tiny: a preset: --prediction-type / --ema"),
     (["--lora", "/nonexistent/style.safetensors:0.8"], "style.safetensors"),
     (["-W", "0"], "width=0"),
     (["-H", "0"], "height=0"),
@@ -54,16 +66,73 @@ def test_generate_writes_png_with_parameters_and_info_reads_it(tmp_path):
     (["-o", "{tmp}"], "cannot write {tmp}: it is a folder"),
     (["-o", "{tmp}/out_%d_%d.png", "-b", "2"], "-o {tmp}/out_%d_%d.png: not a valid file name pattern"),
 ])
-def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
     (tmp_path / "file.txt").write_text("a file")
     args = [arg.replace("{tmp}", str(tmp_path)) for arg in args]
-    result = run("generate", "-m", "tiny", "-p", "x", "-W", "64", "-H", "64", "--steps", "2",
-                 "-o", str(tmp_path / "o.png"), *args)
-    assert result.returncode == 2
-    lines = [line for line in result.stderr.splitlines() if line.startswith("sd-keras: error:")]
-    assert len(lines) == 1 and message.replace("{tmp}", str(tmp_path)) in lines[0], result.stderr
-    assert "Traceback" not in result.stderr
+    status = cli.main(["generate", "-m", "tiny", "-p", "x", "-W", "64", "-H", "64", "--steps", "2",
+                       "-o", str(tmp_path / "o.png"), *args])
+    assert status == 2
+    assert message.replace("{tmp}", str(tmp_path)) in one_error_line(capsys)
     assert sorted(os.listdir(tmp_path)) == ["file.txt"]
+
+
+@pytest.mark.once
+def test_only_input_errors_are_usage_errors_and_a_bug_shows_its_traceback(monkeypatch, capsys):
+    def failing(error):
+        def command(args):
+            raise error
+        return command
+
+    monkeypatch.setattr(info_command, "cmd_info", failing(InputError("x.png: the cause, in one line")))
+    assert cli.main(["info", "x.png"]) == 2
+    assert one_error_line(capsys) == "sd-keras: error: x.png: the cause, in one line"
+    # anything else is a bug: it propagates (the interpreter prints its traceback and exits with status 1)
+    for bug in (ValueError("not bad input"), TypeError("a bug"), KeyError("a bug"), FileNotFoundError("a bug")):
+        monkeypatch.setattr(info_command, "cmd_info", failing(bug))
+        with pytest.raises(type(bug)):
+            cli.main(["info", "x.png"])
+        assert "sd-keras: error:" not in capsys.readouterr().err
+    # failures that are not bugs say what happened, with status 1
+    from sd_keras.weights.download import WeightsUnavailableError
+
+    for failure in (FloatingPointError("the decoded image contains NaN"),
+                    WeightsUnavailableError("offline: kcv_decoder.h5 is not in the cache\nput it in /cache")):
+        monkeypatch.setattr(info_command, "cmd_info", failing(failure))
+        assert cli.main(["info", "x.png"]) == 1
+        assert capsys.readouterr().err.startswith(f"sd-keras: error: {str(failure).splitlines()[0]}")
+    # argparse's own errors exit 2 with its usage message
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["generate", "--steps", "many"])
+    assert exit_info.value.code == 2 and "invalid int value: 'many'" in capsys.readouterr().err
+
+
+@pytest.mark.once
+def test_every_command_module_registers_its_command():
+    parser = cli.build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    assert {"generate", "info", "convert", "export", "golden", "train", "serve", "evaluate"} <= set(commands)
+    assert "bench" not in commands
+    for name in commands:  # every command's help builds
+        assert commands[name].format_help()
+
+
+@pytest.mark.once
+def test_defaults_come_from_one_module():
+    args = cli.build_parser().parse_args(["generate", "-p", "x"])
+    assert (args.steps, args.cfg_scale, args.sampling_method, args.seed, args.strength, args.model) == (
+        defaults.CLI.steps, defaults.CLI.cfg_scale, defaults.CLI.sampler, defaults.CLI.seed, defaults.CLI.strength,
+        defaults.MODEL)
+    assert (defaults.CLI.steps, defaults.CLI.cfg_scale, defaults.CLI.sampler) == (20, 7.0, "Euler a")
+    help_text = " ".join(cli.build_parser()._subparsers._group_actions[0].choices["generate"].format_help().split())
+    for shown in ("(default: 20)", "(default: 7.0)", "(default: Euler a)", "(default: shapes)"):
+        assert shown in help_text
+    from sd_keras.server import schemas
+    from sd_keras.server.samplers import DEFAULT_SAMPLER
+
+    request = schemas.Txt2ImgRequest(prompt="x")
+    assert (request.steps, request.cfg_scale, request.seed, DEFAULT_SAMPLER) == (
+        defaults.SERVER.steps, defaults.SERVER.cfg_scale, defaults.SERVER.seed, defaults.SERVER.sampler)
+    assert schemas.Img2ImgRequest(prompt="x", init_images=["AA=="]).denoising_strength == defaults.SERVER.strength
 
 
 # What runs before Keras: --help, info and every argument check. Each must import no backend and take well
@@ -86,37 +155,44 @@ LIGHT_COMMANDS = {
     "convert bad output": ["convert", "{png}", "-o", "/proc/model"],
     "train missing config": ["train", "{png}.yaml"],
     "train bad override": ["train", "{configs}/tiny_test.yaml", "train.steps=-5"],
+    "serve bad port": ["serve", "--port", "70000"],
 }
 
 
+@pytest.mark.slow  # one interpreter start-up; the commands themselves run in it
 @pytest.mark.once
-@pytest.mark.parametrize("name", LIGHT_COMMANDS)
-def test_help_info_and_argument_errors_import_no_backend(tmp_path, name):
+def test_help_info_and_argument_errors_import_no_backend(tmp_path):
     png = tmp_path / "x.png"
     metadata.save_png(np.zeros((8, 8, 3), np.uint8), str(png), "a cat\nSteps: 3, Seed: 1")
     configs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-    argv = [arg.replace("{png}", str(png)).replace("{configs}", configs) for arg in LIGHT_COMMANDS[name]]
+    commands = {name: [arg.replace("{png}", str(png)).replace("{configs}", configs) for arg in argv]
+                for name, argv in LIGHT_COMMANDS.items()}
     code = textwrap.dedent(f"""
-        import sys
+        import contextlib, io, json, sys, time
         from sd_keras import cli
-        try:
-            status = cli.main({argv!r})
-        except SystemExit as exit:
-            status = exit.code
-        loaded = sorted(m for m in ("keras", "tensorflow", "jax", "torch") if m in sys.modules)
-        print("RESULT", status, loaded, file=sys.stderr)
+        results = {{}}
+        for name, argv in {commands!r}.items():
+            start, err = time.process_time(), io.StringIO()
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+                try:
+                    status = cli.main(argv)
+                except SystemExit as exit:
+                    status = exit.code
+            loaded = sorted(m for m in ("keras", "tensorflow", "jax", "torch") if m in sys.modules)
+            results[name] = [status, loaded, time.process_time() - start, err.getvalue()]
+        print(json.dumps(results))
     """)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    status, loaded = result.stderr.strip().splitlines()[-1].split(" ", 2)[1:]
-    assert loaded == "[]", result.stderr
-    expected = 0 if "help" in name or name in ("version", "info") else 2
-    assert status == str(expected), result.stderr
-    if expected == 2:
-        assert "error:" in result.stderr and "Traceback" not in result.stderr
-    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    assert cpu < 2.0, f"{name}: {cpu:.2f} s of CPU"
+    assert result.returncode == 0, result.stderr
+    import json
+
+    for name, (status, loaded, cpu, err) in json.loads(result.stdout.splitlines()[-1]).items():
+        assert loaded == [], f"{name}: imported {loaded}"
+        expected = 0 if "help" in name or name in ("version", "info") else 2
+        assert status == expected, f"{name}: {err}"
+        if expected == 2:
+            assert "error:" in err and "Traceback" not in err, f"{name}: {err}"
+        assert cpu < 2.0, f"{name}: {cpu:.2f} s of CPU"
 
 
 def test_export_destination_may_have_missing_parent_folders(tmp_path):
@@ -130,6 +206,7 @@ def test_export_destination_may_have_missing_parent_folders(tmp_path):
         bundle.check_destination(str(tmp_path / "file" / "x"))
 
 
+@pytest.mark.slow  # the console's file descriptor 2 is the process's own
 @pytest.mark.once
 @pytest.mark.parametrize("verbose, status", [(False, 0), (True, 0), (False, 1)])
 def test_native_log_lines_stay_out_of_the_console_unless_verbose(verbose, status):
@@ -162,6 +239,18 @@ def test_native_log_lines_stay_out_of_the_console_unless_verbose(verbose, status
         assert kept == []
 
 
+@pytest.mark.slow  # starts the installed console script and the module entry point
+@pytest.mark.once
+def test_console_script_and_module_entry_point():
+    script = shutil.which("sd-keras", path=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    assert script, "the sd-keras console script is not installed (pip install -e .)"
+    for command in ([script], [sys.executable, "-m", "sd_keras.cli"]):
+        result = subprocess.run([*command, "--version"], capture_output=True, text=True)
+        assert result.returncode == 0 and result.stdout.strip() == f"sd-keras {sd_keras.__version__}", result
+        result = subprocess.run([*command, "info", "/nonexistent.png"], capture_output=True, text=True)
+        assert result.returncode == 2 and result.stderr.startswith("sd-keras: error: "), result.stderr
+
+
 def test_verbose_is_accepted_before_and_after_the_command():
     parser = cli.build_parser()
     assert parser.parse_args(["--verbose", "info", "x.png"]).verbose
@@ -169,29 +258,31 @@ def test_verbose_is_accepted_before_and_after_the_command():
     assert not parser.parse_args(["generate", "-p", "x"]).verbose
 
 
-def test_version():
-    result = run("--version")
-    assert result.returncode == 0 and result.stdout.strip() == f"sd-keras {sd_keras.__version__}"
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"sd-keras {sd_keras.__version__}"
 
 
 def test_export_modes_in_help_are_quantize_modes():
-    from sd_keras.cli import export as export_cli
+    from sd_keras.cli import export as export_command
     from sd_keras.export import quantize
 
-    assert export_cli.QUANTIZE_MODES == quantize.MODES
+    assert export_command.QUANTIZE_MODES == quantize.MODES
 
 
-def test_default_model_is_the_shipped_demo_model(tmp_path):
-    result = run("generate", "-p", "a red circle on a blue background", "--steps", "4", "-o", str(tmp_path / "o.png"))
-    assert result.returncode == 0, result.stderr
+def test_default_model_is_the_shipped_demo_model(tmp_path, capsys):
+    assert cli.main(["generate", "-p", "a red circle on a blue background", "--steps", "4", "--no-progress",
+                     "-o", str(tmp_path / "o.png")]) == 0
     assert "Size: 128x128, Model: shapes" in metadata.read_parameters(str(tmp_path / "o.png"))
 
 
-def test_info_without_parameters(tmp_path):
+def test_info_without_parameters(tmp_path, capsys):
     from PIL import Image
 
     Image.new("RGB", (4, 4)).save(tmp_path / "plain.png")
     assert cli.main(["info", str(tmp_path / "plain.png")]) == 2
+    assert "plain.png: no generation parameters in this image" in one_error_line(capsys)
 
 
 class _Evil:
@@ -203,7 +294,7 @@ class _Evil:
 
 
 @pytest.mark.once
-def test_legacy_ckpt_with_code_is_refused_in_one_line_of_our_own(tmp_path):
+def test_legacy_ckpt_with_code_is_refused_in_one_line_of_our_own(tmp_path, capsys):
     import pickle
 
     import torch
@@ -216,12 +307,15 @@ def test_legacy_ckpt_with_code_is_refused_in_one_line_of_our_own(tmp_path):
     torch.save({"state_dict": {"w": torch.zeros(2)}, "x": _Evil(marker)}, tmp_path / "torch_legacy.ckpt",
                _use_new_zipfile_serialization=False)  # the pre-1.6 format: a sequence of pickles, no zip
     for name in [*files, "torch_legacy.ckpt"]:
-        result = run("convert", str(tmp_path / name), "-o", str(tmp_path / "out"))
-        assert result.returncode == 2, result.stderr
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1, result.stderr  # no torch warning, no advice
-        assert lines[0].startswith(f"sd-keras: error: {tmp_path / name}: refusing to load: the pickle "), lines[0]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            status = cli.main(["convert", str(tmp_path / name), "-o", str(tmp_path / "out")])
+        assert status == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1, err  # no advice
+        assert [str(w.message) for w in caught] == []  # no torch warning
+        assert err[0].startswith(f"sd-keras: error: {tmp_path / name}: refusing to load: the pickle "), err[0]
         if name != "protocol4.ckpt":  # torch stops at protocol 4's first opcode, before it reaches the global
-            assert "references the global posix.system" in lines[0], lines[0]
-        assert "weights_only" not in lines[0] and "Re-running" not in lines[0]
+            assert "references the global posix.system" in err[0], err[0]
+        assert "weights_only" not in err[0] and "Re-running" not in err[0]
     assert not marker.exists() and not (tmp_path / "out").exists()
