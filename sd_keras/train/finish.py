@@ -11,15 +11,11 @@ def finish(config, parts, model_config, out_dir):
     """Export the trained model (merged LoRA), the LoRA adapters and, for shapes data, the evaluation."""
     from sd_keras import models
     from sd_keras.pipeline import StableDiffusion
-    from sd_keras.weights.saved import assign_tensors, save_pretrained
+    from sd_keras.weights.saved import save_pretrained
 
     result = {}
-    builders = {"text_encoder": models.build_text_encoder, "diffusion_model": models.build_diffusion_model,
-                "decoder": models.build_decoder, "image_encoder": models.build_image_encoder}
-    fresh = {}
-    for name, model in parts.items():
-        fresh[name] = builders[name](model_config)
-        assign_tensors(fresh[name], merged_tensors(model), source=f"trained {name}")
+    fresh = {name: models.build(name, model_config, weights=merged_tensors(model), source=f"trained {name}")
+             for name, model in parts.items()}
     sd = StableDiffusion(model_config, **fresh)
     folder = os.path.join(out_dir, "model")
     weight_dtype = None if config.export.weight_dtype == "float32" else config.export.weight_dtype
@@ -32,9 +28,7 @@ def finish(config, parts, model_config, out_dir):
         from sd_keras import evaluate
 
         if weight_dtype:  # evaluate what ships: the stored (rounded) weights
-            from sd_keras.weights.saved import load_pretrained
-
-            sd = load_pretrained(StableDiffusion, folder)
+            sd = StableDiffusion.from_checkpoint(folder)
         scenes = evaluate.heldout_scenes(config.eval.num_single, config.eval.num_double, seed=config.eval.seed,
                                          holdout_fraction=config.data.holdout_fraction)
         report = evaluate.evaluate(sd, scenes, num_steps=config.eval.num_steps, sampler=config.eval.sampler,

@@ -15,12 +15,6 @@ LORA_FORMAT = "sd_keras.lora"
 LORA_VERSION = 1
 
 
-def variable_key(model, variable):
-    """A variable's path without the model's name (the key ``sd_keras.weights.saved`` files use)."""
-    prefix = model.name + "/"
-    return variable.path[len(prefix):] if variable.path.startswith(prefix) else variable.path
-
-
 def dense_layers(model):
     import keras
 
@@ -35,6 +29,8 @@ def _kernel_variable(layer):
 
 
 def _layer_key(model, layer):
+    from sd_keras.models import variable_key
+
     return variable_key(model, _kernel_variable(layer)).rsplit("/", 1)[0]
 
 
@@ -103,14 +99,14 @@ def load_lora(unet, path):
 
 
 def merged_tensors(model):
-    """``model_tensors`` with every LoRA adapter merged into its kernel (keys of the plain architecture)."""
+    """``sd_keras.models.tensors`` with every LoRA adapter merged into its kernel (keys of the plain architecture)."""
     import keras
 
-    from sd_keras.weights.saved import model_tensors
+    from sd_keras import models
 
-    tensors = {k: v for k, v in model_tensors(model).items() if "lora_kernel" not in k}
+    tensors = {k: v for k, v in models.tensors(model).items() if "lora_kernel" not in k}
     for layer in dense_layers(model):
         if layer.lora_enabled:
             merged = keras.ops.convert_to_numpy(layer.kernel)  # Keras' kernel + alpha / rank * A @ B
-            tensors[variable_key(model, _kernel_variable(layer))] = np.asarray(merged, np.float32)
+            tensors[models.variable_key(model, _kernel_variable(layer))] = np.asarray(merged, np.float32)
     return tensors

@@ -2,13 +2,14 @@
 
 from sd_keras.errors import InputError
 from sd_keras.train.config import config_differences
-from sd_keras.train.lora import variable_key
 
 
 class Parts:
-    """The four sub-models plus the encoder's moments head (shares the image encoder's layers)."""
+    """Every component of the model family (``sd_keras.models.COMPONENTS``: text encoder, UNet, decoder, image
+    encoder), each an attribute, plus the encoder's moments head (shares the image encoder's layers).
 
-    NAMES = ("text_encoder", "diffusion_model", "decoder", "image_encoder")
+    All of them compute under the training ``policy`` (mixed precision keeps float32 variables).
+    """
 
     def __init__(self, model_config, policy):
         import keras
@@ -16,42 +17,46 @@ class Parts:
         from sd_keras import models
 
         self.config = model_config
-        self.text_encoder = models.build_text_encoder(model_config, dtype=policy)
-        self.diffusion_model = models.build_diffusion_model(model_config, dtype=policy)
-        self.decoder = models.build_decoder(model_config, dtype=policy)
-        self.image_encoder = models.build_image_encoder(model_config, dtype=policy)
+        self.names = models.components(model_config)
+        for name in self.names:
+            setattr(self, name, models.build(name, model_config, policy))
         self.encoder_moments = keras.Model(self.image_encoder.input,
                                            self.image_encoder.get_layer("quant_conv").output, name="encoder_moments")
 
     def items(self):
-        return [(name, getattr(self, name)) for name in self.NAMES]
+        return [(name, getattr(self, name)) for name in self.names]
 
     def for_component(self, component):
-        return {"vae": [self.image_encoder, self.decoder], "text_encoder": [self.text_encoder],
-                "unet": [self.diffusion_model]}[component]
+        """The models a config component (``vae``, ``text_encoder``, ``unet``: the model config's part) trains."""
+        from sd_keras.models import registry
+
+        return [getattr(self, name) for name in self.names
+                if registry.component(name, self.config).config_field == component]
 
     def tensors(self):
-        from sd_keras.weights.saved import model_tensors
+        from sd_keras import models
 
-        return {f"{name}/{key}": value for name, model in self.items() for key, value in model_tensors(model).items()}
+        return {f"{name}/{key}": value for name, model in self.items() for key, value in models.tensors(model).items()}
 
     def keys(self):
         """``{id(variable): "<component>/<variable path>"}``: the checkpoint key of every weight."""
-        return {id(variable): f"{name}/{variable_key(model, variable)}" for name, model in self.items()
+        from sd_keras import models
+
+        return {id(variable): f"{name}/{models.variable_key(model, variable)}" for name, model in self.items()
                 for variable in model.weights}
 
     def assign(self, tensors, source, *, partial=False):
         """Assign ``<component>/<path>`` tensors; ``partial`` assigns only the keys given (shapes checked)."""
-        from sd_keras.weights.saved import assign_tensors
+        from sd_keras import models
 
         for name, model in self.items():
             prefix = name + "/"
             values = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
             if not partial:
-                assign_tensors(model, values, source=source)
+                models.assign(model, values, source=source)
                 continue
             for variable in model.weights:
-                value = values.get(variable_key(model, variable))
+                value = values.get(models.variable_key(model, variable))
                 if value is not None:
                     if tuple(value.shape) != tuple(variable.shape):
                         raise InputError(f"{source}: {name}/{variable.path} has shape {value.shape}")
@@ -59,11 +64,12 @@ class Parts:
 
     def load_init(self, spec):
         """Copy the weights of a preset or saved folder with the same architecture."""
+        from sd_keras import models
         from sd_keras.pipeline import StableDiffusion
-        from sd_keras.weights.saved import assign_tensors, is_saved_folder, load_pretrained, model_tensors
+        from sd_keras.weights.saved import is_saved_folder
 
         if is_saved_folder(spec):
-            source = load_pretrained(StableDiffusion, spec)
+            source = StableDiffusion.from_checkpoint(spec)
         else:
             try:
                 source = StableDiffusion.from_preset(spec)
@@ -80,4 +86,4 @@ class Parts:
             other = getattr(source, name, None)
             if other is None:
                 raise InputError(f"model.init: {spec!r} has no {name}")
-            assign_tensors(model, model_tensors(other), source=f"model.init {spec}")
+            models.assign(model, models.tensors(other), source=f"model.init {spec}")
