@@ -178,6 +178,8 @@ def test_help_info_and_argument_errors_import_no_backend(tmp_path):
                     status = cli.main(argv)
                 except SystemExit as exit:
                     status = exit.code
+                except Exception as error:  # a bug: reported with the command's name below
+                    status = f"{{type(error).__name__}}: {{error}}"
             loaded = sorted(m for m in ("keras", "tensorflow", "jax", "torch") if m in sys.modules)
             results[name] = [status, loaded, time.process_time() - start, err.getvalue()]
         print(json.dumps(results))
