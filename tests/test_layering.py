@@ -9,7 +9,7 @@
 
 Every ``import`` in every module of ``sd_keras`` and ``export/`` (installed as ``sd_keras.export``) counts, those
 inside functions included: a lazy import still ties the two modules together. A module may import from its own
-layer or a lower one; imports must form no loop. A new module must be placed in ``LAYERS`` below.
+layer or a lower one; imports must form no loop, between modules or between packages. A new module must be placed in ``LAYERS`` below.
 """
 
 import ast
@@ -230,6 +230,27 @@ def test_no_import_cycles(graph):
     assert not cycles, "import loops:\n" + "\n".join(lines)
 
 
+def package_of(module):
+    """``sd_keras.weights.lora`` -> ``sd_keras.weights``; a top-level module is its own package."""
+    return ".".join(module.split(".")[:2])
+
+
+def test_no_import_cycles_between_packages(graph):
+    # loops through several modules of two packages (weights -> models -> backend -> weights) count too
+    files, imports = graph
+    packages, where = {}, {}
+    for module, targets in imports.items():
+        for target, line in targets.items():
+            source, destination = package_of(module), package_of(target)
+            if source != destination:
+                packages.setdefault(source, {})[destination] = line
+                where.setdefault((source, destination), _where(files, module, line) + f" ({module} -> {target})")
+    cycles = import_cycles(packages)
+    lines = [" -> ".join(f"{a} [{where[a, b]}]" for a, b in zip(cycle, cycle[1:])) + f" -> {cycle[-1]}"
+             for cycle in cycles]
+    assert not cycles, "import loops between packages:\n" + "\n".join(lines)
+
+
 def test_the_checks_catch_what_they_are_for(tmp_path):
     # the same functions on a made-up tree: an upward import inside a function, a relative import, a loop
     package = tmp_path / "pkg"
@@ -249,3 +270,4 @@ def test_the_checks_catch_what_they_are_for(tmp_path):
     assert import_cycles(imports) == [["pkg.low", "pkg.sub.high", "pkg.sub.other", "pkg.low"]]
     assert layer_of("sd_keras.weights.some_new_reader") == LOADING and layer_of("sd_keras.cli.upscale") == FRONT_ENDS
     assert layer_of("sd_keras") == API and layer_of("sd_keras.brand_new") is None and layer_of("numpy") is None
+    assert package_of("sd_keras.weights.lora") == "sd_keras.weights" and package_of("sd_keras.loop") == "sd_keras.loop"
