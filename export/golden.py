@@ -17,6 +17,8 @@ Fixtures (``write_golden``):
     timestep_embedding.json ``timestep_embedding`` rows the UNet input is built from
     trajectories.json       one full generation per sampler with fake models (defined in the file's description)
     pixels.json             ``to_uint8`` of decoder outputs around and outside [-1, 1]
+    tiling.json             ``sd_keras.tiling``: tile grids, feather weights and a blended tiled run of a tile-dependent
+                            function (defined in the file's description)
 
 Tables (``write_text_tables``), shipped as resources of the Kotlin core so that it follows this Python's Unicode
 database and ``html.unescape`` exactly on any JVM or Android version:
@@ -47,6 +49,7 @@ import numpy as np
 
 from sd_keras import files
 from sd_keras import noise as noise_lib
+from sd_keras import tiling
 from sd_keras.pipeline import to_uint8
 from sd_keras.schedulers import SAMPLER_NAMES, NoiseSchedule, get_sampler
 from sd_keras.tokenizer import WHITE_SPACE, CLIPTokenizer, PromptTruncatedWarning, clean_text, pre_tokenize
@@ -66,7 +69,7 @@ __all__ = [
 _REPO = Path(__file__).resolve().parent.parent
 PROMPTS_PATH = _REPO / "tests" / "data" / "tokenizer_prompts.json"
 FIXTURE_NAMES = ("tokenizer.json", "samplers.json", "noise.json", "timestep_embedding.json", "trajectories.json",
-                 "pixels.json")
+                 "pixels.json", "tiling.json")
 TABLE_NAMES = ("unicode_data.txt", "html_entities.txt")
 STEP_COUNTS = (1, 4, 20, 50)
 # The only tables the prediction type changes (it is folded into the denoiser coefficients).
@@ -420,6 +423,38 @@ def _pixels_fixture():
     }
 
 
+TILING_GRIDS = ((100, 40, 8, 1), (40, 40, 8, 1), (30, 40, 8, 1), (41, 40, 8, 1), (512, 192, 32, 1), (66, 24, 16, 2),
+                (2048, 192, 32, 1), (1000, 128, 24, 8), (97, 16, 15, 1))
+TILING_WEIGHTS = ((8, 0, 8), (6, 4, 0), (10, 0, 0), (768, 128, 96), (12, 12, 12), (5, 3, 2))
+TILING_RUN = dict(height=21, width=30, scale=2, tile=12, overlap=6)
+
+
+def _tiling_run_function(tile):
+    """Depends on the tile it sees: nearest x2 of ``x`` plus the tile's mean (so only blending hides seams)."""
+    up = np.repeat(np.repeat(tile, 2, axis=1), 2, axis=2)
+    return up + tile.mean(axis=(1, 2), keepdims=True, dtype=np.float64).astype(np.float32)
+
+
+def _tiling_fixture():
+    run = TILING_RUN
+    image = ((np.arange(run["height"] * run["width"]) * 37 % 1024) / 1024).astype(np.float32)
+    image = image.reshape(1, run["height"], run["width"], 1)
+    out = tiling.tiled_apply(_tiling_run_function, image, run["scale"], tile=run["tile"], overlap=run["overlap"])
+    return {
+        "description": "sd_keras.tiling: tile_starts(length, tile, overlap, align), feather_weights(size, "
+                       "shared_before, shared_after), and tiled_apply of f on a (height, width) one-channel image "
+                       "(x[i] = (i * 37 % 1024) / 1024, row-major) at the given scale, tile and overlap, where f of a "
+                       "tile is its nearest-neighbour x2 enlargement plus the tile's mean.",
+        "grids": [{"length": length, "tile": tile, "overlap": overlap, "align": align,
+                   "starts": tiling.tile_starts(length, tile, overlap, align)}
+                  for length, tile, overlap, align in TILING_GRIDS],
+        "weights": [{"size": size, "before": before, "after": after,
+                     "values": _floats(tiling.feather_weights(size, before, after))}
+                    for size, before, after in TILING_WEIGHTS],
+        "run": {**run, "input": _floats(image.ravel()), "output": _floats(out.ravel())},
+    }
+
+
 def write_golden(out_dir):
     """Write every golden fixture (``FIXTURE_NAMES``) into ``out_dir``; returns the written paths.
 
@@ -436,6 +471,7 @@ def write_golden(out_dir):
         "timestep_embedding.json": _embedding_fixture,
         "trajectories.json": lambda: _trajectories_fixture(tokenizer),
         "pixels.json": _pixels_fixture,
+        "tiling.json": _tiling_fixture,
     }
     return [_write_atomic(out_dir / name, _dump(builders[name]()) + "\n") for name in FIXTURE_NAMES]
 

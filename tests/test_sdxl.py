@@ -1,0 +1,255 @@
+"""SDXL models and checkpoints against diffusers: tiny random SDXL models (two encoders of different widths,
+transformer depth (1, 2, 3) per level, 3 attention heads, a refiner, a 9-channel UNet) saved as diffusers folders
+and as original single files load into sd_keras models that compute what diffusers computes."""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import diffusers_sdxl as dx
+from sd_keras import models
+from sd_keras.config_sdxl import SDXLConfig, SDXLRefinerConfig, get_sdxl_config, sdxl_config_from_dict
+from sd_keras.errors import InputError
+from sd_keras.models import timestep_embedding
+from sd_keras.models.sdxl import encode_prompt_embeddings, tiny_sdxl_config
+from sd_keras.weights import key_maps, sdxl_key_maps
+from sd_keras.weights.sdxl import is_sdxl_checkpoint, load_sdxl_checkpoint, open_sdxl_checkpoint
+
+RTOL = 1e-4  # max |difference| / max |reference|
+
+
+def assert_close(actual, expected, rtol=RTOL, what=""):
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    assert actual.shape == expected.shape, (what, actual.shape, expected.shape)
+    scale = np.max(np.abs(expected))
+    assert scale > 1e-3, what  # a reference of zeros would prove nothing
+    error = np.max(np.abs(actual - expected)) / scale
+    assert error <= rtol, f"{what}: relative error {error:.2e} > {rtol:.0e}"
+
+
+def _files(kind, tmp_path_factory):
+    torch_models = dx.build(kind)
+    root = tmp_path_factory.mktemp(f"sdxl_{kind}")
+    return {"models": torch_models, "folder": dx.save_diffusers_folder(torch_models, str(root / "diffusers")),
+            "single": dx.save_original_safetensors(torch_models, str(root / f"{kind}.safetensors")), "root": root}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return _files("base", tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def refiner(tmp_path_factory):
+    return _files("refiner", tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def base_parts(base):
+    config, weights = load_sdxl_checkpoint(base["folder"])
+    return config, models.build_all(config, weights)
+
+
+def _time_ids(batch, count):
+    rows = [[1024.0, 768.0, 0.0, 64.0, 1023.0, 1023.0], [512.0, 512.0, 16.0, 0.0, 896.0, 1152.0]]
+    if count == 5:  # refiner: original size, crop, aesthetic score
+        rows = [[1024.0, 768.0, 0.0, 64.0, 6.0], [512.0, 512.0, 16.0, 0.0, 2.5]]
+    return np.asarray(rows[:batch], np.float32)
+
+
+def check_components(config, parts, torch_models, rtol=RTOL, vae=True):
+    """Every sd_keras component against diffusers / transformers on the same inputs."""
+    rng = np.random.default_rng(0)
+    ids = dx.tokens(2)
+    positions = np.tile(np.arange(77, dtype="int32"), (2, 1))
+    hidden_1, hidden_2, pooled = dx.text_outputs(torch_models, ids)
+    if parts.get("text_encoder") is not None:
+        assert_close(parts["text_encoder"]({"tokens": ids.astype("int32"), "positions": positions}), hidden_1,
+                     rtol, "text_encoder penultimate")
+    out = parts["text_encoder_2"]({"tokens": ids.astype("int32"), "positions": positions})
+    assert_close(out["hidden_states"], hidden_2, rtol, "text_encoder_2 penultimate")
+    assert_close(out["pooled"], pooled, rtol, "text_encoder_2 pooled")
+    encoders = [parts[name] for name in ("text_encoder", "text_encoder_2") if parts.get(name) is not None]
+    context, keras_pooled = encode_prompt_embeddings(encoders, [ids.astype("int32")] * len(encoders), positions)
+    reference_context = np.concatenate([h for h in (hidden_1, hidden_2) if h is not None], axis=-1)
+    assert_close(context, reference_context, rtol, "context")
+    latent = rng.standard_normal((2, 8, 8, config.unet.in_channels)).astype("float32")
+    timesteps = np.array([3.0, 721.0], "float32")
+    time_ids = _time_ids(2, config.unet.num_time_ids)
+    reference = dx.unet_output(torch_models, latent, timesteps, reference_context.astype("float32"), pooled,
+                               time_ids)
+    actual = parts["diffusion_model"]({
+        "latent": latent, "timestep_embedding": np.asarray(timestep_embedding(timesteps, config.unet.timestep_dim)),
+        "context": np.asarray(context), "text_embeds": np.asarray(keras_pooled), "time_ids": time_ids})
+    assert_close(actual, reference, rtol, "diffusion_model")
+    if not vae:
+        return
+    z = rng.standard_normal((1, 8, 8, 4)).astype("float32")
+    with torch.no_grad():
+        decoded = torch_models["vae"].decode(torch.from_numpy(z.transpose(0, 3, 1, 2))).sample.numpy()
+    assert_close(parts["decoder"](z * config.vae.scaling_factor), decoded.transpose(0, 2, 3, 1), rtol, "decoder")
+    image = rng.uniform(-1, 1, (1, 64, 64, 3)).astype("float32")
+    with torch.no_grad():
+        mean = torch_models["vae"].encode(torch.from_numpy(image.transpose(0, 3, 1, 2))).latent_dist.mean
+    assert_close(parts["image_encoder"](image), (mean * 0.13025).numpy().transpose(0, 2, 3, 1), rtol,
+                 "image_encoder")
+
+
+def _variables(parts):
+    return {(name, key): np.asarray(v) for name, model in parts.items() if model is not None
+            for key, v in models.variables(model).items()}
+
+
+# ------------------------------------------------------------------------------------------------ configs
+def test_presets_have_the_published_shapes():
+    base, refiner = get_sdxl_config("sd-xl"), get_sdxl_config("sd-xl-refiner")
+    assert (base.unet.context_dim, base.unet.addition_input_dim, base.vae.scaling_factor) == (2048, 2816, 0.13025)
+    assert (refiner.unet.context_dim, refiner.unet.addition_input_dim) == (1280, 2560)
+    assert isinstance(refiner, SDXLRefinerConfig) and refiner.is_refiner and not base.is_refiner
+    for config in (base, refiner, get_sdxl_config("sd-xl-inpainting")):
+        assert sdxl_config_from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    with pytest.raises(InputError, match="unet.context_dim 2048 != the text encoders' widths"):
+        dataclasses.replace(base, text_encoder=dataclasses.replace(base.text_encoder, width=1024, num_heads=16))
+    with pytest.raises(InputError, match="transformer_depth"):
+        dataclasses.replace(base.unet, transformer_depth=(1, 2))
+    with pytest.raises(InputError, match="unknown SDXL preset 'sd-xxl'"):
+        get_sdxl_config("sd-xxl")
+
+
+def test_unet_table_names_every_layer_the_builder_makes():
+    entries = key_maps.expand_modules(sdxl_key_maps.UNET, get_sdxl_config("sd-xl").unet, "original")
+    assert len({e.keras for e in entries}) == len(entries) and len({e.source for e in entries}) == len(entries)
+    assert sum("transformer_block" in e.keras and e.keras.endswith("/attn1/q_proj") for e in entries) == 70
+    config = tiny_sdxl_config()
+    built = {key.rsplit("/", 1)[0] for key in models.variables(models.build("diffusion_model", config))}
+    entries = key_maps.expand_modules(sdxl_key_maps.UNET, config.unet, "diffusers")
+    assert {e.keras for e in entries if not e.optional} <= built <= {e.keras for e in entries}
+    assert "mid_attn/transformer_block_2/ff_out" in built and "add_embedding_2" in built
+
+
+# ------------------------------------------------------------------------------------------- diffusers
+def test_diffusers_folder_components_match_diffusers(base, base_parts):
+    config, parts = base_parts
+    assert isinstance(config, SDXLConfig)
+    assert config.unet.transformer_depth == (1, 2, 3) and config.unet.attention_heads(192) == (3, 64)
+    assert (config.text_encoder.width, config.text_encoder_2.width, config.text_encoder_2.projection_dim) == (
+        64, 128, 96)
+    assert config.pad_token_ids == (49407, 0) and config.force_zeros_for_empty_prompt
+    assert config.image_size == (64, 64) and config.unet.num_time_ids == 6
+    check_components(config, parts, base["models"])
+
+
+def test_single_file_loads_the_same_weights(base, base_parts):
+    config, parts = base_parts
+    single_config, weights = load_sdxl_checkpoint(base["single"])
+    assert single_config.unet == config.unet and single_config.vae == config.vae
+    assert single_config.text_encoder == config.text_encoder
+    assert single_config.text_encoder_2 == config.text_encoder_2
+    assert single_config.image_size == (1024, 1024)
+    single_parts = models.build_all(single_config, weights)
+    expected, actual = _variables(parts), _variables(single_parts)
+    assert set(actual) == set(expected)
+    for key, value in expected.items():
+        np.testing.assert_array_equal(actual[key], value, err_msg=str(key))
+
+
+def test_refiner_folder_and_single_file(refiner):
+    config, weights = load_sdxl_checkpoint(refiner["folder"])
+    assert isinstance(config, SDXLRefinerConfig) and config.text_encoder is None
+    assert config.unet.num_time_ids == 5 and config.pad_token_ids == (0,)
+    assert not config.force_zeros_for_empty_prompt
+    with weights:
+        parts = {name: models.build(name, config, weights=weights[name])
+                 for name in ("text_encoder_2", "diffusion_model")}
+    assert "text_encoder" not in weights
+    check_components(config, parts, refiner["models"], vae=False)
+    with open_sdxl_checkpoint(refiner["single"]) as single:
+        assert single.config.unet == config.unet and isinstance(single.config, SDXLRefinerConfig)
+        assert single.components == ["text_encoder_2", "diffusion_model", "decoder", "image_encoder"]
+        encoder = single.build("text_encoder_2")
+    for key, value in _variables({"text_encoder_2": encoder}).items():
+        np.testing.assert_array_equal(value, _variables(parts)[key], err_msg=str(key))
+
+
+def test_inpainting_unet_has_nine_input_channels(tmp_path):
+    torch_models = dx.build("inpaint", seed=3)
+    folder = dx.save_diffusers_folder(torch_models, str(tmp_path / "inpaint"))
+    config, weights = load_sdxl_checkpoint(folder)
+    assert config.unet.in_channels == 9
+    with weights:
+        parts = {name: models.build(name, config, weights=weights[name])
+                 for name in ("text_encoder", "text_encoder_2", "diffusion_model")}
+    check_components(config, parts, torch_models, vae=False)
+
+
+def test_fp16_variant_folder(tmp_path, base, base_parts):
+    folder = dx.save_diffusers_folder(base["models"], str(tmp_path / "fp16"), variant="fp16")
+    assert os.path.exists(os.path.join(folder, "unet", "diffusion_pytorch_model.fp16.safetensors"))
+    config, weights = load_sdxl_checkpoint(folder)
+    parts = models.build_all(config, weights)
+    for key, value in _variables(base_parts[1]).items():
+        np.testing.assert_array_equal(_variables(parts)[key], value.astype(np.float16).astype(np.float32),
+                                      err_msg=str(key))
+
+
+def test_is_sdxl_checkpoint(base, tmp_path):
+    assert is_sdxl_checkpoint(base["folder"]) and is_sdxl_checkpoint(base["single"])
+    from safetensors.numpy import save_file
+
+    path = str(tmp_path / "sd.safetensors")
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": np.zeros((4, 4, 3, 3), np.float32)}, path)
+    assert not is_sdxl_checkpoint(path)
+
+
+# ---------------------------------------------------------------------------------------------- key accounting
+def _rewrite(source, path, change):
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(source)
+    change(state)
+    save_file(state, path)
+    return path
+
+
+def test_unknown_and_missing_tensors_are_named(base, tmp_path):
+    extra = _rewrite(base["single"], str(tmp_path / "extra.safetensors"), lambda s: s.update(
+        {"model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn1.to_q.lora_up.weight": torch.zeros(1)}))
+    with pytest.raises(InputError, match=r"1 tensor\(s\) sd_keras does not know.*lora_up"):
+        open_sdxl_checkpoint(extra)
+    missing = _rewrite(base["single"], str(tmp_path / "missing.safetensors"), lambda s: s.pop(
+        "conditioner.embedders.1.model.transformer.resblocks.1.mlp.c_fc.bias"))
+    with pytest.raises(InputError, match=r"text_encoder_2 is missing 1 tensor.*resblocks\.1\.mlp\.c_fc\.bias"):
+        open_sdxl_checkpoint(missing)
+    stray = _rewrite(base["single"], str(tmp_path / "stray.safetensors"), lambda s: s.update(
+        {"conditioner.embedders.2.emb.weight": torch.zeros(1)}))
+    with pytest.raises(InputError, match=r"belong to no SDXL component.*embedders\.2\.emb\.weight"):
+        open_sdxl_checkpoint(stray)
+    no_vae = _rewrite(base["single"], str(tmp_path / "no_vae.safetensors"), lambda s: [
+        s.pop(k) for k in list(s) if k.startswith("first_stage_model.")])
+    with pytest.raises(InputError, match=r"without VAE \(first_stage_model"):
+        open_sdxl_checkpoint(no_vae)
+
+
+def test_bad_diffusers_configs_are_named(base, tmp_path):
+    import shutil
+
+    folder = str(tmp_path / "bad")
+    shutil.copytree(base["folder"], folder)
+    path = os.path.join(folder, "unet", "config.json")
+    with open(path) as f:
+        config = json.load(f)
+    config["projection_class_embeddings_input_dim"] += 3
+    with open(path, "w") as f:
+        json.dump(config, f)
+    with pytest.raises(InputError, match=r"unet/config.json: unet projection_class_embeddings_input_dim 147"):
+        open_sdxl_checkpoint(folder)
+    config["projection_class_embeddings_input_dim"] -= 3
+    config["addition_embed_type"] = "text"
+    with open(path, "w") as f:
+        json.dump(config, f)
+    with pytest.raises(InputError, match="addition_embed_type='text'"):
+        open_sdxl_checkpoint(folder)
