@@ -3,7 +3,8 @@
 ``COMPONENTS`` is the registry of the SD 1.x / 2.x family (component name → ``Component``: builder, the config
 part it takes, whether it runs under the compute dtype, whether a model may lack it); ``build(component, config,
 dtype)`` builds one of them and ``build_all(config, weights, dtype=...)`` a whole model from what a loader
-returned. Another family registers its own components in ``registry`` (see its docstring for how).
+returned. Another family registers its own components in ``registry`` (see its docstring for how); SDXL's are
+in ``sd_keras.models.sdxl``.
 
 Example:
     >>> from sd_keras import models
@@ -27,6 +28,8 @@ COMPONENTS = registry.register_family("sd", ModelConfig, [
     Component("decoder", build_decoder, "vae", compute_dtype=False),
     Component("image_encoder", build_image_encoder, "vae", compute_dtype=False, optional=True),
 ]).components
+
+from sd_keras.models import sdxl  # noqa: E402  registers the SDXL families ("sdxl", "sdxl-refiner")
 
 __all__ = ["COMPONENTS", "Component", "Weights", "build", "build_all", "rebuild", "built_with", "components",
            "variable_key", "variables", "tensors", "assign", "registry", "build_text_encoder",

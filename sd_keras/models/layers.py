@@ -412,25 +412,28 @@ class TransformerBlock(_Block):
 
 @_serializable
 class SpatialTransformer(_Block):
-    """GroupNorm, proj_in, a ``TransformerBlock`` over the h*w tokens, proj_out, residual.
+    """GroupNorm, proj_in, ``depth`` ``TransformerBlock``s over the h*w tokens, proj_out, residual.
 
-    ``layer(x, context)``; ``linear_proj`` picks Dense projections (SD 2) over 1x1 convolutions (SD 1).
+    ``layer(x, context)``; ``linear_proj`` picks Dense projections (SD 2, SDXL) over 1x1 convolutions (SD 1).
+    ``depth`` > 1 (SDXL) chains blocks named ``transformer_block``, ``transformer_block_1``, ...
     """
 
     _arg_names = ("num_heads", "head_size", "linear_proj", "ff_mult", "gelu_approximate", "norm_groups",
-                  "epsilon")
+                  "epsilon", "depth")
 
     def __init__(self, num_heads, head_size, linear_proj=False, ff_mult=4, gelu_approximate=True, norm_groups=32,
-                 epsilon=1e-5, **kwargs):
+                 epsilon=1e-5, depth=1, **kwargs):
         super().__init__(**kwargs)
         self.num_heads, self.head_size, self.linear_proj = num_heads, head_size, linear_proj
         self.ff_mult, self.gelu_approximate = ff_mult, gelu_approximate
-        self.norm_groups, self.epsilon = norm_groups, epsilon
+        self.norm_groups, self.epsilon, self.depth = norm_groups, epsilon, depth
         self.channels = num_heads * head_size
         self.norm = self._sub(GroupNormalization, groups=norm_groups, epsilon=epsilon, name="norm")
         self.proj_in = self._projection("proj_in")
         self.transformer_block = self._sub(TransformerBlock, num_heads, head_size, ff_mult, gelu_approximate,
                                            name="transformer_block")
+        self.more_blocks = [self._sub(TransformerBlock, num_heads, head_size, ff_mult, gelu_approximate,
+                                      name=f"transformer_block_{index}") for index in range(1, depth)]
         self.proj_out = self._projection("proj_out")
 
     def _projection(self, name):
@@ -441,7 +444,8 @@ class SpatialTransformer(_Block):
     def build(self, inputs_shape, context_shape):
         self.norm.build(inputs_shape)
         self.proj_in.build(inputs_shape)
-        self.transformer_block.build((None, None, self.channels), context_shape)
+        for block in [self.transformer_block] + self.more_blocks:
+            block.build((None, None, self.channels), context_shape)
         self.proj_out.build(_with_channels(inputs_shape, self.channels))
 
     def compute_output_shape(self, inputs_shape, context_shape):
@@ -452,7 +456,8 @@ class SpatialTransformer(_Block):
         height, width = shape[1], shape[2]
         x = self.proj_in(self.norm(inputs))
         x = ops.reshape(x, (-1, height * width, self.channels))
-        x = self.transformer_block(x, context)
+        for block in [self.transformer_block] + self.more_blocks:
+            x = block(x, context)
         x = ops.reshape(x, (-1, height, width, self.channels))
         return self.proj_out(x) + inputs
 
@@ -491,6 +496,29 @@ class AttentionBlock(_Block):
                                         scale=self.channels**-0.5)
         out = ops.reshape(out, (-1, height, width, self.channels))
         return self.proj_out(out) + inputs
+
+
+@_serializable
+class TimeIdsEmbedding(keras.layers.Layer):
+    """SDXL's micro-conditioning: each of the (B, n) time ids through ``timestep_embedding`` (``dim`` wide),
+    concatenated to (B, n * dim). Always float32 (ids up to 1024 and beyond are not exact in bfloat16)."""
+
+    def __init__(self, dim, **kwargs):
+        kwargs["dtype"] = "float32"
+        super().__init__(**kwargs)
+        self.dim = dim
+
+    def call(self, time_ids):
+        embedded = timestep_embedding(ops.cast(time_ids, "float32"), self.dim)
+        return ops.reshape(embedded, (-1, time_ids.shape[-1] * self.dim))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[-1] * self.dim)
+
+    def get_config(self):
+        config = super().get_config()
+        config["dim"] = self.dim
+        return config
 
 
 @_serializable

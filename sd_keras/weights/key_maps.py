@@ -73,6 +73,7 @@ MODULE_PARAMS = {
     "norm": (("gamma", "weight", "copy"), ("beta", "bias", "copy")),
     "embedding": (("embeddings", "weight", "copy"),),
     "parameter": (("embeddings", "", "copy"),),
+    "matrix": (("kernel", "", "copy"),),  # a bare (in, out) matrix used as x @ W (OpenCLIP's text_projection)
     "fused_q": (("kernel", "in_proj_weight", "q"), ("bias", "in_proj_bias", "q")),
     "fused_k": (("kernel", "in_proj_weight", "k"), ("bias", "in_proj_bias", "k")),
     "fused_v": (("kernel", "in_proj_weight", "v"), ("bias", "in_proj_bias", "v")),
@@ -305,6 +306,8 @@ def text_positions(config):
 
 
 def positions_for(table, config):
+    if hasattr(table, "positions"):  # a table that carries its own positions (``sd_keras.weights.sdxl_key_maps``)
+        return table.positions(config)
     if table is UNET:
         return unet_positions(config)
     if table in (DECODER, IMAGE_ENCODER):
