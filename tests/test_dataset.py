@@ -137,7 +137,7 @@ def test_batches_group_by_program_in_image_order():
 
 
 # -- generation -------------------------------------------------------------------------------------------------
-def test_images_are_the_single_generations_of_their_seeds_and_shards_regenerate_bit_identically(tmp_path, tiny):
+def test_shards_carry_metadata_and_regenerate_bit_identically(tmp_path, tiny):
     from sd_keras import metadata
 
     rows = _rows(5) + [{"prompt": "a red square", "seed": 3, "cfg_scale": 4}]
@@ -153,11 +153,6 @@ def test_images_are_the_single_generations_of_their_seeds_and_shards_regenerate_
     parsed = metadata.parse_parameters(info["parameters"])
     assert (parsed["Seed"], parsed["Steps"], parsed["Sampler"], parsed["Size"]) == ("3", "2", "Euler a", "64x64")
     assert metadata.read_parameters(io.BytesIO(members["000000005.png"])) == info["parameters"]
-    # image 4 (base seed 20 + 4) in a padded batch is what a single generation with seed 24 makes
-    image = np.asarray(__import__("PIL.Image").Image.open(io.BytesIO(members["000000004.png"])))
-    single = tiny.text_to_image("a purple circle", num_steps=2, seed=24, sampler="Euler a",
-                                unconditional_guidance_scale=7.0, height=64, width=64)[0]
-    assert np.abs(image.astype(int) - single.astype(int)).max() <= 1
     assert json.loads(_tar_members(tmp_path / "a" / "shard-00000.tar")["000000001.json"])["labels"] == {
         "color": "blue", "n": 1}
     # the same job again, in a new folder and another batch order: the same bytes
@@ -166,6 +161,20 @@ def test_images_are_the_single_generations_of_their_seeds_and_shards_regenerate_
     assert _shard_hashes(tmp_path / "a") == _shard_hashes(tmp_path / "b")
     assert again["model"] == manifest["model"]
     assert dataset.verify(tmp_path / "b")["complete"]
+
+
+@pytest.mark.slow  # compiles the batch-of-one programs too
+def test_an_image_in_a_padded_batch_is_the_single_generation_of_its_seed(tmp_path, tiny):
+    from PIL import Image
+
+    rows = [{"prompt": "a red circle"}, {"prompt": "a blue square", "seed": 7}, {"prompt": "a green circle"}]
+    dataset.generate(rows, tmp_path / "a", shard_size=3, base_seed=20, **{**FAST, "model": tiny})
+    members = _tar_members(tmp_path / "a" / "shard-00000.tar")
+    for key, prompt, seed in (("000000001", "a blue square", 7), ("000000002", "a green circle", 22)):
+        image = np.asarray(Image.open(io.BytesIO(members[f"{key}.png"])))  # batch [1, 2]; [2, padding]
+        single = tiny.text_to_image(prompt, num_steps=2, seed=seed, sampler="Euler a",
+                                    unconditional_guidance_scale=7.0, height=64, width=64)[0]
+        assert np.abs(image.astype(int) - single.astype(int)).max() <= 1
 
 
 def test_parquet_and_imagefolder_shards(tmp_path, tiny):
@@ -293,8 +302,11 @@ def test_api_argument_errors(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_cli_dataset_in_process(tmp_path, capsys):
+def test_cli_dataset_in_process(tmp_path, capsys, monkeypatch, tiny):
+    from sd_keras import loading
     from sd_keras.cli import main
+
+    monkeypatch.setattr(loading, "load", lambda spec, **options: tiny)  # the compiled fixture, not a new model
 
     out = tmp_path / "out"
     assert main(["dataset", "--template", "a {color} square", "--var", "color=red,blue,green", "-o", str(out),

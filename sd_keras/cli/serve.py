@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-from sd_keras import defaults, paths
+from sd_keras import defaults, env, paths
 from sd_keras.errors import InputError
 
 API_KEY_ENV = "SD_KERAS_API_KEY"
@@ -94,8 +94,8 @@ def _check_api_key(args):
     """The API key from --api-key or the environment; None when neither is given; InputError when unusable."""
     if args.api_key is not None:
         api_key, source = args.api_key, "--api-key"
-    elif os.environ.get(API_KEY_ENV) is not None:
-        api_key, source = os.environ[API_KEY_ENV], f"${API_KEY_ENV}"
+    elif env.text(API_KEY_ENV) is not None:
+        api_key, source = env.text(API_KEY_ENV), f"${API_KEY_ENV}"
     else:
         return None
     if not api_key.strip():
