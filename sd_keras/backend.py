@@ -9,6 +9,8 @@ import os
 
 import keras
 
+from sd_keras import env
+
 
 def name():
     return keras.backend.backend()
@@ -26,11 +28,12 @@ def tf_uses_xla(num_params=None):
     against 5.0 s per call), while XLA runs the small shipped demo model 2x faster (0.57 s against 1.2 s per
     128x128 image at 20 steps) by fusing its many small ops. So models with ``CPU_GRAPH_MIN_PARAMS`` weights or
     more run as one TensorFlow graph (``tf.function`` without ``jit_compile``): still one program per
-    generation, with no Python between steps. ``SD_KERAS_TF_XLA=1`` or ``0`` overrides the choice.
+    generation, with no Python between steps. ``SD_KERAS_TF_XLA=1`` or ``0`` (any ``sd_keras.env.flag`` value)
+    overrides the choice.
     """
-    forced = os.environ.get("SD_KERAS_TF_XLA")
+    forced = env.flag("SD_KERAS_TF_XLA", None)
     if forced is not None:
-        return forced.strip().lower() in ("1", "true", "yes", "on")
+        return forced
     if _tf_has_accelerator():
         return True
     return num_params is None or num_params < CPU_GRAPH_MIN_PARAMS
@@ -99,10 +102,11 @@ def conv_as_matmul(inputs_shape, kernel_shape):
     constants (they are arguments of sd_keras' programs), which dominates the UNet's small, wide convolutions:
     measured on two cores, batch 2, 3x3 2560->1280 at 2x2: 62.5 ms as a convolution, 9.5 ms as a matrix product;
     at 8x8: 87.6 against 28.3 ms; at 16x16 (640 channels) both 13 ms. The rule keeps small models (whose
-    channels are few) and large outputs on the convolution. ``SD_KERAS_CONV_AS_MATMUL=0`` turns it off;
+    channels are few) and large outputs on the convolution. ``SD_KERAS_CONV_AS_MATMUL=0`` (or ``off``) turns it off;
     ``native_convolutions()`` does for a block (LiteRT export keeps CONV_2D operators).
     """
-    if name() != "tensorflow" or _native_convolutions[0] or os.environ.get("SD_KERAS_CONV_AS_MATMUL") == "0":
+    # the switch is read first, so a bad value is refused under every backend
+    if not env.flag("SD_KERAS_CONV_AS_MATMUL", True) or name() != "tensorflow" or _native_convolutions[0]:
         return False
     if None in tuple(inputs_shape[:3]) or _tf_has_accelerator():
         return False
@@ -208,8 +212,8 @@ def compilation_cache_dir():
     import jax
 
     if not _compilation_cache["decided"]:
+        wanted = env.flag(COMPILATION_CACHE_VARIABLE, True)  # a bad value is refused, and asked again next time
         _compilation_cache["decided"] = True
-        wanted = os.environ.get(COMPILATION_CACHE_VARIABLE, "1").strip().lower() not in ("0", "false", "no", "off")
         if wanted and jax.config.jax_compilation_cache_dir is None and jax.config.jax_enable_compilation_cache:
             try:
                 _configure_jax_cache(None, COMPILATION_CACHE_MIN_SECONDS)

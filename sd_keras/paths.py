@@ -1,7 +1,7 @@
 """Where sd_keras keeps files on this machine, and what kind of model a path holds.
 
-A foundation module: it imports nothing of sd_keras, so the backend (the compilation cache), the weight
-loaders (downloads) and the front ends all ask it rather than one another.
+A foundation module (it imports only ``sd_keras.env``, which reads the variable), so the backend (the compilation
+cache), the weight loaders (downloads) and the front ends all ask it rather than one another.
 
 The cache folder is ``$SD_KERAS_CACHE`` or, when that is unset or empty, ``~/.cache/sd_keras``; downloaded
 weights go to one sub-folder per preset and JAX's persistent compilation cache to ``xla``.
@@ -14,6 +14,8 @@ Example:
 
 import os
 
+from sd_keras import env
+
 CACHE_ENV = "SD_KERAS_CACHE"
 BUNDLE_MANIFEST = "manifest.json"  # an exported LiteRT bundle folder holds this file
 DIFFUSERS_INDEX = "model_index.json"  # a diffusers pipeline folder holds this file
@@ -22,7 +24,7 @@ CHECKPOINT_EXTENSIONS = (".safetensors", ".ckpt")  # single-file checkpoints
 
 def cache_dir(*parts):
     """The cache folder (``$SD_KERAS_CACHE`` or ``~/.cache/sd_keras``), joined with ``parts``."""
-    root = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "sd_keras")
+    root = env.path(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "sd_keras")
     return os.path.join(root, *parts)
 
 

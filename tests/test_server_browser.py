@@ -12,7 +12,7 @@ import shutil
 import pytest
 from PIL import Image
 
-from sd_keras import metadata
+from sd_keras import env, metadata
 from sd_keras.server.process import ServerProcess
 
 CHROMIUM = "/usr/bin/chromium"
@@ -103,9 +103,10 @@ def test_page_generates_an_image_into_the_gallery(browser, tmp_path):
         screenshot = tmp_path / "sd_keras_page.png"
         browser.save_screenshot(str(screenshot))
         assert Image.open(screenshot).size[0] > 0
-        if os.environ.get("SD_KERAS_ARTIFACTS"):
-            os.makedirs(os.environ["SD_KERAS_ARTIFACTS"], exist_ok=True)
-            shutil.copy(screenshot, os.environ["SD_KERAS_ARTIFACTS"])
+        artifacts = env.path("SD_KERAS_ARTIFACTS")
+        if artifacts:
+            os.makedirs(artifacts, exist_ok=True)
+            shutil.copy(screenshot, artifacts)
         errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"
                   and "401" not in entry["message"]]  # the refused request above is logged by Chromium
         assert errors == []
