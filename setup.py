@@ -10,7 +10,9 @@ SERVE = ["fastapi>=0.110", "uvicorn>=0.29", "pydantic>=2", "prometheus-client>=0
 # import and takes transformers' CLIP down with it. Install it without dependencies (it needs only torch, einops,
 # safetensors): pip install --no-deps "spandrel>=0.4.2" einops
 PARITY = ["spandrel>=0.4.2", "einops"]
-DEV = TF + JAX + SERVE + [
+DATASET = ["webdataset>=0.2.90", "pyarrow>=14"]  # sd-keras dataset: tar shards, table reading, Parquet shards
+RAY = ["ray[data]>=2.30"]  # sd-keras dataset --ray: Ray Data actor pools
+DEV = TF + JAX + SERVE + DATASET + RAY + [
     "keras-cv==0.9.0",       # parity oracle (imports TensorFlow)
     "tf-keras",              # writes KerasCV's legacy h5 layout in tests
     "torch==2.13.0",         # CPU build; diffusers parity
@@ -40,6 +42,7 @@ setup(
         "sd_keras.schedulers",
         "sd_keras.weights",
         "sd_keras.data",
+        "sd_keras.dataset",
         "sd_keras.server",
         "sd_keras.train",
         "sd_keras.export",
@@ -57,6 +60,6 @@ setup(
         "h5py>=3.8",
         "tqdm>=4.60",
     ],
-    extras_require={"tf": TF, "jax": JAX, "serve": SERVE, "dev": DEV, "parity": PARITY},
+    extras_require={"tf": TF, "jax": JAX, "serve": SERVE, "dev": DEV, "dataset": DATASET, "ray": DATASET + RAY, "parity": PARITY},
     entry_points={"console_scripts": ["sd-keras=sd_keras.cli:main"]},
 )
