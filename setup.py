@@ -60,6 +60,7 @@ setup(
         "h5py>=3.8",
         "tqdm>=4.60",
     ],
-    extras_require={"tf": TF, "jax": JAX, "serve": SERVE, "dev": DEV, "dataset": DATASET, "ray": DATASET + RAY, "parity": PARITY},
+    extras_require={"tf": TF, "jax": JAX, "serve": SERVE, "dev": DEV, "dataset": DATASET, "ray": DATASET + RAY,
+                    "parity": PARITY},
     entry_points={"console_scripts": ["sd-keras=sd_keras.cli:main"]},
 )
