@@ -418,23 +418,11 @@ def export_components(models, config, image_size, mode, output_dir, *, represent
                                  max_part_bytes)
 
 
-_BUILDERS = {"text_encoder": "build_text_encoder", "diffusion_model": "build_diffusion_model",
-             "decoder": "build_decoder", "image_encoder": "build_image_encoder"}
-
-
-def _build(config, component):
-    from sd_keras import models
-
-    return getattr(models, _BUILDERS[component])(config)
-
-
 def _float32_model(model, config, component):
-    """The model itself when its policy is float32; else a float32 rebuild with the same weights."""
-    if getattr(model.dtype_policy, "name", "float32") == "float32":
-        return model
-    rebuilt = _build(config, component)
-    rebuilt.set_weights(model.get_weights())
-    return rebuilt
+    """The model itself when it computes in float32; else a float32 rebuild with the same weights."""
+    from sd_keras import models as registry
+
+    return registry.rebuild(model, component, config, "float32")
 
 
 def _export_in_subprocess(models, config, image_size, mode, output_dir, representative, components,
@@ -469,6 +457,7 @@ def _export_in_subprocess(models, config, image_size, mode, output_dir, represen
 
 def _run_job(job_path):
     """Worker entry point: rebuild the models in float32 from the saved weights and convert them."""
+    from sd_keras import models as registry
     from sd_keras.config import ModelConfig
 
     with open(job_path) as handle:
@@ -476,7 +465,7 @@ def _run_job(job_path):
     config = ModelConfig.from_dict(job["config"])
     models = {}
     for component in job["components"]:
-        models[component] = _build(config, component)
+        models[component] = registry.build(component, config)
         models[component].load_weights(job["weights"][component])
     representative = quantize.load_records(job["representative"]) if job["representative"] else None
     try:

@@ -148,10 +148,9 @@ class StableDiffusion:
         policy = loop_lib.keras_dtype_policy(dtype)
         from sd_keras import models
 
-        if not _built_with(text_encoder, policy):
-            text_encoder = _with_policy(models.build_text_encoder, config, text_encoder, policy)
-        if not _built_with(diffusion_model, policy):
-            diffusion_model = _with_policy(models.build_diffusion_model, config, diffusion_model, policy)
+        # mixed precision: float32 variables, low-precision compute (a model built otherwise is rebuilt, same weights)
+        text_encoder = models.rebuild(text_encoder, "text_encoder", config, policy)
+        diffusion_model = models.rebuild(diffusion_model, "diffusion_model", config, policy)
         self.text_encoder = text_encoder
         self.diffusion_model = diffusion_model
         self.decoder = decoder
@@ -190,17 +189,20 @@ class StableDiffusion:
     @classmethod
     def from_config(cls, config, *, seed=0, dtype="float32"):
         """Randomly initialised models for ``config`` (a ModelConfig or preset name)."""
-        import keras
-
         from sd_keras import models
 
         if isinstance(config, str):
             config = get_config(config)
-        keras.utils.set_random_seed(seed)
-        policy = loop_lib.keras_dtype_policy(dtype)  # build once, directly in the compute dtype
-        return cls(config, models.build_text_encoder(config, dtype=policy),
-                   models.build_diffusion_model(config, dtype=policy), models.build_decoder(config),
-                   models.build_image_encoder(config), dtype=dtype)
+        return cls._from_weights(config, models.Weights.random_weights(seed), dtype)
+
+    @classmethod
+    def _from_weights(cls, config, weights, dtype):
+        """The model of what a loader returns, ``(config, sd_keras.models.Weights)``: every component built once,
+        directly in the compute dtype, and filled."""
+        from sd_keras import models
+
+        parts = models.build_all(config, weights, dtype=loop_lib.keras_dtype_policy(dtype))
+        return cls(config, **parts, dtype=dtype)
 
     @classmethod
     def from_preset(cls, name, *, dtype="float32"):
@@ -208,7 +210,8 @@ class StableDiffusion:
         ``"sd-v2"`` (KerasCV's published weights, downloaded once, sha256-checked and cached)."""
         from sd_keras import presets
 
-        return presets.load(cls, name, dtype=dtype)
+        loop_lib.keras_dtype_policy(dtype)  # a bad dtype is refused before any download
+        return cls._from_weights(*presets.load(name), dtype)
 
     @classmethod
     def from_checkpoint(cls, path, *, dtype="float32", prediction_type=None, ema=False):
@@ -223,10 +226,11 @@ class StableDiffusion:
             if ema or prediction_type is not None:
                 raise ValueError(f"{path}: an sd_keras saved model: ema= and prediction_type= apply to "
                                  "checkpoints (convert again to change them)")
-            return saved.load_pretrained(cls, path, dtype=dtype)
+            return cls._from_weights(*saved.load(path), dtype)
         from sd_keras.weights.checkpoints import load_checkpoint
 
-        return load_checkpoint(cls, path, dtype=dtype, prediction_type=prediction_type, ema=ema)
+        loop_lib.keras_dtype_policy(dtype)  # a bad dtype is refused before the files are opened
+        return cls._from_weights(*load_checkpoint(path, prediction_type=prediction_type, ema=ema), dtype)
 
     def save_pretrained(self, folder, *, weight_dtype=None):
         """Write this model in sd_keras's own format (loadable by ``from_checkpoint``), atomically."""
@@ -239,9 +243,7 @@ class StableDiffusion:
         """Wrap a ``keras_cv.models.StableDiffusion`` / ``StableDiffusionV2`` (sub-models built), same weights."""
         from sd_keras.weights.keras_cv import from_keras_cv_models
 
-        config, parts = from_keras_cv_models(kcv_model)
-        return cls(config, parts["text_encoder"], parts["diffusion_model"], parts["decoder"],
-                   parts["image_encoder"], dtype=dtype)
+        return cls._from_weights(*from_keras_cv_models(kcv_model), dtype)
 
     # -- text ------------------------------------------------------------------------------------------------
     def tokenize(self, prompts):
@@ -582,14 +584,3 @@ def _keras_cv_side(name, value):
         raise ValueError(f"{name}={value} rounds to {rounded} (KerasCV rounds to a multiple of 128); "
                          f"it must be in [128, {MAX_SIDE}]")
     return rounded
-
-
-def _built_with(model, policy):
-    return all(layer.dtype_policy.name == policy.name for layer in model.layers if layer.weights)
-
-
-def _with_policy(builder, config, model, policy):
-    """Rebuild ``model`` under a mixed-precision policy (float32 weights, low-precision compute), same weights."""
-    rebuilt = builder(config, dtype=policy)
-    rebuilt.set_weights(model.get_weights())
-    return rebuilt

@@ -39,23 +39,26 @@ def cached(name):
     return all(os.path.isfile(cache_dir(name, remote.name)) for remote in keras_cv_files(name))
 
 
-def load(cls, name, *, dtype="float32"):
-    config = get_config(name)  # ValueError listing the presets for an unknown name
+def load(name):
+    """``(ModelConfig, sd_keras.models.Weights)`` of preset ``name``: random weights (seed 0) for ``tiny``,
+    KerasCV's h5 files (downloaded once, sha256-checked) for ``sd-v1`` / ``sd-v2``, the packaged folder otherwise.
+
+    Example:
+        >>> config, weights = load("tiny")
+        >>> config.name, weights.seed
+        ('tiny', 0)
+    """
+    config = get_config(name)  # InputError listing the presets for an unknown name
     if name in RANDOM_PRESETS:
-        return cls.from_config(config, dtype=dtype)
+        from sd_keras.models.registry import Weights
+
+        return config, Weights.random_weights(0, source=f"preset {name!r} (random weights, seed 0)")
     if name in KERAS_CV_PRESETS:
-        from sd_keras import models
         from sd_keras.weights.download import fetch
-        from sd_keras.weights.keras_cv import load_keras_cv_h5
+        from sd_keras.weights.keras_cv import keras_cv_h5_weights
 
         paths = fetch(keras_cv_files(name), name)
-        builders = {"text_encoder": models.build_text_encoder, "diffusion_model": models.build_diffusion_model,
-                    "decoder": models.build_decoder, "image_encoder": models.build_image_encoder}
-        parts = {}
-        for component, path in zip(_COMPONENTS, paths):
-            parts[component] = builders[component](config)
-            load_keras_cv_h5(parts[component], path, component)
-        return cls(config, **parts, dtype=dtype)
+        return config, keras_cv_h5_weights(dict(zip(_COMPONENTS, paths)), source=f"preset {name!r}")
     from sd_keras.weights.saved import load_packaged
 
-    return load_packaged(cls, name, dtype=dtype)
+    return load_packaged(name)

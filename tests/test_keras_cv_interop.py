@@ -27,12 +27,11 @@ from keras import ops
 
 from sd_keras import models
 from sd_keras.config import get_config
-from sd_keras.weights.keras_cv import (COMPONENTS, KERAS_CV_WEIGHTS, from_keras_cv_models, load_keras_cv_h5,
-                                       read_keras_h5)
+from sd_keras.errors import InputError
+from sd_keras.weights.keras_cv import (COMPONENTS, KERAS_CV_WEIGHTS, from_keras_cv_models, keras_cv_h5_weights,
+                                       load_keras_cv_h5, read_keras_h5)
 
 SIZE = 128  # KerasCV image size for the parity models (latent 16x16)
-BUILDERS = {"text_encoder": models.build_text_encoder, "diffusion_model": models.build_diffusion_model,
-            "decoder": models.build_decoder, "image_encoder": models.build_image_encoder}
 
 
 def relative_error(actual, expected):
@@ -88,7 +87,7 @@ def cross_backend_results(case):
     preset, component = case
     config = TINY_SD1 if preset == "tiny-sd1" else get_config(preset)
     keras.utils.set_random_seed(0)
-    model = BUILDERS[component](config)
+    model = models.build(component, config)
     inputs = component_inputs(component, config, seed=1, size=64)
     sums = np.array([np.asarray(w, np.float64).sum() for w in model.weights])
     output = run(model, inputs)
@@ -196,7 +195,7 @@ def legacy_files(tmp_path_factory):
 def test_load_keras_cv_h5_matches_keras_cv(legacy_files, component):
     path = legacy_files / f"{component}.h5"
     config = get_config("sd-v1")
-    model = BUILDERS[component](config)
+    model = models.build(component, config)
     handle, entries = read_keras_h5(path)
     with handle:
         file_shapes = [list(dataset.shape) for _, dataset in entries]
@@ -256,6 +255,19 @@ def test_load_keras_cv_h5_reads_model_weights_group_and_chunked_attributes(tmp_p
     target = models.build_decoder("tiny")
     load_keras_cv_h5(target, path, "decoder")
     assert all(np.array_equal(a, b) for a, b in zip(source.get_weights(), target.get_weights()))
+
+
+def test_keras_cv_h5_weights_fill_the_registry_s_models_under_a_policy(tmp_path):
+    keras.utils.set_random_seed(0)
+    source = models.build("text_encoder", "tiny")
+    write_legacy_h5(tmp_path / "text_encoder.h5", source)
+    weights = keras_cv_h5_weights({"text_encoder": tmp_path / "text_encoder.h5"}, source="my preset")
+    assert list(weights) == ["text_encoder"] and weights.source == "my preset"
+    target = models.build("text_encoder", "tiny", "mixed_bfloat16", weights=weights["text_encoder"])
+    assert models.built_with(target, "mixed_bfloat16")  # built once in the compute policy, then filled
+    assert all(np.array_equal(a, b) for a, b in zip(source.get_weights(), target.get_weights()))
+    with pytest.raises(InputError, match="component must be one of"):
+        keras_cv_h5_weights({"unet": tmp_path / "text_encoder.h5"})
 
 
 def test_a_file_that_is_not_keras_weights_is_refused(tmp_path):
@@ -355,9 +367,10 @@ def parity_report(version):
     models take up to ~11 GB, and memory a process has used is not given back to the system, so the rest of the
     suite would run on top of it."""
     kcv = recording_keras_cv(version)
-    config, ours = from_keras_cv_models(kcv)
+    config, weights = from_keras_cv_models(kcv)
+    ours = models.build_all(config, weights)
     recorded = kcv.recorded
-    del kcv
+    del kcv, weights
     gc.collect()
     reference = get_config(version)
     keras_cv_embedding = recorded["diffusion_model"]["inputs"]["timestep_embedding"]

@@ -4,6 +4,8 @@ import os
 import numpy as np
 import pytest
 
+from sd_keras import models
+from sd_keras.errors import InputError
 from sd_keras.pipeline import StableDiffusion
 from sd_keras.weights import saved
 
@@ -57,7 +59,25 @@ def test_mismatched_weights_leave_model_unchanged(sd, tmp_path):
 
 def test_bad_folders(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"format": saved.FORMAT, "format_version": 99}))
-    with pytest.raises(ValueError, match="format_version 99"):
-        saved.load_pretrained(StableDiffusion, str(tmp_path))
-    with pytest.raises(ValueError, match="no packaged weights"):
-        saved.load_packaged(StableDiffusion, "nothing-here")
+    with pytest.raises(InputError, match="format_version 99"):
+        saved.load(str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps({"format": saved.FORMAT, "format_version": 1,
+                                                      "config": {"name": "x", "unet": {"channels": [1]}}}))
+    with pytest.raises(InputError, match="config.json: 'config' is not a valid model config"):
+        saved.load(str(tmp_path))
+    with pytest.raises(InputError, match="no packaged weights"):
+        saved.load_packaged("nothing-here")
+
+
+def test_load_returns_the_config_and_lazy_weights(sd, tmp_path):
+    folder = sd.save_pretrained(str(tmp_path / "model"))
+    os.remove(os.path.join(folder, "image_encoder.safetensors"))  # optional
+    config, weights = saved.load(folder)
+    assert config == sd.config and sorted(weights) == ["decoder", "diffusion_model", "text_encoder"]
+    parts = models.build_all(config, weights)
+    assert parts["image_encoder"] is None
+    for name in weights:
+        assert all(np.array_equal(a, b) for a, b in zip(parts[name].get_weights(), getattr(sd, name).get_weights()))
+    os.remove(os.path.join(folder, "decoder.safetensors"))
+    with pytest.raises(InputError, match="missing decoder.safetensors"):
+        saved.load(folder)

@@ -72,11 +72,10 @@ def test_losses_fall_on_a_fixed_batch(uninterrupted):
 
 def test_the_run_exports_a_loadable_model(uninterrupted):
     from sd_keras.pipeline import StableDiffusion
-    from sd_keras.weights.saved import load_pretrained
 
     out, summary = uninterrupted
     assert summary["model"] == os.path.join(str(out), "model")
-    model = load_pretrained(StableDiffusion, summary["model"])
+    model = StableDiffusion.from_checkpoint(summary["model"])
     assert model.config.name == "tiny"
     checkpoint, info = train_lib.read_checkpoint(os.path.join(out, train_lib.CHECKPOINT_NAME))
     assert info["stage"] is None and info["global_step"] == 12  # finished: weights only
@@ -215,7 +214,7 @@ def _folder_data(folder, count=3):
 
 def test_lora_fine_tune_changes_only_the_adapters(tmp_path):
     from sd_keras.pipeline import StableDiffusion
-    from sd_keras.weights.saved import load_pretrained, save_pretrained
+    from sd_keras.weights.saved import save_pretrained
 
     base = str(tmp_path / "base")
     save_pretrained(StableDiffusion.from_config("tiny", seed=3), base)
@@ -248,9 +247,9 @@ def test_lora_fine_tune_changes_only_the_adapters(tmp_path):
             np.testing.assert_array_equal(after["diffusion_model"][key], value, err_msg=key)
 
     # the adapter file on the base model gives the merged model's UNet
-    plain = load_pretrained(StableDiffusion, base)
+    plain = StableDiffusion.from_checkpoint(base)
     assert train_lib.load_lora(plain.diffusion_model, summary["lora"]) == adapted
-    merged = load_pretrained(StableDiffusion, summary["model"])
+    merged = StableDiffusion.from_checkpoint(summary["model"])
     rng = np.random.default_rng(1)
     inputs = {"latent": rng.normal(size=(1, 8, 8, 4)).astype("float32"),
               "timestep_embedding": rng.normal(size=(1, 32)).astype("float32"),

@@ -39,8 +39,8 @@ size in memory, and ``convert_checkpoint`` writes each component before it build
 Example:
     >>> from sd_keras import StableDiffusion                                           # doctest: +SKIP
     >>> sd = StableDiffusion.from_checkpoint("v1-5-pruned-emaonly.safetensors")       # doctest: +SKIP
-    >>> sd = load_checkpoint(StableDiffusion, "512-base-ema.safetensors",
-    ...                      prediction_type="epsilon")                                # doctest: +SKIP
+    >>> config, weights = load_checkpoint("512-base-ema.safetensors",
+    ...                                   prediction_type="epsilon")                   # doctest: +SKIP
     >>> convert_checkpoint("stable-diffusion-v1-5/", "sd15_keras")                    # doctest: +SKIP
 """
 
@@ -251,7 +251,9 @@ class ComponentPlan:
 
     def fill(self, model):
         """Assign every variable of ``model`` from the source; shapes are all checked before any assignment."""
-        variables = {_variable_key(model, v): v for v in model.weights}
+        from sd_keras.models.registry import variables as model_variables
+
+        variables = model_variables(model)
         where = self.source.reader.path
         plan = []
         for entry in self.entries:
@@ -286,9 +288,16 @@ class ComponentPlan:
         del cached
 
 
-def _variable_key(model, variable):
-    prefix = model.name + "/"
-    return variable.path[len(prefix):] if variable.path.startswith(prefix) else variable.path
+class _WithLoRAs:
+    """A component's plan followed by LoRA merges."""
+
+    def __init__(self, plan, loras, config, component):
+        self.plan, self.loras, self.config, self.component = plan, loras, config, component
+
+    def fill(self, model):
+        self.plan.fill(model)
+        for lora, scale in self.loras:
+            lora.merge_into(model, self.component, self.config, scale)
 
 
 class Checkpoint:
@@ -317,11 +326,16 @@ class Checkpoint:
     def build(self, component, *, dtype=None):
         from sd_keras import models
 
-        builders = {"text_encoder": models.build_text_encoder, "diffusion_model": models.build_diffusion_model,
-                    "decoder": models.build_decoder, "image_encoder": models.build_image_encoder}
-        model = builders[component](self.config, dtype=dtype)
-        self.plans[component].fill(model)
-        return model
+        return models.build(component, self.config, dtype, weights=self.plans[component])
+
+    def weights(self, loras=()):
+        """The plans as ``sd_keras.models.Weights`` (closing it closes this checkpoint); ``loras``: ``(LoRAFile,
+        scale)`` pairs merged into each component right after it is filled."""
+        from sd_keras.models.registry import Weights
+
+        parts = {name: _WithLoRAs(self.plans[name], loras, self.config, name) if loras else self.plans[name]
+                 for name in self.components}
+        return Weights(parts, source=self.path, notes=self.notes, on_close=self.close)
 
     def close(self):
         for reader in self._readers:
@@ -898,32 +912,25 @@ def printing_notes(stream):
         LOG.setLevel(level)
 
 
-def load_checkpoint(cls, path, *, dtype="float32", prediction_type=None, loras=(), ema=False):
-    """Load a diffusers folder or an original ``.safetensors`` / ``.ckpt`` into ``cls`` (StableDiffusion).
+def load_checkpoint(path, *, prediction_type=None, loras=(), ema=False):
+    """Open a diffusers folder or an original ``.safetensors`` / ``.ckpt``: ``(ModelConfig, models.Weights)``.
 
-    ``loras``: ``(path, scale)`` pairs merged after loading (see ``sd_keras.weights.lora``).
-    ``prediction_type`` and ``ema``: see ``open_checkpoint``.
+    Every key is checked now; tensors are read as ``models.build_all`` (``StableDiffusion.from_checkpoint``) fills
+    each model, one at a time, and the files are closed after that (or with ``weights.close()``).
+    ``loras``: ``(path, scale)`` pairs merged into each component after it is filled (see
+    ``sd_keras.weights.lora``). ``prediction_type`` and ``ema``: see ``open_checkpoint``.
 
     Example:
-        >>> sd = load_checkpoint(StableDiffusion, "v1-5-pruned-emaonly.safetensors")  # doctest: +SKIP
+        >>> config, weights = load_checkpoint("v1-5-pruned-emaonly.safetensors")      # doctest: +SKIP
+        >>> parts = sd_keras.models.build_all(config, weights)                       # doctest: +SKIP
     """
-    from sd_keras.loop import keras_dtype_policy
-
-    # built in the compute policy straight away (float32 variables either way), so StableDiffusion does not
-    # rebuild them: a second copy of the UNet would double the peak memory
-    policy = keras_dtype_policy(dtype)
-    with open_checkpoint(path, prediction_type=prediction_type, ema=ema) as checkpoint:
-        parts = {name: checkpoint.build(name, dtype=policy if name in ("text_encoder", "diffusion_model") else None)
-                 for name in checkpoint.components}
-        config = checkpoint.config
-    sd = cls(config, parts["text_encoder"], parts["diffusion_model"], parts["decoder"], parts.get("image_encoder"),
-             dtype=dtype)
+    lora_files = []
     if loras:
-        from sd_keras.weights.lora import apply_lora
+        from sd_keras.weights.lora import read_lora
 
-        for lora_path, scale in loras:
-            apply_lora(sd, lora_path, scale)
-    return sd
+        lora_files = [(read_lora(lora_path), scale) for lora_path, scale in loras]
+    checkpoint = open_checkpoint(path, prediction_type=prediction_type, ema=ema)
+    return checkpoint.config, checkpoint.weights(lora_files)
 
 
 def convert_checkpoint(path, output, *, prediction_type=None, weight_dtype=None, loras=(), ema=False):
@@ -940,17 +947,13 @@ def convert_checkpoint(path, output, *, prediction_type=None, weight_dtype=None,
 
     output = os.path.abspath(os.fspath(output))
     check_output_folder(output)
-    lora_files = []
-    if loras:
-        from sd_keras.weights.lora import read_lora
+    from sd_keras import models
 
-        lora_files = [(read_lora(lora_path), scale) for lora_path, scale in loras]
-    with open_checkpoint(path, prediction_type=prediction_type, ema=ema) as checkpoint:
+    config, weights = load_checkpoint(path, prediction_type=prediction_type, loras=loras, ema=ema)
+    with weights:
         with files.atomic_folder(output) as staging:
-            for component in checkpoint.components:
-                model = checkpoint.build(component)
-                for lora, scale in lora_files:
-                    lora.merge_into(model, component, checkpoint.config, scale)
+            for component in weights:
+                model = models.build(component, config, weights=weights[component])
                 write_model_safetensors(model, os.path.join(staging, f"{component}.safetensors"),
                                         metadata={"format": saved.FORMAT, "component": component},
                                         dtype=weight_dtype)
@@ -958,7 +961,7 @@ def convert_checkpoint(path, output, *, prediction_type=None, weight_dtype=None,
                 gc.collect()
             files.write_json(os.path.join(staging, "config.json"),
                              {"format": saved.FORMAT, "format_version": saved.FORMAT_VERSION,
-                              "config": checkpoint.config.to_dict()})
+                              "config": config.to_dict()})
     return output
 
 
@@ -983,15 +986,14 @@ def write_model_safetensors(model, path, *, metadata=None, dtype=None):
 
     Same content as ``safetensors.numpy.save_file(model_tensors(model))`` without a second copy of the model.
     """
+    from sd_keras.models.registry import variables
+
     specs, offset = [], 0
     header = {"__metadata__": dict(metadata or {})}
-    for variable in model.weights:
+    for key, variable in variables(model).items():
         var_dtype = np.dtype(dtype) if dtype is not None and "float" in str(variable.dtype) else np.dtype(
             str(variable.dtype))
         nbytes = int(np.prod(variable.shape, dtype=np.int64)) * var_dtype.itemsize
-        key = _variable_key(model, variable)
-        if key in header:
-            raise ValueError(f"{model.name}: two variables share the path {key!r}")
         header[key] = {"dtype": _SAFETENSORS_DTYPES[var_dtype], "shape": list(variable.shape),
                        "data_offsets": [offset, offset + nbytes]}
         specs.append((variable, var_dtype))

@@ -8,7 +8,7 @@ Example:
     >>> from sd_keras import models                                              # doctest: +SKIP
     >>> decoder = models.build_decoder("sd-v1")                                    # doctest: +SKIP
     >>> load_keras_cv_h5(decoder, "kcv_decoder.h5", "decoder")                     # doctest: +SKIP
-    >>> config, parts = from_keras_cv_models(keras_cv.models.StableDiffusion())    # doctest: +SKIP
+    >>> config, weights = from_keras_cv_models(keras_cv.models.StableDiffusion())  # doctest: +SKIP
 """
 
 import dataclasses
@@ -16,6 +16,8 @@ import sys
 from typing import NamedTuple
 
 import numpy as np
+
+from sd_keras.errors import InputError
 
 COMPONENTS = ("text_encoder", "diffusion_model", "decoder", "image_encoder")
 
@@ -78,7 +80,7 @@ def read_keras_h5(path):
         if "layer_names" not in _attr_keys(handle) and "model_weights" in handle:
             group = handle["model_weights"]
         if "layer_names" not in _attr_keys(group):
-            raise ValueError(f"{path}: not a legacy Keras h5 weight file (no 'layer_names' attribute)")
+            raise InputError(f"{path}: not a legacy Keras h5 weight file (no 'layer_names' attribute)")
         entries = []
         for layer_name in _string_list(group, "layer_names"):
             layer_group = group[layer_name]
@@ -110,19 +112,19 @@ def _check_fits(model, source_shapes, source, component):
     targets = model.weights
     for index, ((name, shape), target) in enumerate(zip(source_shapes, targets)):
         if tuple(shape) != tuple(target.shape):
-            raise ValueError(
+            raise InputError(
                 f"{source}: weight #{index} ({name}) has shape {tuple(shape)} but {component} weight "
                 f"{target.path} needs {tuple(target.shape)}; these are not KerasCV {component} weights for "
                 f"this model's config")
     if len(source_shapes) != len(targets):
-        raise ValueError(
+        raise InputError(
             f"{source}: holds {len(source_shapes)} weight tensors but the {component} model '{model.name}' has "
             f"{len(targets)}; these are not KerasCV {component} weights for this model's config")
 
 
 def _check_component(component):
     if component not in COMPONENTS:
-        raise ValueError(f"component must be one of {COMPONENTS}, got {component!r}")
+        raise InputError(f"component must be one of {COMPONENTS}, got {component!r}")
 
 
 def load_keras_cv_h5(model, path, component):
@@ -143,13 +145,34 @@ def load_keras_cv_h5(model, path, component):
     except FileNotFoundError:
         raise
     except OSError as error:
-        raise ValueError(f"{path}: cannot read as an HDF5 weight file ({error})") from error
+        raise InputError(f"{path}: cannot read as an HDF5 weight file ({error})") from error
     with handle:
         _check_fits(model, [(name, dataset.shape) for name, dataset in entries], str(path), component)
         values = [dataset[()] for _, dataset in entries]
     for variable, value in zip(model.weights, values):
         variable.assign(value)
     return model
+
+
+class _Fill:
+    """One component's KerasCV weights as ``sd_keras.models.Weights`` holds them: ``fill(model)`` loads them."""
+
+    def __init__(self, load, source, component):
+        self._load, self.source, self.component = load, source, component
+
+    def fill(self, model):
+        self._load(model, self.source, self.component)
+
+
+def keras_cv_h5_weights(paths, *, source="KerasCV weights"):
+    """``sd_keras.models.Weights`` of KerasCV h5 files, ``{component: path}``; each is read (and checked) when
+    its model is filled."""
+    from sd_keras.models.registry import Weights
+
+    for component in paths:
+        _check_component(component)
+    return Weights({component: _Fill(load_keras_cv_h5, path, component) for component, path in paths.items()},
+                   source=source)
 
 
 def copy_keras_cv_weights(source, model, component):
@@ -161,6 +184,10 @@ def copy_keras_cv_weights(source, model, component):
     for variable, value in zip(model.weights, source_weights):
         variable.assign(np.asarray(value))
     return model
+
+
+def _copy_from_property(model, kcv, component):
+    copy_keras_cv_weights(getattr(kcv, component), model, component)
 
 
 def _weight_name(variable):
@@ -182,26 +209,23 @@ def _keras_cv_version(kcv):
 
 
 def from_keras_cv_models(kcv):
-    """sd_keras models with the weights of a KerasCV ``StableDiffusion`` (-> sd-v1) or ``StableDiffusionV2``
-    (-> sd-v2): ``(ModelConfig, {"text_encoder", "diffusion_model", "decoder", "image_encoder": keras.Model})``.
+    """The weights of a KerasCV ``StableDiffusion`` (-> sd-v1) or ``StableDiffusionV2`` (-> sd-v2) as a loader
+    returns them: ``(ModelConfig, sd_keras.models.Weights)``; each component is copied (and checked) when its
+    model is filled (``sd_keras.models.build_all``).
 
     Sub-models are read through KerasCV's properties (so one not built yet is built and loaded by KerasCV).
     The config's ``image_size`` is the KerasCV model's (img_height, img_width); the sd_keras models themselves
     accept any size. ``TypeError`` for any other object.
 
     Example:
-        >>> config, parts = from_keras_cv_models(keras_cv.models.StableDiffusion())  # doctest: +SKIP
-        >>> parts["diffusion_model"]                                                # doctest: +SKIP
+        >>> config, weights = from_keras_cv_models(keras_cv.models.StableDiffusion())  # doctest: +SKIP
+        >>> sd_keras.models.build_all(config, weights)["diffusion_model"]           # doctest: +SKIP
     """
-    from sd_keras import models
     from sd_keras.config import get_config
+    from sd_keras.models.registry import Weights
 
     version = _keras_cv_version(kcv)
     config = dataclasses.replace(get_config(version), image_size=(int(kcv.img_height), int(kcv.img_width)))
-    builders = {"text_encoder": models.build_text_encoder, "diffusion_model": models.build_diffusion_model,
-                "decoder": models.build_decoder, "image_encoder": models.build_image_encoder}
-    parts = {}
-    for component in COMPONENTS:
-        parts[component] = copy_keras_cv_weights(getattr(kcv, component), builders[component](config),
-                                                 component)
-    return config, parts
+    # each sub-model is read when its sd_keras model is filled: one KerasCV sub-model at a time beside ours
+    parts = {component: _Fill(_copy_from_property, kcv, component) for component in COMPONENTS}
+    return config, Weights(parts, source=f"KerasCV {type(kcv).__name__}")

@@ -151,13 +151,11 @@ class LoRAFile:
 
     def deltas(self, model, component, config, scale=1.0):
         """``{variable key: delta}`` for ``model`` (the Keras ``component``), all checked before returning."""
-        from sd_keras.weights.saved import _variable_key
-
         pairs = self.pairs.get(component) or {}
         if not pairs:
             return {}
         modules = _module_index(component, config)
-        variables = {_variable_key(model, v): v for v in model.weights}
+        variables = _variables(model)
         deltas = {}
         for (naming, module), pair in pairs.items():
             target = (module, False) if naming == "sd_keras" else modules[naming].get(module)
@@ -186,11 +184,8 @@ class LoRAFile:
 
     def merge_into(self, model, component, config, scale=1.0):
         """Add this LoRA to ``model``'s kernels for good (no record kept; used by ``sd-keras convert``)."""
-        from sd_keras.weights.saved import _variable_key
-
         deltas = self.deltas(model, component, config, scale)
-        for variable in model.weights:
-            key = _variable_key(model, variable)
+        for key, variable in _variables(model).items():
             if key in deltas:
                 variable.assign(np.asarray(variable.numpy(), np.float32) + deltas[key])
 
@@ -317,9 +312,9 @@ def _state(model):
 
 
 def _variables(model):
-    from sd_keras.weights.saved import _variable_key
+    from sd_keras.models.registry import variables
 
-    return {_variable_key(model, v): v for v in model.weights}
+    return variables(model)
 
 
 def apply_lora(sd, lora, scale=1.0):

@@ -14,54 +14,27 @@ exactly which weight is which; loading checks every key and shape before it assi
 import json
 import os
 
-import numpy as np
-
 from sd_keras import files
+from sd_keras.errors import InputError
 
 FORMAT = "sd_keras.saved"
 FORMAT_VERSION = 1
-COMPONENTS = ("text_encoder", "diffusion_model", "decoder", "image_encoder")
 _PACKAGED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
 
 
-def _variable_key(model, variable):
-    path = variable.path
-    prefix = model.name + "/"
-    return path[len(prefix):] if path.startswith(prefix) else path
-
-
 def model_tensors(model, dtype=None):
-    """``{variable path: numpy array}`` of a Keras model (paths relative to the model)."""
-    tensors = {}
-    for variable in model.weights:
-        value = np.asarray(variable.numpy())
-        if dtype is not None and np.issubdtype(value.dtype, np.floating):
-            value = value.astype(dtype)
-        key = _variable_key(model, variable)
-        if key in tensors:
-            raise ValueError(f"{model.name}: two variables share the path {key!r}")
-        tensors[key] = value
-    return tensors
+    """``{variable path: numpy array}`` of a Keras model: ``sd_keras.models.tensors``."""
+    from sd_keras import models
+
+    return models.tensors(model, dtype)
 
 
 def assign_tensors(model, tensors, *, source="weights"):
-    """Assign ``tensors`` (variable path → array) to ``model``; all keys and shapes are checked first.
+    """Assign ``tensors`` (variable path → array) to ``model``, every key and shape checked first (InputError
+    otherwise; the model unchanged): ``sd_keras.models.assign``."""
+    from sd_keras import models
 
-    Raises:
-        ValueError: missing or unexpected keys, or a shape mismatch; the model is left unchanged.
-    """
-    variables = {_variable_key(model, v): v for v in model.weights}
-    missing = sorted(set(variables) - set(tensors))
-    unexpected = sorted(set(tensors) - set(variables))
-    if missing or unexpected:
-        raise ValueError(f"{source}: does not fit {model.name}: {len(missing)} missing (e.g. {missing[:3]}), "
-                         f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
-    for key, variable in variables.items():
-        if tuple(tensors[key].shape) != tuple(variable.shape):
-            raise ValueError(f"{source}: {key} has shape {tuple(tensors[key].shape)}, "
-                             f"{model.name} expects {tuple(variable.shape)}")
-    for key, variable in variables.items():
-        variable.assign(np.asarray(tensors[key]).astype(variable.dtype))
+    models.assign(model, tensors, source=source)
 
 
 def save_pretrained(sd, folder, *, weight_dtype=None):
@@ -75,11 +48,13 @@ def save_pretrained(sd, folder, *, weight_dtype=None):
     """
     from safetensors.numpy import save_file
 
+    from sd_keras import models
+
     folder = os.path.abspath(folder)
     with files.atomic_folder(folder) as staging:
         files.write_json(os.path.join(staging, "config.json"),
                          {"format": FORMAT, "format_version": FORMAT_VERSION, "config": sd.config.to_dict()})
-        for component in COMPONENTS:
+        for component in models.components(sd.config):
             model = getattr(sd, component, None)
             if model is None:
                 continue
@@ -107,50 +82,66 @@ def read_config(folder):
         with open(path) as f:
             data = json.load(f)
     except (OSError, ValueError) as error:
-        raise ValueError(f"{path}: not a readable sd_keras config ({error})") from None
-    if data.get("format") != FORMAT:
-        raise ValueError(f"{path}: not an sd_keras saved model (format {data.get('format')!r})")
+        raise InputError(f"{path}: not a readable sd_keras config ({error})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise InputError(f"{path}: not an sd_keras saved model (format "
+                         f"{data.get('format') if isinstance(data, dict) else None!r})")
     if data.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version {data.get('format_version')!r} is not supported "
+        raise InputError(f"{path}: format_version {data.get('format_version')!r} is not supported "
                          f"(this sd_keras reads {FORMAT_VERSION})")
-    return ModelConfig.from_dict(data["config"])
+    try:
+        return ModelConfig.from_dict(data["config"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise InputError(f"{path}: 'config' is not a valid model config ({error})") from None
 
 
-def load_pretrained(cls, folder, *, dtype="float32"):
-    """Load a folder written by ``save_pretrained`` into ``cls`` (StableDiffusion)."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
+class SafetensorsWeights:
+    """One component's ``<component>.safetensors``: read when a model is filled (all keys and shapes checked)."""
 
+    def __init__(self, path):
+        self.path = path
+
+    def fill(self, model):
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+
+        from sd_keras import models
+
+        try:
+            tensors = load_file(self.path)
+        except (SafetensorError, OSError, ValueError) as error:
+            raise InputError(f"{self.path}: unreadable safetensors file ({error})") from None
+        models.assign(model, tensors, source=self.path)
+
+
+def load(folder):
+    """Read a folder written by ``save_pretrained``: ``(ModelConfig, models.Weights)``; each component's file is
+    read when ``models.build_all`` (or ``StableDiffusion.from_checkpoint``) fills its model.
+
+    Example:
+        >>> config, weights = load("my_model")                                        # doctest: +SKIP
+        >>> parts = sd_keras.models.build_all(config, weights)                       # doctest: +SKIP
+    """
     from sd_keras import models
 
     config = read_config(folder)
-    builders = {"text_encoder": models.build_text_encoder, "diffusion_model": models.build_diffusion_model,
-                "decoder": models.build_decoder, "image_encoder": models.build_image_encoder}
     parts = {}
-    for component in COMPONENTS:
+    for component, spec in models.registry.family_of(config).components.items():
         path = os.path.join(folder, f"{component}.safetensors")
-        if not os.path.exists(path):
-            if component == "image_encoder":
-                parts[component] = None
-                continue
-            raise ValueError(f"{folder}: missing {component}.safetensors")
-        try:
-            tensors = load_file(path)
-        except (SafetensorError, OSError, ValueError) as error:
-            raise ValueError(f"{path}: unreadable safetensors file ({error})") from None
-        model = builders[component](config)
-        assign_tensors(model, tensors, source=path)
-        parts[component] = model
-    return cls(config, **parts, dtype=dtype)
+        if os.path.exists(path):
+            parts[component] = SafetensorsWeights(path)
+        elif not spec.optional:
+            raise InputError(f"{folder}: missing {component}.safetensors")
+    return config, models.Weights(parts, source=folder)
 
 
 def packaged_folder(name):
     return os.path.join(_PACKAGED, name)
 
 
-def load_packaged(cls, name, *, dtype="float32"):
-    """Load a model shipped inside the package (``sd_keras/assets/<name>/``)."""
+def load_packaged(name):
+    """``(config, weights)`` of a model shipped inside the package (``sd_keras/assets/<name>/``)."""
     folder = packaged_folder(name)
     if not is_saved_folder(folder):
-        raise ValueError(f"preset {name!r} has no packaged weights in {folder}")
-    return load_pretrained(cls, folder, dtype=dtype)
+        raise InputError(f"preset {name!r} has no packaged weights in {folder}")
+    return load(folder)
