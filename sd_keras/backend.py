@@ -10,6 +10,7 @@ import os
 import keras
 
 from sd_keras import env
+from sd_keras.errors import InputError
 
 
 def name():
@@ -288,15 +289,15 @@ def use_devices(devices):
     if devices in (None, 1, "1"):
         return 1
     if name() != "jax":
-        raise ValueError(f"devices={devices!r}: multi-device generation needs the JAX backend (KERAS_BACKEND=jax)")
+        raise InputError(f"devices={devices!r}: multi-device generation needs the JAX backend (KERAS_BACKEND=jax)")
     available = keras.distribution.list_devices()
     if devices != "all":
         try:
             count = int(devices)
         except (TypeError, ValueError):
-            raise ValueError(f"devices must be 'all' or a device count, got {devices!r}") from None
+            raise InputError(f"devices must be 'all' or a device count, got {devices!r}") from None
         if not 1 <= count <= len(available):
-            raise ValueError(f"devices={count} but only {len(available)} device(s) are available")
+            raise InputError(f"devices={count} but only {len(available)} device(s) are available")
         available = available[:count]
     if len(available) > 1:
         keras.distribution.set_distribution(keras.distribution.DataParallel(devices=available))

@@ -17,6 +17,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
+from sd_keras.errors import InputError
+
 ACTIVATIONS = ("quick_gelu", "gelu", "gelu_tanh")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
@@ -43,9 +45,9 @@ class TextEncoderConfig:
 
     def __post_init__(self):
         if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+            raise InputError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         if self.width % self.num_heads:
-            raise ValueError(f"width {self.width} is not divisible by num_heads {self.num_heads}")
+            raise InputError(f"width {self.width} is not divisible by num_heads {self.num_heads}")
 
 
 @dataclass(frozen=True)
@@ -79,19 +81,19 @@ class UNetConfig:
 
     def __post_init__(self):
         if len(self.attention_levels) != len(self.block_out_channels):
-            raise ValueError("attention_levels needs one entry per block_out_channels entry")
+            raise InputError("attention_levels needs one entry per block_out_channels entry")
         if (self.num_heads is None) == (self.head_size is None):
-            raise ValueError("set exactly one of num_heads and head_size")
+            raise InputError("set exactly one of num_heads and head_size")
         for channels in self.block_out_channels:
             if channels % self.norm_groups:
-                raise ValueError(f"channels {channels} are not divisible by norm_groups {self.norm_groups}")
+                raise InputError(f"channels {channels} are not divisible by norm_groups {self.norm_groups}")
             self.attention_heads(channels)
 
     def attention_heads(self, channels):
         """(num_heads, head_size) of the spatial transformer of a level with ``channels`` channels."""
         divisor = self.num_heads if self.num_heads is not None else self.head_size
         if channels % divisor:
-            raise ValueError(f"channels {channels} are not divisible by {divisor} (num_heads / head_size)")
+            raise InputError(f"channels {channels} are not divisible by {divisor} (num_heads / head_size)")
         if self.num_heads is not None:
             return self.num_heads, channels // self.num_heads
         return channels // self.head_size, self.head_size
@@ -112,7 +114,7 @@ class VAEConfig:
     def __post_init__(self):
         for channels in self.block_out_channels:
             if channels % self.norm_groups:
-                raise ValueError(f"channels {channels} are not divisible by norm_groups {self.norm_groups}")
+                raise InputError(f"channels {channels} are not divisible by norm_groups {self.norm_groups}")
 
     @property
     def downsample_factor(self):
@@ -138,9 +140,9 @@ class ModelConfig:
 
     def __post_init__(self):
         if self.prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
+            raise InputError(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
         if self.unet.context_dim != self.text_encoder.width:
-            raise ValueError(f"unet.context_dim {self.unet.context_dim} != text_encoder.width "
+            raise InputError(f"unet.context_dim {self.unet.context_dim} != text_encoder.width "
                              f"{self.text_encoder.width}")
 
     def to_dict(self):
@@ -162,7 +164,7 @@ def _from_dict(cls, data):
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
+        raise InputError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
     return cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in data.items()})
 
 
@@ -200,11 +202,11 @@ PRESETS = {config.name: config for config in (SD_V1, SD_V2, TINY, SHAPES)}
 
 
 def get_config(name):
-    """The ``ModelConfig`` of preset ``name`` (a ``ModelConfig`` passes through); ``ValueError`` naming the
+    """The ``ModelConfig`` of preset ``name`` (a ``ModelConfig`` passes through); ``InputError`` naming the
     unknown preset and listing the known ones otherwise."""
     if isinstance(name, ModelConfig):
         return name
     try:
         return PRESETS[name]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}") from None
+        raise InputError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}") from None

@@ -28,6 +28,8 @@ import secrets
 import shutil
 import stat
 
+from sd_keras.errors import InputError
+
 __all__ = ["atomic_write", "atomic_path", "atomic_folder", "new_folder_beside", "replace_folder", "write_bytes",
            "write_text", "write_json", "check_writable", "temporaries_of", "TEMPORARY_TAG"]
 
@@ -260,7 +262,7 @@ def write_json(path, data, *, indent=2, **dump_options):
 
 
 def check_writable(path, *, folder=False):
-    """Raise ``ValueError`` naming ``path`` if an atomic write could not create it; nothing is left behind.
+    """Raise ``InputError`` naming ``path`` if an atomic write could not create it; nothing is left behind.
 
     Cheap (no parent folder is created) so that a command can check its output before hours of work:
     ``path`` must not be an existing folder (``folder=False``) or an existing non-folder (``folder=True``), its
@@ -270,18 +272,18 @@ def check_writable(path, *, folder=False):
     shown = os.fspath(path)
     absolute = os.path.abspath(shown)
     if folder and os.path.lexists(absolute) and not os.path.isdir(absolute):
-        raise ValueError(f"cannot write {shown}: it exists and is not a folder")
+        raise InputError(f"cannot write {shown}: it exists and is not a folder")
     if not folder and os.path.isdir(absolute):
-        raise ValueError(f"cannot write {shown}: it is a folder")
+        raise InputError(f"cannot write {shown}: it is a folder")
     ancestor = os.path.dirname(absolute)
     while not os.path.lexists(ancestor):
         ancestor = os.path.dirname(ancestor)
     if not os.path.isdir(ancestor):
-        raise ValueError(f"cannot write {shown}: {ancestor} is not a folder")
+        raise InputError(f"cannot write {shown}: {ancestor} is not a folder")
     try:
         descriptor, probe = _create_file(os.path.join(ancestor, "write-check"), "")
     except OSError as error:
-        raise ValueError(f"cannot write {shown}: cannot create files in {ancestor} "
+        raise InputError(f"cannot write {shown}: cannot create files in {ancestor} "
                          f"({error.strerror or error})") from None
     os.close(descriptor)
     _discard(probe)

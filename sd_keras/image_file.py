@@ -3,7 +3,7 @@
 ``PIL.Image.open`` raises ``DecompressionBombError`` (or warns) for a huge header before a caller can check the
 size itself, and a PNG may carry megabytes of compressed text. ``open_image`` reads the header with the format's
 own PIL reader, refuses an image over the pixel limit before any pixel is decoded, decodes it, and refuses text
-chunks that add up to more than ``max_text_bytes``. Every refusal is an ``ImageFileError`` (a ``ValueError``)
+chunks that add up to more than ``max_text_bytes``. Every refusal is an ``ImageFileError`` (an ``InputError``)
 whose message starts with the name of what was read (a field or a path).
 
 Example:
@@ -18,12 +18,14 @@ Example:
 import os
 import struct
 
+from sd_keras.errors import InputError
+
 MAX_TEXT_BYTES = 2**20  # all text chunks of one image together
 _PIL_LIMIT = object()
 
 
-class ImageFileError(ValueError):
-    """An image that cannot be used; the message names the field or file."""
+class ImageFileError(InputError):
+    """An image that cannot be used (an ``InputError``); the message names the field or file."""
 
 
 def _read_header(fp, name):

@@ -15,20 +15,22 @@ import textwrap
 
 import numpy as np
 
+from sd_keras.errors import InputError
+
 
 def output_paths(pattern, count):
     """The file names for ``count`` images: ``%d`` in ``pattern`` is replaced by the image index; without it, one
     image is written to ``pattern`` and several to ``<stem>_<index><ext>`` (as ``sd-keras generate -o`` does)."""
     pattern = os.fspath(pattern)
     if not isinstance(pattern, str) or not pattern:
-        raise ValueError(f"path_pattern must be a non-empty path, got {pattern!r}")
+        raise InputError(f"path_pattern must be a non-empty path, got {pattern!r}")
     if "%" in pattern:
         try:
             paths = [pattern % index for index in range(count)]
         except (TypeError, ValueError) as error:
-            raise ValueError(f"path_pattern {pattern!r} must hold one %d for the image index ({error})") from None
+            raise InputError(f"path_pattern {pattern!r} must hold one %d for the image index ({error})") from None
         if count > 1 and len(set(paths)) < count:
-            raise ValueError(f"path_pattern {pattern!r} gives the same file name to several images")
+            raise InputError(f"path_pattern {pattern!r} gives the same file name to several images")
         return paths
     if count == 1:
         return [pattern]
@@ -45,10 +47,10 @@ def _as_rgb(image, index):
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
-        raise ValueError(f"image {index} must be (H, W), (H, W, 3) or (H, W, 4), got shape {array.shape}")
+        raise InputError(f"image {index} must be (H, W), (H, W, 3) or (H, W, 4), got shape {array.shape}")
     if array.dtype != np.uint8:
         if not np.issubdtype(array.dtype, np.number) or not np.all(np.isfinite(array)):
-            raise ValueError(f"image {index} must hold finite numbers, got dtype {array.dtype}")
+            raise InputError(f"image {index} must hold finite numbers, got dtype {array.dtype}")
         # floats in [0, 1] (masks) are scaled to 0-255; anything else is clipped to it
         scale = 255.0 if np.issubdtype(array.dtype, np.floating) and array.size and array.max() <= 1.0 else 1.0
         array = np.clip(np.rint(array * scale), 0, 255).astype(np.uint8)
@@ -67,16 +69,16 @@ def image_grid(images, titles=None, *, columns=None, scale=1, padding=4, backgro
 
     images = [_as_rgb(image, index) for index, image in enumerate(list(images))]
     if not images:
-        raise ValueError("image_grid needs at least one image")
+        raise InputError("image_grid needs at least one image")
     if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 1:
-        raise ValueError(f"scale must be an integer >= 1, got {scale!r}")
+        raise InputError(f"scale must be an integer >= 1, got {scale!r}")
     columns = len(images) if columns is None else columns
     if isinstance(columns, bool) or not isinstance(columns, (int, np.integer)) or columns < 1:
-        raise ValueError(f"columns must be an integer >= 1, got {columns!r}")
+        raise InputError(f"columns must be an integer >= 1, got {columns!r}")
     if titles is not None:
         titles = [str(title) for title in titles]
         if len(titles) != len(images):
-            raise ValueError(f"got {len(titles)} titles for {len(images)} images")
+            raise InputError(f"got {len(titles)} titles for {len(images)} images")
     if scale > 1:
         images = [image.resize((image.width * scale, image.height * scale), Image.NEAREST) for image in images]
     cell_width = max(image.width for image in images)

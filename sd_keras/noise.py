@@ -29,6 +29,8 @@ Example:
 
 import numpy as np
 
+from sd_keras.errors import InputError
+
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
@@ -49,7 +51,7 @@ def _splitmix64(seed, count):
 
 def _check_seed(seed):
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
+        raise InputError(f"seed must be an integer, got {seed!r}")
     return int(seed)
 
 
@@ -84,7 +86,7 @@ def latent_noise(seed, batch_size, latent_shape, num_extra_draws=0):
     """
     seed = _check_seed(seed)
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
     size = int(np.prod(latent_shape))
     streams = np.stack(
         [gaussian(seed + i, ((1 + num_extra_draws) * size,)) for i in range(batch_size)]

@@ -41,6 +41,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from sd_keras.errors import InputError, InputTypeError
+
 __all__ = [
     "CLIPTokenizer",
     "TokenizedPrompts",
@@ -240,7 +242,7 @@ def read_merges(path: str | os.PathLike) -> list[tuple[str, str]]:
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the file is not valid gzip/UTF-8, a line is not two symbols, or merges are missing.
+        InputError: the file is not valid gzip/UTF-8, a line is not two symbols, or merges are missing.
     """
     path = Path(path)
     if not path.is_file():
@@ -250,11 +252,11 @@ def read_merges(path: str | os.PathLike) -> list[tuple[str, str]]:
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError) as error:
-            raise ValueError(f"CLIP merges file {path} is not a valid gzip file: {error}") from error
+            raise InputError(f"CLIP merges file {path} is not a valid gzip file: {error}") from error
     try:
         lines = raw.decode("utf-8").split("\n")
     except UnicodeDecodeError as error:
-        raise ValueError(f"CLIP merges file {path} is not UTF-8 text: {error}") from error
+        raise InputError(f"CLIP merges file {path} is not UTF-8 text: {error}") from error
     first_line_number = 1
     if lines and "#version" in lines[0]:
         lines, first_line_number = lines[1:], 2
@@ -264,13 +266,13 @@ def read_merges(path: str | os.PathLike) -> list[tuple[str, str]]:
             break  # end of the merges; the count check below reports any that are missing
         symbols = line.rstrip("\r").split(" ")
         if len(symbols) != 2 or not all(symbols):
-            raise ValueError(
+            raise InputError(
                 f"CLIP merges file {path}, line {line_number}: expected two symbols separated by one "
                 f"space, got {line!r}"
             )
         merges.append((symbols[0], symbols[1]))
     if len(merges) != NUM_MERGES:
-        raise ValueError(
+        raise InputError(
             f"CLIP merges file {path} has {len(merges)} merges; CLIP's vocabulary needs {NUM_MERGES}"
         )
     return merges
@@ -315,7 +317,7 @@ class CLIPTokenizer:
         pad_token_id: int = END_OF_TEXT_ID,
     ):
         if isinstance(context_length, bool) or not isinstance(context_length, int) or context_length < 2:
-            raise ValueError(f"context_length must be an int >= 2 (start + end token), got {context_length!r}")
+            raise InputError(f"context_length must be an int >= 2 (start + end token), got {context_length!r}")
         self.merges_path = Path(merges_path) if merges_path is not None else DEFAULT_MERGES_PATH
         self.context_length = context_length
         self.pad_token_id = self._check_token_id(pad_token_id, "pad_token_id")
@@ -334,7 +336,7 @@ class CLIPTokenizer:
         self._id_to_token = vocab
         self._token_to_id = {token: token_id for token_id, token in enumerate(vocab)}
         if len(self._token_to_id) != VOCAB_SIZE:
-            raise ValueError(
+            raise InputError(
                 f"CLIP merges file {self.merges_path} yields {VOCAB_SIZE - len(self._token_to_id)} "
                 "duplicate vocabulary entries; it is not CLIP's merges file"
             )
@@ -362,11 +364,11 @@ class CLIPTokenizer:
             [585, 568, 320, 263, 12066, 281, 272, 269, 273, 264]
         """
         if not isinstance(text, str):
-            raise TypeError(f"text must be a str, got {type(text).__name__}")
+            raise InputTypeError(f"text must be a str, got {type(text).__name__}")
         try:
             text.encode("utf-8")
         except UnicodeEncodeError as error:
-            raise ValueError(
+            raise InputError(
                 f"text has a lone surrogate U+{ord(text[error.start]):04X} at index {error.start}; "
                 "it is not valid Unicode text"
             ) from None
@@ -388,11 +390,11 @@ class CLIPTokenizer:
                 ``<|startoftext|>`` / ``<|endoftext|>``.
 
         Raises:
-            ValueError: an id is outside ``0 .. 49407``.
+            InputError: an id is outside ``0 .. 49407``.
         """
         if isinstance(ids, np.ndarray):
             if ids.ndim != 1:
-                raise ValueError(f"decode takes one row of ids (1-D), got an array of shape {ids.shape}")
+                raise InputError(f"decode takes one row of ids (1-D), got an array of shape {ids.shape}")
             ids = ids.tolist()
         tokens = []
         for position, token_id in enumerate(ids):
@@ -540,11 +542,11 @@ class CLIPTokenizer:
         if isinstance(prompts, str):
             return [prompts]
         if isinstance(prompts, (bytes, bytearray)) or not isinstance(prompts, (Sequence, np.ndarray)):
-            raise TypeError(f"prompts must be a str or a list of str, got {type(prompts).__name__}")
+            raise InputTypeError(f"prompts must be a str or a list of str, got {type(prompts).__name__}")
         prompts = list(prompts)
         for index, prompt in enumerate(prompts):
             if not isinstance(prompt, str):
-                raise TypeError(f"prompts[{index}] must be a str, got {type(prompt).__name__}")
+                raise InputTypeError(f"prompts[{index}] must be a str, got {type(prompt).__name__}")
         return prompts
 
     @staticmethod
@@ -554,7 +556,7 @@ class CLIPTokenizer:
                 raise TypeError
             value = operator.index(token_id)
         except TypeError:
-            raise TypeError(f"{name} must be an int, got {type(token_id).__name__}") from None
+            raise InputTypeError(f"{name} must be an int, got {type(token_id).__name__}") from None
         if not 0 <= value < VOCAB_SIZE:
-            raise ValueError(f"{name} {value} is outside the CLIP vocabulary (0 .. {VOCAB_SIZE - 1})")
+            raise InputError(f"{name} {value} is outside the CLIP vocabulary (0 .. {VOCAB_SIZE - 1})")
         return value

@@ -14,6 +14,8 @@ import os
 
 import numpy as np
 
+from sd_keras.errors import InputError
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
@@ -21,7 +23,7 @@ class ImageFolderDataset:
     """Images and captions of a folder, indexed ``0 .. len - 1`` in sorted path order.
 
     Raises:
-        ValueError: the folder does not exist, holds no images, an image has no caption file (all of them are
+        InputError: the folder does not exist, holds no images, an image has no caption file (all of them are
             named), a caption is empty, or an image cannot be read.
     """
 
@@ -29,18 +31,18 @@ class ImageFolderDataset:
         from PIL import Image, UnidentifiedImageError
 
         if not folder or not os.path.isdir(folder):
-            raise ValueError(f"data.folder: {folder!r} is not a folder")
+            raise InputError(f"data.folder: {folder!r} is not a folder")
         paths = []
         for root, _, names in os.walk(folder):
             paths += [os.path.join(root, name) for name in names if name.lower().endswith(IMAGE_EXTENSIONS)]
         paths.sort()
         if not paths:
-            raise ValueError(f"data.folder: no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder!r}")
+            raise InputError(f"data.folder: no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder!r}")
         missing = [p for p in paths if not os.path.exists(os.path.splitext(p)[0] + ".txt")]
         if missing:
             shown = ", ".join(os.path.relpath(p, folder) for p in missing[:5])
             more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-            raise ValueError(f"data.folder: {len(missing)} image(s) have no caption file (same name, .txt): "
+            raise InputError(f"data.folder: {len(missing)} image(s) have no caption file (same name, .txt): "
                              f"{shown}{more}")
         self.folder, self.image_size, self.paths = folder, int(image_size), paths
         self.captions, images = [], []
@@ -48,12 +50,12 @@ class ImageFolderDataset:
             with open(os.path.splitext(path)[0] + ".txt", encoding="utf-8") as handle:
                 caption = " ".join(handle.read().split())
             if not caption:
-                raise ValueError(f"data.folder: the caption of {os.path.relpath(path, folder)} is empty")
+                raise InputError(f"data.folder: the caption of {os.path.relpath(path, folder)} is empty")
             try:
                 with Image.open(path) as opened:
                     image = opened.convert("RGB")
             except (OSError, UnidentifiedImageError) as error:
-                raise ValueError(f"data.folder: cannot read {path} ({error})") from None
+                raise InputError(f"data.folder: cannot read {path} ({error})") from None
             self.captions.append(caption)
             images.append(_square(image, self.image_size))
         self.images = np.stack(images)

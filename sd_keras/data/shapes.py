@@ -40,6 +40,8 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from sd_keras.errors import InputError
+
 PALETTE = {
     "red": (220, 40, 40),
     "green": (40, 170, 60),
@@ -104,17 +106,17 @@ class Scene:
     def __post_init__(self):
         object.__setattr__(self, "objects", tuple(self.objects))
         if not 1 <= len(self.objects) <= 2:
-            raise ValueError(f"a scene has one or two objects, got {len(self.objects)}")
+            raise InputError(f"a scene has one or two objects, got {len(self.objects)}")
         colors = [spec.color for spec in self.objects]
         if len(set(colors)) != len(colors):
-            raise ValueError(f"the objects of a scene need different colours, got {colors}")
+            raise InputError(f"the objects of a scene need different colours, got {colors}")
         if self.background is not None:
             _check_choice("background", self.background, BACKGROUND_COLORS)
             if self.background in colors:
-                raise ValueError(f"background {self.background!r} is also an object colour")
+                raise InputError(f"background {self.background!r} is also an object colour")
         positions = [spec.position for spec in self.objects if spec.position]
         if len(set(positions)) != len(positions):
-            raise ValueError(f"two objects cannot share the position {positions[0]!r}")
+            raise InputError(f"two objects cannot share the position {positions[0]!r}")
 
     @property
     def background_color(self):
@@ -130,7 +132,7 @@ class Scene:
 
     @classmethod
     def parse(cls, caption):
-        """The ``Scene`` of a caption written in the grammar above (ValueError naming the caption otherwise).
+        """The ``Scene`` of a caption written in the grammar above (InputError naming the caption otherwise).
 
         Example:
             >>> Scene.parse("a large blue square in the center on a white background").objects[0].size
@@ -138,7 +140,7 @@ class Scene:
         """
         match = _CAPTION_RE.fullmatch(" ".join(str(caption).lower().split()))
         if match is None:
-            raise ValueError(f"caption {caption!r} is not in the shapes grammar (e.g. 'a small red circle in the "
+            raise InputError(f"caption {caption!r} is not in the shapes grammar (e.g. 'a small red circle in the "
                              f"top left and a blue square on a white background')")
         objects = []
         for prefix in ("a", "b"):
@@ -168,7 +170,7 @@ _CAPTION_RE = re.compile(_object_pattern("a") + rf"(?: and {_object_pattern('b')
 
 def _check_choice(name, value, choices):
     if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+        raise InputError(f"{name} must be one of {choices}, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,14 +229,14 @@ def coverage(shape, center, half_width, half_height, image_size):
         bottom = py - half_height
         distance = np.maximum(np.maximum(left, right), bottom)
     else:
-        raise ValueError(f"shape must be one of {SHAPES}, got {shape!r}")
+        raise InputError(f"shape must be one of {SHAPES}, got {shape!r}")
     return np.clip(0.5 - distance, 0.0, 1.0).astype(np.float32)
 
 
 def render(scene, placements, image_size=REFERENCE_SIZE):
     """Draw ``scene`` with ``placements`` into a uint8 (image_size, image_size, 3) image."""
     if len(placements) != len(scene.objects):
-        raise ValueError(f"{len(scene.objects)} objects but {len(placements)} placements")
+        raise InputError(f"{len(scene.objects)} objects but {len(placements)} placements")
     image = np.empty((image_size, image_size, 3), np.float32)
     image[:] = PALETTE[scene.background_color]
     for spec, placement in zip(scene.objects, placements):
@@ -277,18 +279,18 @@ class ShapesDataset:
     def __init__(self, seed=0, image_size=REFERENCE_SIZE, *, split="train", two_object_fraction=0.35,
                  holdout_fraction=0.1, background_fraction=0.5):
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+            raise InputError(f"seed must be an integer >= 0, got {seed!r}")
         if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 32:
-            raise ValueError(f"image_size must be an integer >= 32, got {image_size!r}")
+            raise InputError(f"image_size must be an integer >= 32, got {image_size!r}")
         _check_choice("split", split, SPLITS)
         for name, value in (("two_object_fraction", two_object_fraction), ("holdout_fraction", holdout_fraction),
                             ("background_fraction", background_fraction)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+                raise InputError(f"{name} must be a number in [0, 1], got {value!r}")
         if split == "heldout" and holdout_fraction == 0:
-            raise ValueError("split='heldout' needs holdout_fraction > 0")
+            raise InputError("split='heldout' needs holdout_fraction > 0")
         if split == "train" and holdout_fraction == 1:
-            raise ValueError("split='train' needs holdout_fraction < 1")
+            raise InputError("split='train' needs holdout_fraction < 1")
         self.seed, self.image_size, self.split = int(seed), int(image_size), split
         self.two_object_fraction, self.holdout_fraction = float(two_object_fraction), float(holdout_fraction)
         self.background_fraction = float(background_fraction)
@@ -301,7 +303,7 @@ class ShapesDataset:
     def scene(self, index):
         """``(Scene, placements)`` of item ``index`` without drawing it."""
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
-            raise ValueError(f"index must be an integer >= 0, got {index!r}")
+            raise InputError(f"index must be an integer >= 0, got {index!r}")
         rng = np.random.default_rng([self.seed, int(index)])
         while True:
             scene = self._draw_scene(rng)

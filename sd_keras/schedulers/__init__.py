@@ -13,6 +13,7 @@ A sampler is immutable, holds its per-step numbers as float32 tables (``tables()
 
 import dataclasses
 
+from sd_keras.errors import InputError
 from sd_keras.schedulers.base import NoiseSchedule, Sampler, karras_sigmas
 from sd_keras.schedulers.ddim import DDIMSampler
 from sd_keras.schedulers.dpm_solver import DPMPP2MSampler
@@ -67,25 +68,25 @@ def get_sampler(name, num_steps, *, schedule=None, karras=None, prediction_type=
     """
     if not isinstance(name, str) or _key(name) not in _LOOKUP:
         known = ", ".join(repr(n) for n in SAMPLER_NAMES + list(SAMPLER_ALIASES))
-        raise ValueError(f"sampler name {name!r} is unknown; known names: {known}")
+        raise InputError(f"sampler name {name!r} is unknown; known names: {known}")
     canonical = _LOOKUP[_key(name)]
     cls, options = _SAMPLERS[canonical]
     options = dict(options)
     if karras is not None:
         if not isinstance(karras, bool):
-            raise ValueError(f"karras must be None, True or False, got {karras!r}")
+            raise InputError(f"karras must be None, True or False, got {karras!r}")
         if options.get("karras") and not karras:
-            raise ValueError(f"karras=False contradicts the sampler name {canonical!r}")
+            raise InputError(f"karras=False contradicts the sampler name {canonical!r}")
         if karras:
             options["karras"] = True
     if timestep_spacing is not None:
         if "timestep_spacing" in options and timestep_spacing != options["timestep_spacing"]:
-            raise ValueError(f"timestep_spacing={timestep_spacing!r} contradicts the sampler name {canonical!r}")
+            raise InputError(f"timestep_spacing={timestep_spacing!r} contradicts the sampler name {canonical!r}")
         options["timestep_spacing"] = timestep_spacing
     if prediction_type is not None:
         base = NoiseSchedule() if schedule is None else schedule
         if not isinstance(base, NoiseSchedule):
-            raise ValueError(f"schedule must be a NoiseSchedule, got {type(base).__name__}")
+            raise InputError(f"schedule must be a NoiseSchedule, got {type(base).__name__}")
         schedule = dataclasses.replace(base, prediction_type=prediction_type)
     return cls(num_steps, schedule=schedule, **options)
 

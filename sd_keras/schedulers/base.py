@@ -30,6 +30,8 @@ import types
 
 import numpy as np
 
+from sd_keras.errors import InputError
+
 
 class _KerasOps:
     """``keras.ops``, imported on first attribute access so that the tables need no Keras."""
@@ -75,19 +77,19 @@ class NoiseSchedule:
     def __post_init__(self):
         if (isinstance(self.num_train_timesteps, bool) or not isinstance(self.num_train_timesteps, numbers.Integral)
                 or self.num_train_timesteps < 2):
-            raise ValueError(f"num_train_timesteps must be an integer >= 2, got {self.num_train_timesteps!r}")
+            raise InputError(f"num_train_timesteps must be an integer >= 2, got {self.num_train_timesteps!r}")
         for field in ("beta_start", "beta_end"):
             value = getattr(self, field)
             if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
                     or not 0.0 < value < 1.0):
-                raise ValueError(f"{field} must be a number in (0, 1), got {value!r}")
+                raise InputError(f"{field} must be a number in (0, 1), got {value!r}")
         if not self.beta_start <= self.beta_end:
-            raise ValueError(f"beta_start ({self.beta_start}) must not exceed beta_end ({self.beta_end})")
+            raise InputError(f"beta_start ({self.beta_start}) must not exceed beta_end ({self.beta_end})")
         if self.prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
+            raise InputError(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
         if (isinstance(self.steps_offset, bool) or not isinstance(self.steps_offset, numbers.Integral)
                 or not 0 <= self.steps_offset < self.num_train_timesteps):
-            raise ValueError(f"steps_offset must be an integer in [0, {self.num_train_timesteps}), "
+            raise InputError(f"steps_offset must be an integer in [0, {self.num_train_timesteps}), "
                              f"got {self.steps_offset!r}")
 
     @property
@@ -167,18 +169,18 @@ class Sampler:
     def __init__(self, num_steps, *, schedule=None, karras=False, timestep_spacing=None):
         schedule = NoiseSchedule() if schedule is None else schedule
         if not isinstance(schedule, NoiseSchedule):
-            raise ValueError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
+            raise InputError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
         if not isinstance(karras, (bool, np.bool_)):
-            raise ValueError(f"karras must be True or False, got {karras!r}")
+            raise InputError(f"karras must be True or False, got {karras!r}")
         if karras and not self.supports_karras:
-            raise ValueError(f"karras: {self.display_name} has no Karras sigma schedule")
+            raise InputError(f"karras: {self.display_name} has no Karras sigma schedule")
         spacing = self.default_timestep_spacing if timestep_spacing is None else timestep_spacing
         if spacing not in TIMESTEP_SPACINGS:
-            raise ValueError(f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, got {timestep_spacing!r}")
+            raise InputError(f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, got {timestep_spacing!r}")
         # "leading" adds steps_offset, so its top timestep must stay inside the training range.
         max_steps = schedule.num_train_timesteps - (schedule.steps_offset if spacing == "leading" else 0)
         if not _is_int(num_steps) or not 1 <= num_steps <= max_steps:
-            raise ValueError(f"num_steps must be an integer in [1, {max_steps}] for {spacing!r} timestep spacing, "
+            raise InputError(f"num_steps must be an integer in [1, {max_steps}] for {spacing!r} timestep spacing, "
                              f"got {num_steps!r}")
         object.__setattr__(self, "num_steps", int(num_steps))
         object.__setattr__(self, "schedule", schedule)
@@ -191,7 +193,7 @@ class Sampler:
             dtype = np.int32 if np.asarray(value).dtype.kind in "iu" else np.float32
             array = np.array(value, dtype=dtype)
             if not np.all(np.isfinite(array)):
-                raise ValueError(f"num_steps={num_steps} gives a degenerate {self.display_name} schedule "
+                raise InputError(f"num_steps={num_steps} gives a degenerate {self.display_name} schedule "
                                  f"(repeated noise levels); use fewer steps")
             array.flags.writeable = False
             tables[key] = array
@@ -254,7 +256,7 @@ class Sampler:
         table = self._tables[name]
         if _is_int(i):
             if not 0 <= i <= last:
-                raise ValueError(f"step index must be in [0, {last}], got {i}")
+                raise InputError(f"step index must be in [0, {last}], got {i}")
             return ops.convert_to_tensor(table[int(i)])
         return ops.take(ops.convert_to_tensor(table), ops.cast(i, "int32"))
 
@@ -298,7 +300,7 @@ class Sampler:
             ...     latent, state = sampler.step(latent, output, i, state, noise[i])
         """
         if self.needs_noise and noise is None:
-            raise ValueError(f"noise: {self.name} adds fresh noise every step; pass unit Gaussian noise")
+            raise InputError(f"noise: {self.name} adds fresh noise every step; pass unit Gaussian noise")
         last = self.num_steps - 1
         latent = ops.cast(latent, "float32")
         denoised = self.denoise(latent, model_output, i)
@@ -325,7 +327,7 @@ class Sampler:
         """
         if (isinstance(strength, (bool, np.bool_)) or not isinstance(strength, (numbers.Real, np.floating))
                 or not math.isfinite(strength) or not 0.0 <= strength <= 1.0):
-            raise ValueError(f"strength must be a number in [0, 1], got {strength!r}")
+            raise InputError(f"strength must be a number in [0, 1], got {strength!r}")
         return self.num_steps - min(int(self.num_steps * strength), self.num_steps)
 
     def add_noise(self, original, noise, i):
