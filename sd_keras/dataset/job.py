@@ -198,6 +198,8 @@ def generate(table, out, *, model="shapes", output_format="webdataset", shard_si
                           "compile_seconds": round(run["compile_seconds"], 3),
                           "rows_per_second": None if run["rate"] is None else round(run["rate"], 4),
                           "mode": "local" if ray is None else "ray"}
+    if ray is not None:
+        manifest["timing"].update(workers=run.get("workers"), first_shard_seconds=run.get("first_shard_seconds"))
     manifest_lib.save(out, manifest, validation)
     return manifest
 

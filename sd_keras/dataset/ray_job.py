@@ -95,7 +95,7 @@ def run(address, out, manifest, validation, ranges, by_shard, pending, model, ba
                                "dtype": dtype, "out": os.path.abspath(out), "output_format": output_format,
                                "plan": ray.put(plan)},
         num_cpus=1, num_gpus=gpus_per_worker or None, max_restarts=-1, max_task_retries=-1)
-    images, seen = 0, set()
+    images, seen, arrivals = 0, set(), []
     started = time.perf_counter()
     try:
         for row in results.iter_rows():
@@ -112,10 +112,15 @@ def run(address, out, manifest, validation, ranges, by_shard, pending, model, ba
             manifest_lib.save(out, manifest, validation)
             count = entry["end"] - entry["first"]
             images += len(by_shard[entry["index"]][0])
+            arrivals.append((time.perf_counter(), images))
             progress.advance(count, timing["seconds"], timing["compiled"])
             progress.shard_done(entry["index"])
     finally:
         progress.close()
-    wall = time.perf_counter() - started
-    return {"images": images, "compile_seconds": progress.compile_seconds,
-            "rate": images / wall if wall > 0 else None, "workers": workers}
+    # steady rate: the images that arrived after the first shard, over the time since (actor start-up, model
+    # loading and compilation happen before the first shard arrives)
+    rate = None
+    if len(arrivals) > 1 and arrivals[-1][0] > arrivals[0][0]:
+        rate = (arrivals[-1][1] - arrivals[0][1]) / (arrivals[-1][0] - arrivals[0][0])
+    return {"images": images, "compile_seconds": progress.compile_seconds, "rate": rate, "workers": workers,
+            "first_shard_seconds": round(arrivals[0][0] - started, 3) if arrivals else None}
