@@ -277,7 +277,7 @@ def match_lengths(context, unconditional, empty_context):
         if missing % chunk:
             raise InputError(f"contexts of {context.shape[1]} and {unconditional.shape[1]} tokens cannot be "
                              f"matched with chunks of {chunk}")
-        filler = np.repeat(np.repeat(empty_context, values.shape[0], axis=0), missing // chunk, axis=1)
+        filler = np.tile(empty_context, (values.shape[0], missing // chunk, 1))
         return np.concatenate([values, filler.astype(values.dtype)], axis=1)
 
     return pad(context) if context.shape[1] < target else context, (
