@@ -2,6 +2,8 @@
 
 - ``-o`` patterns of images (``check_output_paths``), checked writable before the model is loaded;
 - ``--lora FILE[:SCALE]`` (repeatable; ``add_lora_argument``, ``lora_specs``, ``apply_lora_arguments``);
+- ``--prompt-syntax`` / ``--lora-dir``, how prompts are read and where ``<lora:name:weight>`` tags find their files
+  (``add_prompt_syntax_arguments``, ``check_prompts``, ``prompt_syntax_of``);
 - ``--prediction-type`` / ``--ema``, how a single-file checkpoint is read (``add_checkpoint_arguments``);
 - ``-m`` model specs, checked without loading (``check_model_spec``; ``sd_keras.loading.spec_kind``).
 
@@ -86,3 +88,51 @@ def apply_lora_arguments(model, args):
     from sd_keras.weights.lora import apply_lora
 
     return [apply_lora(model, path, scale) for path, scale in specs]
+
+
+PROMPT_SYNTAX_CHOICES = ("a1111", "plain")
+
+
+def add_prompt_syntax_arguments(parser):
+    """Add ``--prompt-syntax {a1111,plain}`` (default a1111) and ``--lora-dir DIR`` to an argparse parser."""
+    parser.add_argument("--prompt-syntax", choices=PROMPT_SYNTAX_CHOICES, default="a1111",
+                        help="a1111: AUTOMATIC1111's (word:1.2), (word), [word], BREAK and <lora:name:weight>, and "
+                             "prompts over 75 tokens read in 75-token chunks; plain: the text as written, cut at 75 "
+                             "tokens (the Python API's default) (default: %(default)s)")
+    parser.add_argument("--lora-dir", metavar="DIR",
+                        help="folder of the LoRA files that <lora:name:weight> in a prompt names (name.safetensors, "
+                             ".ckpt or .pt, read as --lora reads them)")
+
+
+def prompt_syntax_of(args):
+    """The model's ``prompt_syntax`` for ``--prompt-syntax`` (None for plain text)."""
+    return None if getattr(args, "prompt_syntax", "plain") == "plain" else args.prompt_syntax
+
+
+def check_lora_dir(args):
+    """InputError when ``--lora-dir`` is given and is not a folder."""
+    folder = getattr(args, "lora_dir", None)
+    if folder is not None and not os.path.isdir(folder):
+        raise InputError(f"--lora-dir {folder}: no such folder")
+
+
+def check_prompts(args, prompts, negative_prompts=(), kind=None):
+    """Read ``prompts`` with ``--prompt-syntax`` before anything is loaded: InputError for syntax that cannot be
+    read, a ``<lora:...>`` tag in a negative prompt, a tag naming no file of ``--lora-dir`` (the message lists its
+    LoRAs), or tags for an exported bundle (``kind``)."""
+    check_lora_dir(args)
+    if prompt_syntax_of(args) is None:
+        return
+    from sd_keras.prompt_syntax import parse_prompt
+    from sd_keras.prompts import find_lora
+
+    for prompt in negative_prompts:
+        if parse_prompt(prompt).loras:
+            raise InputError("negative prompt: <lora:...> tags are read from the prompt only")
+    for prompt in prompts:
+        loras = parse_prompt(prompt).loras
+        if loras and kind == "bundle":
+            raise InputError("prompt: <lora:...> tags need a Keras model (a preset or checkpoint), not an exported "
+                             "bundle")
+        for lora in loras:
+            find_lora(lora.name, getattr(args, "lora_dir", None))

@@ -12,8 +12,9 @@ import os
 import sys
 
 from sd_keras import defaults
-from sd_keras.cli.arguments import (add_checkpoint_arguments, add_lora_argument, apply_lora_arguments,
-                                    check_lora_target, check_model_spec, check_output_paths, lora_specs)
+from sd_keras.cli.arguments import (add_checkpoint_arguments, add_lora_argument, add_prompt_syntax_arguments,
+                                    apply_lora_arguments, check_lora_target, check_model_spec, check_output_paths,
+                                    check_prompts, lora_specs, prompt_syntax_of)
 from sd_keras.errors import InputError
 
 COMPILING_TEXT = "compiling (first run of this shape)"
@@ -57,7 +58,7 @@ def check_generate_arguments(args):
     """Every check of ``generate``'s arguments that needs neither Keras nor the model; returns the output paths.
 
     Raises InputError (one line naming the argument) for bad sizes, steps, CFG scale, strength, batch count,
-    sampler name, model, LoRA files, input images and output path.
+    sampler name, model, LoRA files, prompt syntax and ``<lora:...>`` tags, input images and output path.
     """
     from sd_keras.pipeline import check_guidance, check_size, check_steps, check_strength, load_image
     from sd_keras.schedulers import get_sampler
@@ -75,6 +76,7 @@ def check_generate_arguments(args):
     kind = check_model_spec(args.model, prediction_type=args.prediction_type, ema=args.ema)
     check_lora_target(args, kind)
     lora_specs(args)
+    check_prompts(args, [args.prompt], [args.negative_prompt], kind)
     for flag, image in (("--init-img", args.init_img), ("--mask", args.mask)):
         if image:
             load_image(image, name=flag)  # unreadable, or too large, before minutes of loading
@@ -94,6 +96,7 @@ def cmd_generate(args):
     with printing_notes(sys.stderr):  # what a checkpoint's loading infers or chooses
         model = sd_keras.load(args.model, dtype=args.dtype, prediction_type=args.prediction_type, ema=args.ema)
     apply_lora_arguments(model, args)
+    model.prompt_syntax, model.lora_dir = prompt_syntax_of(args), args.lora_dir
     seed = noise.random_seed() if args.seed is None or args.seed < 0 else args.seed
     height = model.config.image_size[0] if args.height is None else args.height
     width = model.config.image_size[1] if args.width is None else args.width
@@ -150,6 +153,7 @@ def register(subparsers):
     gen.add_argument("--mask")
     gen.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     add_lora_argument(gen)
+    add_prompt_syntax_arguments(gen)
     add_checkpoint_arguments(gen)
     gen.add_argument("--devices", default=None, help="'all' or a count: data-parallel over local GPUs (JAX)")
     gen.add_argument("--progress", nargs="?", const="always", default=True,

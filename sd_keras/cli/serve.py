@@ -14,6 +14,7 @@ import os
 import sys
 
 from sd_keras import defaults, env, paths
+from sd_keras.cli.arguments import add_prompt_syntax_arguments, check_lora_dir, prompt_syntax_of
 from sd_keras.errors import InputError
 
 API_KEY_ENV = "SD_KERAS_API_KEY"
@@ -162,6 +163,7 @@ def cmd_serve(args):
         raise InputError(f"--max-programs must be >= 1, got {args.max_programs}")
     if not args.read_timeout > 0:
         raise InputError(f"--read-timeout must be > 0 seconds, got {args.read_timeout:g}")
+    check_lora_dir(args)
     allowed_hosts = tuple(h.strip() for value in args.allowed_hosts or () for h in value.split(",") if h.strip())
     api_key = _check_api_key(args)
     if args.upscalers_dir is not None and not os.path.isdir(args.upscalers_dir):
@@ -181,7 +183,8 @@ def cmd_serve(args):
                               max_batch=args.max_batch, dtype=args.dtype, output_dir=args.output_dir,
                               max_programs=args.max_programs, allowed_hosts=allowed_hosts,
                               upscalers_dir=args.upscalers_dir,
-                              read_timeout=args.read_timeout)
+                              read_timeout=args.read_timeout, prompt_syntax=prompt_syntax_of(args),
+                              lora_dir=args.lora_dir)
     app = create_app(settings)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             timeout_graceful_shutdown=5, http=http_protocol(args.read_timeout),
@@ -240,6 +243,7 @@ def register(subparsers):
                             "/sdapi/v1/upscalers and the extras endpoints under their file names, besides "
                             "Lanczos and Nearest; none ship with sd_keras (Real-ESRGAN's releases, OpenModelDB)")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    add_prompt_syntax_arguments(serve)
     serve.set_defaults(func=cmd_serve)
     return serve
 

@@ -25,10 +25,12 @@ from starlette.concurrency import run_in_threadpool
 
 import sd_keras
 from sd_keras import metadata
+from sd_keras.errors import InputError
+from sd_keras.generator import Generator
 from sd_keras.server import images as image_io
 from sd_keras.server import schemas
 from sd_keras.server.generation import (LOAD_MODEL, GenerationRunner, GenerationSpec, ModelRegistry,
-                                        UnknownModelError, install_cancel_log_filter)
+                                        UnknownModelError, hide_paths, install_cancel_log_filter)
 from sd_keras.server.metrics import CONTENT_TYPE, ServerMetrics
 from sd_keras.server.middleware import (ApiKeyMiddleware, BodyLimitMiddleware, HostOriginMiddleware,
                                         MetricsMiddleware, SecurityHeadersMiddleware)
@@ -84,6 +86,8 @@ class ServerSettings:
     allowed_hosts: Tuple[str, ...] = ()   # Host names accepted besides the address reached (no API key only)
     upscalers_dir: Optional[str] = None   # upscaler files (.pth/.safetensors) offered by /sdapi/v1/upscalers
     read_timeout: Optional[float] = 30.0  # most seconds between two parts of a request body
+    prompt_syntax: Optional[str] = "a1111"  # AUTOMATIC1111's prompt syntax; None: prompts are plain text
+    lora_dir: Optional[str] = None        # where <lora:name:weight> tags find their files
 
 
 class ApiError(Exception):
@@ -160,7 +164,7 @@ class _Server:
             spec = self.registry.specs.get(name)
             if isinstance(spec, str) and spec in PRESETS:
                 return tuple(PRESETS[spec].image_size)
-        return tuple(getattr(getattr(model, "config", None), "image_size", (512, 512)))
+        return tuple(model.config.image_size) if isinstance(model, Generator) else (512, 512)
 
     def _on_finish(self, job, seconds, outcome):
         if isinstance(outcome, BaseException):
@@ -186,7 +190,7 @@ class _Server:
 
         try:
             sampler = resolve_sampler(body.sampler_name or body.sampler_index, body.scheduler)
-        except ValueError as error:
+        except InputError as error:
             raise ApiError(422, str(error)) from None
         model_name = body.override_settings.get("sd_model_checkpoint")
         if model_name is not None:
@@ -199,6 +203,7 @@ class _Server:
         else:
             model_name = self.selected
         seed = noise.random_seed() if body.seed == -1 else body.seed
+        self.check_prompts(body.prompt, body.negative_prompt)
         native_height, native_width = self.native_size(model_name)
         spec = GenerationSpec(mode=mode, model_name=model_name, prompt=body.prompt,
                               negative_prompt=body.negative_prompt, seed=seed, batch_size=body.batch_size,
@@ -222,6 +227,23 @@ class _Server:
             except image_io.ImageInputError as error:
                 raise ApiError(422, str(error)) from None
         return spec
+
+    def check_prompts(self, prompt, negative_prompt):
+        """ApiError 422 for prompt syntax that cannot be read or a ``<lora:...>`` tag that names no file of the
+        LoRA folder (the message lists its LoRAs; folders shown by base name only), before the job is queued."""
+        if self.settings.prompt_syntax is None:
+            return
+        from sd_keras.errors import InputError
+        from sd_keras.prompt_syntax import parse_prompt
+        from sd_keras.prompts import find_lora
+
+        try:
+            if negative_prompt and parse_prompt(negative_prompt).loras:
+                raise InputError("negative_prompt: <lora:...> tags are read from the prompt only")
+            for lora in parse_prompt(prompt).loras:
+                find_lora(lora.name, self.settings.lora_dir)
+        except InputError as error:
+            raise ApiError(422, hide_paths(str(error))) from None
 
     async def run_job(self, request, job):
         """Queue ``job`` and wait for it; None when the client went away (the job is then cancelled)."""
@@ -248,7 +270,7 @@ class _Server:
             return future.result()
         except UnknownModelError as error:
             raise ApiError(404, str(error)) from None
-        except (ValueError, TypeError) as error:
+        except InputError as error:  # bad input, and only that, is the client's error; anything else is a bug
             raise ApiError(422, " ".join(str(error).split())) from None
         except ServerStopping as error:
             raise ApiError(503, str(error)) from None
@@ -256,7 +278,7 @@ class _Server:
             raise ApiError(409, str(error)) from None
         except FloatingPointError as error:
             raise ApiError(500, str(error)) from None
-        except Exception as error:  # noqa: BLE001 - reported to the client without a traceback
+        except Exception as error:  # noqa: BLE001 - a bug: the traceback goes to the log, not to the client
             LOG.error("%s failed: %s: %s", job.kind, type(error).__name__, error, exc_info=error)
             raise ApiError(500, f"{job.kind} failed: {type(error).__name__}: {' '.join(str(error).split())}"
                            ) from None
@@ -310,7 +332,8 @@ def create_app(settings, *, registry=None, loader=None):
     """The ASGI app for ``settings``; loads the initial model unless a ready ``registry`` is given."""
     if registry is None:
         registry = ModelRegistry(settings.models, settings.model, loader=loader, dtype=settings.dtype,
-                                 max_programs=settings.max_programs)
+                                 max_programs=settings.max_programs, prompt_syntax=settings.prompt_syntax,
+                                 lora_dir=settings.lora_dir)
         registry.ensure(settings.model)
     install_cancel_log_filter()
     install_progress_log_filter()

@@ -25,12 +25,14 @@ import numpy as np
 
 import sd_keras
 from sd_keras import metadata
+from sd_keras.generator import Generator
 from sd_keras.server.queue import GenerationCancelled, RunContext
 from sd_keras.server.samplers import ResolvedSampler
 
 LOG = logging.getLogger("sd_keras.server")
 LOAD_MODEL = "load_model"
 _TITLE_HASH = re.compile(r"\s*\[[0-9a-fA-F]{6,64}\]$")
+_LORA_TAG = re.compile(r"<lora:[^>]+>")
 
 
 class UnknownModelError(LookupError):
@@ -64,6 +66,15 @@ def model_name_for(spec):
     return stem if ext.lower() in (".safetensors", ".ckpt", ".h5", ".keras") else base
 
 
+def _program_cache(model):
+    """The compiled programs of a model (``Generator.programs``); None when its engine compiles nothing."""
+    return model.programs if isinstance(model, Generator) else None
+
+
+def _count(cache, key):
+    return 0 if cache is None else getattr(cache, key)
+
+
 class ModelRegistry:
     """Registered model names → how to load them; holds the one loaded model.
 
@@ -71,13 +82,15 @@ class ModelRegistry:
     keeps at most ``max_programs`` compiled programs (None: no bound), the least recently used dropped first.
     """
 
-    def __init__(self, specs, initial, *, loader=None, dtype="float32", max_programs=None):
+    def __init__(self, specs, initial, *, loader=None, dtype="float32", max_programs=None, prompt_syntax=None,
+                 lora_dir=None):
         if initial not in specs:
             raise UnknownModelError(f"model {initial!r} is not registered")
         self.specs = dict(specs)
         self.initial = initial
         self.dtype = dtype
         self.max_programs = max_programs
+        self.prompt_syntax, self.lora_dir = prompt_syntax, lora_dir  # given to every model loaded
         self._loader = loader
         self.model = None
         self.name = None
@@ -86,13 +99,13 @@ class ModelRegistry:
         self._baseline = {"compilations": 0, "evictions": 0}  # the current model's counts when it was loaded
 
     def _counts_since_load(self, model):
-        cache = getattr(model, "programs", None)
-        return {key: getattr(cache, key, 0) - self._baseline[key] for key in self._baseline}
+        cache = _program_cache(model)
+        return {key: _count(cache, key) - self._baseline[key] for key in self._baseline}
 
     def programs(self):
         """Compiled programs: ``held`` now, their ``limit``, and ``compilations`` / ``evictions`` since start."""
         model = self.model
-        cache = getattr(model, "programs", None)
+        cache = _program_cache(model)
         counts = {"held": len(cache) if cache is not None else 0, "limit": self.max_programs or 0}
         since_load = self._counts_since_load(model)
         for key, retired in self._retired.items():
@@ -100,7 +113,7 @@ class ModelRegistry:
         return counts
 
     def _retire(self, model):
-        cache = getattr(model, "programs", None)
+        cache = _program_cache(model)
         if cache is not None:
             for key, value in self._counts_since_load(model).items():
                 self._retired[key] += value
@@ -128,10 +141,11 @@ class ModelRegistry:
         return loader(self.specs[name], dtype=self.dtype)
 
     def _bounded(self, model):
-        cache = getattr(model, "programs", None)
+        model.prompt_syntax, model.lora_dir = self.prompt_syntax, self.lora_dir
+        cache = _program_cache(model)
         if cache is not None and self.max_programs is not None:
             cache.resize(self.max_programs)
-        self._baseline = {key: getattr(cache, key, 0) for key in self._baseline}
+        self._baseline = {key: _count(cache, key) for key in self._baseline}
         return model
 
     def ensure(self, name):
@@ -210,8 +224,10 @@ class GenerationSpec:
         if get_sampler(self.sampler.sd_keras_name, self.steps).needs_noise:
             # ancestral samplers draw per-step noise from the batch's seed; batching would change the images
             return None
+        # a prompt's <lora:...> tags change the model's weights for its generation: batch only equal tags
+        loras = tuple(sorted(_LORA_TAG.findall(self.prompt)))
         return (self.model_name, self.width, self.height, self.steps, self.sampler.sd_keras_name,
-                float(self.cfg_scale))
+                float(self.cfg_scale), loras)
 
 
 @dataclasses.dataclass
@@ -252,7 +268,7 @@ class GenerationRunner:
             return [self.registry.name]
         # no model named: the one loaded when the job runs (a model switch queued before it has happened)
         model = self._ensure(first.spec.model_name or self.registry.name or self.registry.initial)
-        if len(jobs) > 1 and hasattr(model, "generate_image"):
+        if len(jobs) > 1 and isinstance(model, Generator):
             return self._run_batched(model, jobs, context)
         # run one by one, each job cancellable on its own
         return [self._run_one(model, job, RunContext([job], context.progress)) for job in jobs]
@@ -263,8 +279,7 @@ class GenerationRunner:
                       sampler=spec.sampler.sd_keras_name, height=spec.height, width=spec.width, progress=progress)
         if spec.mode == "txt2img":
             return model.text_to_image(spec.prompt, **common)
-        if not hasattr(model, "inpaint" if spec.mode == "inpaint" else "image_to_image"):
-            raise ValueError(f"model {self.registry.name!r} does not support {spec.mode}")
+        # an engine that cannot do this (a bundle cannot inpaint) raises InputError: a 422 naming the cause
         if spec.mode == "inpaint":
             return model.inpaint(spec.prompt, spec.init_image, spec.mask, strength=spec.strength, **common)
         return model.image_to_image(spec.prompt, spec.init_image, spec.strength, **common)
