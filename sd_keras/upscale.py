@@ -22,9 +22,7 @@ Example:
 import os
 import threading
 
-import numpy as np
-
-from sd_keras import files, tiling
+from sd_keras import files
 from sd_keras.errors import InputError
 
 BUILTIN = ("Lanczos", "Nearest")
@@ -38,6 +36,8 @@ __all__ = ["upscale", "Upscalers", "upscaler_scale", "postprocessing_info", "sav
 
 
 def _as_batch(image):
+    import numpy as np
+
     array = np.asarray(image)
     single = array.ndim == 3
     if single:
@@ -51,6 +51,8 @@ def _as_batch(image):
 
 
 def _check_scale(scale):
+    import numpy as np
+
     try:
         scale = float(scale)
     except (TypeError, ValueError):
@@ -61,6 +63,7 @@ def _check_scale(scale):
 
 
 def _resize(batch, size, name):
+    import numpy as np
     from PIL import Image
 
     method = Image.Resampling.LANCZOS if name == "Lanczos" else Image.Resampling.NEAREST
@@ -78,6 +81,10 @@ def upscaler_scale(model):
 
 def _run_model(model, batch, tile, overlap):
     """The model's own output, uint8 at its scale: padded by reflection to its input multiple, tiled, cropped."""
+    import numpy as np
+
+    from sd_keras import tiling
+
     config = model.upscaler_config
     multiple = config.pad_multiple
     _, height, width, _ = batch.shape
@@ -114,6 +121,8 @@ def upscale(image, model, scale=None, *, tile=DEFAULT_TILE, overlap=DEFAULT_OVER
     Raises:
         InputError: a bad image, scale, size or tile setting, or an unreadable model file.
     """
+    import numpy as np
+
     batch, single = _as_batch(image)
     if isinstance(model, (str, os.PathLike)) and os.fspath(model) not in BUILTIN:
         from sd_keras.weights.upscalers import load_upscaler

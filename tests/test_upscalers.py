@@ -474,3 +474,40 @@ def test_server_extras_bad_input_is_a_422(extras_client, body, detail):
     response = client.post("/sdapi/v1/extra-single-image", json=body)
     assert response.status_code == 422
     assert detail in response.json()["detail"]
+
+
+# ------------------------------------------------------------------------------------------------- LiteRT
+@pytest.mark.slow
+def test_compact_upscaler_exports_to_litert_with_parity_gate(tmp_path, capsys, monkeypatch):
+    """fp16 and int8 files pass their gates; LiteRT tiles blended by sd_keras.tiling match the Keras upscale;
+    a failed gate writes nothing."""
+    import json
+
+    from sd_keras import cli
+    from sd_keras.export import upscaler as export_upscaler
+
+    model_path = _save(srvgg_state(11, num_feat=16, num_conv=4), tmp_path / "compact.pth")
+    out = tmp_path / "phone"
+    assert cli.main(["export-upscaler", "-m", str(model_path), "-o", str(out), "--tile", "32", "--overlap",
+                     "8"]) == 0
+    manifest = json.loads((out / "upscaler.json").read_text())
+    assert (manifest["architecture"], manifest["scale"], manifest["tile"]) == ("srvgg", 4, 32)
+    assert manifest["parity"]["fp16"]["psnr_db"] >= 45 and manifest["parity"]["fp16"]["max_abs_diff"] <= 4
+    assert manifest["parity"]["int8"]["psnr_db"] >= 30
+    assert "fp16: " in capsys.readouterr().out
+
+    from sd_keras.export.runner import open_signature
+
+    runner = open_signature(str(out / manifest["files"]["fp16"]), manifest["signature"], 2)
+    image = _image(40, 56, seed=5)
+    tiled = tiling.tiled_apply(lambda tile: runner(image=tile.astype(np.float32))["upscaled"],
+                               image[None].astype(np.float32) / 255, 4, tile=32, overlap=manifest["overlap"])
+    litert = np.clip(np.round(tiled[0] * 255), 0, 255)
+    keras_tiled = upscale(image, load_upscaler(model_path), tile=32, overlap=manifest["overlap"])
+    assert np.abs(litert - keras_tiled).max() <= 4
+
+    monkeypatch.setitem(export_upscaler.GATES, "int8", {"psnr_db": (">=", 200.0)})
+    assert cli.main(["export-upscaler", "-m", str(model_path), "-o", str(tmp_path / "refused"), "--tile", "32",
+                     "--overlap", "8", "--quantize", "int8"]) == 1
+    assert "int8: psnr_db" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
