@@ -558,3 +558,30 @@ def test_pickle_with_code_is_refused_and_never_run(tmp_path, capsys):
     assert "evil.ckpt" in message and "refusing" in message
     assert not marker.exists()
     assert not (tmp_path / "out").exists()
+
+
+def test_checkpoint_modules_import_downward_only():
+    """readers <- plans <- diffusers / single_file <- checkpoints (the entry); LoRA files read through readers,
+    so lora.py and checkpoints.py no longer import each other."""
+    import ast
+
+    import sd_keras.weights as weights_package
+
+    folder = os.path.dirname(weights_package.__file__)
+    order = ["pickle_reader", "readers", "plans", "diffusers", "single_file", "checkpoints"]
+
+    def imported(name):
+        tree = ast.parse(open(os.path.join(folder, f"{name}.py")).read())
+        found = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sd_keras.weights."):
+                found.add(node.module.split(".")[2])
+            elif isinstance(node, ast.ImportFrom) and node.module == "sd_keras.weights":
+                found.update(alias.name for alias in node.names)
+        return found
+
+    for rank, name in enumerate(order):
+        upward = imported(name) & set(order[rank:])
+        assert not upward, f"{name} imports {upward}"
+    assert "checkpoints" not in imported("lora") and "lora" not in imported("readers")
+    assert len(open(os.path.join(folder, "checkpoints.py")).read().splitlines()) < 300  # the entry stays small

@@ -39,6 +39,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from sd_keras.weights import key_maps
+from sd_keras.weights.readers import open_tensor_file
 
 LORA_COMPONENTS = ("text_encoder", "diffusion_model")
 _STATE_ATTRIBUTE = "_sd_keras_lora_state"
@@ -73,8 +74,6 @@ _UNSUPPORTED_MARKERS = (("hada_w1_a", "LoHa"), ("lokr_w1", "LoKr"), ("dora_scale
 
 
 def _read_tensors(path):
-    from sd_keras.weights.checkpoints import open_tensor_file
-
     reader = open_tensor_file(path)
     try:
         tensors = {key: np.asarray(reader.read(key), np.float32) for key in reader.keys()}

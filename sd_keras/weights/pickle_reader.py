@@ -36,16 +36,18 @@ from typing import NamedTuple, Tuple
 
 import numpy as np
 
+from sd_keras.errors import InputError
+
 
 # torch.load(weights_only=True) names what it refused as "GLOBAL module.name" (e.g. "GLOBAL posix.system")
 _UNSUPPORTED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 
 
-class UnsafeCheckpointError(ValueError):
+class UnsafeCheckpointError(InputError):
     """A pickle asked for a global outside the allow-list (it would run code when loaded)."""
 
 
-class CheckpointFormatError(ValueError):
+class CheckpointFormatError(InputError):
     """The file is not a readable PyTorch checkpoint (truncated, not a zip/pickle, no state dict)."""
 
 
