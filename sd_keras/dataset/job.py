@@ -199,7 +199,9 @@ def generate(table, out, *, model="shapes", output_format="webdataset", shard_si
                           "rows_per_second": None if run["rate"] is None else round(run["rate"], 4),
                           "mode": "local" if ray is None else "ray"}
     if ray is not None:
-        manifest["timing"].update(workers=run.get("workers"), first_shard_seconds=run.get("first_shard_seconds"))
+        manifest["timing"].update(workers=run.get("workers"), first_shard_seconds=run.get("first_shard_seconds"),
+                                  rows_per_second_per_actor=None if run.get("actor_rate") is None
+                                  else round(run["actor_rate"], 4))
     manifest_lib.save(out, manifest, validation)
     return manifest
 

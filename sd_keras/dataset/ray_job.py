@@ -120,7 +120,9 @@ def run(address, out, manifest, validation, ranges, by_shard, pending, model, ba
     # steady rate: the images that arrived after the first shard, over the time since (actor start-up, model
     # loading and compilation happen before the first shard arrives)
     rate = None
-    if len(arrivals) > 1 and arrivals[-1][0] > arrivals[0][0]:
+    if len(arrivals) > 2 and arrivals[-1][0] > arrivals[0][0]:
         rate = (arrivals[-1][1] - arrivals[0][1]) / (arrivals[-1][0] - arrivals[0][0])
+    # and per actor: the shards that did not compile, over the time the actors spent on them
     return {"images": images, "compile_seconds": progress.compile_seconds, "rate": rate, "workers": workers,
+            "actor_rate": progress.rate,
             "first_shard_seconds": round(arrivals[0][0] - started, 3) if arrivals else None}
