@@ -78,7 +78,7 @@ def main(argv=None):
     parts = {
         "encode_text_x2": _timed(lambda: (sd.encode_text(prompt), sd.encode_text("")), args.runs),
         "denoise_loop": _timed(lambda: sd.generate_image(context, return_latent=True, **settings), args.runs),
-        "decode": _timed(lambda: sd._decode_latent(latent), args.runs),
+        "decode": _timed(lambda: sd.decode(latent), args.runs),
     }
     load_after = os.getloadavg()
 

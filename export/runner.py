@@ -13,6 +13,10 @@ reference of the on-device loop:
    guidance scale and update the latent;
 5. decode with the VAE decoder and map [-1, 1] to uint8 as KerasCV does.
 
+The steps that are not networks (argument checks, prompts, seeds, image preparation, results) are
+``sd_keras.generator.Generator``'s, shared with the Keras pipeline; ``BundleRunner`` is its LiteRT engine and,
+like the base, imports no Keras.
+
 Example:
     >>> runner = BundleRunner("bundles/tiny-fp32")                                   # doctest: +SKIP
     >>> images = runner.text_to_image("a red circle", num_steps=4, seed=7, sampler="Euler a")  # doctest: +SKIP
@@ -26,8 +30,9 @@ import os
 
 import numpy as np
 
-from sd_keras import noise as noise_lib
+from sd_keras.errors import InputError
 from sd_keras.export.bundle import read_bundle
+from sd_keras.generator import TXT2IMG, Generator, to_uint8  # noqa: F401 (to_uint8: this module's name for it)
 
 
 def timestep_embedding(timesteps, dim, max_period=10000):
@@ -49,12 +54,6 @@ def timestep_embedding(timesteps, dim, max_period=10000):
     frequencies = np.exp(exponent.astype(np.float64)).astype(np.float32)
     phases = (np.asarray(timesteps, np.float32)[..., None] * frequencies).astype(np.float64)
     return np.concatenate([np.cos(phases), np.sin(phases)], axis=-1).astype(np.float32)
-
-
-def to_uint8(images):
-    """Decoder output in [-1, 1] to uint8, KerasCV's conversion (``((x + 1) / 2) * 255``, clipped, truncated)."""
-    images = ((np.asarray(images, np.float32) + 1.0) / 2.0) * 255.0
-    return np.clip(images, 0, 255).astype(np.uint8)
 
 
 def denoise(sampler, unet, context, unconditional_context, latent, step_noise=None, *, guidance_scale,
@@ -115,7 +114,7 @@ def open_signature(path, entry, num_threads=None):
     interpreter = Interpreter(model_path=path, num_threads=num_threads)
     signatures = interpreter.get_signature_list()
     if entry["signature"] not in signatures:
-        raise ValueError(f"{os.path.basename(path)}: signature {entry['signature']!r} not in the model "
+        raise InputError(f"{os.path.basename(path)}: signature {entry['signature']!r} not in the model "
                          f"(it has {', '.join(signatures)})")
     return interpreter.get_signature_runner(entry["signature"])
 
@@ -136,18 +135,21 @@ class _Component:
         for name, spec in self.inputs.items():
             value = np.asarray(inputs[name], dtype=spec["dtype"])
             if list(value.shape) != list(spec["shape"]):
-                raise ValueError(f"{self.name}: input {name!r} must have shape {tuple(spec['shape'])} "
+                raise InputError(f"{self.name}: input {name!r} must have shape {tuple(spec['shape'])} "
                                  f"(fixed at export), got {value.shape}")
             feed[name] = value
         return self.runner(**feed)[self.output_name]
 
 
-class BundleRunner:
+class BundleRunner(Generator):
     """Text-to-image (and image-to-image when the bundle has the VAE encoder) from a bundle folder.
 
-    Offers the ``StableDiffusion`` surface the CLI uses (``config``, ``text_to_image``, ``image_to_image``,
-    ``last_seed``, ``last_truncated``), so ``sd-keras generate -m BUNDLE_DIR`` works. Shapes are fixed at export:
-    ``height``/``width`` other than the bundle's ``image_size`` are an error.
+    The LiteRT engine of ``sd_keras.generator.Generator``: the generation API of ``StableDiffusion``
+    (``text_to_image``, ``encode_text``, ``generate_image``, ``image_to_image``, ``save``, ``last_seed``,
+    ``last_truncated`` ...) with the same arguments, checks and seeds, so ``sd-keras generate -m BUNDLE_DIR``
+    works. Shapes are fixed at export: ``height``/``width`` other than the bundle's ``image_size`` are an error;
+    inpainting is not available (InputError). The UNet takes one guidance pair, so the images of a batch run one
+    after another.
 
     Args:
         path: the bundle folder (``manifest.json`` inside); every file's sha256 is checked on load.
@@ -175,7 +177,7 @@ class BundleRunner:
         self.timestep_dim = int(manifest["timestep_embedding_dim"])
         schedule = dict(manifest["schedule"])
         if schedule.pop("beta_schedule", "scaled_linear") != "scaled_linear":
-            raise ValueError(f"bundle {self.path}: beta_schedule {manifest['schedule']['beta_schedule']!r} is not "
+            raise InputError(f"bundle {self.path}: beta_schedule {manifest['schedule']['beta_schedule']!r} is not "
                              f"supported (only 'scaled_linear')")
         self.schedule = NoiseSchedule(prediction_type=manifest["prediction_type"], **schedule)
         token_spec = manifest["tokenizer"]
@@ -185,7 +187,7 @@ class BundleRunner:
                                                  pad_token_id=self.pad_token_id)
         if (self.tokenizer.start_token_id, self.tokenizer.end_token_id) != (token_spec["start_id"],
                                                                           token_spec["end_id"]):
-            raise ValueError(f"bundle {self.path}: tokenizer start/end ids {token_spec['start_id']}/"
+            raise InputError(f"bundle {self.path}: tokenizer start/end ids {token_spec['start_id']}/"
                              f"{token_spec['end_id']} differ from the merges file's")
         self.config = self._config()
         threads = num_threads or min(4, os.cpu_count() or 1)
@@ -196,10 +198,8 @@ class BundleRunner:
                               if self.bundle.has("image_encoder") else None)
         self.unet_batch = int(self.diffusion_model.inputs["latent"]["shape"][0])
         if self.unet_batch != 2:
-            raise ValueError(f"bundle {self.path}: the UNet must take the guidance pair (batch 2), "
+            raise InputError(f"bundle {self.path}: the UNet must take the guidance pair (batch 2), "
                              f"got batch {self.unet_batch}")
-        self.last_seed = None
-        self.last_truncated = False
 
     def _config(self):
         """The bundle's ``ModelConfig`` (``image_size`` = the exported size) when the manifest carries one."""
@@ -210,130 +210,58 @@ class BundleRunner:
             return _PlainConfig(self.name, self.image_size, self.manifest["prediction_type"], self.pad_token_id)
         return dataclasses.replace(ModelConfig.from_dict(data), image_size=self.image_size)
 
-    # -- pieces ----------------------------------------------------------------------------------------------
-    def encode_text(self, prompt):
-        """Text encoder output (B, 77, D) float32 for a prompt or list of prompts, one interpreter call each."""
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        for item in prompts:
-            if not isinstance(item, str):
-                raise ValueError(f"prompt must be a string or a list of strings, got {type(item).__name__}")
-        tokenized = self.tokenizer.tokenize_with_info(prompts, pad_token_id=self.pad_token_id)
-        self.last_truncated = bool(tokenized.any_truncated)
-        positions = np.arange(tokenized.ids.shape[1], dtype=np.int32)[None]
-        contexts = [self.text_encoder(tokens=ids[None], positions=positions) for ids in tokenized.ids]
-        return np.concatenate(contexts, axis=0).astype(np.float32)
+    # -- the engine's primitives (``Generator``) -----------------------------------------------------------------
+    nan_hint = "; the bundle's decoder or UNet is broken"
+
+    @property
+    def latent_channels(self):
+        return int(self.latent_size[-1])
+
+    @property
+    def unet_in_channels(self):
+        return int(self.diffusion_model.inputs["latent"]["shape"][-1])
+
+    def _check_size(self, height, width):
+        super()._check_size(height, width)
+        if (height, width) != self.image_size:
+            raise InputError(f"height x width {height}x{width} differs from the bundle's fixed size "
+                             f"{self.image_size[0]}x{self.image_size[1]}; re-export with --size {width}x{height}")
+
+    def _inpaint_mode(self):
+        raise InputError("inpainting is not available from a bundle; use the Keras model (a preset or checkpoint)")
+
+    def _missing_image_encoder(self):
+        return (f"bundle {self.path} has no image_encoder; export it with the VAE encoder for image_to_image")
+
+    def _encode_tokens(self, ids):
+        """One interpreter call per prompt (the exported text encoder takes batch 1)."""
+        positions = np.arange(ids.shape[1], dtype=np.int32)[None]
+        return np.concatenate([self.text_encoder(tokens=row[None], positions=positions) for row in ids], axis=0)
 
     def _unet(self, latent, embedding, context):
         return self.diffusion_model(latent=latent, timestep_embedding=embedding, context=context)
 
-    def decode(self, latent):
-        """uint8 images (B, H, W, 3) from latents (B, h, w, 4), one decoder call per image."""
-        images = np.concatenate([self.decoder(latent=item[None]) for item in np.asarray(latent, np.float32)])
-        if not np.all(np.isfinite(images)):
-            raise FloatingPointError("the decoded image contains NaN or inf; the bundle's decoder is broken")
-        return to_uint8(images)
-
-    def _resolve(self, num_steps, guidance, sampler, height, width, batch_size):
-        from sd_keras.pipeline import check_guidance, check_size, check_steps
-        from sd_keras.schedulers import get_sampler
-
-        check_steps(num_steps)
-        check_guidance(guidance)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        height = self.image_size[0] if height is None else height
-        width = self.image_size[1] if width is None else width
-        check_size(height, width)
-        if (height, width) != self.image_size:
-            raise ValueError(f"height x width {height}x{width} differs from the bundle's fixed size "
-                             f"{self.image_size[0]}x{self.image_size[1]}; re-export with --size "
-                             f"{width}x{height}")
-        sampler = self.default_sampler if sampler is None else sampler
-        return get_sampler(sampler, int(num_steps), schedule=self.schedule)
-
-    def _contexts(self, prompt, negative_prompt, batch_size):
-        context = self.encode_text(prompt)
-        truncated = self.last_truncated
-        unconditional = self.encode_text("" if negative_prompt is None else negative_prompt)
-        self.last_truncated = truncated
-        out = []
-        for name, value in (("prompt", context), ("negative_prompt", unconditional)):
-            if value.shape[0] == 1:
-                value = np.repeat(value, batch_size, axis=0)
-            if value.shape[0] != batch_size:
-                raise ValueError(f"{name} has {value.shape[0]} entries for batch_size {batch_size}")
-            out.append(value)
-        return out
-
-    def _seed(self, seed):
-        seed = noise_lib.random_seed() if seed is None or seed == -1 else seed
-        self.last_seed = int(noise_lib._check_seed(seed))
-        return self.last_seed
-
-    # -- generation ------------------------------------------------------------------------------------------
-    def text_to_image(self, prompt, negative_prompt=None, batch_size=None, num_steps=50,
-                      unconditional_guidance_scale=7.5, seed=None, *, sampler=None, height=None, width=None,
-                      progress=None):
-        """uint8 images (B, H, W, 3); same arguments and seeds as ``StableDiffusion.text_to_image``.
-
-        ``sampler`` defaults to the manifest's ``default_sampler``. Image ``i`` uses seed ``seed + i``; a list of
-        prompts sets ``batch_size``.
-        """
-        from sd_keras.pipeline import _batch_size
-
-        batch_size = _batch_size(batch_size, prompt, negative_prompt)
-        scheduler = self._resolve(num_steps, unconditional_guidance_scale, sampler, height, width, batch_size)
-        context, unconditional = self._contexts(prompt, negative_prompt, batch_size)
-        seed = self._seed(seed)
-        extra_draws = scheduler.num_steps if scheduler.needs_noise else 0
+    def _denoise(self, scheduler, context, unconditional, latent, step_noise, *, guidance_scale, start_index=0,
+                 mode=TXT2IMG, extra=None, progress=None):
+        """``denoise`` below for each image of the batch in turn (the UNet takes one guidance pair)."""
+        if mode != TXT2IMG:
+            self._inpaint_mode()
+        batch_size = latent.shape[0]
         latents = []
         for index in range(batch_size):
-            initial, step_noise = noise_lib.latent_noise(seed + index, 1, self.latent_size, extra_draws)
-            latent = initial * np.float32(scheduler.init_noise_sigma)
-            latents.append(denoise(scheduler, self._unet, context[index:index + 1],
-                                   unconditional[index:index + 1], latent, step_noise,
-                                   guidance_scale=unconditional_guidance_scale, timestep_dim=self.timestep_dim,
-                                   progress=_batch_progress(progress, index, batch_size, scheduler.num_steps)))
-        return self.decode(np.concatenate(latents))
+            latents.append(denoise(
+                scheduler, self._unet, context[index:index + 1], unconditional[index:index + 1],
+                latent[index:index + 1], None if step_noise is None else step_noise[:, index:index + 1],
+                guidance_scale=guidance_scale, timestep_dim=self.timestep_dim, start_index=start_index,
+                progress=_batch_progress(progress, index, batch_size, scheduler.num_steps)))
+        return np.concatenate(latents)
 
-    def image_to_image(self, prompt, image, strength=0.75, negative_prompt=None, batch_size=None, num_steps=50,
-                       unconditional_guidance_scale=7.5, seed=None, *, sampler=None, height=None, width=None,
-                       progress=None):
-        """Encode ``image`` with the bundle's VAE encoder, noise it to ``strength``'s step and denoise the rest
-        (``StableDiffusion.image_to_image`` step for step)."""
-        from sd_keras.pipeline import _batch_size, check_strength, load_image
+    def _decode(self, latent):
+        """One decoder call per image."""
+        return np.concatenate([self.decoder(latent=item[None]) for item in np.asarray(latent, np.float32)])
 
-        batch_size = _batch_size(batch_size, prompt, negative_prompt)
-        if self.image_encoder is None:
-            raise ValueError(f"bundle {self.path} has no image_encoder; export it with the VAE encoder for "
-                             f"image_to_image")
-        check_strength(strength)
-        scheduler = self._resolve(num_steps, unconditional_guidance_scale, sampler, height, width, batch_size)
-        context, unconditional = self._contexts(prompt, negative_prompt, batch_size)
-        pixels = load_image(image, *self.image_size)
-        if pixels.ndim == 2:
-            pixels = np.repeat(pixels[..., None], 3, -1)
-        pixels = pixels[..., :3] / 127.5 - 1.0
-        original = np.asarray(self.image_encoder(image=pixels[None].astype(np.float32)), np.float32)
-        start = scheduler.start_index(float(strength))
-        if start >= scheduler.num_steps:
-            return self.decode(np.repeat(original, batch_size, axis=0))
-        seed = self._seed(seed)
-        tables = scheduler.tables()
-        extra_draws = scheduler.num_steps if scheduler.needs_noise else 0
-        latents = []
-        for index in range(batch_size):
-            initial, step_noise = noise_lib.latent_noise(seed + index, 1, self.latent_size, extra_draws)
-            latent = tables["signal_scale"][start] * original + tables["noise_scale"][start] * initial
-            latents.append(denoise(scheduler, self._unet, context[index:index + 1],
-                                   unconditional[index:index + 1], latent, step_noise,
-                                   guidance_scale=unconditional_guidance_scale, timestep_dim=self.timestep_dim,
-                                   start_index=start,
-                                   progress=_batch_progress(progress, index, batch_size, scheduler.num_steps)))
-        return self.decode(np.concatenate(latents))
-
-    def inpaint(self, *args, **kwargs):
-        raise ValueError("inpainting is not available from a bundle; use the Keras model")
+    def _encode_image(self, pixels):
+        return self.image_encoder(image=np.asarray(pixels, np.float32))
 
     def __repr__(self):
         return (f"BundleRunner({self.path!r}, model={self.name!r}, size={self.image_size}, "

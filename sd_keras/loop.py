@@ -21,9 +21,8 @@ import numpy as np
 from keras import ops
 
 from sd_keras import backend
+from sd_keras.generator import BLEND, CONCAT, TXT2IMG  # noqa: F401 (the loop's modes, named by the generation base)
 from sd_keras.models.layers import timestep_embedding
-
-TXT2IMG, BLEND, CONCAT = "txt2img", "blend", "concat"
 
 
 class ProgramCache:

@@ -22,10 +22,10 @@ def sd():
 def test_second_call_does_not_retrace_and_new_weights_do_not_recompile(sd):
     sd.text_to_image("a red circle", num_steps=3, seed=1, **SIZE)
     traces = sd._loop.trace_count
-    encode_traces, decode_traces = sd._encode_text.trace_count, sd._decode.trace_count
+    encode_traces, decode_traces = sd._text_encoder_fn.trace_count, sd._decoder_fn.trace_count
     first = sd.text_to_image("a blue square", num_steps=3, seed=2, **SIZE)
     assert sd._loop.trace_count == traces
-    assert (sd._encode_text.trace_count, sd._decode.trace_count) == (encode_traces, decode_traces)
+    assert (sd._text_encoder_fn.trace_count, sd._decoder_fn.trace_count) == (encode_traces, decode_traces)
     old = sd.diffusion_model.get_weights()
     try:
         sd.diffusion_model.set_weights([w * 0.5 for w in old])
@@ -159,7 +159,7 @@ def test_image_to_image_and_strength_limits(sd):
     out = sd.image_to_image("a blue circle", image, strength=0.5, num_steps=4, seed=0, **SIZE)
     assert out.shape == (1, 64, 64, 3)
     same_as_decode = sd.image_to_image("a blue circle", image, strength=0.0, num_steps=4, seed=0, **SIZE)
-    expected = sd._decode_latent(sd._image_latent(image, 64, 64, 1))
+    expected = sd.decode(sd._image_latent(image, 64, 64, 1))
     np.testing.assert_array_equal(same_as_decode, expected)
 
 
@@ -250,6 +250,7 @@ def test_bad_image_input(sd, tmp_path):
         sd.image_to_image("x", str(bad), num_steps=2, **SIZE)
 
 
+@pytest.mark.slow
 def test_same_seed_same_image_on_the_other_backend(sd, tmp_path):
     here = sd.text_to_image("a red circle", num_steps=3, seed=5, sampler="Euler a", **SIZE)
     other = "jax" if keras.backend.backend() == "tensorflow" else "tensorflow"
