@@ -132,10 +132,11 @@ def test_unet_table_names_every_layer_the_builder_makes():
 
 
 # ------------------------------------------------------------------------------------------- diffusers
+@pytest.mark.slow  # builds every component of a tiny SDXL (10-60 s on 2 cores)
 def test_diffusers_folder_components_match_diffusers(base, base_parts):
     config, parts = base_parts
     assert isinstance(config, SDXLConfig)
-    assert config.unet.transformer_depth == (1, 2, 3) and config.unet.attention_heads(192) == (3, 64)
+    assert config.unet.transformer_depth == (0, 2, 3) and config.unet.attention_heads(192) == (3, 64)
     assert (config.text_encoder.width, config.text_encoder_2.width, config.text_encoder_2.projection_dim) == (
         64, 128, 96)
     assert config.pad_token_ids == (49407, 0) and config.force_zeros_for_empty_prompt
@@ -143,6 +144,7 @@ def test_diffusers_folder_components_match_diffusers(base, base_parts):
     check_components(config, parts, base["models"])
 
 
+@pytest.mark.slow  # builds every component of a tiny SDXL (10-60 s on 2 cores)
 def test_single_file_loads_the_same_weights(base, base_parts):
     config, parts = base_parts
     single_config, weights = load_sdxl_checkpoint(base["single"])
@@ -157,6 +159,7 @@ def test_single_file_loads_the_same_weights(base, base_parts):
         np.testing.assert_array_equal(actual[key], value, err_msg=str(key))
 
 
+@pytest.mark.slow  # builds every component of a tiny SDXL (10-60 s on 2 cores)
 def test_refiner_folder_and_single_file(refiner):
     config, weights = load_sdxl_checkpoint(refiner["folder"])
     assert isinstance(config, SDXLRefinerConfig) and config.text_encoder is None
@@ -175,25 +178,38 @@ def test_refiner_folder_and_single_file(refiner):
         np.testing.assert_array_equal(value, _variables(parts)[key], err_msg=str(key))
 
 
+@pytest.mark.slow  # builds every component of a tiny SDXL (10-60 s on 2 cores)
 def test_inpainting_unet_has_nine_input_channels(tmp_path):
     torch_models = dx.build("inpaint", seed=3)
     folder = dx.save_diffusers_folder(torch_models, str(tmp_path / "inpaint"))
     config, weights = load_sdxl_checkpoint(folder)
     assert config.unet.in_channels == 9
     with weights:
-        parts = {name: models.build(name, config, weights=weights[name])
-                 for name in ("text_encoder", "text_encoder_2", "diffusion_model")}
-    check_components(config, parts, torch_models, vae=False)
+        unet = models.build("diffusion_model", config, weights=weights["diffusion_model"])
+    rng = np.random.default_rng(1)
+    latent = rng.standard_normal((2, 8, 8, 9)).astype("float32")
+    context = rng.standard_normal((2, 77, 192)).astype("float32")
+    pooled = rng.standard_normal((2, 96)).astype("float32")
+    timesteps = np.array([999.0, 1.0], "float32")
+    reference = dx.unet_output(torch_models, latent, timesteps, context, pooled, _time_ids(2, 6))
+    actual = unet({"latent": latent, "timestep_embedding": np.asarray(timestep_embedding(timesteps, 64)),
+                   "context": context, "text_embeds": pooled, "time_ids": _time_ids(2, 6)})
+    assert_close(actual, reference, what="9-channel diffusion_model")
 
 
+@pytest.mark.slow  # builds every component of a tiny SDXL (10-60 s on 2 cores)
 def test_fp16_variant_folder(tmp_path, base, base_parts):
     folder = dx.save_diffusers_folder(base["models"], str(tmp_path / "fp16"), variant="fp16")
     assert os.path.exists(os.path.join(folder, "unet", "diffusion_pytorch_model.fp16.safetensors"))
     config, weights = load_sdxl_checkpoint(folder)
-    parts = models.build_all(config, weights)
-    for key, value in _variables(base_parts[1]).items():
-        np.testing.assert_array_equal(_variables(parts)[key], value.astype(np.float16).astype(np.float32),
-                                      err_msg=str(key))
+    assert config == dataclasses.replace(base_parts[0], name="fp16")
+    with weights:
+        parts = {name: models.build(name, config, weights=weights[name]) for name in ("text_encoder_2", "decoder")}
+    loaded = _variables(parts)
+    assert len(loaded) == 53 + len(models.variables(base_parts[1]["decoder"]))
+    for key, value in loaded.items():
+        expected = _variables({key[0]: base_parts[1][key[0]]})[key]
+        np.testing.assert_array_equal(value, expected.astype(np.float16).astype(np.float32), err_msg=str(key))
 
 
 def test_is_sdxl_checkpoint(base, tmp_path):
@@ -203,6 +219,47 @@ def test_is_sdxl_checkpoint(base, tmp_path):
     path = str(tmp_path / "sd.safetensors")
     save_file({"model.diffusion_model.input_blocks.0.0.weight": np.zeros((4, 4, 3, 3), np.float32)}, path)
     assert not is_sdxl_checkpoint(path)
+
+
+def _plan_arrays(checkpoint):
+    """Every tensor each plan would assign, keyed by (component, Keras variable), read with numpy only."""
+    arrays = {}
+    for name, plan in checkpoint.plans.items():
+        for entry in plan.entries:
+            if entry.optional and entry.source not in plan.source:
+                continue
+            value = np.asarray(plan.source.read(entry.source), np.float32)
+            target = (None,) * (2 if entry.transform in "qkv" and value.ndim == 2 else value.ndim)
+            arrays[(name, entry.keras)] = np.squeeze(key_maps.TRANSFORMS[entry.transform](value, target))
+    return arrays
+
+
+def test_single_file_and_folder_give_the_same_tensors(base):
+    """The original-layout tables (fused OpenCLIP q/k/v, transposed text_projection, label_emb, depth-3
+    transformer stacks) put every tensor where the diffusers-layout tables put it."""
+    with open_sdxl_checkpoint(base["folder"]) as folder, open_sdxl_checkpoint(base["single"]) as single:
+        assert single.config.unet == folder.config.unet and single.config.encoders == folder.config.encoders
+        assert single.components == folder.components
+        expected, actual = _plan_arrays(folder), _plan_arrays(single)
+    assert set(actual) == set(expected) and len(actual) > 800
+    for key, value in expected.items():
+        np.testing.assert_array_equal(actual[key], value, err_msg=str(key))
+
+
+@pytest.mark.slow  # 3-8 s
+def test_text_encoders_match_transformers(base):
+    """Penultimate hidden states of both encoders and the pooled, projected output."""
+    config, weights = load_sdxl_checkpoint(base["folder"])
+    with weights:
+        parts = {name: models.build(name, config, weights=weights[name])
+                 for name in ("text_encoder", "text_encoder_2")}
+    ids = dx.tokens(2, seed=5, pad=0)  # padded with "!" (0), as SDXL's second tokenizer pads
+    positions = np.tile(np.arange(77, dtype="int32"), (2, 1))
+    hidden_1, hidden_2, pooled = dx.text_outputs(base["models"], ids)
+    assert_close(parts["text_encoder"]({"tokens": ids.astype("int32"), "positions": positions}), hidden_1)
+    out = parts["text_encoder_2"]({"tokens": ids.astype("int32"), "positions": positions})
+    assert_close(out["hidden_states"], hidden_2)
+    assert_close(out["pooled"], pooled)
 
 
 # ---------------------------------------------------------------------------------------------- key accounting

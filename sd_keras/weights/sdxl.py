@@ -16,7 +16,7 @@ Inputs:
   ``text_projection``); the refiner's only encoder is ``conditioner.embedders.0.model.*``.
 
 The architecture comes from the folder's ``config.json`` files, or from a single file's tensor shapes:
-everything SD's inference gives (``sd_keras.weights.checkpoints.infer_unet_config``) plus transformer blocks per
+everything SD's inference gives (``sd_keras.weights.sd_single_file.infer_unet_config``) plus transformer blocks per
 level (``transformer_blocks.{d}``), the text encoders' depths and the projection width; what shapes cannot tell
 follows Stability's ``sgm`` configs: 64-wide attention heads everywhere, 6 time ids for the two-encoder base
 model and 5 for the refiner, ``addition_time_embed_dim`` = (``label_emb`` input width - pooled width) / time ids,
@@ -39,8 +39,11 @@ import re
 from sd_keras.config_sdxl import (SDXLConfig, SDXLRefinerConfig, SDXLTextEncoderConfig, SDXLUNetConfig)
 from sd_keras.errors import InputError
 from sd_keras.models import registry
-from sd_keras.weights import checkpoints, key_maps, sdxl_key_maps
-from sd_keras.weights.checkpoints import ComponentPlan, ComponentSource, MultiFile, open_tensor_file
+from sd_keras.weights import diffusers as sd_diffusers
+from sd_keras.weights import key_maps, sdxl_key_maps
+from sd_keras.weights import single_file as sd_single_file
+from sd_keras.weights.plans import Checkpoint, ComponentPlan, ComponentSource
+from sd_keras.weights.readers import MultiFile, open_tensor_file
 
 LOG = logging.getLogger("sd_keras.checkpoints")
 SDXL_IMAGE_SIZE = (1024, 1024)
@@ -105,7 +108,7 @@ def is_sdxl_checkpoint(path):
         reader.close()
 
 
-class SDXLCheckpoint(checkpoints.Checkpoint):
+class SDXLCheckpoint(Checkpoint):
     """An opened SDXL checkpoint: ``config`` (an ``SDXLConfig``), a plan per component, ``notes``."""
 
     @property
@@ -144,7 +147,7 @@ def unet_config_from_diffusers(config, path, pooled_dim):
     plain = {key: value for key, value in config.items()
              if key not in ("addition_embed_type", "addition_time_embed_dim", "projection_class_embeddings_input_dim",
                             "transformer_layers_per_block", "addition_embed_type_num_heads")}
-    base = _as_input_error(checkpoints.unet_config_from_diffusers, plain, path)
+    base = _as_input_error(sd_diffusers.unet_config_from_diffusers, plain, path)
     return _as_input_error(SDXLUNetConfig, **dataclasses.asdict(base), transformer_depth=tuple(depth),
                            addition_time_embed_dim=time_dim, num_time_ids=num_time_ids, pooled_dim=pooled_dim)
 
@@ -152,7 +155,7 @@ def unet_config_from_diffusers(config, path, pooled_dim):
 def text_config_from_diffusers(config, path, *, projection):
     """``SDXLTextEncoderConfig`` of a transformers ``CLIPTextModel`` / ``CLIPTextModelWithProjection``
     config.json (``projection``: the one whose pooled, projected output SDXL uses)."""
-    base = _as_input_error(checkpoints.text_config_from_diffusers, config, path)
+    base = _as_input_error(sd_diffusers.text_config_from_diffusers, config, path)
     projection_dim = None
     if projection:
         projection_dim = config.get("projection_dim")
@@ -248,7 +251,7 @@ def _open_diffusers(folder, prediction_type):
     text = None if refiner else text_config_from_diffusers(*config_of("text_encoder"), projection=False)
     unet_json, unet_path = config_of("unet")
     unet = unet_config_from_diffusers(unet_json, unet_path, text_2.projection_dim)
-    vae = _as_input_error(checkpoints.vae_config_from_diffusers, *config_of("vae"))
+    vae = _as_input_error(sd_diffusers.vae_config_from_diffusers, *config_of("vae"))
     scheduler_path = os.path.join(folder, "scheduler", "scheduler_config.json")
     source = "given"
     if prediction_type is None and os.path.exists(scheduler_path):
@@ -317,7 +320,7 @@ def infer_unet_config(source, pooled_dim, num_time_ids):
     """``SDXLUNetConfig`` from the tensor shapes of an original-layout SDXL UNet (``model.diffusion_model.*``)."""
     path = source.reader.path
     label = _need(source, "label_emb.0.0.weight", "added conditioning width")
-    base = _as_input_error(checkpoints.infer_unet_config, _Hiding(source, r"label_emb\."), True)
+    base = _as_input_error(sd_single_file.infer_unet_config, _Hiding(source, r"label_emb\."), True)
     keys = source.keys()
     levels = len(base.block_out_channels)
     depth = []
@@ -410,7 +413,7 @@ def _open_single_file(path, prediction_type):
         unet_source = ComponentSource(reader, prefixes["diffusion_model"])
         unet = infer_unet_config(unet_source, text_2.projection_dim, REFINER_TIME_IDS if refiner else BASE_TIME_IDS)
         vae_source = ComponentSource(reader, prefixes["vae"])
-        vae = dataclasses.replace(_as_input_error(checkpoints.infer_vae_config, vae_source), scaling_factor=0.13025)
+        vae = dataclasses.replace(_as_input_error(sd_single_file.infer_vae_config, vae_source), scaling_factor=0.13025)
         given = prediction_type is not None
         prediction_type = _prediction_type(prediction_type or "epsilon", "prediction_type argument")
         stem = os.path.splitext(os.path.basename(path))[0]
@@ -468,24 +471,4 @@ def load_sdxl_checkpoint(path, *, prediction_type=None, loras=()):
 
     lora_files = [(read_lora(lora_path), scale) for lora_path, scale in loras]
     checkpoint = open_sdxl_checkpoint(path, prediction_type=prediction_type)
-    try:
-        return checkpoint.config, _weights(checkpoint, lora_files)
-    except BaseException:
-        checkpoint.close()
-        raise
-
-
-class _WithLoRAs:
-    def __init__(self, plan, loras, config, component):
-        self.plan, self.loras, self.config, self.component = plan, loras, config, component
-
-    def fill(self, model):
-        self.plan.fill(model)
-        for lora, scale in self.loras:
-            lora.merge_into(model, self.component, self.config, scale)
-
-
-def _weights(checkpoint, loras):
-    parts = {name: _WithLoRAs(checkpoint.plans[name], loras, checkpoint.config, name) if loras
-             else checkpoint.plans[name] for name in checkpoint.components}
-    return registry.Weights(parts, source=checkpoint.path, notes=checkpoint.notes, on_close=checkpoint.close)
+    return checkpoint.config, checkpoint.weights(lora_files)
