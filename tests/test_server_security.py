@@ -18,6 +18,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from sd_keras.errors import InputError
+from sd_keras.generator import Generator
 from sd_keras.server.process import ServerProcess
 
 SMALL = {"width": 64, "height": 64, "steps": 1, "sampler_name": "Euler", "prompt": "a"}
@@ -247,8 +249,9 @@ def test_evicted_programs_are_freed_and_rebuilt_when_needed_again():
     assert (programs.compilations, programs.evictions, forward.trace_count) == (3, 2, 3)
 
 
-class _ModelWithPrograms:
-    """Stands in for a pipeline: every (steps, size) "compiles" a program into its ``ProgramCache``."""
+class _ModelWithPrograms(Generator):
+    """Stands in for a pipeline: every (steps, size) "compiles" a program into its ``ProgramCache``; the prompt
+    "bad input" raises InputError, the prompt "bug" a plain ValueError (as a bug in the library would)."""
 
     def __init__(self):
         from sd_keras.loop import ProgramCache
@@ -259,6 +262,10 @@ class _ModelWithPrograms:
     def text_to_image(self, prompt, *, batch_size, num_steps, height, width, progress=None, **kwargs):
         import numpy as np
 
+        if prompt == "bad input":
+            raise InputError("prompt: bad input")
+        if prompt == "bug":
+            raise ValueError("an internal value that should never occur")
         self.programs.get(("text", batch_size), object)
         self.programs.get(("loop", num_steps, height, width, batch_size), object)
         return np.zeros((batch_size, height, width, 3), np.uint8)
@@ -292,6 +299,39 @@ def test_the_server_bounds_compiled_programs_and_reports_them():
             assert client.post("/sdapi/v1/txt2img", json={**SMALL, "steps": 2}).status_code == 200
             values = metric_values(client.get("/metrics").text)
             assert metric(values, "sd_keras_compilations_total") == 5 and len(model.programs) == 3
+    finally:
+        server.should_exit = True
+        thread.join(60)
+
+
+def test_only_input_errors_are_422_and_a_bug_is_a_500_with_its_traceback_logged(caplog):
+    import logging
+
+    import uvicorn
+
+    from sd_keras.server.app import ServerSettings, create_app
+
+    model = _ModelWithPrograms()
+    app = create_app(ServerSettings(models={"tiny": "tiny"}, model="tiny"), loader=lambda spec, dtype: model)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started, "the in-process server to start")
+        url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+        with httpx.Client(base_url=url, timeout=60) as client, caplog.at_level(logging.ERROR, "sd_keras.server"):
+            bad = client.post("/sdapi/v1/txt2img", json={**SMALL, "prompt": "bad input"})
+            assert bad.status_code == 422 and bad.json()["detail"] == "prompt: bad input"
+            assert not [r for r in caplog.records if r.exc_info]  # the client's mistake is no server error
+            bug = client.post("/sdapi/v1/txt2img", json={**SMALL, "prompt": "bug"})
+            assert bug.status_code == 500
+            assert "ValueError: an internal value that should never occur" in bug.json()["detail"]
+            logged = [r for r in caplog.records if r.exc_info]
+            assert len(logged) == 1 and isinstance(logged[0].exc_info[1], ValueError)
+            assert "Traceback" in caplog.text
+            unknown = client.post("/sdapi/v1/txt2img", json={**SMALL, "sampler_name": "Heun++"})
+            assert unknown.status_code == 422 and "sampler_name 'Heun++' is unknown" in unknown.json()["detail"]
+            assert client.post("/sdapi/v1/txt2img", json=SMALL).status_code == 200
     finally:
         server.should_exit = True
         thread.join(60)

@@ -15,6 +15,7 @@ Example:
 import dataclasses
 
 from sd_keras.defaults import SERVER as _DEFAULTS
+from sd_keras.errors import InputError
 from sd_keras.schedulers import SAMPLER_ALIASES, SAMPLER_NAMES
 from sd_keras.schedulers.base import KARRAS_RHO
 
@@ -90,22 +91,22 @@ class ResolvedSampler:
 
 
 def resolve_sampler(sampler_name, scheduler=None):
-    """Map A1111's ``sampler_name`` (+ ``scheduler``) to an sd_keras sampler; ValueError naming the bad field."""
+    """Map A1111's ``sampler_name`` (+ ``scheduler``) to an sd_keras sampler; InputError naming the bad field."""
     name = DEFAULT_SAMPLER if sampler_name in (None, "") else sampler_name
     entry = _LOOKUP.get(_key(name)) if isinstance(name, str) else None
     if entry is None:
         known = ", ".join(sampler.name for sampler in SAMPLERS)
-        raise ValueError(f"sampler_name {name!r} is unknown; available samplers: {known}")
+        raise InputError(f"sampler_name {name!r} is unknown; available samplers: {known}")
     sampler, schedule_from_name = entry
     requested = None if scheduler is None else _key(scheduler)
     if requested is not None and requested not in _SCHEDULE_LOOKUP:
         known = ", ".join(item["name"] for item in SCHEDULERS)
-        raise ValueError(f"scheduler {scheduler!r} is unknown; available schedulers: {known}")
+        raise InputError(f"scheduler {scheduler!r} is unknown; available schedulers: {known}")
     # an explicit scheduler wins over one carried by a legacy name; "automatic" falls back to the name, then
     # to the sampler's default
     schedule = (requested and _SCHEDULE_LOOKUP[requested]) or schedule_from_name or sampler.default_schedule
     if schedule == KARRAS and not sampler.karras:
-        raise ValueError(f"scheduler 'karras' is not available for sampler {sampler.name!r} (use 'uniform')")
+        raise InputError(f"scheduler 'karras' is not available for sampler {sampler.name!r} (use 'uniform')")
     sd_keras_name = sampler.sd_keras_name + (" Karras" if schedule == KARRAS else "")
     return ResolvedSampler(sampler.name, schedule, sd_keras_name)
 
