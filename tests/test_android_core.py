@@ -97,6 +97,7 @@ PNG_CASES = {
 }
 
 
+@pytest.mark.slow
 def test_kotlin_core_passes_its_junit_tests(core_jar, tmp_path):
     from sd_keras import metadata
 

@@ -350,6 +350,7 @@ def test_bfloat16_safetensors(sd1, tmp_path):
     np.testing.assert_array_equal(np.asarray(kernel["down_0_res_0/conv1/kernel"]), expected.transpose(2, 3, 1, 0))
 
 
+@pytest.mark.slow
 def test_ckpt_is_read_without_torch(sd1, sd2):
     """The .ckpt reader needs zipfile + numpy only: run it where importing torch fails."""
     script = (

@@ -39,6 +39,7 @@ def _run(env, tmp_path, script=GENERATE):
     return json.loads(result.stdout.split("RESULT", 1)[1])
 
 
+@pytest.mark.slow
 @pytest.mark.once  # always runs JAX in subprocesses (see conftest.py)
 def test_a_second_process_loads_the_compiled_programs_from_the_cache(tmp_path):
     env = {**os.environ, "KERAS_BACKEND": "jax", "SD_KERAS_CACHE": str(tmp_path / "cache")}
@@ -84,6 +85,7 @@ def test_gpu_programs_compile_without_the_rematerialization_pass(monkeypatch):
     assert backend.jax_compiler_options() == {"xla_gpu_enable_triton_gemm": False}
 
 
+@pytest.mark.slow
 @pytest.mark.once  # always runs JAX in a subprocess (see conftest.py)
 def test_an_unwritable_cache_folder_only_turns_the_cache_off(tmp_path):
     blocker = tmp_path / "file"

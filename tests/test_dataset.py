@@ -23,10 +23,8 @@ FAST = dict(model="tiny", steps=2, batch_size=2, progress=False)
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    from sd_keras.pipeline import StableDiffusion
-
-    return StableDiffusion.from_preset("tiny")
+def tiny(tiny_sd):
+    return tiny_sd  # the session's tiny model (conftest.py)
 
 
 def _rows(count=5):

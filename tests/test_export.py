@@ -17,15 +17,15 @@ import pytest
 from sd_keras.export import bundle as bundle_lib
 from sd_keras.export import exporter, litert, quantize, verify
 from sd_keras.export.runner import BundleRunner, denoise, timestep_embedding
-from sd_keras.pipeline import DEFAULT_SAMPLER, StableDiffusion
+from sd_keras.pipeline import DEFAULT_SAMPLER
 from sd_keras.schedulers import SAMPLER_NAMES, get_sampler
 
 PROMPT = "a red circle on a white background"
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    return StableDiffusion.from_preset("tiny")
+def tiny(tiny_sd):
+    return tiny_sd  # the session's tiny model (conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +57,7 @@ def copy_bundle(source, tmp_path):
 
 
 # -- the export and its report -----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_fp32_components_match_keras_within_gate(fp32_bundle):
     path, report = fp32_bundle
     assert report["passed"] and report["failures"] == []
@@ -73,6 +74,7 @@ def test_fp32_components_match_keras_within_gate(fp32_bundle):
         assert json.load(handle)["passed"] is True
 
 
+@pytest.mark.slow
 def test_manifest_schema_and_signatures(fp32_bundle, tiny):
     path, _ = fp32_bundle
     with open(os.path.join(path, "manifest.json")) as handle:
@@ -115,6 +117,7 @@ def test_manifest_schema_and_signatures(fp32_bundle, tiny):
     assert np.array_equal(runner.tokenizer.tokenize([PROMPT]), tiny.tokenizer.tokenize([PROMPT]))
 
 
+@pytest.mark.slow
 def test_export_keeps_convolutions_as_conv_2d(tiny, tmp_path, monkeypatch):
     # On a CPU-only TensorFlow, small convolutions run as matrix products (backend.conv_as_matmul); an export
     # must still write CONV_2D operators, which phones run well. Force the rule onto every convolution.
@@ -136,6 +139,7 @@ def test_export_keeps_convolutions_as_conv_2d(tiny, tmp_path, monkeypatch):
 
 
 # -- the runner against the Keras pipeline -----------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M", DEFAULT_SAMPLER])
 def test_runner_image_equals_keras_pipeline(tiny, runner, sampler):
     settings = dict(negative_prompt="blurry", num_steps=4, unconditional_guidance_scale=7.5, seed=11,
@@ -147,6 +151,7 @@ def test_runner_image_equals_keras_pipeline(tiny, runner, sampler):
     assert image.std() > 0  # not a blank image
 
 
+@pytest.mark.slow
 def test_runner_batch_uses_consecutive_seeds_and_reports_progress(runner):
     steps = []
     batch = runner.text_to_image(PROMPT, batch_size=2, num_steps=3, seed=5, sampler="Euler a",
@@ -157,6 +162,7 @@ def test_runner_batch_uses_consecutive_seeds_and_reports_progress(runner):
     assert runner.last_seed == 6
 
 
+@pytest.mark.slow
 def test_runner_prompt_list_sets_the_batch_like_the_pipeline(runner):
     prompts = [PROMPT, "a blue square"]
     batch = runner.text_to_image(prompts, num_steps=2, seed=5, sampler="Euler")
@@ -185,6 +191,7 @@ print(sorted(name for name in sys.modules if name.split(".")[0] in ("keras", "te
 """
 
 
+@pytest.mark.slow
 def test_runner_imports_and_generates_without_keras_or_tensorflow(fp32_bundle, runner, tmp_path):
     """The runner needs numpy, pillow and ai-edge-litert only: importing a framework fails in this process."""
     out = tmp_path / "image.npy"
@@ -196,6 +203,7 @@ def test_runner_imports_and_generates_without_keras_or_tensorflow(fp32_bundle, r
     assert np.array_equal(np.load(out), expected)
 
 
+@pytest.mark.slow
 def test_runner_image_to_image_equals_keras_pipeline(tiny, runner):
     source = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     # 4 steps of DPM++ 2M: the compiled loop of the text-to-image test is reused (start index is an argument)
@@ -282,6 +290,7 @@ def test_unet_parts_chain_to_the_whole_model(tiny):
     assert len(unet_parts.plan_parts(tiny.diffusion_model, steps, 1)) == len(steps)
 
 
+@pytest.mark.slow
 def test_split_unet_bundle_generates_like_keras(tiny, split_bundle):
     path, report = split_bundle
     entry = bundle_lib.read_bundle(path).component("diffusion_model")
@@ -309,6 +318,7 @@ def test_split_unet_bundle_generates_like_keras(tiny, split_bundle):
     assert report["end_to_end"]["psnr_db"] > 20  # int8 weights: close to Keras, not equal
 
 
+@pytest.mark.slow
 def test_modified_or_missing_part_is_named(split_bundle, tmp_path):
     copy = copy_bundle(split_bundle[0], tmp_path)
     flip_byte(copy / "diffusion_model_part1.tflite")
@@ -320,6 +330,7 @@ def test_modified_or_missing_part_is_named(split_bundle, tmp_path):
         bundle_lib.read_bundle(copy, verify_hashes=False)
 
 
+@pytest.mark.slow
 def test_missing_file_is_named(fp32_bundle, tmp_path):
     copy = copy_bundle(fp32_bundle[0], tmp_path)
     os.remove(copy / "decoder.tflite")
@@ -327,6 +338,7 @@ def test_missing_file_is_named(fp32_bundle, tmp_path):
         bundle_lib.read_bundle(copy)
 
 
+@pytest.mark.slow
 def test_modified_file_is_named(fp32_bundle, tmp_path):
     copy = copy_bundle(fp32_bundle[0], tmp_path)
     flip_byte(copy / "diffusion_model.tflite")
@@ -334,6 +346,7 @@ def test_modified_file_is_named(fp32_bundle, tmp_path):
         BundleRunner(copy)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("edit, message", [
     ({"format_version": 2}, "format_version 2 is not supported"),
     ({"format": "other"}, "has format 'other'"),
@@ -350,6 +363,7 @@ def test_bad_manifest_is_named(fp32_bundle, tmp_path, edit, message):
         bundle_lib.read_bundle(copy)
 
 
+@pytest.mark.slow
 def test_runner_rejects_other_sizes_and_inpainting(runner):
     with pytest.raises(ValueError, match="fixed size 64x64"):
         runner.text_to_image(PROMPT, num_steps=2, height=128, width=64)
@@ -359,6 +373,7 @@ def test_runner_rejects_other_sizes_and_inpainting(runner):
         runner.inpaint(PROMPT, None, None)
 
 
+@pytest.mark.slow
 def test_failed_gate_leaves_no_bundle(tiny, fp32_bundle, tmp_path, monkeypatch):
     # The conversion is replaced by copying the verified files: what is tested is the gate and the staging.
     source = fp32_bundle[0]
@@ -381,6 +396,7 @@ def test_failed_gate_leaves_no_bundle(tiny, fp32_bundle, tmp_path, monkeypatch):
         assert json.load(handle)["passed"] is False
 
 
+@pytest.mark.slow
 def test_bundle_is_shared_like_any_output(fp32_bundle):
     """Files 0644 and folders 0755 under umask 022 (mkstemp/mkdtemp made them 0600/0700); nothing left beside."""
     path, _ = fp32_bundle
@@ -450,6 +466,7 @@ def test_cli_export_failure_inside_litert_is_one_line_exit_1(tmp_path, capsys, m
     assert len(lines) == 1 and lines[0].startswith("sd-keras: error:") and "SquaredDifference" in lines[0], lines
 
 
+@pytest.mark.slow
 def test_cli_generate_from_bundle_and_modified_bundle(fp32_bundle, tmp_path):
     from sd_keras import metadata
 
@@ -471,6 +488,7 @@ pytestmark = pytest.mark.once  # backend-independent (see conftest.py)
 
 
 # -- quality gates -----------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_quality_gates_replay_full_trajectories_in_report_and_manifest(fp32_bundle):
     path, report = fp32_bundle
     quality = report["quality"]
@@ -509,6 +527,7 @@ def test_quality_metrics():
     assert not all(gate["passed"] for gate in verify.check_gates(stats, verify.IMAGE_STATISTICS_GATES))
 
 
+@pytest.mark.slow
 def test_prompt_following_gate_refuses_a_bundle_below_keras(tiny, fp32_bundle, tmp_path, monkeypatch):
     """The same fp32 files pass prompt-following at the default 5-point margin and are refused (nothing
     written, the reason named) when the margin demands more than Keras scores; an SNR floor the files cannot

@@ -16,7 +16,6 @@ import pytest
 
 from sd_keras.export import litert, quantize, verify
 from sd_keras.export.runner import BundleRunner
-from sd_keras.pipeline import StableDiffusion
 
 
 DECODER_MODES = ("fp16", "int8-full", "w8a16", "int4")
@@ -24,8 +23,8 @@ DECODER_FACTS = {}  # mode -> what export_components reported for the decoder (f
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    return StableDiffusion.from_preset("tiny")
+def tiny(tiny_sd):
+    return tiny_sd  # the session's tiny model (conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +47,7 @@ def decoders(tiny, records, tmp_path_factory):
     return paths
 
 
+@pytest.mark.slow
 def test_records_come_from_real_trajectories(tiny, records):
     unet = records["diffusion_model"]
     assert len(unet) == 2 * 3  # prompts x steps
@@ -58,6 +58,7 @@ def test_records_come_from_real_trajectories(tiny, records):
     assert [feed["latent"].shape for feed in records["decoder"]] == [(1, 8, 8, 4)] * 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", DECODER_MODES)
 def test_decoder_parity_per_mode(tiny, records, decoders, mode):
     entry = litert.component_signatures(tiny.config, (64, 64))["decoder"]
@@ -67,6 +68,7 @@ def test_decoder_parity_per_mode(tiny, records, decoders, mode):
     assert parity["finite"]
 
 
+@pytest.mark.slow
 def test_quantized_files_are_smaller(tiny, decoders):
     sizes = {mode: os.path.getsize(path) for mode, path in decoders.items()}
     float32_bytes = litert.weight_bytes(tiny.decoder)  # the fp32 file is this plus the graph (~10 %)
@@ -76,6 +78,7 @@ def test_quantized_files_are_smaller(tiny, decoders):
     assert sizes["w8a16"] < 0.5 * float32_bytes  # int8 weights
 
 
+@pytest.mark.slow
 def test_weight_types_per_mode(decoders):
     from ai_edge_litert.interpreter import Interpreter
 
@@ -89,6 +92,7 @@ def test_weight_types_per_mode(decoders):
     assert {"int8", "int16"} <= weight_dtypes(decoders["w8a16"])
 
 
+@pytest.mark.slow
 def test_w8a16_keeps_float_inputs_and_outputs_and_beats_int8_activations(tiny, records, decoders):
     from ai_edge_litert.interpreter import Interpreter
 
@@ -101,6 +105,7 @@ def test_w8a16_keeps_float_inputs_and_outputs_and_beats_int8_activations(tiny, r
     assert wide["psnr_db"] > narrow["psnr_db"] + 6, (wide, narrow)
 
 
+@pytest.mark.slow
 def test_integer_only_describes_the_file(decoders):
     """``integer_only`` comes from the written file's ops: float ops (the norms' NEG/SQUARE between DEQUANTIZE
     and QUANTIZE) make it false and are listed, whatever the converter was asked for."""
@@ -138,6 +143,7 @@ def test_quantization_spec_gives_each_component_a_mode():
     assert verify.image_gates(["fp32"]) == {"max_abs_diff": ("<=", 2)}
 
 
+@pytest.mark.slow
 def test_converter_in_its_own_process_writes_the_same_model(tiny, records, decoders, tmp_path):
     # Large models convert in a child process holding only the SavedModel; forced here on the small decoder,
     # with calibration data passed through a file (int8-full).
@@ -158,6 +164,7 @@ def test_converter_in_its_own_process_writes_the_same_model(tiny, records, decod
         litert.convert_component(tiny.decoder, "decoder", signature, "int8-full", path, isolate=True)
 
 
+@pytest.mark.slow
 def test_int8_full_widens_activations_that_int8_cannot_hold(tiny, records, decoders, tmp_path, monkeypatch):
     # Force the measurement to fall short: the decoder and the text encoder (int32 tokens and positions, and
     # LayerNorms whose SQUARED_DIFFERENCE has no int16 kernel) are replaced by their w8a16 files, closer to Keras
@@ -188,6 +195,7 @@ def test_int8_full_widens_activations_that_int8_cannot_hold(tiny, records, decod
     assert parity["finite"] and parity["cosine"] >= verify.GATES["w8a16"]["component"]["cosine"][1]
 
 
+@pytest.mark.slow
 def test_flex_ops_fail_with_their_names(tmp_path):
     # Needs TensorFlow in the process: run under KERAS_BACKEND=tensorflow whatever the test backend.
     script = textwrap.dedent(f"""
@@ -211,6 +219,7 @@ def test_flex_ops_fail_with_their_names(tmp_path):
     assert not (tmp_path / "x.tflite").exists()
 
 
+@pytest.mark.slow
 def test_cli_per_component_export_and_generation(tiny, tmp_path):
     out = tmp_path / "tiny-mixed"
     result = subprocess.run([sys.executable, "-m", "sd_keras.cli", "export", "-m", "tiny", "-o", str(out),

@@ -65,6 +65,7 @@ def compare_with_keras_cv():
     return report
 
 
+@pytest.mark.slow
 def test_generate_image_matches_keras_cv(tmp_path):
     # A child process: the full-size models take ~11 GB that a process does not give back to the system.
     out = tmp_path / "report.json"

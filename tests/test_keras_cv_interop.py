@@ -296,6 +296,7 @@ def test_from_keras_cv_models_refuses_other_objects():
         from_keras_cv_models(models.build_decoder("tiny"))
 
 
+@pytest.mark.slow
 @pytest.mark.keras_cv
 def test_weight_table_is_keras_cv_s():
     from keras_cv.src.models.stable_diffusion import decoder, diffusion_model, image_encoder, text_encoder

@@ -29,6 +29,7 @@ def _run(devices, out):
     return result.stdout
 
 
+@pytest.mark.slow
 def test_two_devices_give_the_single_device_result(tmp_path):
     assert "DEVICES 2 2" in _run("all", tmp_path / "two.npy")
     assert "DEVICES 1 2" in _run("1", tmp_path / "one.npy")

@@ -100,6 +100,7 @@ def test_committed_without_outputs_and_with_parameters(name):
     assert set(EXTRA[name]) <= names
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs(name, tmp_path):
     from nbclient import NotebookClient

@@ -15,8 +15,8 @@ SIZE = dict(height=64, width=64)
 
 
 @pytest.fixture(scope="module")
-def sd():
-    return StableDiffusion.from_preset("tiny")
+def sd(tiny_sd):
+    return tiny_sd  # the session's tiny model (conftest.py)
 
 
 def test_second_call_does_not_retrace_and_new_weights_do_not_recompile(sd):

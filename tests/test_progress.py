@@ -101,6 +101,7 @@ def test_server_progress_excludes_compilation_from_the_eta():
     assert progress.snapshot()[1] == 0.0 and server_queue.progress_text(progress.snapshot()[2]) is None
 
 
+@pytest.mark.slow
 def test_progress_endpoint_reports_the_compilation_of_a_new_shape():
     """A live server: the first request of a new size compiles; /progress says so while it does."""
     seen = []

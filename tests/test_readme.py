@@ -14,6 +14,7 @@ def code_blocks(language):
     return re.findall(rf"^```{language}\n(.*?)^```", README.read_text(encoding="utf-8"), re.M | re.S)
 
 
+@pytest.mark.slow
 def test_readme_python_blocks_run_offline(tmp_path):
     from sd_keras import metadata
 

@@ -11,8 +11,8 @@ from sd_keras.weights import saved
 
 
 @pytest.fixture(scope="module")
-def sd():
-    return StableDiffusion.from_preset("tiny")
+def sd(tiny_sd):
+    return tiny_sd  # the session's tiny model (conftest.py)
 
 
 def test_roundtrip_gives_identical_images(sd, tmp_path):

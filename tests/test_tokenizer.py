@@ -137,6 +137,7 @@ def test_module_doctests():
     assert result.attempted >= 8 and result.failed == 0
 
 
+@pytest.mark.slow
 def test_tokenizer_imports_no_framework():
     # Loaded by path so that only the tokenizer module itself is judged, not the package's __init__.
     code = (

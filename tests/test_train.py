@@ -318,15 +318,17 @@ def test_shipped_configs_are_valid():
 
 
 @pytest.mark.once  # config parsing only: backend-independent (see conftest.py)
-def test_cli_bad_config_is_one_line_exit_2(tmp_path):
+def test_cli_bad_config_is_one_line_exit_2(tmp_path, capsys):
+    from sd_keras import cli
+
     config = tmp_path / "c.yaml"
     config.write_text("model: {preset: tiny}\nstages: {vae: {components: [vae], steps: 2, lr: 1}}\n")
-    result = subprocess.run([sys.executable, "-m", "sd_keras.cli", "train", str(config), "--out", str(tmp_path / "o")],
-                            capture_output=True, text=True)
-    assert result.returncode == 2
-    lines = [line for line in result.stderr.splitlines() if line.startswith("sd-keras: error:")]
-    assert len(lines) == 1 and "stages.vae.lr: unknown key" in lines[0], result.stderr
-    assert "Traceback" not in result.stderr and not (tmp_path / "o").exists()
+    status = cli.main(["train", str(config), "--out", str(tmp_path / "o")])
+    stderr = capsys.readouterr().err
+    assert status == 2
+    lines = [line for line in stderr.splitlines() if line.startswith("sd-keras: error:")]
+    assert len(lines) == 1 and "stages.vae.lr: unknown key" in lines[0], stderr
+    assert "Traceback" not in stderr and not (tmp_path / "o").exists()
 
 
 MULTI_DEVICE_SCRIPT = """
@@ -351,6 +353,7 @@ print("RESULT" + json.dumps(results))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.once  # always runs JAX in a subprocess (see conftest.py)
 def test_data_parallel_training_matches_one_device(tmp_path):
     """Two host devices stand in for two GPUs: the batch is split and the training result is the same."""
