@@ -10,6 +10,7 @@ import org.sdkeras.core.BundleEntry
 import org.sdkeras.core.BundleException
 import org.sdkeras.core.BundleLibrary
 import org.sdkeras.core.BundleManifest
+import org.sdkeras.core.UpscalerManifest
 
 /**
  * Where bundles live on the phone, copying one in from any folder the system file picker can open, and deleting
@@ -54,6 +55,15 @@ class BundleStore(private val context: Context) {
             if (cache.delete()) cacheBytes += length
         }
         return freed + cacheBytes
+    }
+
+    /**
+     * Folders holding an exported upscaler (`upscaler.json`, from `sd-keras export-upscaler`), in the same two places
+     * as bundles; the first one is used by "Upscale".
+     */
+    fun upscalers(): List<File> = listOfNotNull(externalRoot, privateRoot).flatMap { root ->
+        (root.listFiles() ?: emptyArray()).sortedBy { it.name }
+            .filter { it.isDirectory && !it.name.startsWith(".") && File(it, UpscalerManifest.FILE_NAME).isFile }
     }
 
     /** Human-readable locations for the "no bundle" message. */

@@ -8,6 +8,7 @@ import android.os.Looper
 import android.os.SystemClock
 import java.io.File
 import java.io.IOException
+import java.util.concurrent.CancellationException
 import java.util.concurrent.ExecutorService
 import java.util.concurrent.Executors
 import java.util.concurrent.atomic.AtomicBoolean
@@ -18,6 +19,8 @@ import org.sdkeras.core.BundleManifest
 import org.sdkeras.core.PngParameters
 import org.sdkeras.core.ProgressEstimate
 import org.sdkeras.core.RgbImage
+import org.sdkeras.core.UpscalerManifest
+import org.sdkeras.core.Upscaling
 
 /** The settings a session is loaded with; a change reloads the models. */
 class SessionSettings(val directory: File, val preferGpu: Boolean, val lowMemory: Boolean, val threads: Int) {
@@ -195,6 +198,63 @@ object GenerationController {
         }
     }
 
+    /**
+     * Enlarge the current result with the first exported upscaler of [store] (CPU, [threads] XNNPACK threads), tile
+     * by tile with the core's [Upscaling]; the upscaled image becomes the result (Save and Share write it).
+     */
+    fun upscale(context: Context, store: BundleStore, threads: Int) {
+        val app = context.applicationContext
+        val source = result ?: return
+        runJob(app, app.getString(R.string.upscaling), foreground = true) {
+            val folder = store.upscalers().firstOrNull()
+                ?: throw IllegalArgumentException(app.getString(R.string.no_upscaler, store.locations()))
+            val manifest = UpscalerManifest.parse(File(folder, UpscalerManifest.FILE_NAME).readText(Charsets.UTF_8))
+            val bitmap = source.bitmap
+            val width = bitmap.width
+            val height = bitmap.height
+            val argb = IntArray(width * height)
+            bitmap.getPixels(argb, 0, width, 0, 0, width, height)
+            val rgb = ByteArray(width * height * 3)
+            for (index in argb.indices) {
+                rgb[3 * index] = (argb[index] shr 16).toByte()
+                rgb[3 * index + 1] = (argb[index] shr 8).toByte()
+                rgb[3 * index + 2] = argb[index].toByte()
+            }
+            val started = SystemClock.elapsedRealtime()
+            val cpu = CpuSettings(threads, null)
+            val input = manifest.spec.inputs[0].name
+            val model = LiteRtComponent(File(folder, manifest.file()), manifest.spec, false, cpu)
+            val upscaled = try {
+                Upscaling.upscale(rgb, height, width, manifest, { tile -> model.run(mapOf(input to tile)) }) { done, total ->
+                    if (cancelRequested.get()) throw CancellationException()
+                    ui {
+                        progressDone = done
+                        progressTotal = total
+                        status = app.getString(R.string.upscaling_tiles, done, total)
+                        GenerationService.update(app, status, done * 100 / total)
+                    }
+                }
+            } finally {
+                model.close()
+            }
+            val scale = manifest.scale
+            val pixels = IntArray(width * scale * height * scale) {
+                val r = upscaled[3 * it].toInt() and 0xFF
+                val g = upscaled[3 * it + 1].toInt() and 0xFF
+                val b = upscaled[3 * it + 2].toInt() and 0xFF
+                (0xFF shl 24) or (r shl 16) or (g shl 8) or b
+            }
+            val big = Bitmap.createBitmap(pixels, width * scale, height * scale, Bitmap.Config.ARGB_8888)
+            val seconds = (SystemClock.elapsedRealtime() - started) / 1000.0
+            val name = source.fileName.removeSuffix(".png") + "_x$scale.png"
+            ui {
+                result = GeneratedImage(big, source.parameters, name, source.seed)
+                image = big
+                status = app.getString(R.string.upscaled, scale, width * scale, height * scale, seconds, folder.name)
+            }
+        }
+    }
+
     fun importBundle(context: Context, store: BundleStore, tree: Uri) {
         val app = context.applicationContext
         runJob(app, app.getString(R.string.importing), foreground = true) {
@@ -268,6 +328,8 @@ object GenerationController {
             val message: String? = try {
                 job()
                 null
+            } catch (error: CancellationException) {
+                context.getString(R.string.upscale_cancelled)
             } catch (error: OutOfMemoryError) {
                 session?.close()
                 session = null

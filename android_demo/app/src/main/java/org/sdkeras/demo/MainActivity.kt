@@ -64,6 +64,7 @@ class MainActivity : AppCompatActivity() {
     private lateinit var photoView: ImageView
     private lateinit var saveButton: Button
     private lateinit var shareButton: Button
+    private lateinit var upscaleButton: Button
     private lateinit var progressBar: ProgressBar
     private lateinit var statusText: TextView
     private lateinit var imageView: ImageView
@@ -118,6 +119,7 @@ class MainActivity : AppCompatActivity() {
         photoView = findViewById(R.id.photo_view)
         saveButton = findViewById(R.id.save_button)
         shareButton = findViewById(R.id.share_button)
+        upscaleButton = findViewById(R.id.upscale_button)
         progressBar = findViewById(R.id.progress_bar)
         statusText = findViewById(R.id.status_text)
         imageView = findViewById(R.id.image_view)
@@ -139,6 +141,7 @@ class MainActivity : AppCompatActivity() {
         }
         saveButton.setOnClickListener { saveResult() }
         shareButton.setOnClickListener { shareResult() }
+        upscaleButton.setOnClickListener { upscaleResult() }
         bundleSpinner.onItemSelectedListener = object : AdapterView.OnItemSelectedListener {
             override fun onItemSelected(parent: AdapterView<*>?, view: View?, position: Int, id: Long) = loadSelected()
             override fun onNothingSelected(parent: AdapterView<*>?) {}
@@ -314,6 +317,13 @@ class MainActivity : AppCompatActivity() {
         }
     }
 
+    private fun upscaleResult() {
+        if (GenerationController.result == null) return
+        val requested = threadsInput.text.toString().trim().ifEmpty { "0" }.toIntOrNull() ?: 0
+        val threads = ThreadChoice.threads(requested, Runtime.getRuntime().availableProcessors())
+        GenerationController.upscale(this, store, threads)
+    }
+
     private fun shareResult() {
         val result = GenerationController.result ?: return
         try {
@@ -370,6 +380,7 @@ class MainActivity : AppCompatActivity() {
         cancelButton.isEnabled = busy
         saveButton.isEnabled = !busy && controller.result != null
         shareButton.isEnabled = !busy && controller.result != null
+        upscaleButton.isEnabled = !busy && controller.result != null
     }
 
     companion object {

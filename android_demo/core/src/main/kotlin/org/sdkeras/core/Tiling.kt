@@ -48,18 +48,19 @@ object Tiling {
 
     /**
      * [function] applied to an `(height, width, channels)` image tile by tile and blended: [function] takes a
-     * `(h, w, channels)` tile with its height and width and returns `(h * scale, w * scale, outChannels)`.
+     * `(h, w, channels)` tile with its height and width and returns `(h * scale, w * scale, outChannels)`; tile
+     * starts are multiples of [align].
      */
     @JvmStatic
     fun apply(
         image: FloatArray, height: Int, width: Int, channels: Int, scale: Int, tile: Int, overlap: Int,
-        outChannels: Int = channels, function: (FloatArray, Int, Int) -> FloatArray
+        outChannels: Int = channels, align: Int = 1, function: (FloatArray, Int, Int) -> FloatArray
     ): FloatArray {
         require(image.size == height * width * channels) {
             "image has ${image.size} values; ${height}x${width}x$channels needs ${height * width * channels}"
         }
-        val rows = tileStarts(height, tile, overlap)
-        val cols = tileStarts(width, tile, overlap)
+        val rows = tileStarts(height, tile, overlap, align)
+        val cols = tileStarts(width, tile, overlap, align)
         val tileH = minOf(tile, height)
         val tileW = minOf(tile, width)
         val rowWeights = axisWeights(rows, tileH, scale)
