@@ -2,7 +2,9 @@
 
 TensorFlow's TFLite converter peaks at several times a model's float32 weight bytes (the SD 1.x UNet, 3.4 GB,
 does not convert in 16 GB). ``plan_parts`` cuts the UNet's block sequence (``unet_steps``) into consecutive parts
-of at most ``max_bytes`` of weights each; every part becomes its own ``.tflite`` file with a named signature.
+of at most ``max_bytes`` of weights each; every part becomes its own ``.tflite`` file with a named signature. The
+blocks are the ones ``build_diffusion_model`` records while it builds the UNet (``sd_keras.models.unet.UNetBlock``),
+so the parts follow the builder; this module only knows how each kind of block runs.
 Tensors cross part boundaries by name: ``h`` (the running activation), ``temb`` (the projected timestep
 embedding, made by part 0), ``context`` (the model input) and ``skip_NN`` (the skip connections, numbered in the
 order the down path makes them; the up path takes them from the end). A part's inputs are what it reads, its
@@ -14,9 +16,8 @@ app does.
 
 Example:
     >>> from sd_keras.models import build_diffusion_model
-    >>> from sd_keras.config import get_config
     >>> unet = build_diffusion_model("tiny")
-    >>> steps = unet_steps(unet, get_config("tiny").unet)
+    >>> steps = unet_steps(unet)
     >>> steps[0].name, steps[-1].name
     ('stem', 'head')
 """
@@ -36,72 +37,104 @@ class Step(NamedTuple):
     run: Callable                # state dict -> state dict
 
 
-def unet_steps(model, cfg):
-    """The UNet built by ``build_diffusion_model`` as a list of ``Step`` (same layers, same order)."""
-    layer = model.get_layer
-    steps = []
+def _stem(layer, names):
+    if "add_embedding_1" in names:
+        raise ValueError("UNet parts: a UNet with added conditioning (SDXL) cannot be split into parts yet")
+    te1, act, te2, conv_in = (layer(name) for name in names)
 
-    def stem(state):
-        temb = layer("time_embedding_1")(state["timestep_embedding"])
-        temb = layer("time_embedding_2")(layer("time_embedding_act")(temb))
-        h = layer("conv_in")(state["latent"])
+    def run(state):
+        temb = te2(act(te1(state["timestep_embedding"])))
+        h = conv_in(state["latent"])
         return {"h": h, "temb": temb, "context": state["context"], "skips": [h]}
+    return run
 
-    steps.append(Step("stem", ["time_embedding_1", "time_embedding_2", "conv_in"], 1, stem))
-    skips = 1
-    channels = cfg.block_out_channels
-    last = len(channels) - 1
 
-    def block(res_name, attn_name, concat_name=None):
-        def run(state):
-            h, skips_now = state["h"], list(state["skips"])
-            if concat_name is not None:
-                h = layer(concat_name)([h, skips_now.pop()])
-            h = layer(res_name)(h, state["temb"])
-            if attn_name is not None:
-                h = layer(attn_name)(h, state["context"])
-            if concat_name is None:
-                skips_now.append(h)
-            return {**state, "h": h, "skips": skips_now}
-        return run
+def _down(layer, names):
+    res, attn = layer(names[0]), (layer(names[1]) if len(names) > 1 else None)
 
-    for level in range(len(channels)):
-        attention = cfg.attention_levels[level]
-        for i in range(cfg.layers_per_block):
-            names = [f"down_{level}_res_{i}"] + ([f"down_{level}_attn_{i}"] if attention else [])
-            skips += 1
-            steps.append(Step(names[0], names, skips, block(names[0], names[1] if attention else None)))
-        if level < last:
-            def downsample(state, level=level):
-                h = layer(f"down_{level}_downsample")(layer(f"down_{level}_downsample_pad")(state["h"]))
-                return {**state, "h": h, "skips": list(state["skips"]) + [h]}
-            skips += 1
-            steps.append(Step(f"down_{level}_downsample", [f"down_{level}_downsample"], skips, downsample))
+    def run(state):
+        h = res(state["h"], state["temb"])
+        if attn is not None:
+            h = attn(h, state["context"])
+        return {**state, "h": h, "skips": list(state["skips"]) + [h]}
+    return run
 
-    def mid(state):
-        h = layer("mid_res_0")(state["h"], state["temb"])
-        h = layer("mid_attn")(h, state["context"])
-        return {**state, "h": layer("mid_res_1")(h, state["temb"])}
 
-    steps.append(Step("mid", ["mid_res_0", "mid_attn", "mid_res_1"], skips, mid))
-    for up, level in enumerate(reversed(range(len(channels)))):
-        attention = cfg.attention_levels[level]
-        for i in range(cfg.layers_per_block + 1):
-            names = [f"up_{up}_res_{i}"] + ([f"up_{up}_attn_{i}"] if attention else [])
-            skips -= 1
-            steps.append(Step(names[0], names, skips,
-                              block(names[0], names[1] if attention else None, f"up_{up}_concat_{i}")))
-        if level > 0:
-            def upsample(state, up=up):
-                h = layer(f"up_{up}_upsample")(layer(f"up_{up}_upsample_nearest")(state["h"]))
-                return {**state, "h": h}
-            steps.append(Step(f"up_{up}_upsample", [f"up_{up}_upsample"], skips, upsample))
+def _downsample(layer, names):
+    pad, conv = (layer(name) for name in names)
 
-    def head(state):
-        h = layer("act_out")(layer("norm_out")(state["h"]))
-        return {OUTPUT: layer("conv_out")(h)}
+    def run(state):
+        h = conv(pad(state["h"]))
+        return {**state, "h": h, "skips": list(state["skips"]) + [h]}
+    return run
 
-    steps.append(Step("head", ["norm_out", "conv_out"], 0, head))
+
+def _mid(layer, names):
+    res_0, attn, res_1 = (layer(name) for name in names)
+
+    def run(state):
+        h = attn(res_0(state["h"], state["temb"]), state["context"])
+        return {**state, "h": res_1(h, state["temb"])}
+    return run
+
+
+def _up(layer, names):
+    concat, res, attn = layer(names[0]), layer(names[1]), (layer(names[2]) if len(names) > 2 else None)
+
+    def run(state):
+        skips = list(state["skips"])
+        h = res(concat([state["h"], skips.pop()]), state["temb"])
+        if attn is not None:
+            h = attn(h, state["context"])
+        return {**state, "h": h, "skips": skips}
+    return run
+
+
+def _upsample(layer, names):
+    nearest, conv = (layer(name) for name in names)
+
+    def run(state):
+        return {**state, "h": conv(nearest(state["h"]))}
+    return run
+
+
+def _head(layer, names):
+    norm, act, conv = (layer(name) for name in names)
+
+    def run(state):
+        return {OUTPUT: conv(act(norm(state["h"])))}
+    return run
+
+
+# how each kind of block the UNet builder records runs, and how it changes the number of live skip tensors
+_KINDS = {"stem": (_stem, lambda skips: 1), "down": (_down, lambda skips: skips + 1),
+          "downsample": (_downsample, lambda skips: skips + 1), "mid": (_mid, lambda skips: skips),
+          "up": (_up, lambda skips: skips - 1), "upsample": (_upsample, lambda skips: skips),
+          "head": (_head, lambda skips: 0)}
+
+
+def unet_steps(model, cfg=None):
+    """The UNet as a list of ``Step``: the blocks ``build_diffusion_model`` recorded while building ``model``
+    (``sd_keras.models.unet.unet_layout``), same layers, same order. ``cfg`` is not needed (kept for callers).
+
+    Raises ValueError for a model the builder did not make, a block kind this module cannot run, or a layout that
+    leaves a weighted layer out (every weight must belong to exactly one step)."""
+    from sd_keras.models.unet import unet_layout
+
+    layer = model.get_layer
+    steps, skips = [], 0
+    for block in unet_layout(model):
+        if block.kind not in _KINDS:
+            raise ValueError(f"UNet parts: the builder made a {block.kind!r} block ({block.name}), which this "
+                             "module cannot run")
+        make_runner, count_skips = _KINDS[block.kind]
+        skips = count_skips(skips)
+        weighted = [name for name in block.layers if layer(name).weights]
+        steps.append(Step(block.name, weighted, skips, make_runner(layer, block.layers)))
+    covered = {name for step in steps for name in step.layers}
+    left_out = [item.name for item in model.layers if item.weights and item.name not in covered]
+    if left_out:
+        raise ValueError(f"UNet parts: the block layout leaves out the weighted layers {left_out[:3]}")
     return steps
 
 

@@ -463,3 +463,48 @@ def test_a_second_family_registers_without_touching_the_first(monkeypatch):
     assert {name: (model.name, model.output.shape[-1]) for name, model in parts.items()} == {
         "text_encoder": ("text_encoder", 16), "text_encoder_2": ("text_encoder_2", 32)}
     assert models.components(TINY) == list(models.COMPONENTS)
+
+
+# -- the UNet's block layout (what the LiteRT exporter cuts into parts) ----------------------------------------
+
+
+@pytest.mark.parametrize("unet_change", [
+    {},
+    {"block_out_channels": (32, 32, 64), "layers_per_block": 2, "attention_levels": (False, True, True)},
+])
+def test_unet_parts_follow_the_builder(unet_change):
+    from sd_keras.export import unet_parts
+    from sd_keras.models.unet import unet_layout
+
+    config = dataclasses.replace(TINY, unet=dataclasses.replace(TINY.unet, **unet_change))
+    keras.utils.set_random_seed(0)
+    unet = models.build("diffusion_model", config)
+    steps = unet_parts.unet_steps(unet)
+    assert [step.name for step in steps] == [block.name for block in unet_layout(unet)]
+    weighted = sorted(layer.name for layer in unet.layers if layer.weights)
+    assert sorted(name for step in steps for name in step.layers) == weighted  # each weighted layer once
+    inputs = unet_inputs(config, 1, 8, 8)
+    whole = to_numpy(unet(inputs))
+    feed = {name: to_numpy(value) for name, value in inputs.items()}
+    parts = unet_parts.plan_parts(unet, steps, 1)  # every block a part of its own
+    _, outputs = unet_parts.trace_values(steps, parts, unet_parts.part_interfaces(steps, parts), feed)
+    np.testing.assert_allclose(outputs[-1]["model_output"], whole, rtol=0, atol=1e-5)
+
+
+def test_unet_parts_refuse_a_layout_they_cannot_run(tiny):
+    from sd_keras.export import unet_parts
+    from sd_keras.models.unet import UNetBlock, unet_layout
+
+    unet = tiny["diffusion_model"]
+    layout = unet_layout(unet)
+    try:
+        object.__setattr__(unet, "sd_keras_layout", layout[:1] + (UNetBlock("gated", "gate", ()),) + layout[1:])
+        with pytest.raises(ValueError, match="'gated' block"):
+            unet_parts.unet_steps(unet)
+        object.__setattr__(unet, "sd_keras_layout", tuple(b for b in layout if b.name != "mid"))
+        with pytest.raises(ValueError, match="leaves out the weighted layers \\['mid_res_0'"):
+            unet_parts.unet_steps(unet)
+    finally:
+        object.__setattr__(unet, "sd_keras_layout", layout)
+    with pytest.raises(ValueError, match="decoder: not a UNet built by"):
+        unet_parts.unet_steps(tiny["decoder"])

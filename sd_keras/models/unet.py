@@ -8,12 +8,35 @@ SDXL adds ``add_time_proj`` (the time ids' sinusoids) and ``add_embedding_1/2``.
 """
 
 import functools
+from typing import NamedTuple
 
 import keras
 
 from sd_keras.config import UNetConfig, get_config
 from sd_keras.models.layers import (GroupNormalization, ResnetBlock, SpatialTransformer, TimeIdsEmbedding, conv2d,
                                     dense)
+
+
+class UNetBlock(NamedTuple):
+    """One block of a built UNet, in call order: ``kind`` (``stem``, ``down``, ``downsample``, ``mid``, ``up``,
+    ``upsample``, ``head``), its ``name`` and the names of its layers in the order it calls them.
+
+    ``build_diffusion_model`` records the blocks it builds as ``model.sd_keras_layout`` (``unet_layout``), so that
+    code running the UNet block by block (the LiteRT exporter's parts) follows the builder instead of describing
+    the UNet a second time.
+    """
+
+    kind: str
+    name: str
+    layers: tuple
+
+
+def unet_layout(model):
+    """The ``UNetBlock`` sequence ``build_diffusion_model`` recorded for ``model`` (ValueError for other models)."""
+    layout = getattr(model, "sd_keras_layout", None)
+    if layout is None:
+        raise ValueError(f"{model.name}: not a UNet built by sd_keras.models.build_diffusion_model (no block layout)")
+    return layout
 
 
 def build_diffusion_model(config, *, dtype=None, name="diffusion_model"):
@@ -49,6 +72,7 @@ def build_diffusion_model(config, *, dtype=None, name="diffusion_model"):
     def conv(channels, layer_name, **kwargs):
         return conv2d(channels, 3, padding="same", dtype=dtype, name=layer_name, **kwargs)
 
+    layout = []
     t_emb = dense(cfg.time_embed_dim, dtype=dtype, name="time_embedding_1")(t_input)
     t_emb = keras.layers.Activation("silu", dtype=dtype, name="time_embedding_act")(t_emb)
     t_emb = dense(cfg.time_embed_dim, dtype=dtype, name="time_embedding_2")(t_emb)
@@ -65,36 +89,52 @@ def build_diffusion_model(config, *, dtype=None, name="diffusion_model"):
     channels = cfg.block_out_channels
     last = len(channels) - 1
     x = conv(channels[0], "conv_in")(latent)
+    layout.append(UNetBlock("stem", "stem", ("time_embedding_1", "time_embedding_act", "time_embedding_2") + (
+        ("add_time_proj", "add_concat", "add_embedding_1", "add_embedding_act", "add_embedding_2",
+         "add_embedding_sum") if added else ()) + ("conv_in",)))
     skips = [x]
     for level, width in enumerate(channels):
         for i in range(cfg.layers_per_block):
-            x = res_block(width, f"down_{level}_res_{i}")(x, t_emb)
+            block = [f"down_{level}_res_{i}"]
+            x = res_block(width, block[-1])(x, t_emb)
             if cfg.attention_levels[level]:
-                x = transformer(width, f"down_{level}_attn_{i}", depths[level])(x, context)
+                block.append(f"down_{level}_attn_{i}")
+                x = transformer(width, block[-1], depths[level])(x, context)
             skips.append(x)
+            layout.append(UNetBlock("down", block[0], tuple(block)))
         if level < last:
             x = keras.layers.ZeroPadding2D(1, dtype=dtype, name=f"down_{level}_downsample_pad")(x)
             x = conv2d(width, 3, strides=2, dtype=dtype, name=f"down_{level}_downsample")(x)
             skips.append(x)
+            layout.append(UNetBlock("downsample", f"down_{level}_downsample",
+                                    (f"down_{level}_downsample_pad", f"down_{level}_downsample")))
 
     x = res_block(channels[-1], "mid_res_0")(x, t_emb)
     x = transformer(channels[-1], "mid_attn", depths[-1])(x, context)
     x = res_block(channels[-1], "mid_res_1")(x, t_emb)
+    layout.append(UNetBlock("mid", "mid", ("mid_res_0", "mid_attn", "mid_res_1")))
 
     for up, level in enumerate(reversed(range(len(channels)))):
         width = channels[level]
         for i in range(cfg.layers_per_block + 1):
-            x = keras.layers.Concatenate(dtype=dtype, name=f"up_{up}_concat_{i}")([x, skips.pop()])
-            x = res_block(width, f"up_{up}_res_{i}")(x, t_emb)
+            block = [f"up_{up}_concat_{i}", f"up_{up}_res_{i}"]
+            x = keras.layers.Concatenate(dtype=dtype, name=block[0])([x, skips.pop()])
+            x = res_block(width, block[1])(x, t_emb)
             if cfg.attention_levels[level]:
-                x = transformer(width, f"up_{up}_attn_{i}", depths[level])(x, context)
+                block.append(f"up_{up}_attn_{i}")
+                x = transformer(width, block[-1], depths[level])(x, context)
+            layout.append(UNetBlock("up", block[1], tuple(block)))
         if level > 0:
             x = keras.layers.UpSampling2D(2, dtype=dtype, name=f"up_{up}_upsample_nearest")(x)
             x = conv(width, f"up_{up}_upsample")(x)
+            layout.append(UNetBlock("upsample", f"up_{up}_upsample", (f"up_{up}_upsample_nearest",
+                                                                       f"up_{up}_upsample")))
 
     x = GroupNormalization(cfg.norm_groups, epsilon=cfg.norm_eps, dtype=dtype, name="norm_out")(x)
     x = keras.layers.Activation("silu", dtype=dtype, name="act_out")(x)
     output = conv(cfg.out_channels, "conv_out")(x)
+    layout.append(UNetBlock("head", "head", ("norm_out", "act_out", "conv_out")))
     model = keras.Model(inputs, output, name=name)
     model.sd_keras_builder = functools.partial(build_diffusion_model, cfg, name=name)
+    object.__setattr__(model, "sd_keras_layout", tuple(layout))  # plain attribute: not tracked by Keras
     return model
