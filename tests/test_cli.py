@@ -123,6 +123,9 @@ def test_defaults_come_from_one_module():
         defaults.CLI.steps, defaults.CLI.cfg_scale, defaults.CLI.sampler, defaults.CLI.seed, defaults.CLI.strength,
         defaults.MODEL)
     assert (defaults.CLI.steps, defaults.CLI.cfg_scale, defaults.CLI.sampler) == (20, 7.0, "Euler a")
+    assert args.prompt_syntax == defaults.CLI.prompt_syntax
+    serve_args = cli.build_parser().parse_args(["serve"])
+    assert serve_args.prompt_syntax == defaults.SERVER.prompt_syntax
     help_text = " ".join(cli.build_parser()._subparsers._group_actions[0].choices["generate"].format_help().split())
     for shown in ("(default: 20)", "(default: 7.0)", "(default: Euler a)", "(default: shapes)"):
         assert shown in help_text

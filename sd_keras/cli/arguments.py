@@ -93,9 +93,10 @@ def apply_lora_arguments(model, args):
 PROMPT_SYNTAX_CHOICES = ("a1111", "plain")
 
 
-def add_prompt_syntax_arguments(parser):
-    """Add ``--prompt-syntax {a1111,plain}`` (default a1111) and ``--lora-dir DIR`` to an argparse parser."""
-    parser.add_argument("--prompt-syntax", choices=PROMPT_SYNTAX_CHOICES, default="a1111",
+def add_prompt_syntax_arguments(parser, default):
+    """Add ``--prompt-syntax {a1111,plain}`` (``default``: the front end's, ``sd_keras.defaults``) and
+    ``--lora-dir DIR`` to an argparse parser."""
+    parser.add_argument("--prompt-syntax", choices=PROMPT_SYNTAX_CHOICES, default=default,
                         help="a1111: AUTOMATIC1111's (word:1.2), (word), [word], BREAK and <lora:name:weight>, and "
                              "prompts over 75 tokens read in 75-token chunks; plain: the text as written, cut at 75 "
                              "tokens (the Python API's default) (default: %(default)s)")

@@ -153,7 +153,7 @@ def register(subparsers):
     gen.add_argument("--mask")
     gen.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     add_lora_argument(gen)
-    add_prompt_syntax_arguments(gen)
+    add_prompt_syntax_arguments(gen, cli.prompt_syntax)
     add_checkpoint_arguments(gen)
     gen.add_argument("--devices", default=None, help="'all' or a count: data-parallel over local GPUs (JAX)")
     gen.add_argument("--progress", nargs="?", const="always", default=True,

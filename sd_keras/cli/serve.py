@@ -243,7 +243,7 @@ def register(subparsers):
                             "/sdapi/v1/upscalers and the extras endpoints under their file names, besides "
                             "Lanczos and Nearest; none ship with sd_keras (Real-ESRGAN's releases, OpenModelDB)")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
-    add_prompt_syntax_arguments(serve)
+    add_prompt_syntax_arguments(serve, defaults.SERVER.prompt_syntax)
     serve.set_defaults(func=cmd_serve)
     return serve
 

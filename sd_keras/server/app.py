@@ -24,7 +24,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 import sd_keras
-from sd_keras import metadata
+from sd_keras import defaults, metadata
 from sd_keras.errors import InputError
 from sd_keras.generator import Generator
 from sd_keras.server import images as image_io
@@ -86,7 +86,7 @@ class ServerSettings:
     allowed_hosts: Tuple[str, ...] = ()   # Host names accepted besides the address reached (no API key only)
     upscalers_dir: Optional[str] = None   # upscaler files (.pth/.safetensors) offered by /sdapi/v1/upscalers
     read_timeout: Optional[float] = 30.0  # most seconds between two parts of a request body
-    prompt_syntax: Optional[str] = "a1111"  # AUTOMATIC1111's prompt syntax; None: prompts are plain text
+    prompt_syntax: Optional[str] = defaults.SERVER.prompt_syntax  # None: prompts are plain text
     lora_dir: Optional[str] = None        # where <lora:name:weight> tags find their files
 
 
