@@ -96,10 +96,12 @@ class ShardWorker:
         model = self.model
         first = items[0]
         padded = list(items) + [items[-1]] * (self.batch_size - len(items))
-        # the Generator contract (sd_keras.generator): checks and scheduler, prompt -> contexts, the engine's loop,
-        # decode with its NaN check; only the noise is drawn here, one seed per image
-        scheduler, height, width = model._resolve(first.steps, first.cfg_scale, first.sampler, first.height,
-                                                  first.width, len(padded))
+        # the Generator contract (sd_keras.generator): the model's scheduler (its own noise schedule), prompt ->
+        # contexts, the engine's loop, decode with its NaN check; the table checks validated the settings, and the
+        # noise is drawn here, one seed per image
+        height = first.height or model.config.image_size[0]
+        width = first.width or model.config.image_size[1]
+        scheduler = model._scheduler(first.sampler, first.steps)
         context, unconditional = model._contexts([item.prompt for item in padded],
                                                  [item.negative_prompt for item in padded])
         latent_shape = (height // 8, width // 8, model.latent_channels)

@@ -38,6 +38,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from sd_keras.errors import InputError
 from sd_keras.weights import key_maps
 from sd_keras.weights.readers import open_tensor_file
 
@@ -96,7 +97,7 @@ def _component_and_module(key_module, path):
         return "diffusion_model", key_module, "dotted"  # unet.save_attn_procs files have no prefix
     if key_module.startswith("text_model."):
         return "text_encoder", key_module, "dotted"
-    raise ValueError(f"{path}: LoRA module {key_module!r} belongs to neither the UNet nor the text encoder")
+    raise InputError(f"{path}: LoRA module {key_module!r} belongs to neither the UNet nor the text encoder")
 
 
 def _processor_module(module):
@@ -123,14 +124,14 @@ def _parse_metadata(metadata, path):
     try:
         flat = json.loads(raw)
     except ValueError:
-        raise ValueError(f"{path}: unreadable lora_adapter_metadata") from None
+        raise InputError(f"{path}: unreadable lora_adapter_metadata") from None
     settings = {}
     for key, value in flat.items():
         prefix, _, field = key.partition(".")
         settings.setdefault(prefix, {})[field] = value
     for prefix, values in settings.items():
         if values.get("use_dora"):
-            raise ValueError(f"{path}: DoRA adapters are not supported")
+            raise InputError(f"{path}: DoRA adapters are not supported")
     return settings
 
 
@@ -159,22 +160,22 @@ class LoRAFile:
         for (naming, module), pair in pairs.items():
             target = (module, False) if naming == "sd_keras" else modules[naming].get(module)
             if target is None:
-                raise ValueError(f"{self.path}: LoRA module {module!r} matches no layer of this model's {component} "
+                raise InputError(f"{self.path}: LoRA module {module!r} matches no layer of this model's {component} "
                                  "(a LoRA for another architecture?); nothing was applied")
             keras_layer, _is_conv = target
             variable = variables.get(f"{keras_layer}/kernel")
             if variable is None and naming == "sd_keras":
-                raise ValueError(f"{self.path}: LoRA layer {module!r} is not a layer of this model's {component} "
+                raise InputError(f"{self.path}: LoRA layer {module!r} is not a layer of this model's {component} "
                                  "(a LoRA for another architecture?); nothing was applied")
             if variable is None:
-                raise ValueError(f"{self.path}: {module!r} maps to {keras_layer}, which has no kernel")
+                raise InputError(f"{self.path}: {module!r} maps to {keras_layer}, which has no kernel")
             shape = tuple(variable.shape)
             try:
                 delta = key_maps.lora_kernel_delta(pair.up, pair.down, shape)
             except ValueError as error:
-                raise ValueError(f"{self.path}: LoRA {module!r} does not fit {keras_layer} ({error})") from None
+                raise InputError(f"{self.path}: LoRA {module!r} does not fit {keras_layer} ({error})") from None
             if delta.shape != shape:
-                raise ValueError(f"{self.path}: LoRA {module!r} gives a {delta.shape} delta for {keras_layer}'s "
+                raise InputError(f"{self.path}: LoRA {module!r} gives a {delta.shape} delta for {keras_layer}'s "
                                  f"{shape} kernel (a LoRA for another architecture?); nothing was applied")
             key = f"{keras_layer}/kernel"
             delta = (delta * np.float32(scale * pair.factor())).astype(np.float32)
@@ -197,25 +198,25 @@ def _read_sd_keras_lora(path, tensors, metadata):
     try:
         alpha = float(metadata["alpha"])
     except (KeyError, ValueError):
-        raise ValueError(f"{path}: {SD_KERAS_FORMAT} file without a numeric 'alpha' in its metadata") from None
+        raise InputError(f"{path}: {SD_KERAS_FORMAT} file without a numeric 'alpha' in its metadata") from None
     pairs = {}
     for key in tensors:
         stem, dot, kind = key.rpartition(".")
         if not dot or kind not in ("lora_a", "lora_b"):
-            raise ValueError(f"{path}: tensor {key!r} is not a {SD_KERAS_FORMAT} factor (P.lora_a / P.lora_b)")
+            raise InputError(f"{path}: tensor {key!r} is not a {SD_KERAS_FORMAT} factor (P.lora_a / P.lora_b)")
         other = f"{stem}.lora_{'b' if kind == 'lora_a' else 'a'}"
         if other not in tensors:
-            raise ValueError(f"{path}: {key} has no matching {other.rpartition('.')[2]} tensor")
+            raise InputError(f"{path}: {key} has no matching {other.rpartition('.')[2]} tensor")
         if kind == "lora_b":
             continue
         a, b = tensors[key], tensors[other]
         if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
-            raise ValueError(f"{path}: {stem}: lora_a {a.shape} and lora_b {b.shape} are not a LoRA pair")
+            raise InputError(f"{path}: {stem}: lora_a {a.shape} and lora_b {b.shape} are not a LoRA pair")
         # kernel (in, out) + alpha / rank * a @ b  ==  the usual up (out, rank) @ down (rank, in), transposed
         pairs[("sd_keras", stem)] = LoRAPair(down=np.ascontiguousarray(a.T), up=np.ascontiguousarray(b.T),
                                              alpha=alpha)
     if not pairs:
-        raise ValueError(f"{path}: no LoRA weights found in this {SD_KERAS_FORMAT} file")
+        raise InputError(f"{path}: no LoRA weights found in this {SD_KERAS_FORMAT} file")
     return LoRAFile(path, {"text_encoder": {}, "diffusion_model": pairs})
 
 
@@ -228,7 +229,7 @@ def read_lora(path):
     settings = _parse_metadata(metadata, path)
     for marker, name in _UNSUPPORTED_MARKERS:
         if any(marker in key for key in tensors):
-            raise ValueError(f"{path}: {name} weights ({marker}) are not supported; sd_keras applies LoRA to "
+            raise InputError(f"{path}: {name} weights ({marker}) are not supported; sd_keras applies LoRA to "
                              "SD 1.x / 2.x")
     pairs = {component: {} for component in LORA_COMPONENTS}
     used = set()
@@ -239,7 +240,7 @@ def read_lora(path):
             stem = key[: -len(down_suffix)]
             up_key = stem + up_suffix
             if up_key not in tensors:
-                raise ValueError(f"{path}: {key} has no matching {up_suffix.lstrip('.')} tensor")
+                raise InputError(f"{path}: {key} has no matching {up_suffix.lstrip('.')} tensor")
             component, module, naming = _component_and_module(stem, path)
             if down_suffix == "_lora.down.weight":
                 module = _processor_module(module)
@@ -255,16 +256,16 @@ def read_lora(path):
                 used.add(alpha_key)
             down, up = tensors[key], tensors[up_key]
             if up.ndim not in (2, 4) or down.ndim != up.ndim or up.shape[1] != down.shape[0]:
-                raise ValueError(f"{path}: {stem}: up {up.shape} and down {down.shape} are not a LoRA pair")
+                raise InputError(f"{path}: {stem}: up {up.shape} and down {down.shape} are not a LoRA pair")
             pairs[component][(naming, module)] = LoRAPair(down, up, alpha, rslora)
             used.update((key, up_key))
             break
     leftover = [key for key in tensors if key not in used]
     if not used:
-        raise ValueError(f"{path}: no LoRA weights found (expected lora_A/lora_B, lora.down/up or "
+        raise InputError(f"{path}: no LoRA weights found (expected lora_A/lora_B, lora.down/up or "
                          f"lora_down/lora_up tensors; the file has e.g. {sorted(tensors)[:3]})")
     if leftover:
-        raise ValueError(f"{path}: {len(leftover)} tensor(s) of an unknown LoRA layout, e.g. {leftover[:3]}")
+        raise InputError(f"{path}: {len(leftover)} tensor(s) of an unknown LoRA layout, e.g. {leftover[:3]}")
     return LoRAFile(path, pairs)
 
 
@@ -323,7 +324,7 @@ def apply_lora(sd, lora, scale=1.0):
     changed.
     """
     if isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating)) or not math.isfinite(scale):
-        raise ValueError(f"LoRA scale must be a finite number, got {scale!r}")
+        raise InputError(f"LoRA scale must be a finite number, got {scale!r}")
     if not isinstance(lora, LoRAFile):
         lora = read_lora(lora)
     deltas = {component: lora.deltas(getattr(sd, component), component, sd.config, float(scale))
@@ -348,9 +349,9 @@ def remove_lora(sd, applied):
     """Take ``applied`` (from ``apply_lora``) out of ``sd``: touched kernels are rebuilt from their original
     values plus the deltas of the LoRAs still applied, in order."""
     if not applied.active:
-        raise ValueError(f"{applied!r} was already removed")
+        raise InputError(f"{applied!r} was already removed")
     if applied.sd is not sd:
-        raise ValueError(f"{applied!r} was applied to another model")
+        raise InputError(f"{applied!r} was applied to another model")
     for component, component_deltas in applied.deltas.items():
         if not component_deltas:
             continue
@@ -378,6 +379,6 @@ def parse_lora_spec(spec):
         except ValueError:
             return spec, 1.0
         if not math.isfinite(scale):
-            raise ValueError(f"--lora {spec!r}: the scale must be a finite number")
+            raise InputError(f"--lora {spec!r}: the scale must be a finite number")
         return path, scale
     return spec, 1.0
