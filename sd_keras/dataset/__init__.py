@@ -1,9 +1,12 @@
 """New data at scale: a prompt table → a sharded, resumable image dataset, on this host or a Ray cluster.
 
-    >>> from sd_keras import dataset                                                   # doctest: +SKIP
+    >>> from sd_keras import dataset
     >>> rows = dataset.expand_template("a {color} {shape}", {"color": "@shapes", "shape": "@shapes"})
-    >>> manifest = dataset.generate(rows, "shapes_data/", model="shapes", shard_size=100)
-    >>> dataset.verify("shapes_data/")["counts"]
+    >>> len(rows), rows[0]["prompt"]
+    (24, 'a red circle')
+    >>> manifest = dataset.generate(rows, "shapes_data/", model="shapes", shard_size=100)  # doctest: +SKIP
+    >>> dataset.verify("shapes_data/")["counts"]["written"]                                 # doctest: +SKIP
+    24
 
 Modules: ``table`` (reading, checks, template expansion, numbering), ``worker`` (one model → shard records;
 the same code in local runs and Ray actors), ``shards`` (WebDataset / Parquet / imagefolder writers),
