@@ -47,6 +47,7 @@ import math
 import numpy as np
 
 from sd_keras import noise as noise_lib
+from sd_keras import prompts as prompts_lib
 from sd_keras.errors import InputError
 
 # how the loop conditions on an image (the modes of ``Generator._denoise``)
@@ -243,6 +244,13 @@ class Generator:
     programs = None
     # a sentence added to the NaN error: what to try
     nan_hint = ""
+    # how prompt text is read: None (plain text, cut at 75 tokens: KerasCV's reading) or "a1111" (AUTOMATIC1111's
+    # emphasis, BREAK, <lora:...> and long prompts in 75-token chunks; ``sd_keras.prompts``)
+    prompt_syntax = None
+    # the folder whose files <lora:name:weight> tags name (with ``prompt_syntax="a1111"``)
+    lora_dir = None
+    # whether the engine merges LoRA weights (the Keras engine does; an exported bundle cannot)
+    can_merge_lora = False
     last_seed = None
     last_truncated = False
     last_generation = None
@@ -306,7 +314,10 @@ class Generator:
         The one step that reads prompt text (``text_to_image``, ``encode_text``, ``generate_image``,
         ``image_to_image`` and ``inpaint`` all come here): a prompt syntax (weights, prompts longer than 77
         tokens) overrides this method. Sets ``last_truncated`` from the prompts (not the negative prompts).
+        With ``prompt_syntax="a1111"`` the contexts are ``(B, n * 77, D)``: ``sd_keras.prompts.syntax_contexts``.
         """
+        if prompts_lib.check_prompt_syntax(self.prompt_syntax) is not None:
+            return prompts_lib.syntax_contexts(self, prompts, negative_prompts)
         context = unconditional = None
         if prompts is not None:
             context, self.last_truncated = self._encode_prompts(prompts)
@@ -417,6 +428,9 @@ class Generator:
         if context.shape[0] != batch_size:
             raise InputError(f"encoded_text has batch {context.shape[0]} but batch_size is {batch_size}")
         _, unconditional = self._contexts(None, _negative_list(negative_prompt, batch_size))
+        if context.shape[1] != unconditional.shape[1]:  # prompt and negative prompt of different chunk counts
+            empty = np.asarray(self._encode_tokens(self.tokenize("")), np.float32)
+            context, unconditional = prompts_lib.match_lengths(context, unconditional, empty)
         latent_shape = (height // 8, width // 8, self.latent_channels)
         initial, step_noise = self._noise(seed, batch_size, latent_shape, scheduler)
         if diffusion_noise is not None:

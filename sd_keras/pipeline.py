@@ -176,6 +176,7 @@ class StableDiffusion(Generator):
 
     # -- the engine's primitives (``Generator``) -----------------------------------------------------------------
     nan_hint = " (numerical overflow, often float16 in the UNet or VAE); try dtype='float32' or 'bfloat16'"
+    can_merge_lora = True  # sd_keras.weights.lora merges into the Keras text encoder and UNet
 
     @property
     def latent_channels(self):

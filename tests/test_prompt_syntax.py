@@ -19,8 +19,8 @@ import pytest
 from sd_keras.errors import InputError
 from sd_keras.prompt_syntax import BREAK, LoraReference, extract_loras, parse_emphasis, parse_prompt
 from sd_keras.prompts import (CHUNK_COUNTS, MAX_CHUNKS, apply_emphasis, chunk_count, chunk_prompt,
-                              prompt_contexts)
-from sd_keras.tokenizer import CLIPTokenizer
+                              match_lengths, prompt_contexts, sync_prompt_loras)
+from sd_keras.tokenizer import CLIPTokenizer, PromptTruncatedWarning
 
 
 @pytest.fixture(scope="module")
@@ -209,6 +209,20 @@ def test_contexts_concatenate_chunks_and_pad_to_the_same_count(tokenizer):
     np.testing.assert_array_equal(plain.unconditional, _fake_encoder(tokenizer.tokenize("")))
 
 
+def test_match_lengths_appends_empty_chunks():
+    empty = np.arange(6, dtype=np.float32).reshape(1, 3, 2)  # "chunks" of 3 tokens
+    short = np.full((2, 3, 2), -1.0, np.float32)
+    long = np.full((1, 9, 2), -2.0, np.float32)
+    padded, same = match_lengths(short, long, empty)
+    assert same is long and padded.shape == (2, 9, 2)
+    np.testing.assert_array_equal(padded[:, :3], short)
+    for start in (3, 6):
+        np.testing.assert_array_equal(padded[:, start:start + 3], np.repeat(empty, 2, axis=0))
+    assert match_lengths(short, short, empty) == (short, short)
+    with pytest.raises(InputError, match="contexts of 3 and 7 tokens cannot be matched with chunks of 3"):
+        match_lengths(short, long[:, :7], empty)
+
+
 def test_contexts_collect_lora_tags(tokenizer):
     contexts = prompt_contexts(["a cat <lora:fluffy:0.7>"], ["<lora:sharp>"], tokenizer, _fake_encoder)
     assert contexts.loras == (LoraReference("fluffy", 0.7), LoraReference("sharp", 1.0))
@@ -283,3 +297,215 @@ def test_long_prompt_contexts_match_compel(compel_parts, tokenizer):
     np.testing.assert_allclose(contexts.context[:, :3 * 77], conditioning.numpy(), atol=1e-5)
     np.testing.assert_allclose(contexts.unconditional[:, :3 * 77], negative.numpy(), atol=1e-5)
     np.testing.assert_allclose(contexts.context[:, 3 * 77:], negative.numpy()[:, :77], atol=1e-5)
+
+
+# --- generation on the tiny model -----------------------------------------------------------------------------
+GENERATE = dict(num_steps=2, seed=3, height=64, width=64)
+
+
+@pytest.fixture
+def tiny(tiny_sd):
+    """The session's tiny model; tests that change it (syntax, LoRA folder, merged LoRAs) put it back."""
+    return tiny_sd
+
+
+@pytest.fixture
+def a1111(tiny):
+    """The tiny model reading prompts with AUTOMATIC1111's syntax for one test."""
+    tiny.prompt_syntax = "a1111"
+    yield tiny
+    sync_prompt_loras(tiny, [])  # LoRAs merged for a prompt's tags come out
+    tiny.prompt_syntax, tiny.lora_dir = None, None
+
+
+def _words(count, changed_at=None):
+    """``count`` one-token words; the word at index ``changed_at`` replaced by another one-token word."""
+    words = ["cat"] * count
+    if changed_at is not None:
+        words[changed_at] = "dog"
+    return " ".join(words)
+
+
+def test_the_python_api_reads_plain_text_by_default(tiny):
+    assert tiny.prompt_syntax is None  # KerasCV's reading: "(cat:1.2)" is text
+    context = tiny.encode_text("a (cat:1.2)")
+    np.testing.assert_array_equal(context, tiny._encode_tokens(tiny.tokenize("a (cat:1.2)")))
+    with pytest.raises(InputError, match="prompt_syntax must be None .* or one of a1111, got 'A1111'"):
+        tiny.prompt_syntax = "A1111"
+        try:
+            tiny.encode_text("a cat")
+        finally:
+            tiny.prompt_syntax = None
+
+
+def test_unit_weight_and_plain_prompts_are_unchanged(tiny, a1111):
+    plain = tiny.text_to_image("a red cat", **GENERATE)
+    tiny.prompt_syntax = None
+    np.testing.assert_array_equal(plain, tiny.text_to_image("a red cat", **GENERATE))  # one chunk: today's path
+    tiny.prompt_syntax = "a1111"
+    np.testing.assert_array_equal(tiny.text_to_image("a red (cat:1.0)", **GENERATE), plain)
+    assert np.abs(tiny.text_to_image("a red (cat:1.6)", **GENERATE).astype(int) - plain).max() > 0
+
+
+def test_emphasis_in_the_context(tiny, a1111):
+    context = tiny.encode_text("a (red:1.5) cat")
+    ids = tiny.tokenize("a red cat")
+    weights = np.ones(ids.shape, np.float32)
+    weights[0, 2] = 1.5
+    np.testing.assert_allclose(context, apply_emphasis(tiny._encode_tokens(ids), weights), rtol=1e-6, atol=1e-6)
+
+
+def test_long_prompts_are_no_longer_truncated(tiny, a1111):
+    base, changed = _words(120), _words(120, changed_at=100)
+    assert len(tiny.tokenizer.encode(base)) == 120
+    first = tiny.text_to_image(base, **GENERATE)
+    assert not tiny.last_truncated
+    assert np.abs(tiny.text_to_image(changed, **GENERATE).astype(int) - first).max() > 0
+    tiny.prompt_syntax = None  # plain text: cut at 75 tokens, so word 100 changes nothing
+    with pytest.warns(PromptTruncatedWarning, match="dropped the last 45"):
+        np.testing.assert_array_equal(tiny.text_to_image(base, **GENERATE), tiny.text_to_image(changed, **GENERATE))
+
+
+@pytest.mark.slow  # two eager UNet calls: about 10 s each on two busy cores
+def test_the_unet_reads_contexts_of_any_length(tiny):
+    rng = np.random.default_rng(1)
+    unet = tiny.config.unet
+    feed = {"latent": rng.standard_normal((1, 8, 8, unet.in_channels)).astype("float32"),
+            "timestep_embedding": rng.standard_normal((1, unet.timestep_dim)).astype("float32")}
+    context = rng.standard_normal((1, 77, unet.context_dim)).astype("float32")
+    once = np.asarray(tiny.diffusion_model({**feed, "context": context}))
+    # the same 77 tokens twice: every attention weight halves and the attended values are the same
+    twice = np.asarray(tiny.diffusion_model({**feed, "context": np.concatenate([context, context], axis=1)}))
+    np.testing.assert_allclose(twice, once, atol=1e-5)
+
+
+@pytest.mark.slow  # compiles the loop for 2 and 4 chunks
+def test_one_compiled_loop_per_chunk_count():
+    from sd_keras.pipeline import StableDiffusion
+
+    tiny = StableDiffusion.from_preset("tiny")  # its own compiled programs, counted from zero
+    tiny.prompt_syntax = "a1111"
+    loop = tiny._loop
+    tiny.text_to_image(_words(100), **GENERATE)  # 2 chunks
+    traced = loop.trace_count
+    tiny.text_to_image(_words(140, changed_at=3), **GENERATE)  # 2 chunks: same program
+    tiny.text_to_image("a short prompt", negative_prompt=_words(90), **GENERATE)  # 1 + 2 chunks -> 2
+    assert loop.trace_count == traced
+    tiny.text_to_image(_words(160), **GENERATE)  # 3 chunks -> 4: one new program
+    assert loop.trace_count == traced + 1
+    tiny.text_to_image(_words(290), **GENERATE)  # 4 chunks: that program again
+    assert loop.trace_count == traced + 1
+
+
+def test_batches_and_negative_prompts_share_a_chunk_count(tiny, a1111):
+    context, unconditional = tiny._contexts(["a cat", _words(80)], ["blurry, " * 40] * 2)
+    assert context.shape[:2] == unconditional.shape[:2] == (2, 154)
+    context, unconditional = tiny._contexts(["a cat"], ["blurry BREAK sharp BREAK soft"])  # 1 and 3 -> 4
+    assert context.shape[1] == unconditional.shape[1] == 4 * 77
+    empty = tiny._encode_tokens(tiny.tokenize(""))
+    np.testing.assert_allclose(context[:, 77:], np.tile(empty, (1, 3, 1)), atol=1e-6)
+    # a context encoded on its own (encode_text) meets a longer negative prompt in generate_image
+    short_negative = tiny.text_to_image("a cat", "blurry", **GENERATE)
+    long_negative = tiny.generate_image(tiny.encode_text("a cat"), "blurry BREAK sharp", **GENERATE)
+    assert np.abs(long_negative.astype(int) - short_negative).max() > 0
+
+
+@pytest.fixture(scope="module")
+def lora_dir(tmp_path_factory):
+    """A folder holding ``style.safetensors``, a LoRA of the tiny model's UNet attention (sd_keras's own format)."""
+    from sd_keras import train
+    from sd_keras.pipeline import StableDiffusion
+
+    trained = StableDiffusion.from_preset("tiny")
+    train.enable_lora(trained.diffusion_model, 2, alpha=3.0, targets=("q_proj", "v_proj", "out_proj"))
+    rng = np.random.default_rng(0)
+    for layer in train.lora.dense_layers(trained.diffusion_model):
+        if layer.lora_enabled:  # B starts at zero: give it values so the LoRA changes something
+            layer.lora_kernel_b.assign(rng.normal(0, 0.3, layer.lora_kernel_b.shape).astype("float32"))
+    folder = tmp_path_factory.mktemp("loras")
+    train.save_lora(trained.diffusion_model, str(folder / "style.safetensors"), "tiny")
+    (folder / "notes.txt").write_text("not a LoRA")
+    return folder
+
+
+def test_lora_tags_merge_for_their_prompt_only(tiny, a1111, lora_dir):
+    from sd_keras.weights.lora import apply_lora
+
+    plain = tiny.text_to_image("a cat", **GENERATE)
+    with pytest.raises(InputError, match=r"<lora:style> needs a LoRA folder \(lora_dir="):
+        tiny.text_to_image("a cat <lora:style:0.7>", **GENERATE)
+    tiny.lora_dir = str(lora_dir)
+    tagged = tiny.text_to_image("a cat <lora:style:0.7>", **GENERATE)
+    assert np.abs(tagged.astype(int) - plain).max() > 0
+    np.testing.assert_array_equal(tiny.text_to_image("a cat", **GENERATE), plain)  # no tag: taken out exactly
+    applied = apply_lora(tiny, str(lora_dir / "style.safetensors"), 0.7)  # what --lora style.safetensors:0.7 does
+    try:
+        np.testing.assert_array_equal(tiny.text_to_image("a cat", **GENERATE), tagged)
+    finally:
+        applied.remove()
+    with pytest.raises(InputError, match=r"<lora:nope>: no nope\{.safetensors,.ckpt,.pt\} in the LoRA folder "
+                                         r".*loras.* \(it holds style\)"):
+        tiny.text_to_image("a cat <lora:nope>", **GENERATE)
+    for name in ("../style", "sub/style", ".."):
+        with pytest.raises(InputError, match="a LoRA name is a file name in the LoRA folder, without folders"):
+            tiny.text_to_image(f"a cat <lora:{name}>", **GENERATE)
+    with pytest.raises(InputError, match="negative_prompt: <lora:style:...> tags are read from the prompt only"):
+        tiny.text_to_image("a cat", "<lora:style>", **GENERATE)
+    np.testing.assert_array_equal(tiny.text_to_image("a cat", **GENERATE), plain)
+
+
+@pytest.mark.slow  # loads the tiny model twice and compiles its loop
+def test_cli_reads_a1111_prompts_by_default(tiny, lora_dir, tmp_path, capsys):
+    from PIL import Image
+
+    from sd_keras import cli, metadata
+
+    common = ["generate", "-m", "tiny", "--steps", "2", "-W", "64", "-H", "64", "-s", "3", "--no-progress"]
+    assert cli.main([*common, "-p", "a cat <lora:nope>", "--lora-dir", str(lora_dir), "-o", str(tmp_path / "x.png")]) \
+        == 2
+    assert "(it holds style)" in capsys.readouterr().err
+    prompt = "a (cat:1.6) <lora:style:0.7>"
+    assert cli.main([*common, "-p", prompt, "--lora-dir", str(lora_dir), "-o", str(tmp_path / "a.png")]) == 0
+    written = np.asarray(Image.open(tmp_path / "a.png").convert("RGB"))
+    assert metadata.read_parameters(str(tmp_path / "a.png")).startswith(prompt + "\n")
+    tiny.prompt_syntax, tiny.lora_dir = "a1111", str(lora_dir)
+    try:
+        expected = tiny.text_to_image(prompt, None, 1, 2, 7.0, 3, sampler="Euler a", height=64, width=64)[0]
+    finally:
+        sync_prompt_loras(tiny, [])
+        tiny.prompt_syntax, tiny.lora_dir = None, None
+    assert np.abs(written.astype(int) - expected).max() <= 1
+    assert cli.main([*common, "-p", "a (cat:1.6)", "--prompt-syntax", "plain", "-o", str(tmp_path / "b.png")]) == 0
+    plain_text = tiny.text_to_image("a (cat:1.6)", None, 1, 2, 7.0, 3, sampler="Euler a", height=64, width=64)[0]
+    assert np.abs(np.asarray(Image.open(tmp_path / "b.png").convert("RGB")).astype(int) - plain_text).max() <= 1
+
+
+@pytest.mark.slow  # a server with its worker thread
+def test_server_reads_a1111_prompts_by_default(tiny, lora_dir):
+    import base64
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from sd_keras.server.app import ServerSettings, create_app
+
+    settings = ServerSettings(models={"tiny": "tiny"}, model="tiny", lora_dir=str(lora_dir))
+    body = {"width": 64, "height": 64, "steps": 2, "sampler_name": "Euler", "cfg_scale": 7.0, "seed": 3}
+    try:
+        with TestClient(create_app(settings, loader=lambda spec, dtype: tiny)) as client:
+            refused = client.post("/sdapi/v1/txt2img", json={**body, "prompt": "a cat <lora:nope:0.5>"})
+            assert refused.status_code == 422
+            detail = refused.json()["detail"]
+            assert "(it holds style)" in detail and str(lora_dir) not in detail  # the server's folders stay private
+            assert client.post("/sdapi/v1/txt2img", json={**body, "prompt": "(cat:1.2.3)"}).status_code == 422
+            answer = client.post("/sdapi/v1/txt2img", json={**body, "prompt": "a (cat:1.6) <lora:style:0.7>"})
+            assert answer.status_code == 200
+        served = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer.json()["images"][0]))).convert("RGB"))
+        assert tiny.prompt_syntax == "a1111" and tiny.lora_dir == str(lora_dir)
+        expected = tiny.text_to_image("a (cat:1.6) <lora:style:0.7>", None, 1, 2, 7.0, 3, sampler="Euler",
+                                      height=64, width=64)[0]
+        assert np.abs(served.astype(int) - expected).max() <= 1
+    finally:
+        sync_prompt_loras(tiny, [])
+        tiny.prompt_syntax, tiny.lora_dir = None, None
