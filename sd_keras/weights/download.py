@@ -30,6 +30,7 @@ import urllib.error
 import urllib.request
 
 from sd_keras import files as _files
+from sd_keras.errors import InputError
 from sd_keras.paths import CACHE_ENV, cache_dir  # noqa: F401  (the cache folder is sd_keras.paths's)
 
 _CHUNK = 1 << 20
@@ -49,8 +50,8 @@ class WeightsUnavailableError(RuntimeError):
     """Raised when weight files are neither cached nor downloadable; the message says how to fix it."""
 
 
-class HashMismatchError(ValueError):
-    """Raised when a file's sha256 differs from the published one."""
+class HashMismatchError(InputError):
+    """Raised when a file's sha256 differs from the published one (a bad file: an input error, exit 2 / 422)."""
 
 
 def sha256_of(path, digest=None):
