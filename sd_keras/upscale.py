@@ -155,7 +155,7 @@ class Upscalers:
     """The upscalers a front end offers: ``BUILTIN`` plus the upscaler files of ``folder`` (may be None).
 
     ``names()`` lists them (``"None"`` first when ``with_none``), ``get(name)`` returns a built-in name or the
-    loaded Keras model (loaded once; thread-safe), ``path(name)`` the file.
+    loaded Keras model (loaded once; thread-safe), ``path(name)`` the file, ``scale(name)`` its factor.
     """
 
     def __init__(self, folder=None):
@@ -179,6 +179,18 @@ class Upscalers:
 
     def path(self, name):
         return self._files.get(name)
+
+    def scale(self, name):
+        """The factor ``name`` enlarges by, read from the file's shapes (None for a built-in or an unreadable
+        file, which ``get`` reports)."""
+        if name not in self._files:
+            return None
+        from sd_keras.weights.upscalers import describe_upscaler
+
+        try:
+            return describe_upscaler(self._files[name]).scale
+        except InputError:
+            return None
 
     def get(self, name):
         if name in BUILTIN:

@@ -155,6 +155,17 @@ def test_rrdbnet_x2_pixel_unshuffle_matches_spandrel_from_safetensors(tmp_path):
     assert _relative(_keras(model, padded)[:, :26, :22], reference) <= PARITY
 
 
+def test_rrdbnet_x1_pixel_unshuffle_by_4_matches_spandrel(tmp_path):
+    """Real-ESRGAN x1 (restoration) models fold 4x4 pixels into 48 channels and upsample by 4."""
+    state = rrdbnet_state(4, in_channels=48)
+    model = load_upscaler(_save(state, tmp_path / "x1.pth"))
+    assert (model.upscaler_config.scale, model.upscaler_config.unshuffle) == (1, 4)
+    image = _image(16, 12)
+    reference, descriptor = _reference(state, image)
+    assert descriptor.scale == 1
+    assert _relative(_keras(model, image), reference) <= PARITY
+
+
 def test_old_esrgan_layout_matches_spandrel(tmp_path):
     """Original ESRGAN files (model.0, model.1.sub.N.RDBk.convj.0, model.3, ...), here the x4 layout spandrel
     writes for the same random weights."""
@@ -429,6 +440,7 @@ def test_server_lists_upscalers(extras_client):
     items = response.json()
     assert [item["name"] for item in items] == ["None", "Lanczos", "Nearest", "compact-x2", "compact-x4"]
     assert items[-1]["model_path"] == str(folder / "compact-x4.pth")
+    assert [item["scale"] for item in items[-2:]] == [2, 4]
 
 
 def test_server_extra_single_image_upscales_and_keeps_parameters(extras_client):

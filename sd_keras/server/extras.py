@@ -104,7 +104,7 @@ class _Extras:
         for name in self.upscalers.names():
             path = self.upscalers.path(name)
             items.append({"name": name, "model_name": name if path else None, "model_path": path,
-                          "model_url": None, "scale": 4})
+                          "model_url": None, "scale": self.upscalers.scale(name) or 4})
         return items
 
     def _upscaler(self, name, field):

@@ -49,7 +49,7 @@ WHERE_TO_GET = ("sd_keras ships no upscaler weights: get them from Real-ESRGAN's
                 "(https://github.com/xinntao/Real-ESRGAN/releases) or OpenModelDB (https://openmodeldb.info)")
 SUFFIXES = (".pth", ".pt", ".safetensors")
 
-__all__ = ["read_upscaler", "load_upscaler", "canonical_names", "config_from_shapes", "WHERE_TO_GET", "SUFFIXES"]
+__all__ = ["read_upscaler", "describe_upscaler", "load_upscaler", "canonical_names", "config_from_shapes", "WHERE_TO_GET", "SUFFIXES"]
 
 _NEW_BLOCK = re.compile(r"body\.(\d+)\.rdb([123])\.conv([1-5])\.(weight|bias)$")
 _BSRGAN_BLOCK = re.compile(r"RRDB_trunk\.(\d+)\.RDB([123])\.conv([1-5])\.(weight|bias)$")
@@ -186,6 +186,35 @@ def _open(path):
         raise InputError(f"{error}") from None
 
 
+def _layout(reader, path):
+    """``(config, {file key: new-layout key}, {new-layout key... : file key})`` from the keys and shapes alone."""
+    keys = reader.keys()
+    if not keys:
+        raise InputError(f"{path}: holds no tensors; {WHERE_TO_GET}")
+    architecture, names = canonical_names(keys, path)
+    unused = set(keys) - {key for key in keys if (key[7:] if key.startswith("module.") else key) in names}
+    if unused:
+        raise InputError(f"{path}: {len(unused)} tensors fit no layer of the {architecture} layout "
+                         f"({_describe(unused)})")
+    original = {key[len("module."):] if key.startswith("module.") else key: key for key in keys}
+    shapes = {names[key]: tuple(reader.shape(original[key])) for key in names}
+    return config_from_shapes(architecture, shapes, path), names, original
+
+
+def describe_upscaler(path):
+    """The ``UpscalerConfig`` of an upscaler file, from its keys and shapes (no tensor is read).
+
+    Raises:
+        InputError: as ``read_upscaler``.
+    """
+    path = os.fspath(path)
+    reader = _open(path)
+    try:
+        return _layout(reader, path)[0]
+    finally:
+        reader.close()
+
+
 def read_upscaler(path):
     """``(UpscalerConfig, {Keras variable path: array})`` of an upscaler file.
 
@@ -196,17 +225,8 @@ def read_upscaler(path):
     path = os.fspath(path)
     reader = _open(path)
     try:
-        keys = reader.keys()
-        if not keys:
-            raise InputError(f"{path}: holds no tensors; {WHERE_TO_GET}")
-        architecture, names = canonical_names(keys, path)
-        unused = set(keys) - {key for key in keys if (key[7:] if key.startswith("module.") else key) in names}
-        if unused:
-            raise InputError(f"{path}: {len(unused)} tensors fit no layer of the {architecture} layout "
-                             f"({_describe(unused)})")
-        original = {key[len("module."):] if key.startswith("module.") else key: key for key in keys}
-        shapes = {names[key]: tuple(reader.shape(original[key])) for key in names}
-        config = config_from_shapes(architecture, shapes, path)
+        config, names, original = _layout(reader, path)
+        architecture = config.architecture
         weights = {}
         for key, name in names.items():
             array = _keras_array(reader.read(original[key]))
