@@ -112,12 +112,9 @@ def check_batch_size(batch_size):
 
 
 def check_seed(seed):
-    """The seed to draw from: ``seed`` itself, or a fresh one for None / -1 (reported in ``last_seed``)."""
-    if seed is None or (not isinstance(seed, bool) and isinstance(seed, (int, np.integer)) and seed == -1):
-        return noise_lib.random_seed()
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+    """InputError unless ``seed`` is an integer or None (-1 and None: draw a random seed)."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
         raise InputError(f"seed must be an integer (None or -1: a random seed), got {seed!r}")
-    return int(seed)
 
 
 def prompt_list(prompt, name="prompt"):
@@ -340,8 +337,9 @@ class Generator:
         return self._contexts(prompts, negatives)
 
     # -- arguments, noise, results ---------------------------------------------------------------------------
-    def _resolve(self, num_steps, guidance, sampler, height, width, batch_size):
+    def _resolve(self, num_steps, guidance, sampler, height, width, batch_size, seed):
         """Check the common arguments; the scheduler and the size (the model's own when None)."""
+        check_seed(seed)
         check_batch_size(batch_size)
         check_steps(num_steps)
         check_guidance(guidance)
@@ -365,7 +363,8 @@ class Generator:
     def _noise(self, seed, batch_size, latent_shape, scheduler):
         """Initial latent noise (B, h, w, c) and, for ancestral samplers, per-step noise (steps, B, h, w, c);
         image ``i`` from seed ``seed + i``. Sets ``last_seed``."""
-        seed = check_seed(seed)
+        check_seed(seed)
+        seed = noise_lib.random_seed() if seed is None or seed == -1 else int(seed)
         extra_draws = scheduler.num_steps if scheduler.needs_noise else 0
         initial, step_noise = noise_lib.latent_noise(seed, batch_size, latent_shape, extra_draws)
         self.last_seed = seed
@@ -417,7 +416,7 @@ class Generator:
             shape = np.shape(encoded_text)
             batch_size = int(shape[0]) if len(shape) == 3 else 1
         scheduler, height, width = self._resolve(num_steps, unconditional_guidance_scale, sampler, height, width,
-                                                 batch_size)
+                                                 batch_size, seed)
         context = np.asarray(encoded_text, np.float32)
         if context.ndim == 2:
             context = context[None]
@@ -471,7 +470,7 @@ class Generator:
         """
         batch_size = batch_size_for(batch_size, prompt, negative_prompt)
         prompts = _repeat_to(prompt_list(prompt), batch_size, "prompt")
-        self._resolve(num_steps, unconditional_guidance_scale, sampler, height, width, batch_size)  # before work
+        self._resolve(num_steps, unconditional_guidance_scale, sampler, height, width, batch_size, seed)  # first
         context, _ = self._contexts(prompts, None)
         images = self.generate_image(context, negative_prompt, batch_size, num_steps, unconditional_guidance_scale,
                                      seed=seed, sampler=sampler, height=height, width=width, progress=progress)
@@ -479,10 +478,10 @@ class Generator:
         return images
 
     def _prepare_image_call(self, prompt, negative_prompt, batch_size, num_steps, guidance, sampler, height, width,
-                            strength):
+                            strength, seed):
         check_strength(strength)
         batch_size = batch_size_for(batch_size, prompt, negative_prompt)
-        scheduler, height, width = self._resolve(num_steps, guidance, sampler, height, width, batch_size)
+        scheduler, height, width = self._resolve(num_steps, guidance, sampler, height, width, batch_size, seed)
         if self.image_encoder is None:
             raise InputError(self._missing_image_encoder())
         context, unconditional = self._batch_contexts(prompt, negative_prompt, batch_size)
@@ -498,7 +497,7 @@ class Generator:
         """
         scheduler, height, width, context, unconditional, batch_size = self._prepare_image_call(
             prompt, negative_prompt, batch_size, num_steps, unconditional_guidance_scale, sampler, height, width,
-            strength)
+            strength, seed)
         original = self._image_latent(image, height, width, batch_size)
         initial, step_noise = self._noise(seed, batch_size, original.shape[1:], scheduler)
         self._record(prompt, negative_prompt, batch_size, num_steps, unconditional_guidance_scale, sampler, height,
@@ -523,7 +522,7 @@ class Generator:
         mode = self._inpaint_mode()
         scheduler, height, width, context, unconditional, batch_size = self._prepare_image_call(
             prompt, negative_prompt, batch_size, num_steps, unconditional_guidance_scale, sampler, height, width,
-            strength)
+            strength, seed)
         pixels = load_image(image, height, width)
         mask_pixels = load_image(mask, name="mask")
         if mask_pixels.shape[:2] != pixels.shape[:2]:
