@@ -364,3 +364,58 @@ def test_kill_9_loses_only_the_shards_in_flight(tmp_path):
     leftovers = [name for name in os.listdir(out) if not (name.startswith("shard-") or name in (
         "manifest.json", "rejects.jsonl"))]
     assert all(name.startswith(".") for name in leftovers)  # only temporaries of the killed writes
+
+
+def test_progress_announces_compiling_and_leaves_it_out_of_the_rate():
+    from sd_keras.dataset.job import COMPILING_TEXT, Progress
+
+    stream = io.StringIO()
+    progress = Progress(100, 10, stream=stream)  # not a terminal: lines, no bar
+    assert progress.status() == "rate after the first compiled batch"
+    progress.compiling((64, 64, 20, "Euler a", 7.0))
+    progress.advance(10, 30.0, True)  # the batch that compiled: 30 s, not a sample of the speed
+    progress.advance(20, 10.0, False)
+    progress.advance(20, 10.0, False)
+    assert progress.done == 60 and progress.rate == 2.0 and progress.eta_seconds() == 20.0
+    progress.shard_done(3)
+    lines = stream.getvalue().splitlines()
+    assert lines == [f"{COMPILING_TEXT}: 64x64, 20 steps, Euler a, CFG 7",
+                     "shard 3 done: 60/100 images, 2.00 rows/s, ETA 0m20s"]
+    silent = io.StringIO()
+    quiet = Progress(10, stream=silent, enabled=False)
+    quiet.compiling((64, 64, 2, "DDIM", 7.0))
+    quiet.shard_done(0)
+    assert silent.getvalue() == ""
+
+
+DEVICES_SCRIPT = """
+import sys
+from sd_keras import dataset
+rows = [{"prompt": f"a blue square number {i}"} for i in range(6)]
+dataset.generate(rows, sys.argv[1], model="tiny", steps=2, batch_size=2, shard_size=3, progress=False,
+                 devices=sys.argv[2])
+"""
+
+
+@pytest.mark.slow
+def test_devices_all_writes_the_single_device_shards(tmp_path):
+    if os.environ.get("KERAS_BACKEND", "tensorflow") != "jax":
+        pytest.skip("data-parallel generation runs on JAX (Keras' distribution API)")
+    env = {**os.environ, "KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    for devices in ("1", "all"):
+        result = subprocess.run([sys.executable, "-c", DEVICES_SCRIPT, str(tmp_path / devices), devices], env=env,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+    one, two = (manifest_lib.load(tmp_path / name) for name in ("1", "all"))
+    assert one["counts"] == two["counts"] == {"images": 6, "written": 6, "rejected": 0, "filtered": 0}
+    for first, second in zip(one["shards"], two["shards"]):  # same keys and metadata; pixels within 1 level
+        a, b = _tar_members(tmp_path / "1" / first["name"]), _tar_members(tmp_path / "all" / second["name"])
+        assert sorted(a) == sorted(b)
+        for name in a:
+            if name.endswith(".json"):
+                assert json.loads(a[name]) == json.loads(b[name])
+            else:
+                from PIL import Image
+
+                pixels = [np.asarray(Image.open(io.BytesIO(data)), int) for data in (a[name], b[name])]
+                assert np.abs(pixels[0] - pixels[1]).max() <= 1
