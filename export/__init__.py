@@ -3,8 +3,9 @@
 Installed as ``sd_keras.export``. ``export/BUNDLE.md`` specifies the bundle format.
 
 Example:
+    >>> from sd_keras import StableDiffusion                                          # doctest: +SKIP
     >>> from sd_keras.export import export_bundle, BundleRunner                       # doctest: +SKIP
-    >>> report = export_bundle(StableDiffusion.from_preset("tiny"), "tiny-int8", quantization="int8")
+    >>> report = export_bundle(StableDiffusion.from_preset("tiny"), "tiny-int8", quantization="int8")  # doctest: +SKIP
     >>> BundleRunner("tiny-int8").text_to_image("a red circle", num_steps=4, seed=1)  # doctest: +SKIP
 """
 

@@ -2,7 +2,7 @@
 
 Example:
     >>> settings = ServerSettings(models={"tiny": "tiny"}, model="tiny")    # doctest: +SKIP
-    >>> app = create_app(settings)        # loads the model; serve it with uvicorn.run(app, port=7860)
+    >>> app = create_app(settings)  # loads the model; serve it with uvicorn.run(app, port=7860)  # doctest: +SKIP
 """
 
 import asyncio
