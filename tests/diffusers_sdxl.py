@@ -6,7 +6,7 @@
   GELU, projection 96: not its width), UNet ``addition_embed_type="text_time"`` with levels 64/64/192 (no
   attention at the first), transformer depth per level (1, 2, 3), 1 and 3 heads of 64 (sgm's head width, so
   that single files can be read back), 8-wide time-id sinusoids, context 64 + 128;
-- ``"refiner"``: the second encoder alone, 4 levels (attention in the middle two), depth 2, 5 time ids;
+- ``"refiner"``: the second encoder alone, 4 levels (attention in the middle two), 5 time ids;
 - ``"inpaint"``: the base UNet with 9 input channels.
 
 ``save_diffusers_folder`` writes what ``StableDiffusionXLPipeline.save_pretrained`` writes for the parts we read
@@ -45,7 +45,7 @@ def _unet_kwargs(kind):
                     layers_per_block=1,
                     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
                     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-                    attention_head_dim=(1, 1, 2, 2), transformer_layers_per_block=2, cross_attention_dim=128,
+                    attention_head_dim=(1, 1, 2, 2), transformer_layers_per_block=1, cross_attention_dim=128,
                     use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=TIME_DIM,
                     projection_class_embeddings_input_dim=5 * TIME_DIM + 96, norm_num_groups=GROUPS)
     return dict(sample_size=8, in_channels=9 if kind == "inpaint" else 4, out_channels=4,
@@ -196,3 +196,73 @@ def unet_output(models, latent_nhwc, timesteps, context, text_embeds, time_ids):
                              added_cond_kwargs={"text_embeds": torch.from_numpy(text_embeds),
                                                 "time_ids": torch.from_numpy(time_ids)}).sample
     return out.numpy().transpose(0, 2, 3, 1)
+
+
+# --------------------------------------------------------------------------------------------------- LoRA
+UNET_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
+                     "conv1", "conv2", "linear_1"]  # linear_1: time_embedding and add_embedding
+TEXT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+
+
+def add_peft_lora(models, *, rank=4, alpha=8.0, seed=1):
+    """A random PEFT LoRA on the UNet and both text encoders (every layer of CLIP ViT-L, its last too, as
+    trainers do), injected in place; returns {part: state dict in PEFT naming}."""
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils import get_peft_model_state_dict
+
+    generator = torch.Generator().manual_seed(seed)
+    states = {}
+    for part, targets in (("unet", UNET_LORA_TARGETS), ("text_encoder", TEXT_LORA_TARGETS),
+                          ("text_encoder_2", TEXT_LORA_TARGETS)):
+        module = models[part]
+        if module is None:
+            continue
+        inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets,
+                                           init_lora_weights=False), module, adapter_name="default")
+        with torch.no_grad():
+            for name, parameter in module.named_parameters():
+                if "lora_A" in name or "lora_B" in name:
+                    fan_in = int(np.prod(parameter.shape[1:]))
+                    parameter.copy_(0.3 / np.sqrt(fan_in) * torch.randn(parameter.shape, generator=generator))
+        states[part] = {k: v.detach().clone() for k, v in
+                        get_peft_model_state_dict(module, adapter_name="default").items()}
+    return states
+
+
+def save_peft_lora(states, folder, *, rank, alpha):
+    """The file ``StableDiffusionXLPipeline.save_lora_weights`` writes (with its adapter metadata)."""
+    from diffusers import StableDiffusionXLPipeline
+
+    metadata = {"r": rank, "lora_alpha": alpha}
+    StableDiffusionXLPipeline.save_lora_weights(
+        folder, unet_lora_layers=states["unet"], text_encoder_lora_layers=states["text_encoder"],
+        text_encoder_2_lora_layers=states["text_encoder_2"], unet_lora_adapter_metadata=dict(metadata),
+        text_encoder_lora_adapter_metadata=dict(metadata), text_encoder_2_lora_adapter_metadata=dict(metadata))
+    return os.path.join(folder, "pytorch_lora_weights.safetensors")
+
+
+def save_kohya_lora(states, unet_config, path, *, alpha):
+    """The same LoRA as kohya's sd-scripts writes for SDXL: ``lora_unet_`` + the original (sgm) module name,
+    ``lora_te1_`` / ``lora_te2_`` + transformers' names, dots as underscores, ``lora_down`` / ``lora_up`` /
+    ``alpha``."""
+    from safetensors.torch import save_file
+
+    out = {}
+    for part, prefix in (("unet", "lora_unet_"), ("text_encoder", "lora_te1_"), ("text_encoder_2", "lora_te2_")):
+        for key, value in states[part].items():
+            if not key.endswith(".lora_A.weight"):
+                continue
+            module = key[: -len(".lora_A.weight")]
+            if part == "unet":
+                if module.startswith("add_embedding."):
+                    module = module.replace("add_embedding.linear_1", "label_emb.0.0")
+                else:
+                    module = _unet_key(module + ".weight", unet_config)[: -len(".weight")]
+            elif not module.startswith("text_model."):
+                module = "text_model." + module
+            name = prefix + module.replace(".", "_")
+            out[name + ".lora_down.weight"] = value.contiguous()
+            out[name + ".lora_up.weight"] = states[part][key.replace("lora_A", "lora_B")].contiguous()
+            out[name + ".alpha"] = torch.tensor(float(alpha))
+    save_file(out, path)
+    return path

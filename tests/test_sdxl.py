@@ -310,3 +310,72 @@ def test_bad_diffusers_configs_are_named(base, tmp_path):
         json.dump(config, f)
     with pytest.raises(InputError, match="addition_embed_type='text'"):
         open_sdxl_checkpoint(folder)
+
+
+# ------------------------------------------------------------------------------------------------------ LoRA
+@pytest.fixture(scope="module")
+def lora_files(tmp_path_factory):
+    """A base model with a random PEFT LoRA (UNet incl. add_embedding, both encoders) in diffusers' and kohya's
+    files, and the torch models with the LoRA active (what diffusers computes once it is fused)."""
+    torch_models = dx.build("base", seed=7)
+    root = tmp_path_factory.mktemp("sdxl_lora")
+    folder = dx.save_diffusers_folder(torch_models, str(root / "diffusers"))
+    states = dx.add_peft_lora(torch_models, rank=4, alpha=6.0)
+    return {"models": torch_models, "folder": folder,
+            "peft": dx.save_peft_lora(states, str(root / "peft"), rank=4, alpha=6.0),
+            "kohya": dx.save_kohya_lora(states, torch_models["unet"].config, str(root / "kohya.safetensors"),
+                                        alpha=6.0)}
+
+
+def test_sdxl_lora_files_name_every_module(lora_files):
+    """kohya (lora_te1_/lora_te2_, sgm UNet names) and PEFT files resolve to sd_keras layers (fast tier)."""
+    from sd_keras.weights.lora import _module_index, read_lora
+
+    with open_sdxl_checkpoint(lora_files["folder"]) as checkpoint:
+        config = checkpoint.config
+    for kind in ("kohya", "peft"):
+        lora = read_lora(lora_files[kind])
+        assert lora.components == ["text_encoder", "text_encoder_2", "diffusion_model"]
+        for component in lora.components:
+            index = _module_index(component, config)
+            targets = [index[naming].get(module) for naming, module in lora.pairs[component]]
+            assert None not in targets, (kind, component)
+        unused = [m for (n, m) in lora.pairs["text_encoder"] if "layers_2_" in m or "layers.2." in m]
+        assert len(unused) == 6  # the last CLIP ViT-L layer: named by the file, not used by SDXL
+        assert any("label_emb_0_0" in m or "add_embedding.linear_1" in m for _, m in lora.pairs["diffusion_model"])
+
+
+@pytest.mark.slow  # builds a tiny SDXL twice (about 30 s)
+@pytest.mark.parametrize("kind", ["kohya", "peft"])
+def test_sdxl_lora_matches_diffusers_with_the_lora_fused(lora_files, kind):
+    config, weights = load_sdxl_checkpoint(lora_files["folder"], loras=[(lora_files[kind], 1.0)])
+    with weights:
+        parts = {name: models.build(name, config, weights=weights[name])
+                 for name in ("text_encoder", "text_encoder_2", "diffusion_model")}
+    check_components(config, parts, lora_files["models"], vae=False)
+
+
+@pytest.mark.slow
+def test_apply_and_remove_sdxl_lora(lora_files):
+    """apply_lora / remove_lora on a model set with two text encoders: applied = loaded with the LoRA, removed =
+    the original weights bit for bit."""
+    import types
+
+    from sd_keras.weights.lora import apply_lora, remove_lora
+
+    config, weights = load_sdxl_checkpoint(lora_files["folder"])
+    with weights:
+        parts = {name: models.build(name, config, weights=weights[name])
+                 for name in ("text_encoder", "text_encoder_2", "diffusion_model")}
+    holder = types.SimpleNamespace(config=config, **parts)
+    before = _variables(parts)
+    applied = apply_lora(holder, lora_files["kohya"], 1.0)
+    check_components(config, parts, lora_files["models"], vae=False)
+    refiner = types.SimpleNamespace(config=tiny_sdxl_config(refiner=True), text_encoder=None,
+                                    text_encoder_2=parts["text_encoder_2"], diffusion_model=None)
+    with pytest.raises(InputError if issubclass(InputError, ValueError) else ValueError,
+                       match="has text_encoder weights and this model has no text_encoder"):
+        apply_lora(refiner, lora_files["kohya"], 1.0)
+    remove_lora(holder, applied)
+    for key, value in _variables(parts).items():
+        np.testing.assert_array_equal(value, before[key], err_msg=str(key))

@@ -2,12 +2,14 @@
 
 Formats (``.safetensors``; ``.ckpt``/``.pt``/``.bin`` are read with the restricted unpickler too):
 
-- diffusers / PEFT: ``unet.<module>.lora_A.weight`` / ``lora_B.weight`` and ``text_encoder.<module>...``;
+- diffusers / PEFT: ``unet.<module>.lora_A.weight`` / ``lora_B.weight`` and ``text_encoder.<module>...`` (SDXL:
+  also ``text_encoder_2.<module>...``);
   ``lora_alpha`` (+ ``alpha_pattern``, ``use_rslora``) from the file's ``lora_adapter_metadata``, else alpha = rank;
 - older diffusers: ``<module>.lora.down/up.weight``, ``<module>.lora_linear_layer.down/up.weight`` and the
   attention-processor files of ``unet.save_attn_procs`` (``...attn1.processor.to_q_lora.down.weight``);
 - kohya (sd-scripts, A1111): ``lora_unet_<module>.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha`` and
-  ``lora_te_<module>...``, with module names in diffusers' or the original UNet's naming, dots as underscores;
+  ``lora_te_<module>...`` (SDXL: ``lora_te1_`` for CLIP ViT-L, ``lora_te2_`` for OpenCLIP bigG), with module
+  names in diffusers' or the original UNet's naming, dots as underscores;
   convolution LoRA (LoCon: ResBlock / sampler convs, 3x3 down with 1x1 up) too;
 - sd_keras's own (``sd-keras train`` with ``lora_rank``; metadata ``format = "sd_keras.lora"``): ``P.lora_a``
   (in, rank) / ``P.lora_b`` (rank, out) for the UNet Dense layer at variable path ``P``, one ``alpha``.
@@ -42,7 +44,8 @@ from sd_keras.errors import InputError
 from sd_keras.weights import key_maps
 from sd_keras.weights.readers import open_tensor_file
 
-LORA_COMPONENTS = ("text_encoder", "diffusion_model")
+LORA_COMPONENTS = ("text_encoder", "text_encoder_2", "diffusion_model")
+_UNUSED_LAYER = ("", False)  # a module a LoRA may name that the model deliberately does not build
 _STATE_ATTRIBUTE = "_sd_keras_lora_state"
 
 
@@ -70,8 +73,7 @@ _PAIR_SUFFIXES = (
     (".lora_down.weight", ".lora_up.weight"),
 )
 _UNSUPPORTED_MARKERS = (("hada_w1_a", "LoHa"), ("lokr_w1", "LoKr"), ("dora_scale", "DoRA"),
-                        ("lora_magnitude_vector", "DoRA"), ("lora_te1_", "SDXL"), ("lora_te2_", "SDXL"),
-                        ("text_encoder_2.", "SDXL"))
+                        ("lora_magnitude_vector", "DoRA"))
 
 
 def _read_tensors(path):
@@ -88,9 +90,12 @@ def _component_and_module(key_module, path):
     """(component, module name, naming) of a LoRA module key without its pair suffix."""
     if key_module.startswith("lora_unet_"):
         return "diffusion_model", key_module[len("lora_unet_"):], "kohya"
-    if key_module.startswith("lora_te_"):
-        return "text_encoder", key_module[len("lora_te_"):], "kohya"
-    for prefix, component in (("unet.", "diffusion_model"), ("text_encoder.", "text_encoder")):
+    for prefix, component in (("lora_te_", "text_encoder"), ("lora_te1_", "text_encoder"),
+                              ("lora_te2_", "text_encoder_2")):
+        if key_module.startswith(prefix):
+            return component, key_module[len(prefix):], "kohya"
+    for prefix, component in (("unet.", "diffusion_model"), ("text_encoder.", "text_encoder"),
+                              ("text_encoder_2.", "text_encoder_2")):
         if key_module.startswith(prefix):
             return component, key_module[len(prefix):], "dotted"
     if key_module.startswith(("down_blocks.", "mid_block.", "up_blocks.")):
@@ -159,6 +164,8 @@ class LoRAFile:
         deltas = {}
         for (naming, module), pair in pairs.items():
             target = (module, False) if naming == "sd_keras" else modules[naming].get(module)
+            if target is _UNUSED_LAYER:
+                continue
             if target is None:
                 raise InputError(f"{self.path}: LoRA module {module!r} matches no layer of this model's {component} "
                                  "(a LoRA for another architecture?); nothing was applied")
@@ -244,13 +251,13 @@ def read_lora(path):
             component, module, naming = _component_and_module(stem, path)
             if down_suffix == "_lora.down.weight":
                 module = _processor_module(module)
-            if component == "text_encoder":
+            if component in ("text_encoder", "text_encoder_2"):
                 # transformers >= 5 names CLIPTextModel's modules without the "text_model." level
                 level = "text_model_" if naming == "kohya" else "text_model."
                 module = module if module.startswith(level) else level + module
             alpha_key = next((k for k in (stem + ".alpha", module + ".alpha") if k in tensors), None)
             alpha, rslora = _alpha_from_metadata(settings, "unet" if component == "diffusion_model"
-                                                 else "text_encoder", module)
+                                                 else component, module)
             if alpha_key is not None:
                 alpha = float(np.asarray(tensors[alpha_key]).reshape(()))
                 used.add(alpha_key)
@@ -271,10 +278,30 @@ def read_lora(path):
 
 def _module_index(component, config):
     """Module names a LoRA may use for ``component`` → (sd_keras layer, is conv), by naming style."""
-    tables = {"diffusion_model": (key_maps.UNET, config.unet, key_maps.LAYOUTS),
-              "text_encoder": (key_maps.TEXT_ENCODER_HF, config.text_encoder, (key_maps.DIFFUSERS,))}
-    table, part_config, layouts = tables[component]
+    from sd_keras.config_sdxl import SDXLConfig
+
+    unused = []
+    if isinstance(config, SDXLConfig):
+        from sd_keras.weights import sdxl_key_maps
+
+        part_config = getattr(config, "unet" if component == "diffusion_model" else component)
+        table = (sdxl_key_maps.UNET if component == "diffusion_model"
+                 else sdxl_key_maps.text_table(part_config, key_maps.DIFFUSERS))
+        layouts = key_maps.LAYOUTS if component == "diffusion_model" else (key_maps.DIFFUSERS,)
+        if component != "diffusion_model" and not part_config.projection_dim:
+            # SDXL uses CLIP ViT-L's penultimate layer: LoRAs trained on the whole encoder also name its last
+            # layer, which has no effect on SDXL's output (and no sd_keras layer)
+            last = f"encoder_layer_{part_config.num_layers - 1}/"
+            for entry in key_maps.expand_modules(key_maps.TEXT_ENCODER_HF, part_config, key_maps.DIFFUSERS):
+                if entry.keras.startswith(last) or entry.keras == "final_layer_norm":
+                    unused.append(entry.source)
+    else:
+        tables = {"diffusion_model": (key_maps.UNET, config.unet, key_maps.LAYOUTS),
+                  "text_encoder": (key_maps.TEXT_ENCODER_HF, config.text_encoder, (key_maps.DIFFUSERS,))}
+        table, part_config, layouts = tables[component]
     index = {"dotted": {}, "kohya": {}}
+    for source in unused:
+        index["dotted"][source] = index["kohya"][source.replace(".", "_")] = _UNUSED_LAYER
     for layout in layouts:
         for entry in key_maps.expand_modules(table, part_config, layout):
             if entry.module not in key_maps.LORA_MODULES:
@@ -327,8 +354,12 @@ def apply_lora(sd, lora, scale=1.0):
         raise InputError(f"LoRA scale must be a finite number, got {scale!r}")
     if not isinstance(lora, LoRAFile):
         lora = read_lora(lora)
+    for component in lora.components:
+        if getattr(sd, component, None) is None:
+            raise InputError(f"{lora.path}: the LoRA has {component} weights and this model has no {component} "
+                             "(a LoRA for another architecture?); nothing was applied")
     deltas = {component: lora.deltas(getattr(sd, component), component, sd.config, float(scale))
-              for component in LORA_COMPONENTS}
+              for component in lora.components}
     applied = AppliedLoRA(sd, lora, float(scale), deltas)
     for component, component_deltas in deltas.items():
         if not component_deltas:
@@ -361,7 +392,8 @@ def remove_lora(sd, applied):
         variables = _variables(model)
         for key in component_deltas:
             value = state["base"][key].copy()
-            others = [other.deltas[component][key] for other in state["applied"] if key in other.deltas[component]]
+            others = [other.deltas[component][key] for other in state["applied"]
+                      if key in other.deltas.get(component, {})]
             for delta in others:
                 value = value + delta
             variables[key].assign(value)
