@@ -295,6 +295,10 @@ def test_api_argument_errors(tmp_path):
         dataset.generate(_rows(1), tmp_path / "o", **{**FAST, "sampler": "nope"})
     with pytest.raises(InputError, match="quality filter"):
         dataset.generate(_rows(1), tmp_path / "o", quality_filter="blurry", **FAST)
+    with pytest.raises(InputError, match="ray: pass the model as a preset name"):
+        dataset.generate(_rows(1), tmp_path / "o", ray="auto", **{**FAST, "model": object()})
+    with pytest.raises(InputError, match="devices applies to a local run"):
+        dataset.generate(_rows(1), tmp_path / "o", ray="auto", devices="all", **FAST)
     with pytest.raises(InputError, match="table must be"):
         dataset.generate([], tmp_path / "o", **FAST)
     assert not (tmp_path / "o").exists()

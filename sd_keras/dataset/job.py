@@ -127,7 +127,8 @@ def generate(table, out, *, model="shapes", output_format="webdataset", shard_si
             the others generated. Without it, ``out`` must not hold a dataset yet.
         quality_filter: None, ``"shapes"`` (keep images that ``sd_keras.evaluate`` judges to show the prompt),
             ``callable(image, item) -> bool or (bool, verdict)`` or its import path ``"module:function"``.
-        devices: ``"all"`` or a count: data-parallel over local accelerators (JAX), as ``generate`` does.
+        devices: ``"all"`` or a count: data-parallel over local accelerators (JAX), as ``generate`` does (with a
+            model spec: the model is built after the devices are set).
         ray: None (this process), ``"auto"`` or a cluster address: run the shards on Ray actors.
         ray_workers: actors (default: as many as the cluster's CPUs, or GPUs when ``ray_gpus_per_worker``).
         ray_gpus_per_worker: GPUs per actor (1 on a GPU cluster; 0: CPU actors).
@@ -158,6 +159,10 @@ def generate(table, out, *, model="shapes", output_format="webdataset", shard_si
         table_lib._check_row({"prompt": "x"}, defaults)
     except InputError as error:
         raise InputError(f"default {error}") from None
+    if ray is not None and not isinstance(model, str):
+        raise InputError("ray: pass the model as a preset name or path (each actor loads its own copy)")
+    if ray is not None and devices is not None:
+        raise InputError("devices applies to a local run; on Ray, each actor uses its GPU (ray_gpus_per_worker)")
     filter_function, filter_name, grammar_check = quality.resolve(quality_filter)
     rows, source = _rows_of(table)
     items, rejects, total = table_lib.plan_items(rows, defaults, check=grammar_check)
@@ -189,8 +194,6 @@ def generate(table, out, *, model="shapes", output_format="webdataset", shard_si
     else:
         from sd_keras.dataset import ray_job
 
-        if not isinstance(model, str):
-            raise InputError("ray: pass the model as a preset name or path (each actor loads its own copy)")
         run = ray_job.run(ray, out, manifest, validation, ranges, by_shard, pending, model, batch_size,
                           quality_filter, dtype, output_format,
                           ray_workers, ray_gpus_per_worker, Progress(total, done_images, enabled=show))
