@@ -379,3 +379,39 @@ def test_apply_and_remove_sdxl_lora(lora_files):
     remove_lora(holder, applied)
     for key, value in _variables(parts).items():
         np.testing.assert_array_equal(value, before[key], err_msg=str(key))
+
+
+# --------------------------------------------------------------------------------------------------- presets
+def test_preset_files_are_pinned_official_files():
+    from sd_keras.weights import sdxl_presets
+
+    for name, filename, repo in (("sd-xl", "sd_xl_base_1.0.safetensors", "stable-diffusion-xl-base-1.0"),
+                                 ("sd-xl-refiner", "sd_xl_refiner_1.0.safetensors",
+                                  "stable-diffusion-xl-refiner-1.0")):
+        (remote,) = sdxl_presets.preset_files(name)
+        assert remote.name == filename and len(remote.sha256) == 64 and int(remote.sha256, 16)
+        assert remote.url.startswith(f"https://huggingface.co/stabilityai/{repo}/resolve/")
+        assert remote.url.endswith("/" + filename) and "/main/" not in remote.url  # a pinned revision
+    with pytest.raises(InputError, match="unknown SDXL preset 'sd-xl-turbo'"):
+        sdxl_presets.preset_files("sd-xl-turbo")
+
+
+def test_preset_load_checks_sha256_and_architecture(base, tmp_path, monkeypatch):
+    """A cached file loads after its sha256 check; one of another architecture under the preset's name is refused;
+    a file whose sha256 differs is refused."""
+    import shutil
+
+    from sd_keras.weights import download, sdxl_presets
+
+    monkeypatch.setenv("SD_KERAS_CACHE", str(tmp_path))
+    os.makedirs(tmp_path / "sd-xl")
+    shutil.copy(base["single"], tmp_path / "sd-xl" / "sd_xl_base_1.0.safetensors")
+    assert sdxl_presets.cached("sd-xl") and not sdxl_presets.cached("sd-xl-refiner")
+    with pytest.raises(download.HashMismatchError):
+        sdxl_presets.load("sd-xl", progress=False)
+    tiny = download.RemoteFile("sd_xl_base_1.0.safetensors", "https://example.invalid/x",
+                               download.sha256_of(base["single"]))
+    monkeypatch.setitem(sdxl_presets.SDXL_WEIGHTS, "sd-xl", tiny)
+    shutil.copy(base["single"], tmp_path / "sd-xl" / "sd_xl_base_1.0.safetensors")
+    with pytest.raises(InputError, match="its architecture is not the sd-xl preset's"):
+        sdxl_presets.load("sd-xl", progress=False)
