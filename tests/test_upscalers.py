@@ -397,19 +397,17 @@ def test_cli_upscale_bad_input_exits_2_in_one_line(tmp_path, capsys, argv, cause
 
 
 @pytest.fixture(scope="module")
-def extras_client(tmp_path_factory):
+def extras_client(tmp_path_factory, tiny_sd):
     from fastapi.testclient import TestClient
 
-    from sd_keras.pipeline import StableDiffusion
     from sd_keras.server.app import ServerSettings, create_app
 
     folder = tmp_path_factory.mktemp("upscalers")
     _save(srvgg_state(0, num_conv=1), folder / "compact-x4.pth")
     _save(srvgg_state(1, num_conv=1, scale=2), folder / "compact-x2.safetensors")
-    tiny = StableDiffusion.from_preset("tiny")
     settings = ServerSettings(models={"tiny": "tiny"}, model="tiny", upscalers_dir=str(folder),
                               allowed_hosts=("testserver",))
-    app = create_app(settings, loader=lambda spec, dtype: tiny)
+    app = create_app(settings, loader=lambda spec, dtype: tiny_sd)
     return TestClient(app), folder
 
 
