@@ -23,6 +23,7 @@ DEV = TF + JAX + SERVE + DATASET + RAY + [
     "regex",                 # CLIP's reference split pattern in tokenizer tests
     "httpx",
     "selenium>=4.10",        # drives Debian's chromium in the web page test
+    "datasets>=2.14",        # loads sd-keras dataset's --hf layout in tests (imagefolder)
     "nbformat>=5.9",
     "pytest>=8",
     "nbclient>=0.10",

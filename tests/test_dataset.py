@@ -423,3 +423,20 @@ def test_devices_all_writes_the_single_device_shards(tmp_path):
 
                 pixels = [np.asarray(Image.open(io.BytesIO(data)), int) for data in (a[name], b[name])]
                 assert np.abs(pixels[0] - pixels[1]).max() <= 1
+
+
+@pytest.mark.slow  # imports the datasets library (a few seconds)
+def test_hf_layout_loads_with_datasets_imagefolder(tmp_path, tiny, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    import datasets
+
+    dataset.generate(_rows(5), tmp_path / "hf", output_format="imagefolder", shard_size=2,
+                     **{**FAST, "model": tiny})
+    loaded = datasets.load_dataset("imagefolder", data_dir=str(tmp_path / "hf"), split="train")
+    assert loaded.num_rows == 5
+    rows = sorted(loaded, key=lambda row: row["index"])
+    assert [(row["prompt"], row["color"], row["n"], row["seed"]) for row in rows] == [
+        (f"a {color} circle", color, i, i) for i, color in enumerate(["red", "blue", "green", "yellow", "purple"])]
+    assert rows[0]["image"].size == (64, 64)
