@@ -192,6 +192,23 @@ def test_srvgg_compact_matches_spandrel(tmp_path, suffix):
     assert _relative(_keras(model, image), reference) <= PARITY
 
 
+@pytest.mark.parametrize("dtype, suffix", [(torch.float16, ".safetensors"), (torch.bfloat16, ".safetensors"),
+                                           (torch.float16, ".pth")])
+def test_half_precision_files_load_as_float32(tmp_path, dtype, suffix):
+    """Community files are often fp16 or bf16: read and widened, they give the float32 file's output closely."""
+    import keras
+
+    state = srvgg_state(8, num_conv=2)
+    full = load_upscaler(_save(state, tmp_path / f"full{suffix}"))
+    half = load_upscaler(_save({key: value.to(dtype) for key, value in state.items()}, tmp_path / f"half{suffix}"))
+    assert all(weight.dtype == "float32" for weight in half.weights)
+    image = _image(9, 9)
+    assert _relative(_keras(half, image), _keras(full, image)) < 2e-2
+    rebuilt = keras.Model.from_config(half.get_config())  # PixelShuffle round-trips through its config
+    rebuilt.set_weights(half.get_weights())
+    np.testing.assert_allclose(_keras(rebuilt, image), _keras(half, image), rtol=1e-6, atol=1e-6)
+
+
 def test_srvgg_x2_scale_from_last_convolution(tmp_path):
     config, weights = read_upscaler(_save(srvgg_state(4, num_conv=2, scale=2), tmp_path / "x2.pth"))
     assert (config.scale, config.num_conv) == (2, 2)
