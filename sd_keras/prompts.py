@@ -306,8 +306,14 @@ def syntax_contexts(generator, prompts, negative_prompts):
         generator.last_truncated = False
     empty = chunk_prompt("", tokenizer, pad_token_id=pad)
     count = chunk_count(max([chunks.num_chunks for chunks in chunked + negative] or [1]))
-    context = encode_chunks(chunked, encode, count, empty) if prompts is not None else None
-    unconditional = encode_chunks(negative, encode, count, empty) if negative_prompts is not None else None
+
+    def contexts(texts, chunks):
+        if len(set(texts)) == 1 and len(texts) > 1:  # one prompt for the whole batch: encoded once
+            return np.repeat(encode_chunks(chunks[:1], encode, count, empty), len(texts), axis=0)
+        return encode_chunks(chunks, encode, count, empty)
+
+    context = contexts(prompts, chunked) if prompts is not None else None
+    unconditional = contexts(negative_prompts, negative) if negative_prompts is not None else None
     return context, unconditional
 
 

@@ -400,6 +400,8 @@ def test_one_compiled_loop_per_chunk_count():
 def test_batches_and_negative_prompts_share_a_chunk_count(tiny, a1111):
     context, unconditional = tiny._contexts(["a cat", _words(80)], ["blurry, " * 40] * 2)
     assert context.shape[:2] == unconditional.shape[:2] == (2, 154)
+    repeated, _ = tiny._contexts(["a (cat:1.3)"] * 3, None)  # one prompt for a batch: encoded once
+    np.testing.assert_array_equal(repeated, np.repeat(tiny._contexts(["a (cat:1.3)"], None)[0], 3, axis=0))
     context, unconditional = tiny._contexts(["a cat"], ["blurry BREAK sharp BREAK soft"])  # 1 and 3 -> 4
     assert context.shape[1] == unconditional.shape[1] == 4 * 77
     empty = tiny._encode_tokens(tiny.tokenize(""))
