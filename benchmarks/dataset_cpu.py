@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import secrets
 import shutil
 import socket
 import subprocess
@@ -74,7 +75,8 @@ def main(argv=None):
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
     rows = _rows(args.images)
     work = tempfile.mkdtemp(prefix="dataset-bench-")
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "KERAS_BACKEND": backend}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "KERAS_BACKEND": backend, "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     try:
         local = _run(rows, os.path.join(work, "local"), args)
         print("local", json.dumps({k: v for k, v in local.items() if k != "shards"}), flush=True)
@@ -84,6 +86,7 @@ def main(argv=None):
         subprocess.run([RAY, "start", "--head", "--port", address.split(":")[1], "--include-dashboard=false",
                         *common], env=env, check=True, capture_output=True)
         subprocess.run([RAY, "start", "--address", address, *common], env=env, check=True, capture_output=True)
+        os.environ.update(RAY_AUTH_MODE=env["RAY_AUTH_MODE"], RAY_AUTH_TOKEN=env["RAY_AUTH_TOKEN"])
         try:
             on_ray = _run(rows, os.path.join(work, "ray"), args, ray=address)
         finally:

@@ -4,6 +4,7 @@ a worker killed mid-job still leaves every image exactly once. ``ray stop`` alwa
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -49,8 +50,11 @@ def _free_port():
 def cluster(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ray_modules")
     (folder / "slow_filter.py").write_text(SLOW_FILTER, encoding="utf-8")
+    # the cluster's own token (whatever ~/.ray/auth_token a local ray.init() may have left), passed to the nodes and
+    # the drivers through the environment
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")]),
-           "RAY_USAGE_STATS_ENABLED": "0", "KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "tensorflow")}
+           "RAY_USAGE_STATS_ENABLED": "0", "KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "tensorflow"),
+           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     address = f"127.0.0.1:{_free_port()}"
     common = ["--num-cpus", "1", "--object-store-memory", OBJECT_STORE, "--node-ip-address", "127.0.0.1"]
     try:
