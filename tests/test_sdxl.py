@@ -15,7 +15,7 @@ from sd_keras import models
 from sd_keras.config_sdxl import SDXLConfig, SDXLRefinerConfig, get_sdxl_config, sdxl_config_from_dict
 from sd_keras.errors import InputError
 from sd_keras.models import timestep_embedding
-from sd_keras.models.sdxl import encode_prompt_embeddings, tiny_sdxl_config
+from sd_keras.models.sdxl import build_sdxl_unet, encode_prompt_embeddings, tiny_sdxl_config
 from sd_keras.weights import key_maps, sdxl_key_maps
 from sd_keras.weights.sdxl import is_sdxl_checkpoint, load_sdxl_checkpoint, open_sdxl_checkpoint
 
@@ -124,9 +124,9 @@ def test_unet_table_names_every_layer_the_builder_makes():
     entries = key_maps.expand_modules(sdxl_key_maps.UNET, get_sdxl_config("sd-xl").unet, "original")
     assert len({e.keras for e in entries}) == len(entries) and len({e.source for e in entries}) == len(entries)
     assert sum("transformer_block" in e.keras and e.keras.endswith("/attn1/q_proj") for e in entries) == 70
-    config = tiny_sdxl_config()
-    built = {key.rsplit("/", 1)[0] for key in models.variables(models.build("diffusion_model", config))}
-    entries = key_maps.expand_modules(sdxl_key_maps.UNET, config.unet, "diffusers")
+    unet = dataclasses.replace(tiny_sdxl_config().unet, block_out_channels=(64, 64, 64))  # depth (0, 2, 3)
+    built = {key.rsplit("/", 1)[0] for key in models.variables(build_sdxl_unet(unet))}
+    entries = key_maps.expand_modules(sdxl_key_maps.UNET, unet, "diffusers")
     assert {e.keras for e in entries if not e.optional} <= built <= {e.keras for e in entries}
     assert "mid_attn/transformer_block_2/ff_out" in built and "add_embedding_2" in built
 
@@ -327,8 +327,9 @@ def lora_files(tmp_path_factory):
                                         alpha=6.0)}
 
 
+@pytest.mark.slow  # its fixture builds and saves a tiny SDXL with a LoRA (about 10 s)
 def test_sdxl_lora_files_name_every_module(lora_files):
-    """kohya (lora_te1_/lora_te2_, sgm UNet names) and PEFT files resolve to sd_keras layers (fast tier)."""
+    """kohya (lora_te1_/lora_te2_, sgm UNet names) and PEFT files resolve to sd_keras layers."""
     from sd_keras.weights.lora import _module_index, read_lora
 
     with open_sdxl_checkpoint(lora_files["folder"]) as checkpoint:
