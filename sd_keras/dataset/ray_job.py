@@ -83,17 +83,22 @@ def run(address, out, manifest, validation, ranges, by_shard, pending, model, ba
     ray = _connect(address)
     import ray.data
 
+    # the job shows its own progress (images, rows/s, ETA); Ray Data's per-operator bars and log lines would
+    # repeat it
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
     resources = ray.cluster_resources()
     if workers is None:
         workers = int(resources.get("GPU", 0) // gpus_per_worker) if gpus_per_worker else int(resources.get("CPU", 1))
     workers = max(1, min(int(workers), len(pending)))
     plan = {index: (ranges[index][0], ranges[index][1], by_shard[index][0], by_shard[index][1]) for index in pending}
+    plan_ref = ray.put(plan)  # held here until the job ends: a restarted actor reads it again
     dataset = ray.data.from_items([{"shard": index} for index in pending], override_num_blocks=len(pending))
     results = dataset.map_batches(
         ShardActor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers),
         fn_constructor_kwargs={"model": model, "batch_size": batch_size, "quality_filter": quality_filter,
                                "dtype": dtype, "out": os.path.abspath(out), "output_format": output_format,
-                               "plan": ray.put(plan)},
+                               "plan": plan_ref},
         num_cpus=1, num_gpus=gpus_per_worker or None, max_restarts=-1, max_task_retries=-1)
     images, seen, arrivals = 0, set(), []
     started = time.perf_counter()
