@@ -270,6 +270,29 @@ def test_keras_cv_h5_weights_fill_the_registry_s_models_under_a_policy(tmp_path)
         keras_cv_h5_weights({"unet": tmp_path / "text_encoder.h5"})
 
 
+def test_a_keras_cv_preset_loads_through_the_registry(tmp_path, monkeypatch):
+    # presets.load -> (config, KerasCV h5 weights) -> StableDiffusion builds each component once and fills it;
+    # the tiny config stands in for sd-v1 (whose UNet alone is 3.4 GB)
+    from sd_keras import presets
+    from sd_keras.pipeline import StableDiffusion
+
+    keras.utils.set_random_seed(0)
+    sources = {component: models.build(component, "tiny") for component in COMPONENTS}
+    for component, model in sources.items():
+        write_legacy_h5(tmp_path / f"{component}.h5", model)
+    monkeypatch.setattr(presets, "RANDOM_PRESETS", ())
+    monkeypatch.setattr(presets, "KERAS_CV_PRESETS", ("tiny",))
+    monkeypatch.setattr(presets, "keras_cv_files", lambda name: [f"{c}.h5" for c in COMPONENTS])
+    monkeypatch.setattr("sd_keras.weights.download.fetch",
+                        lambda remotes, name: [str(tmp_path / remote) for remote in remotes])
+    config, weights = presets.load("tiny")
+    assert config.name == "tiny" and list(weights) == list(COMPONENTS) and weights.source == "preset 'tiny'"
+    sd = StableDiffusion.from_preset("tiny", dtype="bfloat16")
+    assert models.built_with(sd.diffusion_model, "mixed_bfloat16") and models.built_with(sd.decoder, "float32")
+    for component, model in sources.items():
+        assert all(np.array_equal(a, b) for a, b in zip(getattr(sd, component).get_weights(), model.get_weights()))
+
+
 def test_a_file_that_is_not_keras_weights_is_refused(tmp_path):
     model = models.build_decoder("tiny")
     garbage = tmp_path / "weights.h5"
