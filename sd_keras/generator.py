@@ -43,6 +43,7 @@ Example:
 """
 
 import math
+import warnings
 
 import numpy as np
 
@@ -161,6 +162,27 @@ def _repeat_to(values, batch_size, name):
     return values
 
 
+class AboveNativeSizeWarning(UserWarning):
+    """Text-to-image above the model's native size without hires fix (objects tend to repeat)."""
+
+
+def native_size_note(config, height, width):
+    """A sentence when ``height`` x ``width`` is above the model's native size (``config.image_size``), saying that
+    size and suggesting hires fix; None otherwise.
+
+    Example:
+        >>> from sd_keras.config import get_config
+        >>> native_size_note(get_config("shapes"), 512, 512)[:62]
+        '512x512 is above 128x128, the native size of model shapes: ob'
+    """
+    native_height, native_width = config.image_size
+    if height <= native_height and width <= native_width:
+        return None
+    return (f"{width}x{height} is above {native_width}x{native_height}, the native size of model {config.name}: "
+            f"objects tend to repeat; use hires fix (generate at {native_width}x{native_height} and upscale: "
+            "hires=HiresFix(...), --hires-scale, enable_hr)")
+
+
 # -- images ----------------------------------------------------------------------------------------------------
 def to_uint8(images):
     """Decoder output in [-1, 1] → uint8 (B, H, W, 3), KerasCV's conversion (``((x + 1) / 2) * 255``, clipped,
@@ -248,6 +270,8 @@ class Generator:
     lora_dir = None
     # whether the engine merges LoRA weights (the Keras engine does; an exported bundle cannot)
     can_merge_lora = False
+    # the VAE in tiles (``sd_keras.tiled_vae``): True, False, or None (automatic: above 1024x1024 pixels)
+    tiled_vae = None
     last_seed = None
     last_truncated = False
     last_generation = None
@@ -380,8 +404,14 @@ class Generator:
 
     def decode(self, latent):
         """uint8 images (B, H, W, 3) from latents (B, h, w, c); FloatingPointError when the decoder gives NaN or
-        inf."""
-        images = np.asarray(self._decode(np.asarray(latent, np.float32)))
+        inf. Decoded in tiles as ``tiled_vae`` says (``sd_keras.tiled_vae``)."""
+        from sd_keras import tiled_vae
+
+        latent = np.asarray(latent, np.float32)
+        if tiled_vae.use_tiles(self.tiled_vae, latent.shape[1] * 8, latent.shape[2] * 8):
+            images = tiled_vae.decode_tiled(self._decode, latent)
+        else:
+            images = np.asarray(self._decode(latent))
         if not np.all(np.isfinite(images)):
             raise FloatingPointError("the generated image contains NaN or inf" + self.nan_hint)
         return to_uint8(images)
@@ -391,8 +421,17 @@ class Generator:
         if self.image_encoder is None:
             raise InputError(self._missing_image_encoder())
         pixels = load_image(image, height, width, name=name)
-        latent = np.asarray(self._encode_image(_to_rgb_unit(pixels)), np.float32)
+        latent = self._encode_pixels(_to_rgb_unit(pixels))
         return np.repeat(latent, batch_size, axis=0)
+
+    def _encode_pixels(self, pixels):
+        """The latent (1, h, w, c) float32 of pixels (1, H, W, 3) in [-1, 1]; encoded in tiles as ``tiled_vae``
+        says (``sd_keras.tiled_vae``)."""
+        from sd_keras import tiled_vae
+
+        if tiled_vae.use_tiles(self.tiled_vae, pixels.shape[1], pixels.shape[2]):
+            return tiled_vae.encode_tiled(self._encode_image, pixels)
+        return np.asarray(self._encode_image(pixels), np.float32)
 
     @staticmethod
     def _noised(scheduler, original, initial, start):
@@ -430,6 +469,9 @@ class Generator:
         if context.shape[1] != unconditional.shape[1]:  # prompt and negative prompt of different chunk counts
             empty = np.asarray(self._encode_tokens(self.tokenize("")), np.float32)
             context, unconditional = prompts_lib.match_lengths(context, unconditional, empty)
+        note = native_size_note(self.config, height, width)
+        if note:
+            warnings.warn(note, AboveNativeSizeWarning, stacklevel=3)
         latent_shape = (height // 8, width // 8, self.latent_channels)
         initial, step_noise = self._noise(seed, batch_size, latent_shape, scheduler)
         if diffusion_noise is not None:
@@ -453,7 +495,7 @@ class Generator:
 
     def text_to_image(self, prompt, negative_prompt=None, batch_size=None, num_steps=50,
                       unconditional_guidance_scale=7.5, seed=None, *, sampler=None, height=None, width=None,
-                      progress=None):
+                      progress=None, hires=None):
         """Generate uint8 images (B, H, W, 3) for ``prompt`` (KerasCV's ``text_to_image``).
 
         ``prompt`` is a string or a list of strings, one per image: ``batch_size`` defaults to the list's length
@@ -467,7 +509,19 @@ class Generator:
             >>> sd = StableDiffusion.from_preset("tiny")
             >>> sd.text_to_image(["a red circle", "a blue square"], num_steps=2, height=64, width=64).shape
             (2, 64, 64, 3)
+
+        ``hires``: a ``sd_keras.hires.HiresFix``: ``height`` x ``width`` is then the first pass's size and the
+        images come at the hires target size (A1111's hires fix). Without it, a size above the model's native one
+        warns (``AboveNativeSizeWarning``).
         """
+        if hires is not None:
+            from sd_keras.hires import hires_fix
+
+            images = hires_fix(self, prompt, hires, negative_prompt=negative_prompt, batch_size=batch_size,
+                               num_steps=num_steps, unconditional_guidance_scale=unconditional_guidance_scale,
+                               seed=seed, sampler=sampler, height=height, width=width, progress=progress)
+            self.last_generation["prompt"] = prompt
+            return images
         batch_size = batch_size_for(batch_size, prompt, negative_prompt)
         prompts = _repeat_to(prompt_list(prompt), batch_size, "prompt")
         self._resolve(num_steps, unconditional_guidance_scale, sampler, height, width, batch_size, seed)  # first
@@ -575,6 +629,10 @@ class Generator:
                     "Size": f"{last['width']}x{last['height']}", "Model": self.config.name}
         if "strength" in last:
             settings["Denoising strength"] = last["strength"]
+        if "hires" in last:  # A1111 writes the first pass's size and the hires fields
+            first_height, first_width = last["hires"]["first_pass"]
+            settings["Size"] = f"{first_width}x{first_height}"
+            settings.update(last["hires"]["fields"])
         return metadata.format_parameters(item(last["prompt"]), item(last["negative_prompt"]), **settings)
 
     def save(self, images, path_pattern):
