@@ -57,20 +57,28 @@ def _unet_kwargs(kind):
                 projection_class_embeddings_input_dim=6 * TIME_DIM + 96, norm_num_groups=GROUPS)
 
 
-def build(kind="base", seed=0):
-    """``{"kind", "unet", "vae", "text_encoder" (None for the refiner), "text_encoder_2"}`` (eval mode)."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+def build_vae(generator):
+    from diffusers import AutoencoderKL
 
-    generator = torch.Generator().manual_seed(seed)
-    unet = UNet2DConditionModel(**_unet_kwargs(kind))
     vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
                         up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=VAE_CHANNELS,
                         layers_per_block=1, latent_channels=4, norm_num_groups=GROUPS, sample_size=64,
                         scaling_factor=0.13025, force_upcast=True)
+    _randomize(vae, generator)
+    return vae.eval()
+
+
+def build(kind="base", seed=0):
+    """``{"kind", "unet", "vae", "text_encoder" (None for the refiner), "text_encoder_2"}`` (eval mode)."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    generator = torch.Generator().manual_seed(seed)
+    unet = UNet2DConditionModel(**_unet_kwargs(kind))
+    vae = build_vae(generator)
     text_2 = CLIPTextModelWithProjection(CLIPTextConfig(**_text_kwargs(128, 2, 3, "gelu", projection_dim=96)))
     text = None if kind == "refiner" else CLIPTextModel(CLIPTextConfig(**_text_kwargs(64, 1, 3, "quick_gelu")))
-    for module in (unet, vae, text, text_2):
+    for module in (unet, text, text_2):
         if module is not None:
             _randomize(module, generator)
             module.eval()

@@ -5,6 +5,7 @@ and as original single files load into sd_keras models that compute what diffuse
 import dataclasses
 import json
 import os
+import types
 
 import numpy as np
 import pytest
@@ -260,6 +261,40 @@ def test_text_encoders_match_transformers(base):
     out = parts["text_encoder_2"]({"tokens": ids.astype("int32"), "positions": positions})
     assert_close(out["hidden_states"], hidden_2)
     assert_close(out["pooled"], pooled)
+
+
+def test_a_separate_vae_replaces_the_checkpoints(base, tmp_path):
+    """vae=: a diffusers VAE folder or a VAE file in the original names (as sdxl-vae-fp16-fix ships them)."""
+    from safetensors.torch import save_file
+
+    other = dx.build_vae(torch.Generator().manual_seed(11))
+    folder = str(tmp_path / "vae")
+    other.save_pretrained(folder)
+    original = {dx._vae_key(k, 4): (v[:, :, None, None] if ".attentions." in k and v.ndim == 2 else v)
+                for k, v in other.state_dict().items()}
+    single = str(tmp_path / "sdxl_vae.safetensors")
+    save_file({k: v.contiguous() for k, v in original.items()}, single)
+    with open_sdxl_checkpoint(base["folder"]) as plain:
+        unchanged = _plan_arrays(plain)
+    reference = None
+    for vae in (folder, single):
+        config, weights = load_sdxl_checkpoint(base["folder"], vae=vae)
+        with weights:
+            arrays = _plan_arrays(types.SimpleNamespace(plans=dict(weights)))
+        assert config.vae.scaling_factor == 0.13025
+        decoder = {k: v for k, v in arrays.items() if k[0] in ("decoder", "image_encoder")}
+        assert len(decoder) > 100
+        np.testing.assert_array_equal(decoder[("decoder", "conv_in/kernel")],
+                                      np.squeeze(other.decoder.conv_in.weight.detach().numpy().transpose(2, 3, 1, 0)))
+        assert not np.array_equal(decoder[("decoder", "conv_in/kernel")], unchanged[("decoder", "conv_in/kernel")])
+        np.testing.assert_array_equal(arrays[("diffusion_model", "conv_in/kernel")],
+                                      unchanged[("diffusion_model", "conv_in/kernel")])
+        if reference is not None:
+            for key, value in reference.items():
+                np.testing.assert_array_equal(decoder[key], value, err_msg=str(key))
+        reference = decoder
+    with pytest.raises(InputError, match="no such VAE file or folder"):
+        load_sdxl_checkpoint(base["folder"], vae=str(tmp_path / "missing.safetensors"))
 
 
 # ---------------------------------------------------------------------------------------------- key accounting

@@ -200,10 +200,10 @@ def _sdxl_config(name, text, text_2, unet, vae, image_size, prediction_type, pad
 
 
 # --------------------------------------------------------------------------------------------- diffusers
-def _diffusers_reader(folder, part):
+def _diffusers_reader(folder, part, stems=None):
     directory = os.path.join(folder, part)
     names = []
-    for stem in DIFFUSERS_WEIGHT_STEMS[part]:
+    for stem in stems or DIFFUSERS_WEIGHT_STEMS[part]:
         for variant in ("", ".fp16"):
             names += [f"{stem}{variant}.safetensors", f"{stem}{variant}.safetensors.index.json",
                       f"{stem}{variant}.bin", f"{stem}{variant}.bin.index.json"]
@@ -463,12 +463,72 @@ def open_sdxl_checkpoint(path, *, prediction_type=None):
     return checkpoint
 
 
-def load_sdxl_checkpoint(path, *, prediction_type=None, loras=()):
+def open_vae(path, vae_config):
+    """Plans for ``decoder`` and ``image_encoder`` from a separate VAE (e.g. madebyollin's ``sdxl-vae-fp16-fix``,
+    which decodes in float16 without overflowing): a diffusers ``AutoencoderKL`` folder (``config.json`` and
+    weights), or one ``.safetensors`` in diffusers' names or the original ones (``decoder.up.*``, with or without
+    ``first_stage_model.``). Its shapes must be ``vae_config``'s (the model's VAE). Returns ``(plans, readers,
+    scaling factor or None)``."""
+    path = os.fspath(path)
+    scaling = None
+    if os.path.isdir(path):
+        config_path = os.path.join(path, "config.json")
+        if not os.path.exists(config_path):
+            raise InputError(f"{path}: not a diffusers VAE folder (config.json is missing)")
+        vae_json = _read_json(config_path)
+        folder_config = _as_input_error(sd_diffusers.vae_config_from_diffusers, vae_json, config_path)
+        if folder_config.block_out_channels != vae_config.block_out_channels:
+            raise InputError(f"{config_path}: a VAE with channels {folder_config.block_out_channels}; this model's "
+                             f"has {vae_config.block_out_channels}")
+        scaling = folder_config.scaling_factor
+        reader = _diffusers_reader(path, "", DIFFUSERS_WEIGHT_STEMS["vae"])
+    elif os.path.isfile(path):
+        reader = open_tensor_file(path)
+    else:
+        raise InputError(f"{path}: no such VAE file or folder")
+    try:
+        keys = reader.keys()
+        if any(".up_blocks." in key or ".down_blocks." in key for key in keys):
+            layout, source = key_maps.DIFFUSERS, ComponentSource(reader, aliases=key_maps.DIFFUSERS_VAE_ALIASES)
+        else:
+            prefix = "first_stage_model." if any(k.startswith("first_stage_model.") for k in keys) else ""
+            layout, source = key_maps.ORIGINAL, ComponentSource(reader, prefix)
+        plans = {
+            "decoder": ComponentPlan("decoder", key_maps.DECODER, vae_config, layout, source,
+                                     unused=(r"^encoder\.", r"^quant_conv\.", r"^loss\.", r"^model_ema\.")),
+            "image_encoder": ComponentPlan("image_encoder", key_maps.IMAGE_ENCODER, vae_config, layout, source,
+                                           unused=(r"^decoder\.", r"^post_quant_conv\.", r"^loss\.",
+                                                   r"^model_ema\.")),
+        }
+        for plan in plans.values():
+            _as_input_error(plan.check_keys)
+    except BaseException:
+        reader.close()
+        raise
+    return plans, [reader], scaling
+
+
+def load_sdxl_checkpoint(path, *, prediction_type=None, loras=(), vae=None):
     """``(SDXLConfig, models.Weights)`` of an SDXL checkpoint; ``models.build_all(config, weights)`` builds and
     fills every component (and closes the files). ``loras``: ``(path, scale)`` pairs merged into each component
-    after it is filled (kohya ``lora_unet_`` / ``lora_te1_`` / ``lora_te2_`` or diffusers / PEFT files)."""
+    after it is filled (kohya ``lora_unet_`` / ``lora_te1_`` / ``lora_te2_`` or diffusers / PEFT files).
+    ``vae``: a separate VAE replacing the checkpoint's (see ``open_vae``; its folder's ``scaling_factor`` is
+    used)."""
     from sd_keras.weights.lora import read_lora
 
     lora_files = [(read_lora(lora_path), scale) for lora_path, scale in loras]
     checkpoint = open_sdxl_checkpoint(path, prediction_type=prediction_type)
+    if vae is not None:
+        try:
+            plans, readers, scaling = open_vae(vae, checkpoint.config.vae)
+        except BaseException:
+            checkpoint.close()
+            raise
+        checkpoint.plans.update(plans)
+        checkpoint._readers.extend(readers)
+        if scaling is not None and scaling != checkpoint.config.vae.scaling_factor:
+            checkpoint.config = dataclasses.replace(
+                checkpoint.config, vae=dataclasses.replace(checkpoint.config.vae, scaling_factor=scaling))
+        checkpoint.notes.append((logging.INFO, f"VAE from {vae}"))
+        LOG.info("%s: VAE from %s", path, vae)
     return checkpoint.config, checkpoint.weights(lora_files)
