@@ -365,12 +365,14 @@ def test_bad_manifest_is_named(fp32_bundle, tmp_path, edit, message):
 
 @pytest.mark.slow
 def test_runner_rejects_other_sizes_and_inpainting(runner):
-    with pytest.raises(ValueError, match="fixed size 64x64"):
+    from sd_keras.errors import InputError
+
+    with pytest.raises(InputError, match="fixed size 64x64"):
         runner.text_to_image(PROMPT, num_steps=2, height=128, width=64)
-    with pytest.raises(ValueError, match="multiple of 64"):
+    with pytest.raises(InputError, match="multiple of 64"):
         runner.text_to_image(PROMPT, num_steps=2, height=100, width=64)
-    with pytest.raises(ValueError, match="inpainting"):
-        runner.inpaint(PROMPT, None, None)
+    with pytest.raises(InputError, match="inpainting is not available from a bundle"):
+        runner.inpaint(PROMPT, None, None)  # refused before the image is read
 
 
 @pytest.mark.slow
