@@ -104,6 +104,8 @@ def main(argv=None):
         args.model, args.random, args.size, args.steps = "tiny", False, 64, 2
         args.batches, args.images, args.shard_size, args.bare_runs = [2, 4], 16, 4, 3
 
+    # the Ray actor shares the GPU with this process: JAX must not reserve most of its memory up front
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     from sd_keras import files, loading
     from sd_keras.pipeline import StableDiffusion
 
@@ -124,11 +126,18 @@ def main(argv=None):
             print(batch, json.dumps(entry), flush=True)
             results[str(batch)] = entry
         if not args.no_ray:
+            import gc
+
             import ray
 
+            del model  # this process's copy: the actor loads its own
+            gc.collect()
+
             gpus = 0 if platform_name == "cpu" else 1
-            ray.init(num_cpus=2, num_gpus=gpus, object_store_memory=200 * 1024 * 1024, include_dashboard=False,
-                     runtime_env={"env_vars": {"KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "tensorflow")}})
+            ray.init(address="local", num_cpus=2, num_gpus=gpus, object_store_memory=200 * 1024 * 1024,
+                     include_dashboard=False,
+                     runtime_env={"env_vars": {"KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "tensorflow"),
+                                               "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}})
             try:
                 for batch in args.batches:
                     on_ray = _dataset(model_spec, batch, args, work, ray="auto", ray_workers=1,

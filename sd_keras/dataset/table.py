@@ -34,7 +34,6 @@ FORMATS = {".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", 
            ".pq": "parquet"}
 MAX_IMAGES_PER_ROW = 10_000
 MAX_SEED = 2**64 - 1
-# The shapes demo model's vocabulary, for templates: ``{"color": [...], ...}`` (``--var color=@shapes``).
 
 
 def shapes_vocabulary():
