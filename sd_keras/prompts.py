@@ -361,13 +361,13 @@ def sync_prompt_loras(generator, loras):
         InputError: a tag names no file of the LoRA folder, there is no LoRA folder, or the engine cannot merge
             LoRAs (an exported bundle).
     """
+    if loras and not getattr(generator, "can_merge_lora", False):
+        raise InputError("prompt: <lora:...> tags need a Keras model (a preset or checkpoint), not an exported "
+                         "bundle")
     wanted = tuple((find_lora(lora.name, generator.lora_dir), lora.weight) for lora in loras)
     current = getattr(generator, "_prompt_loras", ())
     if wanted == tuple((applied.path, applied.scale) for applied in current):
         return
-    if wanted and not getattr(generator, "can_merge_lora", False):
-        raise InputError("prompt: <lora:...> tags need a Keras model (a preset or checkpoint), not an exported "
-                         "bundle")
     from sd_keras.weights.lora import apply_lora
 
     for applied in reversed(current):

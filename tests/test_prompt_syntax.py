@@ -511,3 +511,28 @@ def test_server_reads_a1111_prompts_by_default(tiny, lora_dir):
     finally:
         sync_prompt_loras(tiny, [])
         tiny.prompt_syntax, tiny.lora_dir = None, None
+
+
+@pytest.mark.slow  # exports a LiteRT bundle
+@pytest.mark.once  # LiteRT export runs on TensorFlow
+def test_bundle_runner_reads_one_chunk_with_the_same_encoding(tiny, a1111, tmp_path):
+    from sd_keras.export import exporter
+    from sd_keras.export.runner import BundleRunner
+
+    path = tmp_path / "tiny-fp32"
+    exporter.export_bundle(tiny, str(path), quantization="fp32", image_encoder=False, calibration_prompts=["a cat"],
+                           calibration_steps=2, parity_samples=2, latency_runs=1, quality_gates=False)
+    runner = BundleRunner(str(path))
+    assert runner.prompt_syntax is None
+    runner.prompt_syntax = "a1111"
+    # two chunks: the bundle's text encoder is called per chunk. (No emphasis here: the tiny model's random text
+    # encoder ends in a layer norm without bias, so its outputs' mean is ~0 and the mean restoring is ill-posed.)
+    prompt = "a red cat BREAK on a mat"
+    np.testing.assert_allclose(runner.encode_text(prompt), tiny.encode_text(prompt), atol=1e-4)
+    # its UNet was exported for 77 context tokens: a prompt of two chunks is refused, one chunk runs
+    with pytest.raises(InputError, match="context"):
+        runner.text_to_image(prompt, num_steps=2, seed=3)
+    images = runner.text_to_image("a (red:1.4) [cat]", num_steps=2, seed=3)
+    assert images.shape == (1, 64, 64, 3)
+    with pytest.raises(InputError, match="tags need a Keras model"):
+        runner.text_to_image("a cat <lora:style>", num_steps=2, seed=3)
