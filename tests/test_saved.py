@@ -65,6 +65,10 @@ def test_bad_folders(tmp_path):
                                                       "config": {"name": "x", "unet": {"channels": [1]}}}))
     with pytest.raises(InputError, match="config.json: 'config' is not a valid model config"):
         saved.load(str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps({"format": saved.FORMAT, "format_version": 1,
+                                                      "family": "sd-9", "config": {"name": "x"}}))
+    with pytest.raises(InputError, match="unknown model family 'sd-9'"):
+        saved.load(str(tmp_path))
     with pytest.raises(InputError, match="no packaged weights"):
         saved.load_packaged("nothing-here")
 
@@ -72,6 +76,8 @@ def test_bad_folders(tmp_path):
 def test_load_returns_the_config_and_lazy_weights(sd, tmp_path):
     folder = sd.save_pretrained(str(tmp_path / "model"))
     os.remove(os.path.join(folder, "image_encoder.safetensors"))  # optional
+    with open(os.path.join(folder, "config.json")) as f:
+        assert json.load(f)["family"] == "sd"  # the registry's family: another family's folder says its own
     config, weights = saved.load(folder)
     assert config == sd.config and sorted(weights) == ["decoder", "diffusion_model", "text_encoder"]
     parts = models.build_all(config, weights)

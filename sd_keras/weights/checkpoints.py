@@ -168,9 +168,7 @@ def convert_checkpoint(path, output, *, prediction_type=None, weight_dtype=None,
                                         dtype=weight_dtype)
                 del model
                 gc.collect()
-            files.write_json(os.path.join(staging, "config.json"),
-                             {"format": saved.FORMAT, "format_version": saved.FORMAT_VERSION,
-                              "config": config.to_dict()})
+            files.write_json(os.path.join(staging, "config.json"), saved.config_json(config))
     return output
 
 

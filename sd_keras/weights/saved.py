@@ -4,7 +4,8 @@ Tensors are keyed by Keras variable path (``diffusion_model/down_0_res_0/conv1/k
 exactly which weight is which; loading checks every key and shape before it assigns anything.
 
     folder/
-      config.json                 {"format": "sd_keras.saved", "format_version": 1, "config": ModelConfig dict}
+      config.json                 {"format": "sd_keras.saved", "format_version": 1, "family": "sd",
+                                   "config": the family's config as a dict (a ModelConfig for "sd")}
       text_encoder.safetensors
       diffusion_model.safetensors
       decoder.safetensors
@@ -52,8 +53,7 @@ def save_pretrained(sd, folder, *, weight_dtype=None):
 
     folder = os.path.abspath(folder)
     with files.atomic_folder(folder) as staging:
-        files.write_json(os.path.join(staging, "config.json"),
-                         {"format": FORMAT, "format_version": FORMAT_VERSION, "config": sd.config.to_dict()})
+        files.write_json(os.path.join(staging, "config.json"), config_json(sd.config))
         for component in models.components(sd.config):
             model = getattr(sd, component, None)
             if model is None:
@@ -74,8 +74,17 @@ def is_saved_folder(path):
         return False
 
 
+def config_json(config):
+    """The ``config.json`` content of a saved model of ``config`` (its family named; none means ``"sd"``)."""
+    from sd_keras.models.registry import family_of
+
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "family": family_of(config).name,
+            "config": config.to_dict()}
+
+
 def read_config(folder):
-    from sd_keras.config import ModelConfig
+    """The config of a saved folder, as its family's config class (``ModelConfig`` for SD 1.x / 2.x)."""
+    from sd_keras.models.registry import FAMILIES
 
     path = os.path.join(folder, "config.json")
     try:
@@ -89,8 +98,11 @@ def read_config(folder):
     if data.get("format_version") != FORMAT_VERSION:
         raise InputError(f"{path}: format_version {data.get('format_version')!r} is not supported "
                          f"(this sd_keras reads {FORMAT_VERSION})")
+    family = FAMILIES.get(data.get("family", "sd"))
+    if family is None:
+        raise InputError(f"{path}: unknown model family {data.get('family')!r} (known: {', '.join(FAMILIES)})")
     try:
-        return ModelConfig.from_dict(data["config"])
+        return family.config_class.from_dict(data["config"])
     except (KeyError, TypeError, ValueError) as error:
         raise InputError(f"{path}: 'config' is not a valid model config ({error})") from None
 
