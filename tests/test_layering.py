@@ -59,6 +59,8 @@ LAYERS = {
     "sd_keras.dataset": TASKS,
     "sd_keras.evaluate": TASKS,
     "sd_keras.upscale": TASKS,
+    "sd_keras.hires": TASKS,
+    "sd_keras.tiled_vae": TASKS,
     "sd_keras": API,
     "sd_keras.cli": FRONT_ENDS,
     "sd_keras.server": FRONT_ENDS,
