@@ -4,6 +4,7 @@ import hashlib
 import json
 import os
 import queue
+import shutil
 import sys
 import threading
 import time
@@ -226,6 +227,14 @@ def _start(out, job, num_shards, resume):
         if differing:
             raise InputError(f"{out}: --resume with other settings than the job it holds (differing: "
                              f"{', '.join(differing)})")
+        # what writes killed mid-way left (temporaries next to their targets); one job per folder at a time
+        names = [shard_io.shard_name(index, job["output_format"]) for index in range(num_shards)]
+        for name in names + [manifest_lib.MANIFEST, manifest_lib.REJECTS]:
+            for leftover in files.temporaries_of(os.path.join(out, name)):
+                if os.path.isdir(leftover):
+                    shutil.rmtree(leftover, ignore_errors=True)
+                else:
+                    os.unlink(leftover)
         kept = []
         for shard in manifest["shards"]:  # a damaged or missing shard is generated again
             shard_path = os.path.join(out, shard["name"])
