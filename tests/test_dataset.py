@@ -259,6 +259,7 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_dataset(tmp_path, 
     (tmp_path / "out" / ".shard-00002.tar.0123456789ab.tmp").write_bytes(b"half")  # a write killed mid-way
     resumed = dataset.generate(rows, tmp_path / "out", resume=True, **options)
     assert resumed["timing"]["images_this_run"] == 5  # shards 1, 2 and 3
+    assert not (tmp_path / "out" / ".shard-00002.tar.0123456789ab.tmp").exists()
     assert resumed["complete"] and dataset.verify(tmp_path / "out")
     assert _shard_hashes(tmp_path / "out") == _shard_hashes(tmp_path / "ref")
     names = sorted(name for name in os.listdir(tmp_path / "out") if name.startswith("shard-"))
