@@ -61,7 +61,10 @@ def cmd_dataset(args):
 def register(commands):
     parser = commands.add_parser("dataset", help="a prompt table or template → sharded image dataset (resumable, "
                                                  "local GPUs or Ray)",
-                                 description=__doc__.split("\n\n")[0])
+                                 description="A prompt table (CSV, TSV, JSONL, Parquet) or a template to a sharded, "
+                                             "resumable image dataset (WebDataset, Parquet or imagefolder shards "
+                                             "with a manifest), on this host or a Ray cluster. Table columns "
+                                             "override the options per row; bad rows go to OUT/rejects.jsonl.")
     parser.add_argument("table", nargs="?", help="CSV, TSV, JSONL or Parquet file with a 'prompt' column")
     parser.add_argument("--template", help='prompt template, e.g. "a {color} {shape}" (with --var)')
     parser.add_argument("--var", action="append", default=[], metavar="NAME=V1,V2|@shapes",
