@@ -132,6 +132,24 @@ def test_sd1_single_file(sd1):
     assert_same_weights(StableDiffusion.from_checkpoint(sd1["ckpt"]), sd)
 
 
+def test_load_checkpoint_returns_the_config_and_weights_that_fill_the_registry_s_models(sd1, monkeypatch):
+    from sd_keras.weights import checkpoints
+
+    closed = []
+    close = checkpoints.Checkpoint.close
+    monkeypatch.setattr(checkpoints.Checkpoint, "close", lambda self: (closed.append(self.path), close(self)))
+    config, weights = checkpoints.load_checkpoint(sd1["ckpt"])
+    assert config.unet.context_dim == 128 and list(weights) == list(models.COMPONENTS)
+    assert weights.source == sd1["ckpt"] and any("prediction type epsilon" in note for _, note in weights.notes)
+    assert not closed
+    parts = models.build_all(config, weights, dtype="mixed_bfloat16")
+    assert closed == [sd1["ckpt"]]  # the files are released once every model is filled
+    assert models.built_with(parts["diffusion_model"], "mixed_bfloat16")
+    expected = StableDiffusion.from_checkpoint(sd1["ckpt"])
+    for name, model in parts.items():
+        assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), getattr(expected, name).get_weights()))
+
+
 def test_sd2_diffusers_folder(sd2):
     sd = StableDiffusion.from_checkpoint(sd2["folder"])
     config = sd.config
