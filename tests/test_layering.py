@@ -52,6 +52,7 @@ LAYERS = {
     "sd_keras.generator": TASKS,
     "sd_keras.loop": TASKS,
     "sd_keras.pipeline": TASKS,
+    "sd_keras.pipeline_sdxl": TASKS,
     "sd_keras.prompts": TASKS,
     "sd_keras.export": TASKS,
     "sd_keras.train": TASKS,
