@@ -152,6 +152,11 @@ class SDXLConfig:
     def is_refiner(self):
         return self.text_encoder is None
 
+    @property
+    def pad_token_id(self):
+        """The first encoder's pad id: prompts are tokenized with it (each encoder re-pads its own copy)."""
+        return self.pad_token_ids[0]
+
     def to_dict(self):
         """Nested dict of plain values (``json.dumps`` writes it as is)."""
         return dataclasses.asdict(self)

@@ -2,9 +2,11 @@
 
 ``spec`` is one of
 
-- a preset name (``"tiny"``, ``"shapes"``, ``"sd-v1"``, ``"sd-v2"``): ``StableDiffusion.from_preset``;
+- a preset name (``"tiny"``, ``"shapes"``, ``"sd-v1"``, ``"sd-v2"``): ``StableDiffusion.from_preset``; an SDXL
+  preset (``"sd-xl"``, ``"sd-xl-refiner"``, ``"tiny-xl"``, ...): ``StableDiffusionXL.from_preset``;
 - a checkpoint: an sd_keras saved folder (``save_pretrained`` / ``sd-keras convert``), a diffusers folder, or an
-  original single ``.safetensors`` / ``.ckpt`` file: ``StableDiffusion.from_checkpoint``;
+  original single ``.safetensors`` / ``.ckpt`` file: ``StableDiffusion.from_checkpoint`` (an SDXL diffusers folder or
+  single file: ``StableDiffusionXL.from_checkpoint``);
 - an exported LiteRT bundle folder (it holds ``manifest.json``): ``sd_keras.export.runner.BundleRunner``.
 
 The front ends (``sd-keras generate -m``, ``sd-keras export -m``, ``sd-keras serve -m``) and
@@ -24,7 +26,7 @@ Example:
     >>> sd_keras.load("no-such-model")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    sd_keras.errors.InputError: unknown model 'no-such-model': not a preset (sd-v1, sd-v2, tiny, shapes) and no ...
+    sd_keras.errors.InputError: unknown model 'no-such-model': not a preset (sd-v1, sd-v2, tiny, shapes, sd-xl, ...
 """
 
 import os
@@ -37,8 +39,9 @@ PRESET, CHECKPOINT, BUNDLE = "preset", "checkpoint", "bundle"
 
 def _preset_names():
     from sd_keras import presets
+    from sd_keras.pipeline_sdxl import preset_names
 
-    return presets.names()
+    return presets.names() + preset_names()
 
 
 def spec_kind(spec, *, prediction_type=None, ema=False):
@@ -69,8 +72,8 @@ def spec_kind(spec, *, prediction_type=None, ema=False):
 
 
 def load(spec, *, dtype="float32", prediction_type=None, ema=False):
-    """The model ``spec`` names: a ``StableDiffusion`` for a preset or checkpoint, a ``BundleRunner`` for an
-    exported bundle folder.
+    """The model ``spec`` names: a ``StableDiffusion`` for a preset or checkpoint (``StableDiffusionXL`` for an
+    SDXL one), a ``BundleRunner`` for an exported bundle folder.
 
     ``dtype``: compute dtype of a Keras model (``"float32"``, ``"bfloat16"``, ``"float16"``); a bundle runs at
     the precisions it was exported with. ``prediction_type`` / ``ema``: how a checkpoint file is read (see
@@ -86,7 +89,15 @@ def load(spec, *, dtype="float32", prediction_type=None, ema=False):
 
         return BundleRunner(spec)
     from sd_keras.pipeline import StableDiffusion
+    from sd_keras.pipeline_sdxl import StableDiffusionXL, preset_names
 
+    if kind == PRESET and spec in preset_names():
+        return StableDiffusionXL.from_preset(spec, dtype=dtype)
+    if kind == CHECKPOINT and not ema:
+        from sd_keras.weights.sdxl import is_sdxl_checkpoint
+
+        if is_sdxl_checkpoint(spec):
+            return StableDiffusionXL.from_checkpoint(spec, dtype=dtype, prediction_type=prediction_type)
     if kind == PRESET:
         return StableDiffusion.from_preset(spec, dtype=dtype)
     return StableDiffusion.from_checkpoint(spec, dtype=dtype, prediction_type=prediction_type, ema=ema)

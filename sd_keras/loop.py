@@ -230,11 +230,12 @@ class DenoisingLoop:
                 model_input = sampler.scale_model_input(latent, i)
                 if mode == CONCAT:
                     model_input = ops.concatenate([model_input, extra["cond"]], -1)
-                outputs, _ = model.stateless_call(
-                    trainable, non_trainable,
-                    {"latent": _pairs(model_input, model_input), "timestep_embedding": t_embedding,
-                     "context": both_contexts},
-                )
+                inputs = {"latent": _pairs(model_input, model_input), "timestep_embedding": t_embedding,
+                          "context": both_contexts}
+                if "text_embeds" in extra:  # SDXL's added conditioning, paired as the contexts are
+                    inputs["text_embeds"] = _pairs(extra["uncond_text_embeds"], extra["text_embeds"])
+                    inputs["time_ids"] = _pairs(extra["uncond_time_ids"], extra["time_ids"])
+                outputs, _ = model.stateless_call(trainable, non_trainable, inputs)
                 outputs = ops.reshape(ops.cast(outputs, "float32"), (batch, 2) + tuple(outputs.shape[1:]))
                 unconditional, conditional = outputs[:, 0], outputs[:, 1]
                 prediction = unconditional + guidance * (conditional - unconditional)
@@ -284,8 +285,9 @@ class DenoisingLoop:
 
     # -- running it ------------------------------------------------------------------------------------------
     def __call__(self, sampler, context, unconditional_context, latent, noise=None, *, guidance_scale=7.5,
-                 start_index=0, mode=TXT2IMG, extra=None, progress=None):
-        """Denoise ``latent`` from step ``start_index`` to the end and return the final latent (float32).
+                 start_index=0, mode=TXT2IMG, extra=None, progress=None, added=None, stop_index=None):
+        """Denoise ``latent`` from step ``start_index`` to ``stop_index`` (None: the end) and return the latent
+        (float32).
 
         Args:
             sampler: a scheduler from ``sd_keras.schedulers``.
@@ -294,6 +296,11 @@ class DenoisingLoop:
             noise: (num_steps, B, h, w, 4) per-step unit noise for ancestral samplers (else ignored).
             guidance_scale: classifier-free guidance scale.
             start_index: first step to run (image-to-image starts later).
+            stop_index: the step to stop before (None: ``sampler.num_steps``); SDXL's ``denoising_end`` stops early
+                and hands the latent to a refiner.
+            added: the added conditioning of an SDXL UNet, arguments of the program like the contexts:
+                ``text_embeds`` / ``uncond_text_embeds`` (B, pooled_dim) and ``time_ids`` / ``uncond_time_ids``
+                (B, num_time_ids); None for SD 1.x / 2.x (their programs are unchanged).
             mode: ``"txt2img"`` (also image-to-image), ``"blend"`` (inpainting with a plain UNet: ``extra`` has
                 ``original`` latent, ``noise`` (B,h,w,4) and ``mask`` (B,h,w,1), 1 = repaint) or ``"concat"``
                 (9-channel inpainting UNet: ``extra["cond"]`` is the (B,h,w,5) mask + masked-image latent).
@@ -307,13 +314,15 @@ class DenoisingLoop:
                 (then the program is compiled on its own, by a run of zero steps) and with ``"sampling"`` when
                 the steps start, so a progress display can say why it waits and time the steps alone.
         """
-        num_steps = int(sampler.num_steps)
+        num_steps = int(sampler.num_steps) if stop_index is None else int(stop_index)
         latent = np.asarray(latent, dtype=np.float32)
         if noise is None or not sampler.needs_noise:
             noise = np.zeros((1,) + latent.shape, np.float32)
         extra = {k: np.asarray(v, np.float32) for k, v in (extra or {}).items()}
         if mode == TXT2IMG:
             extra = {"unused": np.zeros((1,), np.float32)}
+        if added:
+            extra.update({k: np.asarray(v, np.float32) for k, v in added.items()})
         weights = model_state(self.diffusion_model)
         latent = backend.shard_batch(latent)  # data parallel over devices when a distribution is set
         context = backend.shard_batch(ops.convert_to_tensor(context))
@@ -340,16 +349,16 @@ class DenoisingLoop:
                 self._progress_sink = None
         else:
             latent, traces, started = self._run_in_chunks(sampler, mode, weights, latent, state, args, extra,
-                                                          start_index, every, progress)
+                                                          start_index, every, progress, num_steps)
         if self.trace_count == traces and num_steps > start_index:  # not timed when it compiled
             self._seconds_per_step[timing_key] = (time.perf_counter() - started) / (num_steps - start_index)
         return latent
 
-    def _run_in_chunks(self, sampler, mode, weights, latent, state, args, extra, start_index, every, progress):
+    def _run_in_chunks(self, sampler, mode, weights, latent, state, args, extra, start_index, every, progress,
+                       num_steps):
         """Progress without host calls inside the program (TensorFlow's XLA): the program runs ``every`` steps
         per call and each call reports its steps when it returns. Returns the latent and the trace count and
         time at the start of the steps."""
-        num_steps = int(sampler.num_steps)
         program = self._program(sampler, mode, False, (latent, args[2], extra))
         weights = self._weights_in_compute_dtype(weights)  # cast once, not once per chunk
         self._start(program, progress, weights, latent, state, args, every, extra)
