@@ -342,7 +342,7 @@ def test_kill_9_loses_only_the_shards_in_flight(tmp_path):
     out = tmp_path / "out"
     process = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(out), "0.3", "new"])
     try:
-        deadline = time.time() + 240
+        deadline = time.time() + 600  # a busy machine compiles slowly
         while time.time() < deadline:
             if (out / "manifest.json").exists() and len(manifest_lib.load(out)["shards"]) >= 3:
                 break
@@ -359,11 +359,11 @@ def test_kill_9_loses_only_the_shards_in_flight(tmp_path):
     for shard in killed["shards"]:  # every listed shard is whole
         assert manifest_lib.shard_io.shard_sha256(str(out / shard["name"])) == shard["sha256"]
     result = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(out), "0", "resume"], capture_output=True,
-                            text=True, timeout=300)
+                            text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
     reference = tmp_path / "reference"
     result = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(reference), "0", "new"], capture_output=True,
-                            text=True, timeout=300)
+                            text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
     assert dataset.verify(out)["counts"]["written"] == 24
     assert _shard_hashes(out) == _shard_hashes(reference)
@@ -409,7 +409,7 @@ def test_devices_all_writes_the_single_device_shards(tmp_path):
     env = {**os.environ, "KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     for devices in ("1", "all"):
         result = subprocess.run([sys.executable, "-c", DEVICES_SCRIPT, str(tmp_path / devices), devices], env=env,
-                                capture_output=True, text=True, timeout=300)
+                                capture_output=True, text=True, timeout=900)
         assert result.returncode == 0, result.stderr[-2000:]
     one, two = (manifest_lib.load(tmp_path / name) for name in ("1", "all"))
     assert one["counts"] == two["counts"] == {"images": 6, "written": 6, "rejected": 0, "filtered": 0}
