@@ -260,6 +260,16 @@ def _upscale_images(images, hires, height, width):
     return out[:, top:top + height, left:left + width]
 
 
+class _SecondPassProgress:
+    """The second pass's step count continued after the first pass's (one bar for both)."""
+
+    def __init__(self, progress, offset):
+        self.progress, self.offset = progress, offset
+
+    def __call__(self, step_done):
+        self.progress(step_done + self.offset)
+
+
 def hires_fix(generator, prompt, hires, *, negative_prompt=None, batch_size=None, num_steps=50,
               unconditional_guidance_scale=7.5, seed=None, sampler=None, height=None, width=None, progress=None):
     """Run a hires fix on ``generator`` (a ``sd_keras.generator.Generator``); uint8 images at the target size.
@@ -310,7 +320,8 @@ def hires_fix(generator, prompt, hires, *, negative_prompt=None, batch_size=None
         noised = generator._noised(scheduler, upscaled, initial, start)
         upscaled = generator._denoise(scheduler, context, unconditional, noised, step_noise,
                                       guidance_scale=unconditional_guidance_scale, start_index=start,
-                                      progress=progress)
+                                      progress=_SecondPassProgress(progress, num_steps - start) if progress
+                                      else None)
     images = generator.decode(upscaled)
     generator.last_seed = seed
     generator._record(prompt, negative_prompt, batch_size, num_steps, unconditional_guidance_scale, sampler,

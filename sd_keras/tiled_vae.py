@@ -52,14 +52,17 @@ def use_tiles(tiled, height, width):
     return height * width > AUTO_PIXELS if tiled is None else tiled
 
 
-def decode_tiled(decode, latent, *, tile=DECODE_TILE, overlap=DECODE_OVERLAP):
+def decode_tiled(decode, latent, *, tile=None, overlap=None):
     """``decode`` ((B, h, w, c) latents → (B, 8h, 8w, 3)) run on ``tile`` x ``tile`` latent tiles overlapping by
-    ``overlap`` latent pixels, blended; float32 (B, 8h, 8w, 3)."""
+    ``overlap`` latent pixels (default: ``DECODE_TILE``, ``DECODE_OVERLAP``), blended; float32 (B, 8h, 8w, 3)."""
+    tile, overlap = tile or DECODE_TILE, DECODE_OVERLAP if overlap is None else overlap
     return tiling.tiled_apply(decode, np.asarray(latent, np.float32), 8, tile=tile, overlap=overlap)
 
 
-def encode_tiled(encode, pixels, *, tile=ENCODE_TILE, overlap=ENCODE_OVERLAP):
+def encode_tiled(encode, pixels, *, tile=None, overlap=None):
     """``encode`` ((1, H, W, 3) pixels in [-1, 1] → (1, H/8, W/8, c)) run on ``tile`` x ``tile`` pixel tiles
-    (multiples of 8) overlapping by ``overlap`` pixels, blended; float32 (1, H/8, W/8, c)."""
+    (multiples of 8) overlapping by ``overlap`` pixels (default: ``ENCODE_TILE``, ``ENCODE_OVERLAP``), blended;
+    float32 (1, H/8, W/8, c)."""
+    tile, overlap = tile or ENCODE_TILE, ENCODE_OVERLAP if overlap is None else overlap
     return tiling.tiled_apply(encode, np.asarray(pixels, np.float32), fractions.Fraction(1, 8), tile=tile,
                               overlap=overlap, align=8)

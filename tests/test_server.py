@@ -352,7 +352,7 @@ BAD_REQUESTS = [
     ("POST", "/sdapi/v1/txt2img", {"cfg_scale": "nan"}, {}, 422, "cfg_scale"),
     ("POST", "/sdapi/v1/txt2img", {"sampler_name": "Heun"}, {}, 422, "sampler_name 'Heun' is unknown"),
     ("POST", "/sdapi/v1/txt2img", {"scheduler": "exponential"}, {}, 422, "scheduler 'exponential'"),
-    ("POST", "/sdapi/v1/txt2img", {"enable_hr": True}, {}, 422, "enable_hr"),
+    ("POST", "/sdapi/v1/txt2img", {"enable_hr": True, "hr_scale": 1.5}, {}, 422, "hires fix: target size"),
     ("POST", "/sdapi/v1/txt2img", {"prompt": "x" * 10_001}, {}, 422, "prompt"),
     ("POST", "/sdapi/v1/txt2img", {"override_settings": {"sd_model_checkpoint": "/etc/passwd"}}, {}, 404,
      "not registered"),

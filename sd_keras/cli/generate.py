@@ -80,7 +80,40 @@ def check_generate_arguments(args):
     for flag, image in (("--init-img", args.init_img), ("--mask", args.mask)):
         if image:
             load_image(image, name=flag)  # unreadable, or too large, before minutes of loading
+    hires_of(args)
     return check_output_paths(args.output, args.batch_count)
+
+
+def hires_of(args):
+    """The ``sd_keras.hires.HiresFix`` of the ``--hires-*`` flags (None without ``--hires-scale`` /
+    ``--hires-resize``); InputError for bad values, for hires with ``--init-img``, and for a target size that is
+    not a multiple of 64 when ``-W`` / ``-H`` are given."""
+    if args.hires_scale is None and args.hires_resize is None:
+        return None
+    from sd_keras.generator import check_size
+    from sd_keras.hires import HiresFix
+
+    if args.init_img:
+        raise InputError("--hires-scale / --hires-resize apply to text-to-image, not to --init-img")
+    resize_x = resize_y = 0
+    if args.hires_resize is not None:
+        try:
+            resize_x, resize_y = (int(side) for side in args.hires_resize.lower().split("x"))
+        except ValueError:
+            raise InputError(f"--hires-resize {args.hires_resize!r}: give WIDTHxHEIGHT, e.g. 1024x1024 (0 for a "
+                             "side: keep the aspect ratio)") from None
+    hires = HiresFix(scale=2.0 if args.hires_scale is None else args.hires_scale, upscaler=args.hires_upscaler,
+                     denoising_strength=args.hires_strength, second_pass_steps=args.hires_steps,
+                     resize_x=resize_x, resize_y=resize_y, sampler=args.hires_sampler,
+                     prompt=args.hires_prompt or None, negative_prompt=args.hires_negative_prompt or None)
+    if args.width is not None and args.height is not None:
+        height, width = hires.target_size(args.height, args.width)
+        try:
+            check_size(height, width)
+        except InputError as error:
+            raise InputError(f"hires target size {width}x{height} (first pass {args.width}x{args.height}): "
+                             f"{error}") from None
+    return hires
 
 
 def cmd_generate(args):
@@ -97,13 +130,30 @@ def cmd_generate(args):
         model = sd_keras.load(args.model, dtype=args.dtype, prediction_type=args.prediction_type, ema=args.ema)
     apply_lora_arguments(model, args)
     model.prompt_syntax, model.lora_dir = prompt_syntax_of(args), args.lora_dir
+    model.tiled_vae = args.tiled_vae
+    hires = hires_of(args)
+    if hires is None:
+        # the size from the model when left out; the note is printed here, once, instead of the API's warning
+        from sd_keras.generator import native_size_note
+
+        note = native_size_note(model.config, args.height or model.config.image_size[0],
+                                args.width or model.config.image_size[1])
+        if note:
+            print(f"warning: {note}", file=sys.stderr, flush=True)
     seed = noise.random_seed() if args.seed is None or args.seed < 0 else args.seed
     height = model.config.image_size[0] if args.height is None else args.height
     width = model.config.image_size[1] if args.width is None else args.width
     common = dict(negative_prompt=args.negative_prompt or None, batch_size=args.batch_count,
                   num_steps=args.steps, unconditional_guidance_scale=args.cfg_scale, seed=seed,
                   sampler=args.sampling_method, height=height, width=width)
-    progress, close = _progress_bar(args.steps, args.progress and sys.stderr.isatty() or args.progress == "always")
+    total_steps = args.steps
+    if hires is not None:  # the second pass's steps follow the first pass's on one bar
+        from sd_keras.schedulers import get_sampler
+
+        second = get_sampler(hires.sampler or args.sampling_method, hires.second_pass_steps or args.steps)
+        total_steps += second.num_steps - min(second.num_steps, second.start_index(hires.denoising_strength))
+    progress, close = _progress_bar(total_steps,
+                                    args.progress and sys.stderr.isatty() or args.progress == "always")
     try:
         if args.init_img and args.mask:
             images = model.inpaint(args.prompt, args.init_img, args.mask, strength=args.strength, progress=progress,
@@ -111,12 +161,20 @@ def cmd_generate(args):
         elif args.init_img:
             images = model.image_to_image(args.prompt, args.init_img, args.strength, progress=progress, **common)
         else:
-            images = model.text_to_image(args.prompt, progress=progress, **common)
+            import warnings
+
+            from sd_keras.generator import AboveNativeSizeWarning
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", AboveNativeSizeWarning)  # printed above
+                images = model.text_to_image(args.prompt, progress=progress, hires=hires, **common)
     finally:
         close()
     settings = {"Steps": args.steps, "Sampler": args.sampling_method, "CFG scale": args.cfg_scale}
     for i, (image, path) in enumerate(zip(np.asarray(images), paths)):
         extra = {"Denoising strength": args.strength} if args.init_img else {}
+        if hires is not None:
+            extra = hires.parameters(args.steps)
         text = metadata.format_parameters(args.prompt, args.negative_prompt or None, **settings, Seed=seed + i,
                                           Size=f"{width}x{height}", Model=os.path.basename(args.model.rstrip("/")),
                                           **extra)
@@ -151,6 +209,26 @@ def register(subparsers):
     gen.add_argument("--strength", type=float, default=cli.strength,
                      help="how much of --init-img is redrawn, in [0, 1] (default: %(default)s)")
     gen.add_argument("--mask")
+    hires = gen.add_argument_group("hires fix", "draw at -W x -H, upscale, redraw at the target size "
+                                                "(AUTOMATIC1111's hires fix)")
+    hires.add_argument("--hires-scale", type=float, help="target size / first-pass size, e.g. 2")
+    hires.add_argument("--hires-resize", metavar="WxH",
+                       help="target size instead of --hires-scale (0 for a side keeps the aspect ratio)")
+    hires.add_argument("--hires-upscaler", default="Latent",
+                       help="Latent, Latent (bicubic), Latent (nearest-exact), Lanczos, Nearest, or an upscaler "
+                            "file (.pth / .safetensors) (default: %(default)s)")
+    hires.add_argument("--hires-strength", type=float, default=0.7,
+                       help="denoising strength of the second pass, in [0, 1] (default: %(default)s)")
+    hires.add_argument("--hires-steps", type=int, default=0,
+                       help="steps of the second pass's schedule (0: as many as --steps) (default: %(default)s)")
+    hires.add_argument("--hires-sampler", help="sampler of the second pass (default: --sampling-method)")
+    hires.add_argument("--hires-prompt", help="prompt of the second pass (default: --prompt)")
+    hires.add_argument("--hires-negative-prompt", help="negative prompt of the second pass (default: "
+                                                      "--negative-prompt)")
+    gen.add_argument("--tiled-vae", dest="tiled_vae", action="store_true", default=None,
+                     help="decode and encode in tiles (less memory, approximate; default: automatic above "
+                          "1024x1024 pixels)")
+    gen.add_argument("--no-tiled-vae", dest="tiled_vae", action="store_false", help="never tile the VAE")
     gen.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     add_lora_argument(gen)
     add_prompt_syntax_arguments(gen, cli.prompt_syntax)

@@ -26,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 import sd_keras
 from sd_keras import defaults, metadata
 from sd_keras.errors import InputError
-from sd_keras.generator import Generator
+from sd_keras.generator import Generator, check_size
 from sd_keras.server import images as image_io
 from sd_keras.server import schemas
 from sd_keras.server.generation import (LOAD_MODEL, GenerationRunner, GenerationSpec, ModelRegistry,
@@ -153,6 +153,7 @@ class _Server:
         # override loads its model for that request only (unless it asks to keep it); the next request without
         # one loads the selected model back.
         self.selected = settings.model
+        self.upscalers = None  # the upscaler files (sd_keras.upscale.Upscalers), set by create_app
 
     def native_size(self, name):
         """(height, width) a model was trained at: of the loaded model, of a preset, or (a checkpoint not
@@ -209,7 +210,15 @@ class _Server:
                               negative_prompt=body.negative_prompt, seed=seed, batch_size=body.batch_size,
                               n_iter=body.n_iter, steps=body.steps, cfg_scale=body.cfg_scale,
                               width=body.width or native_width, height=body.height or native_height,
-                              sampler=sampler)
+                              sampler=sampler, tiled_vae=getattr(body, "tiled_vae", None))
+        if mode == "txt2img" and body.enable_hr:
+            spec.hires = self.hires_of(body)
+            spec.strength = spec.hires.denoising_strength
+            try:
+                target_height, target_width = spec.hires.target_size(spec.height, spec.width)
+                check_size(target_height, target_width)
+            except InputError as error:
+                raise ApiError(422, f"hires fix: target size: {error}") from None
         if mode == "img2img":
             from PIL import ImageFilter, ImageOps
 
@@ -283,15 +292,41 @@ class _Server:
             raise ApiError(500, f"{job.kind} failed: {type(error).__name__}: {' '.join(str(error).split())}"
                            ) from None
 
+    def hires_of(self, body):
+        """The ``HiresFix`` of a txt2img request with ``enable_hr``; ApiError 422 for bad fields."""
+        from sd_keras.hires import DEFAULT_STRENGTH, LATENT_UPSCALERS, HiresFix
+        from sd_keras.upscale import BUILTIN
+
+        upscaler = body.hr_upscaler or "Latent"
+        if upscaler not in LATENT_UPSCALERS and upscaler not in BUILTIN:
+            path = self.upscalers.path(upscaler) if self.upscalers is not None else None
+            if path is None:
+                names = HiresFix.upscaler_names() + ([name for name in self.upscalers.names()
+                                                      if name not in BUILTIN] if self.upscalers else [])
+                raise ApiError(422, f"hr_upscaler {upscaler!r}: unknown; available: {', '.join(names)}")
+            upscaler = path
+        hr_sampler = None
+        try:
+            if body.hr_sampler_name and body.hr_sampler_name != "Use same sampler":
+                hr_sampler = resolve_sampler(body.hr_sampler_name, body.scheduler).sd_keras_name
+            return HiresFix(scale=body.hr_scale, upscaler=upscaler, second_pass_steps=body.hr_second_pass_steps,
+                            denoising_strength=(DEFAULT_STRENGTH if body.denoising_strength is None
+                                                else body.denoising_strength),
+                            resize_x=body.hr_resize_x, resize_y=body.hr_resize_y, sampler=hr_sampler,
+                            prompt=body.hr_prompt or None, negative_prompt=body.hr_negative_prompt or None)
+        except InputError as error:
+            raise ApiError(422, f"hires fix: {error}") from None
+
     def size_warnings(self, spec, model_name):
-        """A note when the size is larger than the model's native one (allowed, but it often repeats objects)."""
+        """A note when the size is larger than the model's native one without hires fix (allowed, but it often
+        repeats objects)."""
         native_height, native_width = self.native_size(model_name)
-        if spec.width <= native_width and spec.height <= native_height:
+        if spec.hires is not None or (spec.width <= native_width and spec.height <= native_height):
             return []
         return [f"{spec.width}x{spec.height} is larger than {native_width}x{native_height}, the native size of model "
                 f"{model_name!r}: objects may repeat and the composition may fall apart. For a larger image, "
-                f"generate at {native_width}x{native_height} and upscale it with img2img (what A1111's hires fix "
-                "does; enable_hr is not supported here)."]
+                f"generate at {native_width}x{native_height} with hires fix (enable_hr with hr_scale or "
+                "hr_resize_x / hr_resize_y), or upscale it with img2img."]
 
     def respond(self, body, spec, outcome):
         """Encode the images (PNG + parameters) and build A1111's response; optionally save the PNGs."""
@@ -351,7 +386,8 @@ def create_app(settings, *, registry=None, loader=None):
     from sd_keras.server.extras import create_router
     from sd_keras.upscale import Upscalers
 
-    app.include_router(create_router(Upscalers(settings.upscalers_dir)))  # /upscalers, /extra-*-image(s)
+    server.upscalers = Upscalers(settings.upscalers_dir)  # also the hires fix's hr_upscaler files
+    app.include_router(create_router(server.upscalers))  # /upscalers, /extra-*-image(s)
 
     @app.exception_handler(ApiError)
     async def api_error(request, error):

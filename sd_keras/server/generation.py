@@ -195,6 +195,8 @@ class GenerationSpec:
     init_image: Any = None    # PIL image
     mask: Any = None          # PIL image, white = repaint, already blurred / inverted
     mask_blur: int = 0
+    hires: Any = None         # sd_keras.hires.HiresFix (txt2img with enable_hr)
+    tiled_vae: Optional[bool] = None
 
     @property
     def num_images(self):
@@ -210,6 +212,8 @@ class GenerationSpec:
                     "Model": model_name}
         if self.mode != "txt2img":
             settings["Denoising strength"] = self.strength
+        if self.hires is not None:
+            settings.update(self.hires.parameters(self.steps))
         if self.mode == "inpaint":
             settings["Mask blur"] = self.mask_blur
         settings["Version"] = f"sd_keras {sd_keras.__version__}"
@@ -219,7 +223,7 @@ class GenerationSpec:
         """Jobs with equal keys may share one batch; None for jobs that must run alone."""
         from sd_keras.schedulers import get_sampler
 
-        if self.mode != "txt2img" or self.n_iter != 1:
+        if self.mode != "txt2img" or self.n_iter != 1 or self.hires is not None or self.tiled_vae is not None:
             return None
         if get_sampler(self.sampler.sd_keras_name, self.steps).needs_noise:
             # ancestral samplers draw per-step noise from the batch's seed; batching would change the images
@@ -277,8 +281,15 @@ class GenerationRunner:
         common = dict(negative_prompt=spec.negative_prompt or None, batch_size=spec.batch_size,
                       num_steps=spec.steps, unconditional_guidance_scale=spec.cfg_scale, seed=seed,
                       sampler=spec.sampler.sd_keras_name, height=spec.height, width=spec.width, progress=progress)
+        model.tiled_vae = spec.tiled_vae
         if spec.mode == "txt2img":
-            return model.text_to_image(spec.prompt, **common)
+            import warnings
+
+            from sd_keras.generator import AboveNativeSizeWarning
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", AboveNativeSizeWarning)  # the response's info says it
+                return model.text_to_image(spec.prompt, hires=spec.hires, **common)
         # an engine that cannot do this (a bundle cannot inpaint) raises InputError: a 422 naming the cause
         if spec.mode == "inpaint":
             return model.inpaint(spec.prompt, spec.init_image, spec.mask, strength=spec.strength, **common)

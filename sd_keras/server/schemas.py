@@ -141,14 +141,19 @@ class _Request(BaseModel):
 class Txt2ImgRequest(_Request):
     """``POST /sdapi/v1/txt2img``."""
 
+    # hires fix (A1111's fields; sd_keras.hires): used when enable_hr is true
     enable_hr: bool = False
-    denoising_strength: Optional[float] = None  # A1111 uses it for hires fix only
-
-    @model_validator(mode="after")
-    def _no_hires(self):
-        if self.enable_hr:
-            raise ValueError("enable_hr (hires fix) is not supported")
-        return self
+    denoising_strength: Optional[float] = Field(None, ge=0, le=1)  # the second pass's (default 0.7)
+    hr_scale: float = Field(2.0, ge=1, le=8)
+    hr_upscaler: Optional[str] = Field(None, max_length=256)  # None: "Latent"
+    hr_second_pass_steps: int = Field(0, ge=0, le=1000)  # 0: as many as steps
+    hr_resize_x: int = Field(0, ge=0, le=4096)
+    hr_resize_y: int = Field(0, ge=0, le=4096)
+    hr_sampler_name: Optional[str] = Field(None, max_length=128)  # None: sampler_name
+    hr_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)  # "": prompt
+    hr_negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)  # "": negative_prompt
+    # sd_keras: the VAE in tiles (True / False; None: automatic above 1024x1024 pixels)
+    tiled_vae: Optional[bool] = None
 
 
 class Img2ImgRequest(_Request):
