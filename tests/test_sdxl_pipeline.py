@@ -27,7 +27,7 @@ def test_split_index_follows_diffusers_cutoff():
     expected = int(np.sum(np.asarray(scheduler.timesteps) >= 200))
     assert split_index(scheduler, 0.8) == expected
     assert 0 < expected < 10
-    assert split_index(scheduler, 0.999) == 10  # every step is above a cutoff of 1
+    assert split_index(scheduler, 0.9999) == 10  # a cutoff of 0: every step runs in the base model
 
 
 def test_encoded_text_packs_the_pooled_row():
@@ -209,3 +209,39 @@ def test_bad_input_names_the_argument(sdxl):
         sdxl["refiner_xl"].image_to_image("a cat", np.zeros((1, 8, 8, 4), np.float32), denoising_start=0)
     with pytest.raises(InputError, match="latent"):
         sdxl["refiner_xl"].image_to_image("a cat", np.zeros((1, 8, 8, 3), np.float32), denoising_start=0.5)
+
+
+@pytest.mark.slow
+def test_server_runs_the_refiner_after_the_base(sdxl):
+    import base64
+    import io
+    import json
+
+    import httpx
+    from PIL import Image
+    from test_server import in_process_server
+
+    from sd_keras.server.app import ServerSettings, create_app
+
+    def loader(spec, dtype):
+        return {"base-spec": sdxl["xl"], "refiner-spec": sdxl["refiner_xl"]}[spec]
+
+    settings = ServerSettings(models={"xl": "base-spec", "xl-refiner": "refiner-spec"}, model="xl")
+    body = {"prompt": PROMPT, "steps": STEPS, "cfg_scale": 5.0, "seed": 5, "sampler_name": "Euler",
+            "width": 64, "height": 64, "refiner_checkpoint": "xl-refiner", "refiner_switch_at": 0.6}
+    with in_process_server(create_app(settings, loader=loader)) as url, httpx.Client(base_url=url,
+                                                                                     timeout=600) as client:
+        response = client.post("/sdapi/v1/txt2img", json=body)
+        assert response.status_code == 200, response.text
+        bad = client.post("/sdapi/v1/txt2img", json={**body, "refiner_checkpoint": "no-such"})
+        assert bad.status_code == 422 and "refiner_checkpoint" in bad.text
+        bad = client.post("/sdapi/v1/txt2img", json={**body, "refiner_switch_at": 1.5})
+        assert bad.status_code == 422
+    result = response.json()
+    image = np.asarray(Image.open(io.BytesIO(base64.b64decode(result["images"][0]))).convert("RGB"))
+    assert "Refiner: xl-refiner" in json.loads(result["info"])["infotexts"][0]
+    latent = sdxl["xl"].text_to_image(PROMPT, num_steps=STEPS, unconditional_guidance_scale=5.0, seed=5,
+                                      sampler="Euler", height=64, width=64, denoising_end=0.6, return_latent=True)
+    expected = sdxl["refiner_xl"].image_to_image(PROMPT, latent, num_steps=STEPS, unconditional_guidance_scale=5.0,
+                                                 seed=5, sampler="Euler", denoising_start=0.6)[0]
+    assert np.abs(image.astype(int) - expected.astype(int)).max() <= 1

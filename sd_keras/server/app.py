@@ -165,6 +165,10 @@ class _Server:
             spec = self.registry.specs.get(name)
             if isinstance(spec, str) and spec in PRESETS:
                 return tuple(PRESETS[spec].image_size)
+            from sd_keras.config_sdxl import SDXL_PRESETS
+
+            if isinstance(spec, str) and spec in SDXL_PRESETS:
+                return tuple(SDXL_PRESETS[spec].image_size)
         return tuple(model.config.image_size) if isinstance(model, Generator) else (512, 512)
 
     def _on_finish(self, job, seconds, outcome):
@@ -211,6 +215,14 @@ class _Server:
                               n_iter=body.n_iter, steps=body.steps, cfg_scale=body.cfg_scale,
                               width=body.width or native_width, height=body.height or native_height,
                               sampler=sampler, tiled_vae=getattr(body, "tiled_vae", None))
+        if getattr(body, "refiner_checkpoint", None):
+            if body.enable_hr:
+                raise ApiError(422, "refiner_checkpoint: cannot be combined with enable_hr")
+            try:
+                spec.refiner = self.registry.check(body.refiner_checkpoint)
+            except UnknownModelError as error:
+                raise ApiError(422, f"refiner_checkpoint: {error}") from None
+            spec.refiner_switch_at = 0.8 if body.refiner_switch_at is None else body.refiner_switch_at
         if mode == "txt2img" and body.enable_hr:
             spec.hires = self.hires_of(body)
             spec.strength = spec.hires.denoising_strength

@@ -95,6 +95,7 @@ class ModelRegistry:
         self.model = None
         self.name = None
         self._lock = threading.Lock()
+        self.refiner_model, self.refiner_name = None, None  # an SDXL refiner held beside the model
         self._retired = {"compilations": 0, "evictions": 0}  # while models loaded before the current one were
         self._baseline = {"compilations": 0, "evictions": 0}  # the current model's counts when it was loaded
 
@@ -148,6 +149,20 @@ class ModelRegistry:
         self._baseline = {key: _count(cache, key) for key in self._baseline}
         return model
 
+    def ensure_refiner(self, name):
+        """The refiner model ``name``, loaded beside the model (one refiner in memory)."""
+        name = self.check(name)
+        with self._lock:
+            if self.refiner_name != name or self.refiner_model is None:
+                self.refiner_model, self.refiner_name = None, None
+                gc.collect()
+                started = time.monotonic()
+                self.refiner_model = self._load(name)
+                self.refiner_model.prompt_syntax, self.refiner_model.lora_dir = self.prompt_syntax, self.lora_dir
+                self.refiner_name = name
+                LOG.info("refiner %r loaded in %.1f s", name, time.monotonic() - started)
+            return self.refiner_model
+
     def ensure(self, name):
         """Make ``name`` the loaded model (freeing the previous one first: one model in memory)."""
         self.check(name)
@@ -197,6 +212,8 @@ class GenerationSpec:
     mask_blur: int = 0
     hires: Any = None         # sd_keras.hires.HiresFix (txt2img with enable_hr)
     tiled_vae: Optional[bool] = None
+    refiner: Optional[str] = None            # a registered SDXL refiner model (txt2img)
+    refiner_switch_at: Optional[float] = None  # the fraction of the schedule where it takes over
 
     @property
     def num_images(self):
@@ -216,6 +233,9 @@ class GenerationSpec:
             settings.update(self.hires.parameters(self.steps))
         if self.mode == "inpaint":
             settings["Mask blur"] = self.mask_blur
+        if self.refiner is not None:
+            settings["Refiner"] = self.refiner
+            settings["Refiner switch at"] = self.refiner_switch_at
         settings["Version"] = f"sd_keras {sd_keras.__version__}"
         return metadata.format_parameters(self.prompt, self.negative_prompt or None, **settings)
 
@@ -223,7 +243,8 @@ class GenerationSpec:
         """Jobs with equal keys may share one batch; None for jobs that must run alone."""
         from sd_keras.schedulers import get_sampler
 
-        if self.mode != "txt2img" or self.n_iter != 1 or self.hires is not None or self.tiled_vae is not None:
+        if (self.mode != "txt2img" or self.n_iter != 1 or self.hires is not None or self.tiled_vae is not None
+                or self.refiner is not None):
             return None
         if get_sampler(self.sampler.sd_keras_name, self.steps).needs_noise:
             # ancestral samplers draw per-step noise from the batch's seed; batching would change the images
@@ -289,11 +310,28 @@ class GenerationRunner:
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", AboveNativeSizeWarning)  # the response's info says it
+                if spec.refiner is not None:
+                    return self._refined(model, spec, common)
                 return model.text_to_image(spec.prompt, hires=spec.hires, **common)
         # an engine that cannot do this (a bundle cannot inpaint) raises InputError: a 422 naming the cause
         if spec.mode == "inpaint":
             return model.inpaint(spec.prompt, spec.init_image, spec.mask, strength=spec.strength, **common)
         return model.image_to_image(spec.prompt, spec.init_image, spec.strength, **common)
+
+    def _refined(self, model, spec, common):
+        """SDXL base then refiner: the base stops at ``refiner_switch_at`` and hands its latent over."""
+        from sd_keras.errors import InputError
+        from sd_keras.pipeline_sdxl import StableDiffusionXL
+
+        refiner = self.registry.ensure_refiner(spec.refiner)
+        if not isinstance(model, StableDiffusionXL) or not isinstance(refiner, StableDiffusionXL):
+            raise InputError("refiner_checkpoint: a refiner continues an SDXL model's generation; "
+                             f"{self.registry.name!r} and {spec.refiner!r} must both be SDXL models")
+        refiner.tiled_vae = spec.tiled_vae
+        latent = model.text_to_image(spec.prompt, denoising_end=spec.refiner_switch_at, return_latent=True,
+                                     **common)
+        refined = dict(common, height=None, width=None)
+        return refiner.image_to_image(spec.prompt, latent, denoising_start=spec.refiner_switch_at, **refined)
 
     def _run_one(self, model, job, context):
         spec = job.spec

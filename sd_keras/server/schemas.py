@@ -154,6 +154,10 @@ class Txt2ImgRequest(_Request):
     hr_negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)  # "": negative_prompt
     # sd_keras: the VAE in tiles (True / False; None: automatic above 1024x1024 pixels)
     tiled_vae: Optional[bool] = None
+    # SDXL refiner (A1111's fields): a registered SDXL refiner model continues the base model's latent from
+    # ``refiner_switch_at`` (a fraction of the steps, diffusers' denoising_end / denoising_start)
+    refiner_checkpoint: Optional[str] = Field(None, max_length=1024)
+    refiner_switch_at: Optional[float] = Field(None, gt=0, lt=1, allow_inf_nan=False)
 
 
 class Img2ImgRequest(_Request):
