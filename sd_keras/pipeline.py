@@ -130,6 +130,11 @@ class StableDiffusion(Generator):
         directly in the compute dtype, and filled."""
         from sd_keras import models
 
+        if not isinstance(config, ModelConfig):  # another family (SDXL): refused before anything is built
+            weights.close()
+            raise InputError(f"{weights.source}: an {models.registry.family_of(config).name} model: StableDiffusion "
+                             "generates with SD 1.x / 2.x (build its models with sd_keras.models.build_all(config, "
+                             "weights))")
         parts = models.build_all(config, weights, dtype=loop_lib.keras_dtype_policy(dtype))
         return cls(config, **parts, dtype=dtype)
 

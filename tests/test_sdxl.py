@@ -451,3 +451,37 @@ def test_preset_load_checks_sha256_and_architecture(base, tmp_path, monkeypatch)
     shutil.copy(base["single"], tmp_path / "sd-xl" / "sd_xl_base_1.0.safetensors")
     with pytest.raises(InputError, match="its architecture is not the sd-xl preset's"):
         sdxl_presets.load("sd-xl", progress=False)
+
+
+# ------------------------------------------------------------------------------------ the loaders' entry point
+def test_checkpoint_entry_point_detects_sdxl(base):
+    """open_checkpoint / load_checkpoint read SDXL instead of refusing it; StableDiffusion (SD 1.x / 2.x
+    generation) refuses an SDXL model before building anything."""
+    from sd_keras.pipeline import StableDiffusion
+    from sd_keras.weights.checkpoints import load_checkpoint, open_checkpoint
+
+    with open_checkpoint(base["single"]) as checkpoint:
+        assert isinstance(checkpoint.config, SDXLConfig) and "text_encoder_2" in checkpoint.components
+    config, weights = load_checkpoint(base["folder"])
+    with weights:
+        assert isinstance(config, SDXLConfig) and set(weights) == {"text_encoder", "text_encoder_2",
+                                                                    "diffusion_model", "decoder", "image_encoder"}
+    with pytest.raises(InputError, match="ema=True / --ema: an SDXL checkpoint"):
+        open_checkpoint(base["single"], ema=True)
+    with pytest.raises(InputError, match="an sdxl model: StableDiffusion generates with SD 1.x / 2.x"):
+        StableDiffusion.from_checkpoint(base["folder"])
+
+
+@pytest.mark.slow  # builds every component twice
+def test_convert_writes_a_saved_sdxl_folder(base, base_parts, tmp_path):
+    from sd_keras.weights import saved
+    from sd_keras.weights.checkpoints import convert_checkpoint
+
+    out = convert_checkpoint(base["folder"], str(tmp_path / "xl"))
+    config, weights = saved.load(out)
+    assert config == base_parts[0]
+    parts = models.build_all(config, weights)
+    expected = _variables(base_parts[1])
+    for key, value in _variables(parts).items():
+        np.testing.assert_array_equal(value, expected[key], err_msg=str(key))
+    assert set(_variables(parts)) == set(expected)

@@ -64,6 +64,7 @@ from sd_keras.weights.plans import COMPONENTS, Checkpoint, ComponentSource, chec
 from sd_keras.weights.readers import (CheckpointFormatError, MultiFile, SafetensorsFile, UnsafeCheckpointError,
                                       open_tensor_file)
 from sd_keras.weights.single_file import open_clip_layers, open_single_file
+from sd_keras.weights.sdxl import is_sdxl_checkpoint, open_sdxl_checkpoint
 
 LOG = logging.getLogger("sd_keras.checkpoints")
 
@@ -75,9 +76,11 @@ __all__ = ["load_checkpoint", "convert_checkpoint", "open_checkpoint", "printing
 
 
 def open_checkpoint(path, *, prediction_type=None, ema=False):
-    """Open a diffusers folder or an original single file; returns a ``Checkpoint`` (config + plans), with every
-    key checked against the inferred architecture. Nothing is read beyond headers and the pickle index. What was
-    inferred or chosen is logged (``sd_keras.checkpoints`` logger) and kept in ``checkpoint.notes``.
+    """Open a diffusers folder or an original single file (SD 1.x / 2.x, or SDXL through
+    ``sd_keras.weights.sdxl``: an ``SDXLCheckpoint`` whose config is an ``SDXLConfig``); returns a ``Checkpoint``
+    (config + plans), with every key checked against the inferred architecture. Nothing is read beyond headers and
+    the pickle index. What was inferred or chosen is logged (``sd_keras.checkpoints`` logger) and kept in
+    ``checkpoint.notes``.
 
     ``prediction_type``: ``"epsilon"`` or ``"v_prediction"``; overrides the folder's scheduler config or, for a
     single file, the inferred one (``v_prediction`` for SD 2.x files, 1024-wide context, unless their
@@ -87,6 +90,10 @@ def open_checkpoint(path, *, prediction_type=None, ema=False):
     path = os.fspath(path)
     if prediction_type is not None:
         check_prediction_type(prediction_type, "prediction_type argument")
+    if is_sdxl_checkpoint(path):  # an SDXL folder or single file: sd_keras.weights.sdxl
+        if ema:
+            raise InputError(f"{path}: ema=True / --ema: an SDXL checkpoint holds one set of UNet weights")
+        return open_sdxl_checkpoint(path, prediction_type=prediction_type)
     if os.path.isdir(path):
         if ema:
             raise InputError(f"{path}: ema=True / --ema: a diffusers folder holds one set of UNet weights; only "
