@@ -85,6 +85,12 @@ function request() {
     batch_size: intValue("batch-size"),
     sampler_name: $("sampler").value,
     scheduler: $("scheduler").value,
+    // hires fix: Width x Height is the first pass, the image comes at that size times "Upscale by"
+    enable_hr: $("enable-hr").checked,
+    hr_scale: parseFloat($("hr-scale").value),
+    hr_upscaler: $("hr-upscaler").value,
+    hr_second_pass_steps: intValue("hr-steps"),
+    denoising_strength: parseFloat($("hr-strength").value),
   };
 }
 
