@@ -24,6 +24,7 @@ NOTEBOOKS = (
     "04_fine_tuning.ipynb",
     "05_xla_and_gpu.ipynb",
     "dataset_classifier.ipynb",
+    "sdxl.ipynb",
 )
 SKIP_TAGS = {"skip-ci", "skip-execution"}  # ours (formerly) and nbmake's: no notebook may use them
 PARAMETERS_TAG = "parameters"
@@ -39,6 +40,7 @@ EXTRA = {
     "04_fine_tuning.ipynb": {"train_steps": 2, "method": "lora"},
     "05_xla_and_gpu.ipynb": {"cpu_devices": 2},
     "dataset_classifier.ipynb": {"images_per_prompt": 2, "epochs": 1, "quality_filter": False},
+    "sdxl.ipynb": {"model": "tiny-xl", "refiner": "tiny-xl-refiner"},  # the small random SDXL models
 }
 # Cells that need weights or files a CI machine lacks: each must say "Skipped:" and let the notebook go on.
 SKIPPED_CELLS = {"01_quickstart.ipynb": 2, "02_image_to_image_and_inpainting.ipynb": 1, "03_export_to_tflite.ipynb": 1}

@@ -245,3 +245,16 @@ def test_server_runs_the_refiner_after_the_base(sdxl):
     expected = sdxl["refiner_xl"].image_to_image(PROMPT, latent, num_steps=STEPS, unconditional_guidance_scale=5.0,
                                                  seed=5, sampler="Euler", denoising_start=0.6)[0]
     assert np.abs(image.astype(int) - expected.astype(int)).max() <= 1
+
+
+@pytest.mark.slow
+def test_generate_cli_runs_an_sdxl_model(tmp_path):
+    from sd_keras import metadata
+    from sd_keras.cli import main
+
+    out = tmp_path / "xl.png"
+    assert main(["generate", "-m", "tiny-xl", "-p", "a red (circle:1.2)", "--steps", "2", "-s", "4", "-o",
+                 str(out)]) in (0, None)
+    text = metadata.read_parameters(str(out))
+    assert "Size: 64x64" in text and "Seed: 4" in text and "tiny-xl" in text  # the model's native size
+    assert main(["generate", "-m", "tiny-xl", "-p", "x", "--steps", "2", "-W", "100", "-o", str(out)]) == 2
