@@ -52,9 +52,11 @@ function fillSelect(select, items, valueOf, labelOf, selected) {
 
 async function loadSettings() {
   try {
-    const [samplers, schedulers, options] = await Promise.all([
-      api("/sdapi/v1/samplers"), api("/sdapi/v1/schedulers"), api("/sdapi/v1/options"),
+    const [samplers, schedulers, options, models] = await Promise.all([
+      api("/sdapi/v1/samplers"), api("/sdapi/v1/schedulers"), api("/sdapi/v1/options"), api("/sdapi/v1/sd-models"),
     ]);
+    // an SDXL refiner continues an SDXL base model's generation ("None": no refiner)
+    fillSelect($("refiner-model"), [{title: ""}, ...models], (m) => m.title, (m) => m.title || "None", "");
     fillSelect($("sampler"), samplers, (s) => s.name, (s) => s.name, "Euler a");
     fillSelect($("scheduler"), schedulers, (s) => s.name, (s) => s.label, "automatic");
     $("model-name").textContent = "model: " + options.sd_model_checkpoint;
@@ -91,6 +93,9 @@ function request() {
     hr_upscaler: $("hr-upscaler").value,
     hr_second_pass_steps: intValue("hr-steps"),
     denoising_strength: parseFloat($("hr-strength").value),
+    // SDXL refiner (A1111's fields): null leaves it off
+    refiner_checkpoint: $("refiner-model").value || null,
+    refiner_switch_at: parseFloat($("refiner-switch").value),
   };
 }
 
