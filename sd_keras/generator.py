@@ -172,8 +172,8 @@ def native_size_note(config, height, width):
 
     Example:
         >>> from sd_keras.config import get_config
-        >>> native_size_note(get_config("shapes"), 512, 512)[:62]
-        '512x512 is above 128x128, the native size of model shapes: ob'
+        >>> native_size_note(get_config("shapes"), 512, 512)[:59]
+        '512x512 is above 128x128, the native size of model shapes: '
     """
     native_height, native_width = config.image_size
     if height <= native_height and width <= native_width:
@@ -515,11 +515,12 @@ class Generator:
         warns (``AboveNativeSizeWarning``).
         """
         if hires is not None:
-            from sd_keras.hires import hires_fix
-
-            images = hires_fix(self, prompt, hires, negative_prompt=negative_prompt, batch_size=batch_size,
-                               num_steps=num_steps, unconditional_guidance_scale=unconditional_guidance_scale,
-                               seed=seed, sampler=sampler, height=height, width=width, progress=progress)
+            run = getattr(hires, "run", None)  # sd_keras.hires builds on this module: it is not imported here
+            if not callable(run):
+                raise InputError(f"hires must be a sd_keras.hires.HiresFix, got {type(hires).__name__}")
+            images = run(self, prompt, negative_prompt=negative_prompt, batch_size=batch_size, num_steps=num_steps,
+                         unconditional_guidance_scale=unconditional_guidance_scale, seed=seed, sampler=sampler,
+                         height=height, width=width, progress=progress)
             self.last_generation["prompt"] = prompt
             return images
         batch_size = batch_size_for(batch_size, prompt, negative_prompt)
