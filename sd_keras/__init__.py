@@ -10,7 +10,8 @@ Example:
 """
 
 from sd_keras.version import __version__
-__all__ = ["StableDiffusion", "StableDiffusionV2", "image_grid", "load", "presets", "__version__"]
+__all__ = ["StableDiffusion", "StableDiffusionV2", "StableDiffusionXL", "image_grid", "load", "presets",
+           "__version__"]
 
 
 def __getattr__(name):
@@ -19,6 +20,10 @@ def __getattr__(name):
         from sd_keras import pipeline
 
         return getattr(pipeline, name)
+    if name == "StableDiffusionXL":
+        from sd_keras.pipeline_sdxl import StableDiffusionXL
+
+        return StableDiffusionXL
     if name == "load":
         from sd_keras.loading import load
 
