@@ -133,8 +133,8 @@ class StableDiffusion(Generator):
         if not isinstance(config, ModelConfig):  # another family (SDXL): refused before anything is built
             weights.close()
             raise InputError(f"{weights.source}: an {models.registry.family_of(config).name} model: StableDiffusion "
-                             "generates with SD 1.x / 2.x (build its models with sd_keras.models.build_all(config, "
-                             "weights))")
+                             "generates with SD 1.x / 2.x (load SDXL with sd_keras.StableDiffusionXL or "
+                             "sd_keras.load)")
         parts = models.build_all(config, weights, dtype=loop_lib.keras_dtype_policy(dtype))
         return cls(config, **parts, dtype=dtype)
 
