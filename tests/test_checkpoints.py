@@ -160,6 +160,7 @@ def test_sd2_diffusers_folder(sd2):
     assert_parity(sd, sd2["models"])
 
 
+@pytest.mark.slow
 def test_sd2_single_file_open_clip(sd2):
     sd = StableDiffusion.from_checkpoint(sd2["safetensors"])
     config = sd.config
@@ -179,6 +180,7 @@ def test_sd2_single_file_v_prediction_argument(sd2):
         open_checkpoint(sd2["safetensors"], prediction_type="sample")
 
 
+@pytest.mark.slow
 def test_sd2_file_written_by_diffusers_conversion_script(sd2, tmp_path):
     """diffusers' convert_diffusers_to_original_stable_diffusion.py writes only the text encoder's layers (23 for
     SD 2) and no text_projection: every layer is used, unlike Stability's files (one more, unused layer)."""
@@ -256,6 +258,7 @@ def test_sd2_prediction_type_inferred_like_diffusers(sd2_wide, sd1, sd2, caplog)
             assert checkpoint.config.prediction_type == "epsilon"
 
 
+@pytest.mark.slow
 def test_cli_prints_the_inferred_prediction_type(sd2_wide, tmp_path, capsys):
     out = str(tmp_path / "v")
     assert cli.main(["convert", sd2_wide["safetensors"], "-o", out]) == 0
@@ -292,6 +295,7 @@ def ema_files(sd1, tmp_path_factory):
                                           ema_only=True)}
 
 
+@pytest.mark.slow
 def test_ema_weights(sd1, ema_files, caplog):
     caplog.set_level(logging.INFO, logger="sd_keras.checkpoints")
     sd = StableDiffusion.from_checkpoint(ema_files["both"])  # both: the non-EMA weights, said loudly
@@ -328,6 +332,7 @@ def test_ema_only_file_errors_name_model_ema(sd1, tmp_path):
         StableDiffusion.from_checkpoint(path)
 
 
+@pytest.mark.slow
 def test_cli_ema_flag(sd1, ema_files, tmp_path, capsys):
     out = str(tmp_path / "ema")
     assert cli.main(["convert", ema_files["both"], "-o", out, "--ema"]) == 0
@@ -456,6 +461,7 @@ def test_convert_cli_roundtrip_and_generate(sd1, tmp_path):
     assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []  # no temporary folder left
 
 
+@pytest.mark.slow
 def test_convert_prediction_type_flag_and_fp16(sd2, tmp_path):
     out = str(tmp_path / "v")
     assert cli.main(["convert", sd2["safetensors"], "-o", out, "--prediction-type", "v_prediction",

@@ -276,6 +276,7 @@ def test_export_modes_in_help_are_quantize_modes():
     assert export_command.QUANTIZE_MODES == quantize.MODES
 
 
+@pytest.mark.slow
 def test_default_model_is_the_shipped_demo_model(tmp_path, capsys):
     assert cli.main(["generate", "-p", "a red circle on a blue background", "--steps", "4", "--no-progress",
                      "-o", str(tmp_path / "o.png")]) == 0

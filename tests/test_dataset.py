@@ -135,6 +135,7 @@ def test_batches_group_by_program_in_image_order():
 
 
 # -- generation -------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_shards_carry_metadata_and_regenerate_bit_identically(tmp_path, tiny):
     from sd_keras import metadata
 

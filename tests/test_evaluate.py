@@ -85,6 +85,7 @@ def test_heldout_prompts_are_deterministic_held_out_and_cover_every_pair():
     assert all(len(s.objects) == 2 for s in scenes[48:])
 
 
+@pytest.mark.slow
 def test_evaluate_a_model_writes_report_and_grid(tmp_path):
     from sd_keras.pipeline import StableDiffusion
 
@@ -121,6 +122,7 @@ def test_analysis_is_plain_data():
         evaluate.analyze_image(np.zeros((10, 12, 3), np.uint8))
 
 
+@pytest.mark.slow
 def test_shipped_shapes_model_draws_what_held_out_prompts_say():
     """The packaged demo model at the documented settings (20 steps, default sampler) on 8 held-out prompts."""
     from sd_keras.pipeline import StableDiffusion

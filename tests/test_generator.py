@@ -78,6 +78,7 @@ def test_image_arguments_are_checked_alike(engine):
         engine.image_to_image(PROMPT, np.zeros((2, 2, 2, 2)), num_steps=2, **SIZE)
 
 
+@pytest.mark.slow
 def test_seeds_batches_and_results(engine, tmp_path):
     batch = engine.text_to_image(PROMPT, batch_size=2, seed=5, **RUN)
     assert batch.shape == (2, 64, 64, 3) and batch.dtype == np.uint8

@@ -80,6 +80,7 @@ def test_progress_reports_every_step(sd):
     assert sorted(seen) == [1, 2, 3, 4, 5]
 
 
+@pytest.mark.slow
 def test_progress_inside_the_loop_reports_every_few_steps_and_covers_all(monkeypatch):
     # A report from inside the compiled loop stops a GPU until the host has it: at most MAX_PROGRESS_REPORTS of
     # them per generation, and the callback still hears of every step, in order.
@@ -119,6 +120,7 @@ def test_progress_inside_the_loop_reports_every_few_steps_and_covers_all(monkeyp
     assert loop_lib.progress_interval(1, None) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_progress_in_chunks_gives_the_same_image(dtype, monkeypatch):
     # On a GPU/TPU (and TensorFlow's XLA) progress comes from running the loop a few steps per call instead of
@@ -134,6 +136,7 @@ def test_progress_in_chunks_gives_the_same_image(dtype, monkeypatch):
     assert np.abs(image.astype(int) - reference.astype(int)).max() <= 1
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's choice between XLA and a graph")
 def test_tensorflow_cpu_runs_large_models_as_a_graph_with_progress_inside(sd, monkeypatch):
     from sd_keras import backend
@@ -184,6 +187,7 @@ def test_inpaint_with_plain_unet_keeps_known_latent(sd):
     assert sd.inpaint("a dog", image, pixel_mask, num_steps=3, seed=1, **SIZE).shape == (1, 64, 64, 3)
 
 
+@pytest.mark.slow
 def test_nine_channel_unet_inpaints():
     from sd_keras import models
     from sd_keras.config import get_config
@@ -262,6 +266,7 @@ def test_same_seed_same_image_on_the_other_backend(sd, tmp_path):
     assert np.abs(np.load(out).astype(int) - here.astype(int)).max() <= 2
 
 
+@pytest.mark.slow
 def test_mixed_precision_runs_the_unet_in_bfloat16_with_float32_sampling():
     half = StableDiffusion.from_preset("tiny", dtype="bfloat16")
     assert {l.dtype_policy.name for l in half.diffusion_model.layers if l.weights} == {"mixed_bfloat16"}

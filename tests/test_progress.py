@@ -31,6 +31,7 @@ class Recorder:
         self.events.append(name)
 
 
+@pytest.mark.slow
 def test_the_loop_says_when_it_compiles_and_when_the_steps_start():
     from sd_keras.pipeline import StableDiffusion
 

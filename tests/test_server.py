@@ -198,6 +198,7 @@ def test_model_files_are_registered_under_their_base_names(tmp_path):
 
 
 # -- live server -----------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_only_health_and_the_page_are_public(server, client):
     assert httpx.get(server.url + "/health").json() == {"status": "ok", "model_loaded": True, "auth_required": True}
     assert httpx.get(server.url + "/").status_code == 200
@@ -221,6 +222,7 @@ def test_only_health_and_the_page_are_public(server, client):
     assert KEY not in server.log()
 
 
+@pytest.mark.slow
 def test_txt2img_matches_the_library_and_answers_like_a1111(client, library_model):
     body = {**SMALL, "prompt": "a red circle", "negative_prompt": "blurry", "seed": 1234, "batch_size": 2,
             "sampler_index": "ignored when sampler_name is set", "unknown_field": {"x": 1}}
@@ -252,6 +254,7 @@ def test_txt2img_matches_the_library_and_answers_like_a1111(client, library_mode
         assert parsed["Steps"] == "2" and parsed["Model"] == "tiny"
 
 
+@pytest.mark.slow
 def test_random_seed_is_reported_and_reproduces_the_image(client):
     first = client.post("/sdapi/v1/txt2img", json={**SMALL, "prompt": "x", "seed": -1, "n_iter": 2}).json()
     info = json.loads(first["info"])
@@ -262,6 +265,7 @@ def test_random_seed_is_reported_and_reproduces_the_image(client):
     assert np.array_equal(decode_png(again["images"][0])[0], decode_png(first["images"][1])[0])
 
 
+@pytest.mark.slow
 def test_send_images_false_and_save_images_true(client, output_dir):
     quiet = client.post("/sdapi/v1/txt2img", json={**SMALL, "prompt": "saved", "seed": 3, "send_images": False,
                                                    "save_images": True}).json()
@@ -271,6 +275,7 @@ def test_send_images_false_and_save_images_true(client, output_dir):
     assert not [p for p in output_dir.iterdir() if p.name.startswith(".")]  # written atomically, no leftovers
 
 
+@pytest.mark.slow
 def test_sampler_and_scheduler_pairs_give_the_sd_keras_sampler(client):
     def image(**fields):
         response = client.post("/sdapi/v1/txt2img", json={**SMALL, "prompt": "y", "seed": 5, **fields})
@@ -283,6 +288,7 @@ def test_sampler_and_scheduler_pairs_give_the_sd_keras_sampler(client):
     assert np.array_equal(image(sampler_name=None, sampler_index="k_dpmpp_2m_ka")[0], pixels)
 
 
+@pytest.mark.slow
 def test_img2img_accepts_data_urls_and_inpainting_keeps_the_unmasked_image(client, library_model):
     source = (np.indices((64, 64)).sum(0) % 256).astype(np.uint8)
     source = np.stack([source, source[::-1], np.full_like(source, 90)], -1)
@@ -311,6 +317,7 @@ def test_img2img_accepts_data_urls_and_inpainting_keeps_the_unmasked_image(clien
     assert not np.array_equal(decode_png(repainted["images"][0])[0], inpainted_pixels)
 
 
+@pytest.mark.slow
 def test_lists_options_scripts_and_png_info(client):
     models = client.get("/sdapi/v1/sd-models").json()
     assert [m["title"] for m in models] == ["tiny"]  # only the models named at start (-m tiny)
@@ -377,6 +384,7 @@ BAD_REQUESTS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, path, body, headers, status, message", BAD_REQUESTS,
                          ids=[f"{i}-{case[1].rsplit('/', 1)[1]}-{case[4]}" for i, case in enumerate(BAD_REQUESTS)])
 def test_bad_input_gets_a_4xx_with_a_message_and_the_server_keeps_serving(client, method, path, body, headers,
@@ -388,6 +396,7 @@ def test_bad_input_gets_a_4xx_with_a_message_and_the_server_keeps_serving(client
     assert_serving(client)
 
 
+@pytest.mark.slow
 def test_interrupt_stops_the_running_generation_and_the_worker_goes_on(client):
     long_job = Background(client, "/sdapi/v1/txt2img", {**LONG, "seed": 1})
     wait_until(lambda: progress_state(client)["sampling_step"] >= 1, "the long job to start sampling")
@@ -407,6 +416,7 @@ def test_interrupt_stops_the_running_generation_and_the_worker_goes_on(client):
     assert metric(metric_values(client), "sd_keras_jobs_total", kind="txt2img", outcome="interrupted") == 1
 
 
+@pytest.mark.slow
 def test_a_client_that_hangs_up_cancels_its_job_waiting_or_running(server, client):
     before = metric(metric_values(client), "sd_keras_jobs_total", kind="txt2img", outcome="cancelled")
     running = open_raw_request(server.url, "/sdapi/v1/txt2img", {**LONG, "seed": 3})
@@ -423,6 +433,7 @@ def test_a_client_that_hangs_up_cancels_its_job_waiting_or_running(server, clien
     assert client.post("/sdapi/v1/txt2img", json={**SMALL, "prompt": "still", "seed": 5}).status_code == 200
 
 
+@pytest.mark.slow
 def test_compatible_waiting_requests_run_as_one_batch_with_the_same_images(client):
     batched_before = metric(metric_values(client), "sd_keras_batched_jobs_total")
     blocker = Background(client, "/sdapi/v1/txt2img", {**LONG, "seed": 6})
@@ -443,6 +454,7 @@ def test_compatible_waiting_requests_run_as_one_batch_with_the_same_images(clien
         assert np.abs(together.astype(int) - decode_png(alone["images"][0])[0]).max() <= 2
 
 
+@pytest.mark.slow
 def test_load_every_request_is_answered_200_or_503_and_memory_stays_flat(server, client):
     clients, per_client = 32, 8
     body = {**SMALL, "prompt": "load", "seed": 1}
@@ -476,6 +488,7 @@ def test_load_every_request_is_answered_200_or_503_and_memory_stays_flat(server,
     assert_serving(client)
 
 
+@pytest.mark.slow
 def test_metrics_count_requests_by_endpoint_and_status(server, client):
     before = metric_values(client)
     assert client.post("/sdapi/v1/txt2img", json={**SMALL, "prompt": "m", "seed": 8}).status_code == 200
@@ -501,6 +514,7 @@ def test_metrics_count_requests_by_endpoint_and_status(server, client):
     assert metric(after, "sd_keras_queue_depth") == 0 and metric(after, "sd_keras_jobs_running") == 0
 
 
+@pytest.mark.slow
 def test_the_key_never_reaches_the_log(server, client):
     basic = "Basic " + base64.b64encode(f"me:{KEY}".encode()).decode()
     client.post("/sdapi/v1/txt2img", json={**SMALL, "prompt": "logged prompt", "seed": 1})

@@ -116,6 +116,7 @@ def test_bad_program_and_timeout_limits_are_refused(capsys):
 
 
 # -- live server, no API key --------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_unregistered_presets_cannot_be_selected_and_no_paths_are_shown(server):
     response = httpx.post(server.url + "/sdapi/v1/options", json={"sd_model_checkpoint": "sd-v1"})
     assert response.status_code == 404
@@ -129,6 +130,7 @@ def test_unregistered_presets_cannot_be_selected_and_no_paths_are_shown(server):
     assert "downloading" not in server.log().lower()
 
 
+@pytest.mark.slow
 def test_hosts_other_than_the_server_address_are_refused(server):
     port = urllib.parse.urlsplit(server.url).port
     for host in ("evil.example", f"evil.example:{port}", "127.0.0.1.evil.example", "10.1.2.3"):
@@ -142,6 +144,7 @@ def test_hosts_other_than_the_server_address_are_refused(server):
     assert metric(values, "sd_keras_refused_requests_total", reason="host") >= 4
 
 
+@pytest.mark.slow
 def test_cross_origin_state_changes_are_refused(server):
     interrupt = server.url + "/sdapi/v1/interrupt"
     cross = [{"Origin": "http://evil.example", "Content-Type": "text/plain"}, {"Origin": "null"},
@@ -158,6 +161,7 @@ def test_cross_origin_state_changes_are_refused(server):
     assert httpx.get(server.url + "/sdapi/v1/progress", headers={"Origin": "http://evil.example"}).status_code == 200
 
 
+@pytest.mark.slow
 def test_every_response_forbids_sniffing_and_framing(server):
     for path in ("/", "/health", "/static/app.js", "/no/such/path"):
         headers = httpx.get(server.url + path).headers
@@ -168,6 +172,7 @@ def test_every_response_forbids_sniffing_and_framing(server):
     assert refused["x-content-type-options"] == "nosniff"
 
 
+@pytest.mark.slow
 def test_stalled_headers_and_bodies_are_dropped(server):
     sock, netloc = raw_socket(server.url)
     with sock:
@@ -190,6 +195,7 @@ def test_stalled_headers_and_bodies_are_dropped(server):
     assert metric(values, "sd_keras_refused_requests_total", reason="read_timeout") >= 1
 
 
+@pytest.mark.slow
 def test_a_client_aborting_mid_body_is_a_disconnect_not_a_server_error(server):
     def values():
         return metric_values(httpx.get(server.url + "/metrics").text)
@@ -225,6 +231,7 @@ def test_metrics_come_from_prometheus_client_with_a_registry_per_app():
         first.requests.inc(endpoint="/x")
 
 
+@pytest.mark.slow
 def test_evicted_programs_are_freed_and_rebuilt_when_needed_again():
     import keras
     import numpy as np
