@@ -148,6 +148,11 @@ class HiresFix:
         fields["Hires negative prompt"] = self.negative_prompt or None
         return fields
 
+    def run(self, generator, prompt, **settings):
+        """``hires_fix`` with these settings on ``generator``: what ``text_to_image(..., hires=self)`` runs (the
+        generator asks its ``hires`` argument to run rather than importing this module, which builds on it)."""
+        return hires_fix(generator, prompt, self, **settings)
+
 
 def from_parameters(parameters, upscalers=None):
     """The ``HiresFix`` that ``sd_keras.metadata.parse_parameters``'s dict describes, or None when it has no
