@@ -397,6 +397,19 @@ class StableDiffusionXL(Generator):
                        target_size=target_size, aesthetic_score=aesthetic_score,
                        negative_aesthetic_score=negative_aesthetic_score)
         start_fraction = _check_fraction(denoising_start, "denoising_start")
+        if start_fraction is None and self.unet_in_channels != self.latent_channels:
+            # a 9-channel inpainting UNet: image-to-image is inpainting with everything to repaint
+            pixels = np.asarray(image) if not isinstance(image, str) else None
+            size = (height, width) if height and width else (pixels.shape[:2] if pixels is not None else None)
+            if size is None:
+                from sd_keras.generator import load_image
+
+                size = load_image(image).shape[:2]
+            mask = np.full(tuple(size), 255, np.uint8)
+            return self.inpaint(prompt, image, mask, negative_prompt, batch_size, num_steps,
+                                unconditional_guidance_scale, seed, strength=strength, sampler=sampler, height=height,
+                                width=width, progress=progress, original_size=original_size,
+                                crops_coords_top_left=crops_coords_top_left, target_size=target_size)
         if start_fraction is None:
             return self._with(options, lambda: super(StableDiffusionXL, self).image_to_image(
                 prompt, image, strength, negative_prompt, batch_size, num_steps, unconditional_guidance_scale, seed,
