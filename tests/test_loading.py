@@ -30,8 +30,8 @@ def test_spec_kind_tells_presets_bundles_and_checkpoints_apart_without_loading(t
 
 @pytest.mark.once
 @pytest.mark.parametrize("spec, options, message", [
-    ("no-such-model", {}, "unknown model 'no-such-model': not a preset (sd-v1, sd-v2, tiny, shapes) and no such "
-                          "file or folder"),
+    ("no-such-model", {}, "unknown model 'no-such-model': not a preset (sd-v1, sd-v2, tiny, shapes"),
+    ("no-such-model", {}, ") and no such file or folder"),
     ("tiny", {"ema": True}, "tiny: a preset: --prediction-type / --ema"),
     ("sd-v1", {"prediction_type": "epsilon"}, "sd-v1: a preset: --prediction-type / --ema"),
     ("{bundle}", {"ema": True}, "an exported bundle: --prediction-type / --ema"),

@@ -64,7 +64,6 @@ from sd_keras.weights.plans import COMPONENTS, Checkpoint, ComponentSource, chec
 from sd_keras.weights.readers import (CheckpointFormatError, MultiFile, SafetensorsFile, UnsafeCheckpointError,
                                       open_tensor_file)
 from sd_keras.weights.single_file import open_clip_layers, open_single_file
-from sd_keras.weights.sdxl import is_sdxl_checkpoint, open_sdxl_checkpoint
 
 LOG = logging.getLogger("sd_keras.checkpoints")
 
@@ -90,6 +89,10 @@ def open_checkpoint(path, *, prediction_type=None, ema=False):
     path = os.fspath(path)
     if prediction_type is not None:
         check_prediction_type(prediction_type, "prediction_type argument")
+    # here, not at the top: sd_keras.weights.sdxl imports the model registry and so Keras, and `sd-keras convert`
+    # checks its arguments through this module before Keras may load
+    from sd_keras.weights.sdxl import is_sdxl_checkpoint, open_sdxl_checkpoint
+
     if is_sdxl_checkpoint(path):  # an SDXL folder or single file: sd_keras.weights.sdxl
         if ema:
             raise InputError(f"{path}: ema=True / --ema: an SDXL checkpoint holds one set of UNet weights")
