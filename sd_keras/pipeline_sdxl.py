@@ -399,13 +399,9 @@ class StableDiffusionXL(Generator):
         start_fraction = _check_fraction(denoising_start, "denoising_start")
         if start_fraction is None and self.unet_in_channels != self.latent_channels:
             # a 9-channel inpainting UNet: image-to-image is inpainting with everything to repaint
-            pixels = np.asarray(image) if not isinstance(image, str) else None
-            size = (height, width) if height and width else (pixels.shape[:2] if pixels is not None else None)
-            if size is None:
-                from sd_keras.generator import load_image
-
-                size = load_image(image).shape[:2]
-            mask = np.full(tuple(size), 255, np.uint8)
+            size = (self.config.image_size[0] if height is None else height,
+                    self.config.image_size[1] if width is None else width)  # the size inpaint resizes to
+            mask = np.full(size, 255, np.uint8)
             return self.inpaint(prompt, image, mask, negative_prompt, batch_size, num_steps,
                                 unconditional_guidance_scale, seed, strength=strength, sampler=sampler, height=height,
                                 width=width, progress=progress, original_size=original_size,
