@@ -181,7 +181,7 @@ def _spawn(run, config, smoke):
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
         env["JAX_PLATFORMS"] = "cpu"
     else:
-        env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # the Ray run's actors share nothing with this
+        env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # the Ray run's driver shares the GPUs with its actors
     command = [sys.executable, os.path.abspath(__file__), "--child", run, "--config", config]
     if smoke:
         command.append("--smoke")
