@@ -15,7 +15,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 SOURCES = {"sd_keras": ROOT / "sd_keras", "sd_keras.export": ROOT / "export"}  # setup.py's package_dir
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 # Examples that build the tiny model and compile a whole generation (tens of seconds on a 2-core CPU): slow tier
-SLOW = {"sd_keras", "sd_keras.generator", "sd_keras.pipeline", "sd_keras.hires"}
+SLOW = {"sd_keras", "sd_keras.generator", "sd_keras.pipeline", "sd_keras.hires", "sd_keras.pipeline_sdxl"}
 
 
 def modules_with_examples():
