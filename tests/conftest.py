@@ -46,9 +46,23 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_slow)
 
 
+_shared = {}
+
+
 @pytest.fixture(scope="session")
 def tiny_sd():
     """The tiny preset's ``StableDiffusion`` (random weights, seed 0), built once per session."""
     from sd_keras.pipeline import StableDiffusion
 
-    return StableDiffusion.from_preset("tiny")
+    _shared["tiny_sd"] = StableDiffusion.from_preset("tiny")
+    return _shared["tiny_sd"]
+
+
+@pytest.fixture(autouse=True)
+def _tiny_sd_reads_plain_prompts_again():
+    # The front ends set a model's prompt syntax and LoRA folder (sd-keras generate: AUTOMATIC1111's); the shared
+    # model goes back to the Python API's plain prompts after every test.
+    yield
+    model = _shared.get("tiny_sd")
+    if model is not None:
+        model.prompt_syntax, model.lora_dir = None, None
