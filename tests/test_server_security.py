@@ -352,7 +352,7 @@ def test_a_failed_model_switch_names_no_server_folder():
     def loader(spec, dtype):
         if spec.endswith(".safetensors"):
             raise FileNotFoundError(2, "No such file or directory", spec)
-        return object()
+        return _ModelWithPrograms()
 
     registry = ModelRegistry({"base": "base", "other": "/srv/private models/other.safetensors"}, "base",
                              loader=loader)
