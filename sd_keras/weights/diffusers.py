@@ -33,10 +33,12 @@ def _read_json(path):
         raise InputError(f"{path}: not valid JSON ({error})") from None
 
 
-def _diffusers_reader(folder, part):
+def _diffusers_reader(folder, part, stems=None):
+    """The weights of ``folder/part``: the first of ``stems`` (default: the part's usual file names) found as
+    safetensors or ``.bin``, sharded or not, plain before ``fp16``."""
     directory = os.path.join(folder, part)
     names = []
-    for stem in _DIFFUSERS_WEIGHT_NAMES[part]:
+    for stem in stems or _DIFFUSERS_WEIGHT_NAMES[part]:
         for variant in ("", ".fp16"):
             names += [f"{stem}{variant}.safetensors", f"{stem}{variant}.safetensors.index.json",
                       f"{stem}{variant}.bin", f"{stem}{variant}.bin.index.json"]
@@ -200,6 +202,24 @@ def _pad_token_id(folder, text_config):
     return OPEN_CLIP_PAD_ID if text_config.activation == "gelu" else OPENAI_CLIP_PAD_ID
 
 
+def _prediction_type(folder, prediction_type):
+    """``(prediction type, where it came from)``: the one given, else the folder's scheduler config's, else
+    ``epsilon``; checked."""
+    scheduler_path = os.path.join(folder, "scheduler", "scheduler_config.json")
+    source = "given"
+    if prediction_type is None and os.path.exists(scheduler_path):
+        prediction_type, source = _read_json(scheduler_path).get("prediction_type", "epsilon"), "scheduler config"
+    source = source if prediction_type else "default"
+    return check_prediction_type(prediction_type or "epsilon", scheduler_path), source
+
+
+def _image_size(unet_json, vae, default_sample_size):
+    """The image size of a UNet ``config.json``'s ``sample_size`` (latent pixels) through the VAE."""
+    sample_size = unet_json.get("sample_size", default_sample_size)
+    sample_size = tuple(sample_size) if isinstance(sample_size, (list, tuple)) else (sample_size, sample_size)
+    return tuple(int(s) * vae.downsample_factor for s in sample_size)
+
+
 def open_diffusers(folder, prediction_type):
     index_path = os.path.join(folder, "model_index.json")
     if os.path.exists(index_path):
@@ -216,15 +236,8 @@ def open_diffusers(folder, prediction_type):
     vae = vae_config_from_diffusers(vae_json, os.path.join(folder, "vae", "config.json"))
     text = text_config_from_diffusers(_read_json(os.path.join(folder, "text_encoder", "config.json")),
                                       os.path.join(folder, "text_encoder", "config.json"))
-    scheduler_path = os.path.join(folder, "scheduler", "scheduler_config.json")
-    source = "given"
-    if prediction_type is None and os.path.exists(scheduler_path):
-        prediction_type, source = _read_json(scheduler_path).get("prediction_type", "epsilon"), "scheduler config"
-    source = source if prediction_type else "default"
-    prediction_type = check_prediction_type(prediction_type or "epsilon", scheduler_path)
-    sample_size = unet_json.get("sample_size", 64)
-    sample_size = tuple(sample_size) if isinstance(sample_size, (list, tuple)) else (sample_size, sample_size)
-    image_size = tuple(int(s) * vae.downsample_factor for s in sample_size)
+    prediction_type, source = _prediction_type(folder, prediction_type)
+    image_size = _image_size(unet_json, vae, 64)
     config = model_config(os.path.basename(os.path.normpath(folder)), text, unet, vae, image_size,
                            prediction_type, _pad_token_id(folder, text), folder)
     readers = []

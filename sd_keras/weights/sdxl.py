@@ -31,7 +31,6 @@ Example:
 """
 
 import dataclasses
-import json
 import logging
 import os
 import re
@@ -42,8 +41,10 @@ from sd_keras.models import registry
 from sd_keras.weights import diffusers as sd_diffusers
 from sd_keras.weights import key_maps, sdxl_key_maps
 from sd_keras.weights import single_file as sd_single_file
-from sd_keras.weights.plans import Checkpoint, ComponentPlan, ComponentSource
-from sd_keras.weights.readers import MultiFile, open_tensor_file
+from sd_keras.weights.diffusers import _diffusers_reader, _read_json
+from sd_keras.weights.plans import Checkpoint, ComponentPlan, ComponentSource, check_prediction_type
+from sd_keras.weights.readers import open_tensor_file
+from sd_keras.weights.single_file import _indices, _need
 
 LOG = logging.getLogger("sd_keras.checkpoints")
 SDXL_IMAGE_SIZE = (1024, 1024)
@@ -59,27 +60,6 @@ __all__ = ["is_sdxl_checkpoint", "open_sdxl_checkpoint", "load_sdxl_checkpoint",
 
 
 # ------------------------------------------------------------------------------------------------- helpers
-def _read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except OSError as error:
-        raise InputError(f"{path}: cannot read ({error.strerror})") from None
-    except ValueError as error:
-        raise InputError(f"{path}: not valid JSON ({error})") from None
-
-
-def _indices(keys, pattern):
-    regex = re.compile(pattern)
-    return sorted({int(m.group(1)) for m in map(regex.match, keys) if m})
-
-
-def _need(source, name, what):
-    if name not in source:
-        raise InputError(f"{source.reader.path}: cannot infer the {what}: {source.file_key(name)} is missing")
-    return source.shape(name)
-
-
 def _as_input_error(call, *args, **kwargs):
     """Run a validator of the SD loader; its ValueErrors become InputErrors (same message)."""
     try:
@@ -182,13 +162,6 @@ def _tokenizer_pad(folder, name, default):
     return default
 
 
-def _prediction_type(prediction_type, where):
-    if prediction_type not in ("epsilon", "v_prediction"):
-        raise InputError(f"{where}: prediction_type {prediction_type!r} is not supported (epsilon or "
-                         "v_prediction)")
-    return prediction_type
-
-
 def _sdxl_config(name, text, text_2, unet, vae, image_size, prediction_type, pad_ids, force_zeros, where):
     cls = SDXLRefinerConfig if text is None else SDXLConfig
     try:
@@ -200,26 +173,6 @@ def _sdxl_config(name, text, text_2, unet, vae, image_size, prediction_type, pad
 
 
 # --------------------------------------------------------------------------------------------- diffusers
-def _diffusers_reader(folder, part, stems=None):
-    directory = os.path.join(folder, part)
-    names = []
-    for stem in stems or DIFFUSERS_WEIGHT_STEMS[part]:
-        for variant in ("", ".fp16"):
-            names += [f"{stem}{variant}.safetensors", f"{stem}{variant}.safetensors.index.json",
-                      f"{stem}{variant}.bin", f"{stem}{variant}.bin.index.json"]
-    for name in names:
-        path = os.path.join(directory, name)
-        if not os.path.exists(path):
-            continue
-        if name.endswith(".index.json"):
-            shards = sorted(set(_read_json(path).get("weight_map", {}).values()))
-            if not shards:
-                raise InputError(f"{path}: empty weight_map")
-            return MultiFile([open_tensor_file(os.path.join(directory, shard)) for shard in shards])
-        return open_tensor_file(path)
-    raise InputError(f"{directory}: no weights file (expected one of {', '.join(names[:4])}, ...)")
-
-
 def _text_plans(text_reader, text_config, layout, *, prefix="", hf_names=True):
     """The plan of one SDXL text encoder and the regexes of its known, unused tensors."""
     unused = [r"position_ids$", r"^logit_scale$", r"^attn_mask$"]
@@ -252,15 +205,8 @@ def _open_diffusers(folder, prediction_type):
     unet_json, unet_path = config_of("unet")
     unet = unet_config_from_diffusers(unet_json, unet_path, text_2.projection_dim)
     vae = _as_input_error(sd_diffusers.vae_config_from_diffusers, *config_of("vae"))
-    scheduler_path = os.path.join(folder, "scheduler", "scheduler_config.json")
-    source = "given"
-    if prediction_type is None and os.path.exists(scheduler_path):
-        prediction_type, source = _read_json(scheduler_path).get("prediction_type", "epsilon"), "scheduler config"
-    source = source if prediction_type else "default"
-    prediction_type = _prediction_type(prediction_type or "epsilon", scheduler_path)
-    sample_size = unet_json.get("sample_size", 128)
-    sample_size = tuple(sample_size) if isinstance(sample_size, (list, tuple)) else (sample_size, sample_size)
-    image_size = tuple(int(s) * vae.downsample_factor for s in sample_size)
+    prediction_type, source = sd_diffusers._prediction_type(folder, prediction_type)
+    image_size = sd_diffusers._image_size(unet_json, vae, 128)
     pads = (_tokenizer_pad(folder, "tokenizer_2", OPEN_CLIP_PAD_ID),)
     if not refiner:
         pads = (_tokenizer_pad(folder, "tokenizer", CLIP_PAD_ID),) + pads
@@ -270,7 +216,7 @@ def _open_diffusers(folder, prediction_type):
     readers = {}
     try:
         for part in parts:
-            readers[part] = _diffusers_reader(folder, part)
+            readers[part] = _diffusers_reader(folder, part, DIFFUSERS_WEIGHT_STEMS[part])
         layout = key_maps.DIFFUSERS
         vae_source = ComponentSource(readers["vae"], aliases=key_maps.DIFFUSERS_VAE_ALIASES)
         plans = {}
@@ -415,7 +361,7 @@ def _open_single_file(path, prediction_type):
         vae_source = ComponentSource(reader, prefixes["vae"])
         vae = dataclasses.replace(_as_input_error(sd_single_file.infer_vae_config, vae_source), scaling_factor=0.13025)
         given = prediction_type is not None
-        prediction_type = _prediction_type(prediction_type or "epsilon", "prediction_type argument")
+        prediction_type = check_prediction_type(prediction_type or "epsilon", "prediction_type argument")
         stem = os.path.splitext(os.path.basename(path))[0]
         config = _sdxl_config(stem, text, text_2, unet, vae, SDXL_IMAGE_SIZE, prediction_type,
                               (OPEN_CLIP_PAD_ID,) if refiner else (CLIP_PAD_ID, OPEN_CLIP_PAD_ID), not refiner, path)
@@ -446,7 +392,7 @@ def open_sdxl_checkpoint(path, *, prediction_type=None):
     beyond headers). ``prediction_type``: overrides the scheduler config / the ``epsilon`` default."""
     path = os.fspath(path)
     if prediction_type is not None:
-        _prediction_type(prediction_type, "prediction_type argument")
+        check_prediction_type(prediction_type, "prediction_type argument")
     if os.path.isdir(path):
         checkpoint = _open_diffusers(path, prediction_type)
     elif os.path.isfile(path):
