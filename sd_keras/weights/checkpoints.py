@@ -106,14 +106,7 @@ def open_checkpoint(path, *, prediction_type=None, ema=False):
         checkpoint = open_single_file(path, prediction_type, ema)
     else:
         raise FileNotFoundError(f"{path}: no such checkpoint file or folder")
-    try:
-        checkpoint.check()
-    except BaseException:
-        checkpoint.close()
-        raise
-    for level, note in checkpoint.notes:
-        LOG.log(level, "%s: %s", path, note)
-    return checkpoint
+    return checkpoint.checked(path)
 
 
 @contextlib.contextmanager

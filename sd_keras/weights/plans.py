@@ -5,6 +5,7 @@ it with a key-map table (``sd_keras.weights.key_maps``) and checks every key and
 ``Checkpoint`` is an opened checkpoint: its config, one plan per component, and the open readers.
 """
 
+import logging
 import re
 
 import numpy as np
@@ -13,6 +14,7 @@ from sd_keras.config import PREDICTION_TYPES, ModelConfig
 from sd_keras.errors import InputError
 from sd_keras.weights import key_maps
 
+LOG = logging.getLogger("sd_keras.checkpoints")
 COMPONENTS = ("text_encoder", "diffusion_model", "decoder", "image_encoder")
 OPENAI_CLIP_PAD_ID = 49407  # <|endoftext|>
 OPEN_CLIP_PAD_ID = 0  # "!": the SD 2 / OpenCLIP tokenizer pads with 0
@@ -165,6 +167,18 @@ class Checkpoint:
     def check(self):
         for plan in self.plans.values():
             plan.check_keys()
+
+    def checked(self, where):
+        """This checkpoint once ``check()`` passes (else it is closed and the error raised), its notes logged by the
+        ``sd_keras.checkpoints`` logger under ``where``."""
+        try:
+            self.check()
+        except BaseException:
+            self.close()
+            raise
+        for level, note in self.notes:
+            LOG.log(level, "%s: %s", where, note)
+        return self
 
     def build(self, component, *, dtype=None):
         from sd_keras import models

@@ -399,14 +399,7 @@ def open_sdxl_checkpoint(path, *, prediction_type=None):
         checkpoint = _open_single_file(path, prediction_type)
     else:
         raise InputError(f"{path}: no such checkpoint file or folder")
-    try:
-        checkpoint.check()
-    except BaseException:
-        checkpoint.close()
-        raise
-    for level, note in checkpoint.notes:
-        LOG.log(level, "%s: %s", path, note)
-    return checkpoint
+    return checkpoint.checked(path)
 
 
 def open_vae(path, vae_config):
