@@ -44,7 +44,7 @@ from sd_keras.weights import single_file as sd_single_file
 from sd_keras.weights.diffusers import _diffusers_reader, _read_json
 from sd_keras.weights.plans import Checkpoint, ComponentPlan, ComponentSource, check_prediction_type
 from sd_keras.weights.readers import open_tensor_file
-from sd_keras.weights.single_file import _indices, _need
+from sd_keras.weights.single_file import _indices, _need, _text_heads, _text_shapes
 
 LOG = logging.getLogger("sd_keras.checkpoints")
 SDXL_IMAGE_SIZE = (1024, 1024)
@@ -293,20 +293,11 @@ def infer_unet_config(source, pooled_dim, num_time_ids):
         raise InputError(f"{path}: unsupported SDXL UNet shapes ({error})") from None
 
 
-def _text_heads(width, path):
-    if width % HEAD_WIDTH:
-        raise InputError(f"{path}: cannot infer the attention heads of a {width}-wide text encoder (CLIP and "
-                         "OpenCLIP use 64-wide heads); load it from a diffusers folder whose config says")
-    return width // HEAD_WIDTH
-
-
 def infer_text_config(source, open_clip):
     """``SDXLTextEncoderConfig`` from the shapes of CLIP ViT-L (Hugging Face names) or OpenCLIP bigG."""
     path = source.reader.path
+    vocab, width, max_length, intermediate = _text_shapes(source, open_clip)
     if open_clip:
-        vocab, width = _need(source, "token_embedding.weight", "vocabulary")
-        max_length = _need(source, "positional_embedding", "context length")[0]
-        intermediate = _need(source, "transformer.resblocks.0.mlp.c_fc.weight", "MLP width")[0]
         layers = _indices(source.keys(), r"transformer\.resblocks\.(\d+)\.")
         projection = _need(source, "text_projection", "pooled width")
         if projection[0] != width:
@@ -314,9 +305,6 @@ def infer_text_config(source, open_clip):
                              "states")
         extra = {"activation": "gelu", "projection_dim": projection[1]}
     else:
-        vocab, width = _need(source, "text_model.embeddings.token_embedding.weight", "vocabulary")
-        max_length = _need(source, "text_model.embeddings.position_embedding.weight", "context length")[0]
-        intermediate = _need(source, "text_model.encoder.layers.0.mlp.fc1.weight", "MLP width")[0]
         layers = _indices(source.keys(), r"text_model\.encoder\.layers\.(\d+)\.")
         extra = {"activation": "quick_gelu", "projection_dim": None}
     if layers != list(range(len(layers))):

@@ -127,19 +127,28 @@ def open_clip_layers(source):
     return len(layers), used
 
 
-def infer_text_config(source, open_clip):
-    """``TextEncoderConfig`` from the tensor shapes of an SD 1 (HF CLIP) or SD 2 (OpenCLIP) text encoder."""
-    path = source.reader.path
+def _text_shapes(source, open_clip):
+    """``(vocabulary, width, context length, MLP width)`` of an OpenCLIP or a CLIP (Hugging Face names) text
+    encoder, from its tensor shapes."""
     if open_clip:
         vocab, width = _need(source, "token_embedding.weight", "vocabulary")
         max_length = _need(source, "positional_embedding", "context length")[0]
         intermediate = _need(source, "transformer.resblocks.0.mlp.c_fc.weight", "MLP width")[0]
-        num_layers, activation = open_clip_layers(source)[1], "gelu"
     else:
         vocab, width = _need(source, "text_model.embeddings.token_embedding.weight", "vocabulary")
         max_length = _need(source, "text_model.embeddings.position_embedding.weight", "context length")[0]
-        num_layers = len(_indices(source.keys(), r"text_model\.encoder\.layers\.(\d+)\."))
         intermediate = _need(source, "text_model.encoder.layers.0.mlp.fc1.weight", "MLP width")[0]
+    return vocab, width, max_length, intermediate
+
+
+def infer_text_config(source, open_clip):
+    """``TextEncoderConfig`` from the tensor shapes of an SD 1 (HF CLIP) or SD 2 (OpenCLIP) text encoder."""
+    path = source.reader.path
+    vocab, width, max_length, intermediate = _text_shapes(source, open_clip)
+    if open_clip:
+        num_layers, activation = open_clip_layers(source)[1], "gelu"
+    else:
+        num_layers = len(_indices(source.keys(), r"text_model\.encoder\.layers\.(\d+)\."))
         activation = "quick_gelu"
     return TextEncoderConfig(vocab_size=vocab, max_length=max_length, width=width, num_layers=num_layers,
                              num_heads=_text_heads(width, path), intermediate_size=intermediate,
