@@ -25,7 +25,8 @@ progress)``
 
 Two engines exist: ``StableDiffusion`` (``sd_keras.pipeline``: Keras models, the compiled loop of
 ``sd_keras.loop``) and ``BundleRunner`` (``sd_keras.export.runner``: LiteRT interpreters and a numpy loop). This
-module imports no Keras, so the bundle runner runs without it.
+module imports no Keras, so the bundle runner runs without it. ``KerasGenerator`` holds the primitives that the
+Keras engines (``StableDiffusion``, ``sd_keras.pipeline_sdxl.StableDiffusionXL``) share.
 
 Two steps are single methods so that features can replace them in one place: ``_contexts`` (the only step that
 reads prompt text: a prompt syntax with weights or prompts longer than 77 tokens overrides it) and
@@ -670,6 +671,25 @@ class Generator:
         for index, (image, path) in enumerate(zip(images, paths)):
             metadata.save_png(image, path, self.generation_parameters(index))
         return paths
+
+
+class KerasGenerator(Generator):
+    """The primitives of an engine whose networks are Keras models (``StableDiffusion``, ``StableDiffusionXL``):
+    ``diffusion_model`` and the compiled ``_decoder_fn`` / ``_image_encoder_fn`` that its constructor sets."""
+
+    @property
+    def latent_channels(self):
+        return int(self.diffusion_model.output.shape[-1])
+
+    @property
+    def unet_in_channels(self):
+        return int(self.diffusion_model.input["latent"].shape[-1])
+
+    def _decode(self, latent):
+        return self._decoder_fn(np.asarray(latent, np.float32))
+
+    def _encode_image(self, pixels):
+        return self._image_encoder_fn(np.asarray(pixels, np.float32))
 
 
 def _negative_list(negative_prompt, batch_size):

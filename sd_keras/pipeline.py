@@ -14,9 +14,9 @@ import numpy as np
 
 from sd_keras.config import ModelConfig, get_config
 from sd_keras.errors import InputError
-from sd_keras.generator import (BLEND, CONCAT, MAX_SIDE, MAX_STEPS, TXT2IMG, Generator, batch_size_for,  # noqa: F401
-                                check_guidance, check_size, check_steps, check_strength, load_image, to_pil,
-                                to_uint8)
+from sd_keras.generator import (BLEND, CONCAT, MAX_SIDE, MAX_STEPS, TXT2IMG, Generator, KerasGenerator,  # noqa: F401
+                                batch_size_for, check_guidance, check_size, check_steps, check_strength, load_image,
+                                to_pil, to_uint8)
 
 
 class _LoopModule:
@@ -35,7 +35,7 @@ loop_lib = _LoopModule()
 DEFAULT_SAMPLER = Generator.default_sampler
 
 
-class StableDiffusion(Generator):
+class StableDiffusion(KerasGenerator):
     """Text-to-image, image-to-image and inpainting with one set of Keras 3 models.
 
     The Keras engine of ``sd_keras.generator.Generator``, which holds the generation methods. The sub-models keep
@@ -183,14 +183,6 @@ class StableDiffusion(Generator):
     nan_hint = " (numerical overflow, often float16 in the UNet or VAE); try dtype='float32' or 'bfloat16'"
     can_merge_lora = True  # sd_keras.weights.lora merges into the Keras text encoder and UNet
 
-    @property
-    def latent_channels(self):
-        return int(self.diffusion_model.output.shape[-1])
-
-    @property
-    def unet_in_channels(self):
-        return int(self.diffusion_model.input["latent"].shape[-1])
-
     def _encode_tokens(self, ids):
         positions = np.repeat(np.arange(ids.shape[1], dtype=np.int32)[None], ids.shape[0], axis=0)
         return self._text_encoder_fn({"tokens": ids, "positions": positions})
@@ -199,12 +191,6 @@ class StableDiffusion(Generator):
                  mode=TXT2IMG, extra=None, progress=None):
         return self._loop(scheduler, context, unconditional, latent, step_noise, guidance_scale=guidance_scale,
                           start_index=start_index, mode=mode, extra=extra, progress=progress)
-
-    def _decode(self, latent):
-        return self._decoder_fn(np.asarray(latent, np.float32))
-
-    def _encode_image(self, pixels):
-        return self._image_encoder_fn(np.asarray(pixels, np.float32))
 
 
 class StableDiffusionV2(StableDiffusion):

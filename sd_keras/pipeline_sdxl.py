@@ -37,7 +37,7 @@ import numpy as np
 
 from sd_keras.config_sdxl import SDXL_PRESETS, SDXLConfig
 from sd_keras.errors import InputError
-from sd_keras.generator import TXT2IMG, Generator, _repeat_to, batch_size_for, prompt_list
+from sd_keras.generator import TXT2IMG, KerasGenerator, _repeat_to, batch_size_for, prompt_list
 from sd_keras.tokenizer import END_OF_TEXT_ID
 
 CLIP_VOCAB_SIZE = 49408
@@ -112,7 +112,7 @@ def preset_names():
     return list(SDXL_PRESETS) + list(TINY_PRESETS)
 
 
-class StableDiffusionXL(Generator):
+class StableDiffusionXL(KerasGenerator):
     """Text-to-image, image-to-image and inpainting with an SDXL model (base, refiner or 9-channel inpainting).
 
     Construct with ``from_preset("sd-xl")`` / ``from_checkpoint(path)`` / ``from_config(config)`` or from parts:
@@ -207,14 +207,6 @@ class StableDiffusionXL(Generator):
 
     # -- the engine's primitives -----------------------------------------------------------------------------
     @property
-    def latent_channels(self):
-        return int(self.diffusion_model.output.shape[-1])
-
-    @property
-    def unet_in_channels(self):
-        return int(self.diffusion_model.input["latent"].shape[-1])
-
-    @property
     def pooled_dim(self):
         return int(self.config.unet.pooled_dim)
 
@@ -301,12 +293,6 @@ class StableDiffusionXL(Generator):
         return self._loop(scheduler, context, unconditional, latent, step_noise, guidance_scale=guidance_scale,
                           start_index=start_index, mode=mode, extra=extra, progress=progress, added=added,
                           stop_index=stop)
-
-    def _decode(self, latent):
-        return self._decoder_fn(np.asarray(latent, np.float32))
-
-    def _encode_image(self, pixels):
-        return self._image_encoder_fn(np.asarray(pixels, np.float32))
 
     # -- the SDXL keywords -----------------------------------------------------------------------------------
     def _with(self, options, call):
