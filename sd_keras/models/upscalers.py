@@ -79,14 +79,21 @@ class UpscalerConfig:
         return self.unshuffle
 
 
-@keras.saving.register_keras_serializable(package="sd_keras")
-class PixelShuffle(keras.layers.Layer):
-    """``(B, H, W, C*r*r) -> (B, r*H, r*W, C)`` with PyTorch's channel order (channel ``c*r*r + i*r + j`` goes to
-    row offset ``i``, column offset ``j``), so converted weights keep their meaning."""
+class _Rearrange(keras.layers.Layer):
+    """A layer that moves pixels between the spatial axes and the channels, ``factor`` in each direction."""
 
     def __init__(self, factor, **kwargs):
         super().__init__(**kwargs)
         self.factor = int(factor)
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor}
+
+
+@keras.saving.register_keras_serializable(package="sd_keras")
+class PixelShuffle(_Rearrange):
+    """``(B, H, W, C*r*r) -> (B, r*H, r*W, C)`` with PyTorch's channel order (channel ``c*r*r + i*r + j`` goes to
+    row offset ``i``, column offset ``j``), so converted weights keep their meaning."""
 
     def call(self, x):
         r = self.factor
@@ -101,17 +108,10 @@ class PixelShuffle(keras.layers.Layer):
         scaled = [None if size is None else size * r for size in input_shape[1:3]]
         return (input_shape[0], *scaled, input_shape[3] // (r * r))
 
-    def get_config(self):
-        return {**super().get_config(), "factor": self.factor}
-
 
 @keras.saving.register_keras_serializable(package="sd_keras")
-class PixelUnshuffle(keras.layers.Layer):
+class PixelUnshuffle(_Rearrange):
     """The inverse of ``PixelShuffle``: ``(B, r*H, r*W, C) -> (B, H, W, C*r*r)``, PyTorch's channel order."""
-
-    def __init__(self, factor, **kwargs):
-        super().__init__(**kwargs)
-        self.factor = int(factor)
 
     def call(self, x):
         r = self.factor
@@ -125,9 +125,6 @@ class PixelUnshuffle(keras.layers.Layer):
         r = self.factor
         scaled = [None if size is None else size // r for size in input_shape[1:3]]
         return (input_shape[0], *scaled, input_shape[3] * r * r)
-
-    def get_config(self):
-        return {**super().get_config(), "factor": self.factor}
 
 
 def _conv(filters, name, dtype):
