@@ -18,12 +18,13 @@ Not a test: numbers depend on the card.
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gpu_bench import _median_time, card_name  # noqa: E402
 
 STEPS, SIZE, GUIDANCE = 30, 1024, 5.0
 PRESET = "sd-xl"  # shapes only: random weights
@@ -31,24 +32,6 @@ BATCHES = (1, 4)
 SMOKE = False
 GIB = 2**30
 MEMORY_16GB_FRACTION = 16 * GIB  # divided by the card's memory at run time
-
-
-def _median_time(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), times
-
-
-def card_name():
-    try:
-        import jax
-
-        return jax.devices()[0].device_kind
-    except Exception:  # noqa: BLE001
-        return "unknown"
 
 
 def _jax_memory():
