@@ -55,8 +55,8 @@ def test_page_generates_an_image_into_the_gallery(browser, tmp_path):
         field.clear()
         field.send_keys(str(value))
 
-    env = {**os.environ, "SD_KERAS_COMPILATION_CACHE": "0"}  # a program cached earlier would load at once (JAX)
-    with ServerProcess("-m", "tiny", "--api-key", KEY, env=env) as server:
+    environment = {**os.environ, "SD_KERAS_COMPILATION_CACHE": "0"}  # a program cached earlier would load at once
+    with ServerProcess("-m", "tiny", "--api-key", KEY, env=environment) as server:
         browser.get(server.url + "/")
         wait = WebDriverWait(browser, 600)
         status = browser.find_element(By.ID, "status")
