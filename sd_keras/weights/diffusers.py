@@ -183,23 +183,30 @@ def text_config_from_diffusers(config, path):
                              activation=_ACTIVATIONS[activation], layer_norm_eps=config.get("layer_norm_eps", 1e-5))
 
 
-def _pad_token_id(folder, text_config):
+def tokenizer_pad_id(folder, name, default):
+    """The pad token id that the tokenizer folder ``folder/name`` names (its vocabulary entry, as the reference
+    tokenizer looks it up: "!" is id 0), or ``default`` when the folder names none."""
     from sd_keras.tokenizer import CLIPTokenizer
 
-    for name in ("special_tokens_map.json", "tokenizer_config.json"):
-        path = os.path.join(folder, "tokenizer", name)
+    for file_name in ("special_tokens_map.json", "tokenizer_config.json"):
+        path = os.path.join(folder, name, file_name)
         if not os.path.exists(path):
             continue
         pad = _read_json(path).get("pad_token")
         if isinstance(pad, dict):
             pad = pad.get("content")
         if isinstance(pad, str):
-            try:  # the vocabulary entry itself, as the reference tokenizer looks it up ("!" is id 0)
+            try:
                 return CLIPTokenizer().token_to_id(pad)
             except (KeyError, ValueError):
                 raise InputError(f"{path}: pad token {pad!r} is not in the CLIP vocabulary") from None
+    return default
+
+
+def _pad_token_id(folder, text_config):
     # no tokenizer folder: OpenCLIP-derived text encoders (exact GELU) come with the pad-with-"!" tokenizer
-    return OPEN_CLIP_PAD_ID if text_config.activation == "gelu" else OPENAI_CLIP_PAD_ID
+    default = OPEN_CLIP_PAD_ID if text_config.activation == "gelu" else OPENAI_CLIP_PAD_ID
+    return tokenizer_pad_id(folder, "tokenizer", default)
 
 
 def _prediction_type(folder, prediction_type):

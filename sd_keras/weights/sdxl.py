@@ -41,7 +41,7 @@ from sd_keras.models import registry
 from sd_keras.weights import diffusers as sd_diffusers
 from sd_keras.weights import key_maps, sdxl_key_maps
 from sd_keras.weights import single_file as sd_single_file
-from sd_keras.weights.diffusers import _diffusers_reader, _read_json
+from sd_keras.weights.diffusers import _diffusers_reader, _read_json, tokenizer_pad_id
 from sd_keras.weights.plans import Checkpoint, ComponentPlan, ComponentSource, check_prediction_type
 from sd_keras.weights.readers import open_tensor_file
 from sd_keras.weights.single_file import _indices, _need, _text_heads, _text_shapes
@@ -144,24 +144,6 @@ def text_config_from_diffusers(config, path, *, projection):
     return _as_input_error(SDXLTextEncoderConfig, **dataclasses.asdict(base), projection_dim=projection_dim)
 
 
-def _tokenizer_pad(folder, name, default):
-    from sd_keras.tokenizer import CLIPTokenizer
-
-    for file_name in ("special_tokens_map.json", "tokenizer_config.json"):
-        path = os.path.join(folder, name, file_name)
-        if not os.path.exists(path):
-            continue
-        pad = _read_json(path).get("pad_token")
-        if isinstance(pad, dict):
-            pad = pad.get("content")
-        if isinstance(pad, str):
-            try:
-                return CLIPTokenizer().token_to_id(pad)
-            except (KeyError, ValueError):
-                raise InputError(f"{path}: pad token {pad!r} is not in the CLIP vocabulary") from None
-    return default
-
-
 def _sdxl_config(name, text, text_2, unet, vae, image_size, prediction_type, pad_ids, force_zeros, where):
     cls = SDXLRefinerConfig if text is None else SDXLConfig
     try:
@@ -207,9 +189,9 @@ def _open_diffusers(folder, prediction_type):
     vae = _as_input_error(sd_diffusers.vae_config_from_diffusers, *config_of("vae"))
     prediction_type, source = sd_diffusers._prediction_type(folder, prediction_type)
     image_size = sd_diffusers._image_size(unet_json, vae, 128)
-    pads = (_tokenizer_pad(folder, "tokenizer_2", OPEN_CLIP_PAD_ID),)
+    pads = (tokenizer_pad_id(folder, "tokenizer_2", OPEN_CLIP_PAD_ID),)
     if not refiner:
-        pads = (_tokenizer_pad(folder, "tokenizer", CLIP_PAD_ID),) + pads
+        pads = (tokenizer_pad_id(folder, "tokenizer", CLIP_PAD_ID),) + pads
     force_zeros = bool(index.get("force_zeros_for_empty_prompt", not refiner))
     config = _sdxl_config(os.path.basename(os.path.normpath(folder)), text, text_2, unet, vae, image_size,
                           prediction_type, pads, force_zeros, folder)
