@@ -20,14 +20,21 @@ from sd_keras import files
 from sd_keras.errors import InputError
 
 FORMAT = "sd_keras.bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # SD 1.x / 2.x bundles
+SDXL_FORMAT_VERSION = 2  # SDXL bundles (two text encoders, added conditioning): "family": "sdxl"
+FORMAT_VERSIONS = (FORMAT_VERSION, SDXL_FORMAT_VERSION)  # what this reader reads
+SDXL_FAMILY = "sdxl"
 MANIFEST = "manifest.json"
 REPORT = "report.json"
 TOKENIZER_FILE = "merges.txt"
 COMPONENTS = ("text_encoder", "diffusion_model", "decoder", "image_encoder")
 REQUIRED_COMPONENTS = ("text_encoder", "diffusion_model", "decoder")
+SDXL_COMPONENTS = ("text_encoder", "text_encoder_2", "diffusion_model", "decoder", "image_encoder")
+SDXL_REQUIRED_COMPONENTS = ("text_encoder", "text_encoder_2", "diffusion_model", "decoder")
 _REQUIRED_KEYS = ("model", "image_size", "latent_size", "latent_scale_factor", "prediction_type", "schedule",
                   "default_sampler", "samplers", "timestep_embedding_dim", "tokenizer", "components")
+SDXL_REQUIRED_KEYS = ("family", "tokenizer_2", "micro_conditioning", "force_zeros_for_empty_prompt", "pooled_dim",
+                      "addition_time_embed_dim")
 
 
 class ExportError(RuntimeError):
@@ -54,11 +61,15 @@ def write_json_atomic(path, data):
 
 def build_manifest(*, model, image_size, latent_size, latent_scale_factor, prediction_type, schedule,
                    default_sampler, samplers, timestep_embedding_dim, tokenizer, components, quantization,
-                   model_config=None, producer=None):
-    """The manifest dict in the order BUNDLE.md lists its fields (``components`` entries already complete)."""
+                   model_config=None, producer=None, sdxl=None):
+    """The manifest dict in the order BUNDLE.md lists its fields (``components`` entries already complete).
+
+    ``sdxl``: for an SDXL bundle (format version 2), ``{"tokenizer_2", "pooled_dim", "addition_time_embed_dim",
+    "micro_conditioning", "force_zeros_for_empty_prompt"}``; ``family`` is set to ``"sdxl"``."""
     manifest = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if sdxl is None else SDXL_FORMAT_VERSION,
+        **({} if sdxl is None else {"family": SDXL_FAMILY}),
         "model": model,
         "image_size": [int(v) for v in image_size],
         "latent_size": [int(v) for v in latent_size],
@@ -69,6 +80,12 @@ def build_manifest(*, model, image_size, latent_size, latent_scale_factor, predi
         "samplers": list(samplers),
         "timestep_embedding_dim": int(timestep_embedding_dim),
         "tokenizer": dict(tokenizer),
+        **({} if sdxl is None else {
+            "tokenizer_2": dict(sdxl["tokenizer_2"]), "pooled_dim": int(sdxl["pooled_dim"]),
+            "addition_time_embed_dim": int(sdxl["addition_time_embed_dim"]),
+            "micro_conditioning": {key: [_number(v) for v in value] if isinstance(value, (list, tuple)) else
+                                   _number(value) for key, value in sdxl["micro_conditioning"].items()},
+            "force_zeros_for_empty_prompt": bool(sdxl["force_zeros_for_empty_prompt"])}),
         "components": {name: dict(entry) for name, entry in components.items()},
         "quantization": quantization,
     }
@@ -77,6 +94,12 @@ def build_manifest(*, model, image_size, latent_size, latent_scale_factor, predi
     if producer is not None:
         manifest["producer"] = producer
     return manifest
+
+
+def _number(value):
+    """A JSON number: an int when ``value`` is integral (sizes), else a float (aesthetic scores)."""
+    value = float(value)
+    return int(value) if value.is_integer() else value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +112,11 @@ class Bundle:
     @property
     def components(self):
         return tuple(self.manifest["components"])
+
+    @property
+    def family(self):
+        """``"sdxl"`` for an SDXL bundle (format version 2), None for SD 1.x / 2.x (version 1)."""
+        return self.manifest.get("family")
 
     def has(self, component):
         return component in self.manifest["components"]
@@ -133,8 +161,11 @@ def _check_file_entry(folder, entry, what, verify_hashes):
                               f"!= manifest {entry['sha256'][:12]}...)")
 
 
-def read_bundle(path, *, verify_hashes=True):
+def read_bundle(path, *, verify_hashes=True, versions=FORMAT_VERSIONS):
     """Parse and check ``path/manifest.json`` and the files it names.
+
+    ``versions``: the format versions the caller can run (default both: ``(1,)`` is a reader that knows only SD
+    1.x / 2.x bundles, which must refuse an SDXL bundle).
 
     Raises:
         BundleError: no manifest, not JSON, another format, an unknown ``format_version``, a missing field,
@@ -153,22 +184,33 @@ def read_bundle(path, *, verify_hashes=True):
         found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise BundleError(f"bundle {path}: {MANIFEST} has format {found!r}, expected {FORMAT!r}")
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise BundleError(f"bundle {path}: format_version {version!r} is not supported (this sd_keras reads "
-                          f"version {FORMAT_VERSION}); re-export the bundle or upgrade sd_keras")
-    missing = [key for key in _REQUIRED_KEYS if key not in manifest]
+    if isinstance(version, bool) or version not in versions:
+        raise BundleError(f"bundle {path}: format_version {version!r} is not supported (this reader reads "
+                          f"version {' and '.join(map(str, versions))}); re-export the bundle or upgrade sd_keras")
+    sdxl = version == SDXL_FORMAT_VERSION
+    if sdxl and manifest.get("family") != SDXL_FAMILY:
+        raise BundleError(f"bundle {path}: format_version 2 needs family {SDXL_FAMILY!r}, got "
+                          f"{manifest.get('family')!r}")
+    if not sdxl and "family" in manifest:
+        raise BundleError(f"bundle {path}: family {manifest['family']!r} needs format_version 2, got {version}")
+    missing = [key for key in _REQUIRED_KEYS + (SDXL_REQUIRED_KEYS if sdxl else ()) if key not in manifest]
     if missing:
         raise BundleError(f"bundle {path}: {MANIFEST} lacks {', '.join(missing)}")
     components = manifest["components"]
     if not isinstance(components, dict):
         raise BundleError(f"bundle {path}: 'components' must be an object")
-    for name in REQUIRED_COMPONENTS:
+    for name in SDXL_REQUIRED_COMPONENTS if sdxl else REQUIRED_COMPONENTS:
         if name not in components:
             raise BundleError(f"bundle {path}: component {name!r} is missing from {MANIFEST}")
-    unknown = sorted(set(components) - set(COMPONENTS))
+    unknown = sorted(set(components) - set(SDXL_COMPONENTS if sdxl else COMPONENTS))
     if unknown:
         raise BundleError(f"bundle {path}: unknown component(s) {', '.join(unknown)}")
     _check_file_entry(path, manifest["tokenizer"], "tokenizer", verify_hashes)
+    if sdxl:
+        second = manifest["tokenizer_2"]
+        if not isinstance(second, dict) or (second.get("file"), second.get("sha256")) != (
+                manifest["tokenizer"]["file"], manifest["tokenizer"]["sha256"]):
+            raise BundleError(f"bundle {path}: tokenizer_2 must name the tokenizer's merges file and sha256")
     for name, entry in components.items():
         if "parts" in entry:
             if not isinstance(entry["parts"], list) or not entry["parts"]:

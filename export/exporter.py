@@ -1,4 +1,5 @@
-"""``export_bundle``: a ``StableDiffusion`` to a verified LiteRT bundle folder (``sd-keras export``).
+"""``export_bundle``: a ``StableDiffusion`` or ``StableDiffusionXL`` to a verified LiteRT bundle folder
+(``sd-keras export``; SDXL gives a format-version-2 bundle, ``export/BUNDLE.md``).
 
 Records calibration trajectories, converts each component (``litert``, ``quantize``), writes the files and the
 manifest (``bundle``), then runs the parity and quality gates (``verify``) before the folder is renamed into place.
@@ -31,7 +32,8 @@ def export_bundle(model, output_dir, *, quantization="fp32", image_size=None, im
                   parity_samples=6, latency_runs=3, threads=2, end_to_end=True, max_part_bytes=None,
                   quality_gates=True, gate_prompts=None, gate_steps=None, gate_sampler=None, prompt_following=None,
                   evaluate_prompts=None, max_accuracy_drop=None, quality_reference=None, log=None):
-    """Export ``model`` (a ``StableDiffusion``) as a verified bundle folder ``output_dir``.
+    """Export ``model`` (a ``StableDiffusion``, or a ``StableDiffusionXL`` base model: a format-version-2 bundle
+    with ``text_encoder_2`` and the UNet's ``added_embedding``) as a verified bundle folder ``output_dir``.
 
     Everything is written to a hidden staging folder next to ``output_dir`` and renamed into place only after
     every parity and quality gate passed (``report.json`` inside the bundle has the numbers); a failed gate raises
@@ -100,11 +102,20 @@ def export_bundle(model, output_dir, *, quantization="fp32", image_size=None, im
     if quality_reference is not None and quality_reference["image_size"] != [height, width]:
         raise InputError(f"quality_reference was measured at {quality_reference['image_size']}, the export is "
                          f"{[height, width]}")
+    sdxl = litert.is_sdxl(config)
+    if sdxl and (config.text_encoder is None or config.unet.num_time_ids != 6
+                 or config.unet.in_channels != config.vae.latent_channels):
+        raise InputError(f"model {config.name}: only SDXL base models export to a bundle (not the refiner or a "
+                         f"9-channel inpainting UNet)")
     destination = check_destination(output_dir)
     if random_weights is None:
-        random_weights = config.name in presets.RANDOM_PRESETS
+        from sd_keras.pipeline_sdxl import TINY_PRESETS
+
+        random_weights = config.name in presets.RANDOM_PRESETS or config.name in TINY_PRESETS
     models = {"text_encoder": model.text_encoder, "diffusion_model": model.diffusion_model,
               "decoder": model.decoder}
+    if sdxl:
+        models = {"text_encoder": model.text_encoder, "text_encoder_2": model.text_encoder_2, **models}
     if image_encoder and getattr(model, "image_encoder", None) is not None:
         models["image_encoder"] = model.image_encoder
     quantization = quantize.spec_name(plan, tuple(models))
@@ -141,17 +152,25 @@ def export_bundle(model, output_dir, *, quantization="fp32", image_size=None, im
                 if converted[name].get(fact) is not None:
                     components[name][fact] = converted[name][fact]
         factor = config.vae.downsample_factor
+        token_spec = {"file": os.path.basename(merges), "sha256": sha256_file(merges),
+                      "context_length": CONTEXT_LENGTH, "start_id": START_OF_TEXT_ID, "end_id": END_OF_TEXT_ID,
+                      "pad_id": config.pad_token_id}
+        extra = None
+        if sdxl:
+            extra = {"tokenizer_2": dict(token_spec, pad_id=config.pad_token_ids[1]),
+                     "pooled_dim": config.unet.pooled_dim,
+                     "addition_time_embed_dim": config.unet.addition_time_embed_dim,
+                     "micro_conditioning": {"original_size": [height, width], "crops_coords_top_left": [0, 0],
+                                            "target_size": [height, width]},
+                     "force_zeros_for_empty_prompt": config.force_zeros_for_empty_prompt}
         manifest = build_manifest(
             model=config.name, image_size=(height, width),
             latent_size=(height // factor, width // factor, config.vae.latent_channels),
             latent_scale_factor=config.vae.scaling_factor, prediction_type=config.prediction_type,
-            schedule=_schedule_entry(), default_sampler=DEFAULT_SAMPLER, samplers=SAMPLER_NAMES,
-            timestep_embedding_dim=config.unet.timestep_dim,
-            tokenizer={"file": os.path.basename(merges), "sha256": sha256_file(merges),
-                       "context_length": CONTEXT_LENGTH, "start_id": START_OF_TEXT_ID, "end_id": END_OF_TEXT_ID,
-                       "pad_id": config.pad_token_id},
+            schedule=_schedule_entry(), default_sampler=model.default_sampler if sdxl else DEFAULT_SAMPLER,
+            samplers=SAMPLER_NAMES, timestep_embedding_dim=config.unet.timestep_dim, tokenizer=token_spec,
             components=components, quantization=quantization, model_config=config.to_dict(),
-            producer={"name": "sd_keras", "version": __version__})
+            producer={"name": "sd_keras", "version": __version__}, sdxl=extra)
         write_json_atomic(os.path.join(staging, MANIFEST), manifest)
         log("checking parity with the Keras model")
         settings = None

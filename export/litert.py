@@ -44,9 +44,11 @@ from sd_keras import backend, files
 from sd_keras.export import quantize
 from sd_keras.export.bundle import ExportError  # noqa: F401  (raised here; litert.ExportError for callers)
 
-COMPONENTS = ("text_encoder", "diffusion_model", "decoder", "image_encoder")
-OUTPUT_NAMES = {"text_encoder": "context", "diffusion_model": "model_output", "decoder": "image",
-                "image_encoder": "latent"}
+COMPONENTS = ("text_encoder", "text_encoder_2", "diffusion_model", "decoder", "image_encoder")
+OUTPUT_NAMES = {"text_encoder": "context", "text_encoder_2": "context", "diffusion_model": "model_output",
+                "decoder": "image", "image_encoder": "latent"}
+# SDXL's second text encoder: its Keras outputs by the bundle's output names
+ENCODER_2_OUTPUTS = {"context": "hidden_states", "pooled": "pooled"}
 FLATBUFFER_LIMIT = 2**31 - 1
 # Bytes per weight the converter writes for each mode (int8-full keeps int32 biases: close to int8).
 _BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "int8-full": 1.0, "w8a16": 4.0, "int4": 4.0}
@@ -59,6 +61,45 @@ def _spec(name, shape, dtype="float32"):
     return {"name": name, "shape": [int(v) for v in shape], "dtype": dtype}
 
 
+def is_sdxl(config):
+    """True for an SDXL configuration (two text encoders, added conditioning: a version-2 bundle)."""
+    return hasattr(config, "text_encoder_2")
+
+
+def config_from_dict(data):
+    """``ModelConfig`` or, for an SDXL family, ``SDXLConfig`` from ``to_dict``'s output."""
+    if str(data.get("family", "")).startswith("sdxl"):
+        from sd_keras.config_sdxl import sdxl_config_from_dict
+
+        return sdxl_config_from_dict(data)
+    from sd_keras.config import ModelConfig
+
+    return ModelConfig.from_dict(data)
+
+
+def export_graphs(models):
+    """``{component: keras.Model}`` as the bundle's signatures compute them: the SDXL UNet from
+    ``added_embedding`` (``unet_parts.export_unet``, same layers and weights); the other models unchanged."""
+    from sd_keras.export import unet_parts
+
+    graphs = dict(models)
+    if graphs.get("diffusion_model") is not None:
+        graphs["diffusion_model"] = unet_parts.export_unet(graphs["diffusion_model"])
+    return graphs
+
+
+def keras_outputs(model, component, feed):
+    """``{output name: float32 array}`` of a Keras component (an ``export_graphs`` model) on one feed."""
+    if component in ("text_encoder", "text_encoder_2", "diffusion_model"):
+        out = model.predict_on_batch(feed)
+    else:
+        (value,) = feed.values()
+        out = model.predict_on_batch(value)
+    if isinstance(out, dict):
+        return {name: np.asarray(out[key], np.float32) for name, key in ENCODER_2_OUTPUTS.items()}
+    return {OUTPUT_NAMES[component]: np.asarray(out, np.float32)}
+
+
 def component_signatures(config, image_size, *, unet_batch=2):
     """Input and output specs of every component for ``image_size`` = (height, width).
 
@@ -69,7 +110,9 @@ def component_signatures(config, image_size, *, unet_batch=2):
     height, width = (int(v) for v in image_size)
     factor = config.vae.downsample_factor
     latent = (height // factor, width // factor, config.vae.latent_channels)
-    length, width_text = config.text_encoder.max_length, config.text_encoder.width
+    sdxl = is_sdxl(config)
+    first = config.text_encoder if config.text_encoder is not None else config.text_encoder_2
+    length, width_text = first.max_length, first.width
     unet_in = (height // factor, width // factor, config.unet.in_channels)
     unet_out = (height // factor, width // factor, config.unet.out_channels)
     signatures = {
@@ -83,6 +126,17 @@ def component_signatures(config, image_size, *, unet_batch=2):
         "image_encoder": ([_spec("image", (1, height, width, config.vae.image_channels))],
                           [_spec("latent", (1,) + latent)]),
     }
+    if sdxl:
+        encoder_2 = config.text_encoder_2
+        signatures["text_encoder_2"] = (
+            [_spec("tokens", (1, encoder_2.max_length), "int32"), _spec("positions", (1, encoder_2.max_length),
+                                                                      "int32")],
+            [_spec("context", (1, encoder_2.max_length, encoder_2.width)),
+             _spec("pooled", (1, encoder_2.projection_dim))])
+        signatures["diffusion_model"][0].append(_spec("added_embedding", (unet_batch,
+                                                                          config.unet.addition_input_dim)))
+        if config.text_encoder is None:  # the refiner: one encoder
+            del signatures["text_encoder"]
     return {name: {"signature": name, "inputs": inputs, "outputs": outputs}
             for name, (inputs, outputs) in signatures.items()}
 
@@ -90,9 +144,17 @@ def component_signatures(config, image_size, *, unet_batch=2):
 def _serving_function(model, component):
     """A function with the component's input names as arguments, returning ``{output_name: tensor}``."""
     output = OUTPUT_NAMES[component]
-    if component == "text_encoder":
+    if component in ("text_encoder", "text_encoder_2"):
         def serve(tokens, positions):
-            return {output: model({"tokens": tokens, "positions": positions}, training=False)}
+            out = model({"tokens": tokens, "positions": positions}, training=False)
+            if isinstance(out, dict):  # SDXL's second encoder: penultimate hidden states and pooled output
+                return {name: out[key] for name, key in ENCODER_2_OUTPUTS.items()}
+            return {output: out}
+    elif component == "diffusion_model" and getattr(model, "sd_keras_export_of", None) is not None:
+        def serve(latent, timestep_embedding, context, added_embedding):
+            inputs = {"latent": latent, "timestep_embedding": timestep_embedding, "context": context,
+                      "added_embedding": added_embedding}
+            return {output: model(inputs, training=False)}
     elif component == "diffusion_model":
         def serve(latent, timestep_embedding, context):
             inputs = {"latent": latent, "timestep_embedding": timestep_embedding, "context": context}
@@ -291,6 +353,7 @@ def _convert_all(models, config, image_size, plan, output_dir, representative, c
     signatures = component_signatures(config, image_size)
     max_part_bytes = MAX_PART_BYTES if max_part_bytes is None else max_part_bytes
     plan = quantize.parse_spec(plan)
+    models = export_graphs(models)
     results = {}
     for component in components:
         mode = plan[component]
@@ -458,11 +521,10 @@ def _export_in_subprocess(models, config, image_size, mode, output_dir, represen
 def _run_job(job_path):
     """Worker entry point: rebuild the models in float32 from the saved weights and convert them."""
     from sd_keras import models as registry
-    from sd_keras.config import ModelConfig
 
     with open(job_path) as handle:
         job = json.load(handle)
-    config = ModelConfig.from_dict(job["config"])
+    config = config_from_dict(job["config"])
     models = {}
     for component in job["components"]:
         models[component] = registry.build(component, config)

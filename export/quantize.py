@@ -45,9 +45,9 @@ from sd_keras import files
 from sd_keras.errors import InputError
 
 MODES = ("fp32", "fp16", "int8", "int8-full", "w8a16", "int4")
-COMPONENTS = ("text_encoder", "diffusion_model", "decoder", "image_encoder")
-COMPONENT_NAMES = {"text_encoder": "text_encoder", "unet": "diffusion_model", "diffusion_model": "diffusion_model",
-                   "decoder": "decoder", "image_encoder": "image_encoder"}
+COMPONENTS = ("text_encoder", "text_encoder_2", "diffusion_model", "decoder", "image_encoder")
+COMPONENT_NAMES = {"text_encoder": "text_encoder", "text_encoder_2": "text_encoder_2", "unet": "diffusion_model",
+                   "diffusion_model": "diffusion_model", "decoder": "decoder", "image_encoder": "image_encoder"}
 # w8a16: a calibrated value whose magnitude passes this is not an activation int16 can hold with useful resolution
 # (the attention mask's select of -inf / float32 min): the ops producing or reading it stay float.
 W8A16_FLOAT_RANGE = 1e6
@@ -67,7 +67,8 @@ def parse_spec(spec):
     """``{component: mode}`` for every component from a ``--quantize`` value.
 
     ``spec`` is a mode (``"int8"``: every component), or a comma-separated list of ``component=mode`` items
-    (components ``unet``/``diffusion_model``, ``text_encoder``, ``decoder``, ``image_encoder``) with at most one
+    (components ``unet``/``diffusion_model``, ``text_encoder``, ``text_encoder_2`` (SDXL), ``decoder``,
+    ``image_encoder``) with at most one
     bare mode for the components not named (default ``fp32``); a dict ``{component: mode}`` is checked the same
     way. ValueError names an unknown component or mode, a repeated component or a second default.
 
@@ -336,8 +337,13 @@ def record_trajectories(model, *, prompts=CALIBRATION_PROMPTS, num_steps=4, samp
     timestep embeddings and contexts at every step, the text encoder's tokens, the decoder's final latents and
     the VAE encoder's input images (the decoded outputs, which are real images of the model's distribution).
 
+    An SDXL model (``StableDiffusionXL``) records both text encoders' tokens (each with its own padding) and the
+    UNet's ``added_embedding`` (the pooled outputs and the micro-conditioning of the image size, as the bundle
+    runner computes it); an empty negative prompt is zeros when the model's config says so.
+
     Args:
-        model: a ``StableDiffusion`` (its ``tokenizer``, ``config`` and Keras sub-models are used).
+        model: a ``StableDiffusion`` or ``StableDiffusionXL`` (its ``tokenizer``, ``config`` and Keras sub-models
+            are used).
         prompts: one trajectory per prompt (seed ``seed + k``).
         num_steps, sampler, guidance_scale: the sampling settings of the trajectories.
         image_size: (height, width); default the model's native size.
@@ -350,6 +356,10 @@ def record_trajectories(model, *, prompts=CALIBRATION_PROMPTS, num_steps=4, samp
     from sd_keras import noise as noise_lib
     from sd_keras.export.runner import denoise
     from sd_keras.schedulers import get_sampler
+
+    if hasattr(model.config, "text_encoder_2"):
+        return _record_sdxl(model, prompts=prompts, num_steps=num_steps, sampler=sampler,
+                            guidance_scale=guidance_scale, seed=seed, image_size=image_size, images=images)
 
     height, width = image_size or model.config.image_size
     factor = model.config.vae.downsample_factor
@@ -377,6 +387,66 @@ def record_trajectories(model, *, prompts=CALIBRATION_PROMPTS, num_steps=4, samp
         initial, step_noise = noise_lib.latent_noise(seed + index, 1, latent_shape, extra_draws)
         latent = denoise(scheduler, unet, context, unconditional, initial * np.float32(scheduler.init_noise_sigma),
                          step_noise, guidance_scale=guidance_scale, timestep_dim=timestep_dim)
+        records["decoder"].append({"latent": latent})
+        decoded = np.asarray(model.decoder.predict_on_batch(latent), np.float32)
+        records["image_encoder"].append({"image": np.clip(decoded, -1.0, 1.0)})
+    for image in images or ():
+        pixels = np.asarray(image, np.float32)[None, ..., :3] / 127.5 - 1.0
+        records["image_encoder"].append({"image": pixels})
+    return records
+
+
+def _record_sdxl(model, *, prompts, num_steps, sampler, guidance_scale, seed, image_size, images):
+    """``record_trajectories`` for an SDXL model: the export graphs' inputs (``litert.export_graphs``)."""
+    from sd_keras import noise as noise_lib
+    from sd_keras.export import litert
+    from sd_keras.export.runner import added_embedding, denoise
+    from sd_keras.schedulers import get_sampler
+
+    config = model.config
+    height, width = image_size or config.image_size
+    factor = config.vae.downsample_factor
+    latent_shape = (height // factor, width // factor, config.vae.latent_channels)
+    scheduler = get_sampler(sampler, num_steps, prediction_type=config.prediction_type)
+    unet = litert.export_graphs({"diffusion_model": model.diffusion_model})["diffusion_model"]
+    records = {"text_encoder": [], "text_encoder_2": [], "diffusion_model": [], "decoder": [], "image_encoder": []}
+    time_ids = np.asarray([[height, width, 0, 0, height, width]], np.float32)
+    encoders = [name for name in ("text_encoder", "text_encoder_2") if getattr(model, name, None) is not None]
+
+    def encode(prompt):
+        """(context (1, 77, D), added_embedding (1, A)) of one prompt."""
+        width_total = config.unet.context_dim
+        if prompt == "" and config.force_zeros_for_empty_prompt:
+            pooled, context = np.zeros((1, config.unet.pooled_dim), np.float32), np.zeros((1, 77, width_total),
+                                                                                          np.float32)
+        else:
+            ids = np.asarray(model.tokenize([prompt]), np.int32)
+            hidden, pooled = [], None
+            for name, tokens in zip(encoders, model._encoder_ids(ids)):
+                feed = {"tokens": tokens, "positions": np.arange(tokens.shape[1], dtype=np.int32)[None]}
+                records[name].append(feed)
+                out = getattr(model, name).predict_on_batch(feed)
+                if isinstance(out, dict):
+                    hidden.append(np.asarray(out["hidden_states"], np.float32))
+                    pooled = np.asarray(out["pooled"], np.float32)
+                else:
+                    hidden.append(np.asarray(out, np.float32))
+            context = np.concatenate(hidden, axis=-1)
+        return context, added_embedding(pooled, time_ids, config.unet.addition_time_embed_dim)
+
+    def run_unet(latent, embedding, context, added):
+        feed = {"latent": latent, "timestep_embedding": embedding, "context": context, "added_embedding": added}
+        records["diffusion_model"].append({key: np.array(value, np.float32) for key, value in feed.items()})
+        return np.asarray(unet.predict_on_batch(feed), np.float32)
+
+    unconditional, unconditional_added = encode("")
+    extra_draws = scheduler.num_steps if scheduler.needs_noise else 0
+    for index, prompt in enumerate(prompts):
+        context, added = encode(prompt)
+        initial, step_noise = noise_lib.latent_noise(seed + index, 1, latent_shape, extra_draws)
+        latent = denoise(scheduler, run_unet, context, unconditional, initial * np.float32(scheduler.init_noise_sigma),
+                         step_noise, guidance_scale=guidance_scale, timestep_dim=config.unet.timestep_dim,
+                         added=added, unconditional_added=unconditional_added)
         records["decoder"].append({"latent": latent})
         decoded = np.asarray(model.decoder.predict_on_batch(latent), np.float32)
         records["image_encoder"].append({"image": np.clip(decoded, -1.0, 1.0)})

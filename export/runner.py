@@ -56,8 +56,26 @@ def timestep_embedding(timesteps, dim, max_period=10000):
     return np.concatenate([np.cos(phases), np.sin(phases)], axis=-1).astype(np.float32)
 
 
+def added_embedding(pooled, time_ids, dim):
+    """SDXL's ``added_embedding`` (B, P + n * dim) float32: ``pooled`` (B, P) followed by each of the ``time_ids``
+    (B, n) through ``timestep_embedding`` at width ``dim`` (``[cos, sin]``, as diffusers' ``Timesteps(
+    flip_sin_to_cos=True, downscale_freq_shift=0)``), in order: the input of the UNet's add-embedding MLP.
+
+    Example:
+        >>> added_embedding(np.zeros((1, 4)), np.array([[64, 64, 0, 0, 64, 64]]), 8).shape
+        (1, 52)
+    """
+    pooled = np.asarray(pooled, np.float32)
+    time_ids = np.asarray(time_ids, np.float32)
+    if pooled.ndim != 2 or time_ids.ndim != 2 or pooled.shape[0] != time_ids.shape[0]:
+        raise InputError(f"added_embedding: pooled (B, P) and time_ids (B, n) of one batch, got {pooled.shape} "
+                         f"and {time_ids.shape}")
+    embedded = timestep_embedding(time_ids.reshape(-1), dim).reshape(time_ids.shape[0], -1)
+    return np.concatenate([pooled, embedded], axis=-1).astype(np.float32)
+
+
 def denoise(sampler, unet, context, unconditional_context, latent, step_noise=None, *, guidance_scale,
-            timestep_dim, start_index=0, progress=None):
+            timestep_dim, start_index=0, progress=None, added=None, unconditional_added=None):
     """The sampling loop in numpy: ``unet(latent, timestep_embedding, context)`` is any callable on batches.
 
     Args:
@@ -71,6 +89,8 @@ def denoise(sampler, unet, context, unconditional_context, latent, step_noise=No
         timestep_dim: width of the timestep embedding.
         start_index: first step to run (image-to-image starts later).
         progress: ``callable(step_done)``, called after every step.
+        added, unconditional_added: SDXL's ``added_embedding`` (B, A) of the prompt and the negative prompt; with
+            them ``unet`` takes a fourth argument, the (2B, A) pair in the order of the contexts.
 
     Returns:
         The final latent, float32 (B, h, w, c).
@@ -79,13 +99,14 @@ def denoise(sampler, unet, context, unconditional_context, latent, step_noise=No
     latent = np.asarray(latent, np.float32)
     batch = latent.shape[0]
     both_contexts = np.concatenate([unconditional_context, context], axis=0).astype(np.float32)
+    extra = () if added is None else (np.concatenate([unconditional_added, added], axis=0).astype(np.float32),)
     guidance = np.float32(guidance_scale)
     previous_denoised = None
     for i in range(start_index, sampler.num_steps):
         model_input = latent * tables["model_input_scale"][i]
         embedding = np.repeat(timestep_embedding(tables["timesteps"][i:i + 1], timestep_dim), 2 * batch, axis=0)
-        output = np.asarray(unet(np.concatenate([model_input, model_input], axis=0), embedding, both_contexts),
-                            np.float32)
+        output = np.asarray(unet(np.concatenate([model_input, model_input], axis=0), embedding, both_contexts,
+                                 *extra), np.float32)
         unconditional, conditional = output[:batch], output[batch:]
         prediction = unconditional + guidance * (conditional - unconditional)
         denoised = tables["denoise_latent"][i] * latent + tables["denoise_output"][i] * prediction
@@ -131,6 +152,11 @@ class _Component:
         self.output_name = self.entry["outputs"][0]["name"]
 
     def __call__(self, **inputs):
+        """The first output (the only one of most components)."""
+        return self.outputs(**inputs)[self.output_name]
+
+    def outputs(self, **inputs):
+        """Every output, by name."""
         feed = {}
         for name, spec in self.inputs.items():
             value = np.asarray(inputs[name], dtype=spec["dtype"])
@@ -138,7 +164,7 @@ class _Component:
                 raise InputError(f"{self.name}: input {name!r} must have shape {tuple(spec['shape'])} "
                                  f"(fixed at export), got {value.shape}")
             feed[name] = value
-        return self.runner(**feed)[self.output_name]
+        return self.runner(**feed)
 
 
 class BundleRunner(Generator):
@@ -182,6 +208,9 @@ class BundleRunner(Generator):
         self.schedule = NoiseSchedule(prediction_type=manifest["prediction_type"], **schedule)
         token_spec = manifest["tokenizer"]
         self.pad_token_id = int(token_spec["pad_id"])
+        self.sdxl = self.bundle.family == "sdxl"
+        if self.sdxl:
+            self._init_sdxl(manifest)
         self.tokenizer = CLIPTokenizer.from_file(self.bundle.tokenizer_path,
                                                  context_length=int(token_spec["context_length"]),
                                                  pad_token_id=self.pad_token_id)
@@ -192,6 +221,7 @@ class BundleRunner(Generator):
         self.config = self._config()
         threads = num_threads or min(4, os.cpu_count() or 1)
         self.text_encoder = _Component(self.bundle, "text_encoder", threads)
+        self.text_encoder_2 = _Component(self.bundle, "text_encoder_2", threads) if self.sdxl else None
         self.diffusion_model = _Component(self.bundle, "diffusion_model", threads)
         self.decoder = _Component(self.bundle, "decoder", threads)
         self.image_encoder = (_Component(self.bundle, "image_encoder", threads)
@@ -201,13 +231,32 @@ class BundleRunner(Generator):
             raise InputError(f"bundle {self.path}: the UNet must take the guidance pair (batch 2), "
                              f"got batch {self.unet_batch}")
 
+    def _init_sdxl(self, manifest):
+        """An SDXL bundle (format version 2): the second tokenizer's padding, the pooled width, the
+        micro-conditioning values and the empty-negative-prompt rule."""
+        second = manifest.get("tokenizer_2")
+        if not isinstance(second, dict) or second.get("sha256") != manifest["tokenizer"]["sha256"]:
+            raise InputError(f"bundle {self.path}: an SDXL bundle needs 'tokenizer_2' with the tokenizer's merges "
+                             f"file (same sha256)")
+        self.pad_token_ids = (self.pad_token_id, int(second["pad_id"]))
+        self.pooled_dim = int(manifest["pooled_dim"])
+        self.addition_time_embed_dim = int(manifest["addition_time_embed_dim"])
+        self.force_zeros_for_empty_prompt = bool(manifest["force_zeros_for_empty_prompt"])
+        self.micro_conditioning = dict(manifest["micro_conditioning"])
+        self._pooled_log = None
+
     def _config(self):
-        """The bundle's ``ModelConfig`` (``image_size`` = the exported size) when the manifest carries one."""
+        """The bundle's ``ModelConfig`` / ``SDXLConfig`` (``image_size`` = the exported size) when the manifest
+        carries one."""
         from sd_keras.config import ModelConfig
 
         data = self.manifest.get("model_config")
         if data is None:
             return _PlainConfig(self.name, self.image_size, self.manifest["prediction_type"], self.pad_token_id)
+        if self.sdxl:
+            from sd_keras.config_sdxl import sdxl_config_from_dict
+
+            return dataclasses.replace(sdxl_config_from_dict(data), image_size=self.image_size)
         return dataclasses.replace(ModelConfig.from_dict(data), image_size=self.image_size)
 
     # -- the engine's primitives (``Generator``) -----------------------------------------------------------------
@@ -234,12 +283,66 @@ class BundleRunner(Generator):
         return (f"bundle {self.path} has no image_encoder; export it with the VAE encoder for image_to_image")
 
     def _encode_tokens(self, ids):
-        """One interpreter call per prompt (the exported text encoder takes batch 1)."""
+        """One interpreter call per prompt (the exported text encoder takes batch 1). SDXL: both encoders on
+        their own padding of ``ids``, hidden states concatenated; the pooled outputs are kept for ``_contexts``."""
         positions = np.arange(ids.shape[1], dtype=np.int32)[None]
-        return np.concatenate([self.text_encoder(tokens=row[None], positions=positions) for row in ids], axis=0)
+        if not self.sdxl:
+            return np.concatenate([self.text_encoder(tokens=row[None], positions=positions) for row in ids], axis=0)
+        first, second = _encoder_ids(ids, self.pad_token_ids, self.tokenizer.end_token_id)
+        hidden, pooled = [], []
+        for row_1, row_2 in zip(first, second):
+            out = self.text_encoder_2.outputs(tokens=row_2[None], positions=positions)
+            hidden.append(np.concatenate([self.text_encoder(tokens=row_1[None], positions=positions),
+                                          out["context"]], axis=-1))
+            pooled.append(out["pooled"])
+        if self._pooled_log is not None:
+            self._pooled_log.append(np.concatenate(pooled, axis=0))
+        return np.concatenate(hidden, axis=0)
 
-    def _unet(self, latent, embedding, context):
-        return self.diffusion_model(latent=latent, timestep_embedding=embedding, context=context)
+    def _packed(self, prompts, negative):
+        """SDXL encoded text (B, 1 + 77, D) of a list of prompts: row 0 the pooled output (``pipeline_sdxl.pack``),
+        zeros for an empty negative prompt when the manifest's ``force_zeros_for_empty_prompt`` says so."""
+        from sd_keras.pipeline_sdxl import pack
+
+        count = len(prompts)
+        if negative and self.force_zeros_for_empty_prompt and all(p == "" for p in prompts):
+            width = int(self.diffusion_model.inputs["context"]["shape"][-1])
+            return pack(np.zeros((count, 77, width), np.float32), np.zeros((count, self.pooled_dim), np.float32))
+        self._pooled_log = []
+        try:
+            if negative:
+                _, hidden = super()._contexts(None, prompts)
+            else:
+                hidden, _ = super()._contexts(prompts, None)
+            pooled = self._pooled_log[0]
+        finally:
+            self._pooled_log = None
+        if pooled.shape[0] != count:
+            pooled = np.repeat(pooled[:1], count, axis=0)
+        return pack(hidden, pooled)
+
+    def _contexts(self, prompts, negative_prompts):
+        if not self.sdxl:
+            return super()._contexts(prompts, negative_prompts)
+        context = self._packed(prompts, False) if prompts is not None else None
+        unconditional = self._packed(negative_prompts, True) if negative_prompts is not None else None
+        return context, unconditional
+
+    def _time_ids(self):
+        """(positive, negative) micro-conditioning values of the manifest, as the UNet's time ids."""
+        values = self.micro_conditioning
+        start = list(values["original_size"]) + list(values["crops_coords_top_left"])
+        if "target_size" in values:
+            positive = negative = start + list(values["target_size"])
+        else:  # a refiner's aesthetic scores
+            positive, negative = start + [values["aesthetic_score"]], start + [values["negative_aesthetic_score"]]
+        return np.asarray([positive], np.float32), np.asarray([negative], np.float32)
+
+    def _unet(self, latent, embedding, context, added=None):
+        if added is None:
+            return self.diffusion_model(latent=latent, timestep_embedding=embedding, context=context)
+        return self.diffusion_model(latent=latent, timestep_embedding=embedding, context=context,
+                                    added_embedding=added)
 
     def _denoise(self, scheduler, context, unconditional, latent, step_noise, *, guidance_scale, start_index=0,
                  mode=TXT2IMG, extra=None, progress=None):
@@ -247,13 +350,24 @@ class BundleRunner(Generator):
         if mode != TXT2IMG:
             self._inpaint_mode()
         batch_size = latent.shape[0]
+        added = unconditional_added = [None] * batch_size
+        if self.sdxl:
+            from sd_keras.pipeline_sdxl import unpack
+
+            context, pooled = unpack(context, self.pooled_dim)
+            unconditional, unconditional_pooled = unpack(unconditional, self.pooled_dim)
+            time_ids, negative_time_ids = self._time_ids()
+            added = [added_embedding(row[None], time_ids, self.addition_time_embed_dim) for row in pooled]
+            unconditional_added = [added_embedding(row[None], negative_time_ids, self.addition_time_embed_dim)
+                                   for row in unconditional_pooled]
         latents = []
         for index in range(batch_size):
             latents.append(denoise(
                 scheduler, self._unet, context[index:index + 1], unconditional[index:index + 1],
                 latent[index:index + 1], None if step_noise is None else step_noise[:, index:index + 1],
                 guidance_scale=guidance_scale, timestep_dim=self.timestep_dim, start_index=start_index,
-                progress=_batch_progress(progress, index, batch_size, scheduler.num_steps)))
+                progress=_batch_progress(progress, index, batch_size, scheduler.num_steps),
+                added=added[index], unconditional_added=unconditional_added[index]))
         return np.concatenate(latents)
 
     def _decode(self, latent):
@@ -266,6 +380,15 @@ class BundleRunner(Generator):
     def __repr__(self):
         return (f"BundleRunner({self.path!r}, model={self.name!r}, size={self.image_size}, "
                 f"quantization={self.quantization!r})")
+
+
+def _encoder_ids(ids, pad_ids, end_id):
+    """``ids`` re-padded for each text encoder: after the first end token, that encoder's pad id (what
+    ``StableDiffusionXL._encoder_ids`` does)."""
+    ids = np.asarray(ids, np.int32)
+    is_end = ids == end_id
+    after_end = (np.cumsum(is_end, axis=1) - is_end) > 0
+    return [np.where(after_end, np.int32(pad), ids).astype(np.int32) for pad in pad_ids]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,6 +14,11 @@ under two output names is listed under just one of them by LiteRT's ``CompiledMo
 Runners keep one dict of named tensors and run the parts in order (``ChainedComponent``), exactly what the Android
 app does.
 
+An SDXL UNet (added conditioning) runs from ``added_embedding``, a fourth input of the chain: the pooled text
+embedding and the time ids' sinusoids already concatenated by the host (``export/BUNDLE.md``, "SDXL bundles").
+The stem runs the add-embedding MLP on it and adds it to the time embedding; ``export_unet`` gives that UNet as a
+Keras model of the same layers (what the bundle's ``diffusion_model`` computes).
+
 Example:
     >>> from sd_keras.models import build_diffusion_model
     >>> unet = build_diffusion_model("tiny")
@@ -27,7 +32,10 @@ from typing import Callable, List, NamedTuple
 import numpy as np
 
 WHOLE_INPUTS = ("latent", "timestep_embedding", "context")
+ADDED_INPUT = "added_embedding"
 OUTPUT = "model_output"
+# the SDXL stem's layers that make ``added_embedding`` from (text_embeds, time_ids): the host does that instead
+HOST_LAYERS = ("add_time_proj", "add_concat")
 
 
 class Step(NamedTuple):
@@ -39,11 +47,23 @@ class Step(NamedTuple):
 
 def _stem(layer, names):
     if "add_embedding_1" in names:
-        raise ValueError("UNet parts: a UNet with added conditioning (SDXL) cannot be split into parts yet")
+        return _added_stem(layer, names)
     te1, act, te2, conv_in = (layer(name) for name in names)
 
     def run(state):
         temb = te2(act(te1(state["timestep_embedding"])))
+        h = conv_in(state["latent"])
+        return {"h": h, "temb": temb, "context": state["context"], "skips": [h]}
+    return run
+
+
+def _added_stem(layer, names):
+    """The SDXL stem from ``added_embedding`` (the add-embedding MLP's input) instead of (text_embeds, time_ids)."""
+    te1, act, te2, ae1, ae_act, ae2, add, conv_in = (layer(name) for name in names if name not in HOST_LAYERS)
+
+    def run(state):
+        temb = te2(act(te1(state["timestep_embedding"])))
+        temb = add([temb, ae2(ae_act(ae1(state[ADDED_INPUT])))])
         h = conv_in(state["latent"])
         return {"h": h, "temb": temb, "context": state["context"], "skips": [h]}
     return run
@@ -129,13 +149,45 @@ def unet_steps(model, cfg=None):
                              "module cannot run")
         make_runner, count_skips = _KINDS[block.kind]
         skips = count_skips(skips)
-        weighted = [name for name in block.layers if layer(name).weights]
+        weighted = [name for name in block.layers if name not in HOST_LAYERS and layer(name).weights]
         steps.append(Step(block.name, weighted, skips, make_runner(layer, block.layers)))
     covered = {name for step in steps for name in step.layers}
     left_out = [item.name for item in model.layers if item.weights and item.name not in covered]
     if left_out:
         raise ValueError(f"UNet parts: the block layout leaves out the weighted layers {left_out[:3]}")
     return steps
+
+
+def whole_inputs(steps):
+    """The chain's inputs: ``WHOLE_INPUTS``, plus ``added_embedding`` for a UNet with added conditioning."""
+    return WHOLE_INPUTS + ((ADDED_INPUT,) if "add_embedding_1" in steps[0].layers else ())
+
+
+def export_unet(model):
+    """The UNet as the bundle's ``diffusion_model`` computes it, a Keras model of ``model``'s own layers (shared
+    weights): ``model`` itself for a UNet without added conditioning; for SDXL, inputs ``latent``,
+    ``timestep_embedding``, ``context`` and ``added_embedding`` (B, pooled_dim + num_time_ids *
+    addition_time_embed_dim), the concatenation the stem's ``add_concat`` makes (``sd_keras.export.runner
+    .added_embedding`` computes it on the host)."""
+    import keras
+
+    from sd_keras.models.unet import UNetBlock, unet_layout
+
+    if "add_embedding_1" not in [layer.name for layer in model.layers]:
+        return model
+    steps = unet_steps(model)
+    parts = [(0, len(steps))]
+    interface = part_interfaces(steps, parts)[0]
+    width = int(model.get_layer("add_embedding_1").weights[0].shape[0])
+    inputs = {name: keras.Input(tuple(model.input[name].shape[1:]), name=name) for name in WHOLE_INPUTS}
+    inputs[ADDED_INPUT] = keras.Input((width,), name=ADDED_INPUT)
+    output = run_part(steps, parts[0], interface, inputs)[OUTPUT]
+    wrapped = keras.Model(inputs, output, name=model.name)
+    layout = tuple(UNetBlock(block.kind, block.name, tuple(n for n in block.layers if n not in HOST_LAYERS))
+                   for block in unet_layout(model))
+    object.__setattr__(wrapped, "sd_keras_layout", layout)  # plain attributes: not tracked by Keras
+    object.__setattr__(wrapped, "sd_keras_export_of", model)
+    return wrapped
 
 
 def step_bytes(model, step):
@@ -179,7 +231,7 @@ def part_interfaces(steps, parts):
         lowest = min([before] + [steps[i].skips_after for i in range(start, stop)])
         after = steps[stop - 1].skips_after
         if number == 0:
-            inputs = list(WHOLE_INPUTS)
+            inputs = list(whole_inputs(steps))
         elif _h_is_newest_skip(steps, start):
             inputs = ["temb", "context"] + [_skip_name(i) for i in range(min(lowest, before - 1), before)]
         else:
@@ -197,7 +249,7 @@ def run_part(steps, part, interface, values):
     """Run one part on ``values`` (a dict of named tensors, backend tensors or arrays); its outputs by name."""
     (start, stop), (inputs, outputs) = part, interface
     if start == 0:
-        state = {name: values[name] for name in WHOLE_INPUTS}
+        state = {name: values[name] for name in whole_inputs(steps)}
     else:
         before = _skips_before(steps, start)
         skips = [values.get(_skip_name(i)) for i in range(before)]  # only the ones this part pops are read
@@ -231,7 +283,7 @@ def trace_values(steps, parts, interfaces, feed):
     its inputs (its representative data) and the dict of its outputs (the last one holds ``model_output``)."""
     from keras import ops
 
-    values = {name: ops.convert_to_tensor(np.asarray(feed[name], np.float32)) for name in WHOLE_INPUTS}
+    values = {name: ops.convert_to_tensor(np.asarray(feed[name], np.float32)) for name in whole_inputs(steps)}
     inputs, outputs = [], []
     for part, interface in zip(parts, interfaces):
         inputs.append({name: np.asarray(ops.convert_to_numpy(values[name])) for name in interface[0]})

@@ -114,10 +114,27 @@ def _worst(results):
 
 
 def _keras_output(model, component, feed):
-    if component in ("text_encoder", "diffusion_model"):
-        return np.asarray(model.predict_on_batch(feed), np.float32)
-    (value,) = feed.values()
-    return np.asarray(model.predict_on_batch(value), np.float32)
+    """The Keras component's outputs on ``feed``, flattened and concatenated in the bundle's output order (one
+    array; SDXL's second text encoder has two outputs, ``context`` and ``pooled``)."""
+    from sd_keras.export.litert import keras_outputs
+
+    return _joined(keras_outputs(model, component, feed))
+
+
+def _joined(outputs, names=None):
+    """One array of a component's outputs: the only one as it is, several flattened and concatenated."""
+    names = list(outputs) if names is None else names
+    if len(names) == 1:
+        return np.asarray(outputs[names[0]], np.float32)
+    return np.concatenate([np.asarray(outputs[name], np.float32).reshape(-1) for name in names])
+
+
+def _keras_models(model):
+    """``{component: Keras model}`` of a pipeline as the bundle's signatures compute them."""
+    from sd_keras.export.litert import export_graphs
+
+    return export_graphs({name: getattr(model, name, None) for name in
+                          ("text_encoder", "text_encoder_2", "diffusion_model", "decoder", "image_encoder")})
 
 
 def compare_component(model, component, path, entry, feeds, *, threads=2):
@@ -125,13 +142,13 @@ def compare_component(model, component, path, entry, feeds, *, threads=2):
     from sd_keras.export.bundle import ExportError
     from sd_keras.export.runner import open_signature
 
-    output_name = entry["outputs"][0]["name"]
+    output_names = [spec["name"] for spec in entry["outputs"]]
     results = []
     try:
         runner = open_signature(path, entry, threads)
         for feed in feeds:
             feed = {spec["name"]: np.asarray(feed[spec["name"]], spec["dtype"]) for spec in entry["inputs"]}
-            candidate = runner(**feed)[output_name]
+            candidate = _joined(runner(**feed), output_names)
             results.append(metrics(_keras_output(model, component, feed), candidate))
     except RuntimeError as error:  # the LiteRT interpreter refused the file (e.g. a kernel without the type)
         if isinstance(error, ExportError):
@@ -222,8 +239,7 @@ def evaluate(model, bundle_path, manifest, records, mode, *, random_weights, thr
               "thresholds": {"components": {component: GATES[plan[component]]["component"] for component in present},
                              "image": image},
               "components": {}}
-    keras_models = {"text_encoder": model.text_encoder, "diffusion_model": model.diffusion_model,
-                    "decoder": model.decoder, "image_encoder": model.image_encoder}
+    keras_models = _keras_models(model)
     for component, entry in manifest["components"].items():
         path = bundle_path if "parts" in entry else os.path.join(bundle_path, entry["file"])
         files = [os.path.join(bundle_path, part["file"]) for part in entry.get("parts", [entry])]
@@ -311,8 +327,7 @@ def gate_prompts(count):
 
 def keras_outputs(model, records):
     """The Keras model's output for every recorded feed: ``{component: [array, ...]}``."""
-    keras_models = {"text_encoder": model.text_encoder, "diffusion_model": model.diffusion_model,
-                    "decoder": model.decoder, "image_encoder": model.image_encoder}
+    keras_models = _keras_models(model)
     return {component: [_keras_output(keras_models[component], component, feed) for feed in feeds]
             for component, feeds in records.items() if feeds and keras_models.get(component) is not None}
 
@@ -329,7 +344,9 @@ def component_snr(bundle_path, records, references, *, threads=2):
         if not bundle.has(component) or component not in references:
             continue
         run = _Component(bundle, component, threads)
-        values = [snr_db(reference, run(**feed)) for feed, reference in zip(feeds, references[component])]
+        names = [spec["name"] for spec in run.entry["outputs"]]
+        values = [snr_db(reference, _joined(run.outputs(**feed), names))
+                  for feed, reference in zip(feeds, references[component])]
         finite = all(math.isfinite(value) for value in values)
         result[component] = {"worst_db": round(float(np.min(values)), 2) if finite else float("nan"),
                              "mean_db": round(float(np.mean(values)), 2) if finite else float("nan"),
