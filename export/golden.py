@@ -19,6 +19,12 @@ Fixtures (``write_golden``):
     pixels.json             ``to_uint8`` of decoder outputs around and outside [-1, 1]
     tiling.json             ``sd_keras.tiling``: tile grids, feather weights and a blended tiled run of a tile-dependent
                             function (defined in the file's description)
+    sdxl.json               SDXL bundles (format_version 2): the per-encoder re-padding of token rows
+                            (``StableDiffusionXL._encoder_ids``), the time ids of micro-conditioning
+                            (``StableDiffusionXL._time_ids``) and the ``added_embedding`` built from them and a
+                            pooled embedding, and whole short generations with fake text encoders and UNet (defined in
+                            the file's description): both rows' concatenated contexts and added embeddings (the
+                            force-zeros unconditional row included), the latent after each step and the pixels
 
 Tables (``write_text_tables``), shipped as resources of the Kotlin core so that it follows this Python's Unicode
 database and ``html.unescape`` exactly on any JVM or Android version:
@@ -64,12 +70,14 @@ __all__ = [
     "fake_diffusion_model",
     "fake_decoder",
     "host_trajectory",
+    "sdxl_added_embedding",
+    "sdxl_host_trajectory",
 ]
 
 _REPO = Path(__file__).resolve().parent.parent
 PROMPTS_PATH = _REPO / "tests" / "data" / "tokenizer_prompts.json"
 FIXTURE_NAMES = ("tokenizer.json", "samplers.json", "noise.json", "timestep_embedding.json", "trajectories.json",
-                 "pixels.json", "tiling.json")
+                 "pixels.json", "tiling.json", "sdxl.json")
 TABLE_NAMES = ("unicode_data.txt", "html_entities.txt")
 STEP_COUNTS = (1, 4, 20, 50)
 # The only tables the prediction type changes (it is folded into the denoiser coefficients).
@@ -455,6 +463,227 @@ def _tiling_fixture():
     }
 
 
+# --- SDXL ------------------------------------------------------------------------------------------------------
+
+SDXL_PAD_IDS = (49407, 0)  # CLIP ViT-L, OpenCLIP ViT-bigG (SDXLConfig.pad_token_ids)
+SDXL_CONTEXT_DIMS = (3, 5)
+SDXL_POOLED_DIM = 4
+SDXL_TIME_EMBED_DIM = 8
+SDXL_LATENT_SHAPE = (4, 4, 4)
+SDXL_IMAGE_SIZE = (32, 32)
+SDXL_STEPS = 4
+SDXL_GUIDANCE = 5.0
+SDXL_REPADDING_PROMPTS = ("a red circle", "a cat <|endoftext|> a dog", "", "<|endoftext|>",
+                          " ".join(["word"] * 80) + " <|endoftext|> tail")
+SDXL_ADDED_CASES = (
+    ({"original_size": [1024, 1024], "crops_coords_top_left": [0, 0], "target_size": [1024, 1024]}, 256, 16),
+    ({"original_size": [768, 1344], "crops_coords_top_left": [64, 32], "target_size": [832, 1216]}, 256, 16),
+    ({"original_size": [1024, 1024], "crops_coords_top_left": [0, 0], "aesthetic_score": 6.0,
+      "negative_aesthetic_score": 2.5}, 256, 16),
+    ({"original_size": [32, 32], "crops_coords_top_left": [0, 0], "target_size": [32, 32]}, SDXL_TIME_EMBED_DIM,
+     SDXL_POOLED_DIM),
+)
+BASE_MICRO = {"original_size": list(SDXL_IMAGE_SIZE), "crops_coords_top_left": [0, 0],
+              "target_size": list(SDXL_IMAGE_SIZE)}
+# (encoders, sampler, seed, prompt, negative prompt, force_zeros_for_empty_prompt, micro_conditioning)
+_SDXL_CASES = (
+    (("text_encoder", "text_encoder_2"), "Euler", 42, "a red circle", "", True, BASE_MICRO),
+    (("text_encoder", "text_encoder_2"), "DDIM", 7, "a cat <|endoftext|> a dog", "blurry", True,
+     {"original_size": [1024, 768], "crops_coords_top_left": [16, 8], "target_size": list(SDXL_IMAGE_SIZE)}),
+    (("text_encoder", "text_encoder_2"), "Euler a", 2**33 + 5, "two blue squares", "", False, BASE_MICRO),
+    (("text_encoder_2",), "DPM++ 2M Karras", 3, "a red circle", "", False,
+     {"original_size": list(SDXL_IMAGE_SIZE), "crops_coords_top_left": [0, 0], "aesthetic_score": 6.0,
+      "negative_aesthetic_score": 2.5}),
+)
+_SDXL_DESCRIPTION = (
+    "SDXL bundles (export/BUNDLE.md 'SDXL bundles'). 'repadding': tokenize(text) padded with {pad0} ('ids') and "
+    "StableDiffusionXL._encoder_ids of it for pad ids {pads} ('encoder_ids', one row per pad id: every position "
+    "after the first end token 49407 set to the pad id). 'added_embedding': StableDiffusionXL._time_ids of the "
+    "'micro_conditioning' (manifest form; 'time_ids' conditional row, 'negative_time_ids' unconditional) and "
+    "added = concat(pooled, emb(time_ids[0]), ..., emb(time_ids[n-1])), emb(v) = [cos(v f_k), sin(v f_k)], f_k = "
+    "exp(-ln(10000) k / (d/2)) in the bit-exact recipe of sd_keras.export.runner.timestep_embedding, d = "
+    "'addition_time_embed_dim'. 'cases': one generation each, float32 throughout, latent {latent}, image {image}, "
+    "{steps} steps, guidance {guidance}. Token rows: one tokenize of each prompt padded with {pad0}, re-padded per "
+    "encoder with its pad id (encoders listed in 'encoders', pads in 'pad_ids'). Fake text_encoder (width {w1}): "
+    "context[p, d] = (float32(ids[p]) * 1e-6) * float32(d + 1). Fake text_encoder_2 (width {w2}): context[p, d] = "
+    "float32(ids[p]) * 2e-6 + float32(d) * 1e-3; pooled[j] = float32(ids[j + 1]) * 1e-5 + float32(ids[76]) * "
+    "1e-6 (j < {pooled}). UNet context: the encoders' contexts concatenated per token in 'encoders' order; with "
+    "'force_zeros_for_empty_prompt' an empty negative prompt gives a zero context and zero pooled (encoders not "
+    "run). Fake UNet (batch 2, row 0 unconditional): eps[b] = (((((0.1 * latent[b] + 0.01 * sin_t) + ctx[b][1][0]) "
+    "+ ctx[b][76][W - {w2}]) + 0.1 * added[b][0]) + 0.01 * added[b][P + 4 d + d / 2]), elementwise, with sin_t = "
+    "timestep_embedding[b][{half}] (embedding dim {emb}), W the context width, P the pooled width. Guidance, "
+    "sampler, noise and decoder (0.25 * latent[..., :3], to_uint8) as trajectories.json. 'contexts' (2, 77, W) and "
+    "'added' (2, P + n d) are the UNet's text inputs (unconditional row first); 'latents' the latent after each "
+    "step; 'pixels' the final uint8 image."
+).format(pad0=SDXL_PAD_IDS[0], pads=list(SDXL_PAD_IDS), latent=list(SDXL_LATENT_SHAPE), image=list(SDXL_IMAGE_SIZE),
+         steps=SDXL_STEPS, guidance=SDXL_GUIDANCE, w1=SDXL_CONTEXT_DIMS[0], w2=SDXL_CONTEXT_DIMS[1],
+         pooled=SDXL_POOLED_DIM, half=TRAJECTORY_EMBEDDING_DIM // 2, emb=TRAJECTORY_EMBEDDING_DIM)
+
+
+def _sdxl_self(pad_ids=SDXL_PAD_IDS, micro=None):
+    """The attributes ``StableDiffusionXL._encoder_ids`` and ``_time_ids`` read, without building a model."""
+    from types import SimpleNamespace
+
+    micro = micro or {}
+    num_time_ids = 5 if "aesthetic_score" in micro else 6
+    call = {key: (tuple(value) if isinstance(value, list) else value) for key, value in micro.items()}
+    return SimpleNamespace(_call=call, config=SimpleNamespace(pad_token_ids=tuple(pad_ids),
+                                                               unet=SimpleNamespace(num_time_ids=num_time_ids)))
+
+
+def _sdxl_time_ids(micro):
+    from sd_keras.pipeline_sdxl import StableDiffusionXL
+
+    height, width = SDXL_IMAGE_SIZE
+    positive, negative = StableDiffusionXL._time_ids(_sdxl_self(micro=micro), 1, height, width)
+    return positive[0], negative[0]
+
+
+def _micro_json(micro):
+    return {key: (_Raw(repr(float(value))) if isinstance(value, float) else value) for key, value in micro.items()}
+
+
+def sdxl_added_embedding(pooled, time_ids, dim):
+    """(B, P) pooled + (B, n) time ids -> (B, P + n * dim): the bundle UNet's ``added_embedding`` (numpy float32)."""
+    from sd_keras.export.runner import timestep_embedding as runner_embedding
+
+    time_ids = np.asarray(time_ids, np.float32)
+    sinusoids = runner_embedding(time_ids, dim).reshape(time_ids.shape[0], -1)
+    return np.concatenate([np.asarray(pooled, np.float32), sinusoids], axis=-1)
+
+
+def _sdxl_fake_encoders(ids, encoders):
+    """The fake encoders of ``_SDXL_DESCRIPTION`` on re-padded rows: (contexts in order, pooled)."""
+    contexts, pooled = [], None
+    for name, rows in zip(encoders, ids):
+        values = rows.astype(np.float32)
+        if name == "text_encoder":
+            width = SDXL_CONTEXT_DIMS[0]
+            channel = np.arange(width, dtype=np.float32) + np.float32(1)
+            contexts.append((values * np.float32(1e-6))[..., None] * channel)
+        else:
+            width = SDXL_CONTEXT_DIMS[1]
+            channel = np.arange(width, dtype=np.float32) * np.float32(1e-3)
+            contexts.append((values * np.float32(2e-6))[..., None] + channel)
+            pooled = (values[:, 1:SDXL_POOLED_DIM + 1] * np.float32(1e-5)
+                      + (values[:, 76] * np.float32(1e-6))[:, None])
+    return [c.astype(np.float32) for c in contexts], pooled.astype(np.float32)
+
+
+def _sdxl_fake_unet(latent, t_embedding, context, added):
+    sin_t = np.asarray(t_embedding, np.float32)[:, TRAJECTORY_EMBEDDING_DIM // 2]
+    width = context.shape[-1]
+    dim = SDXL_TIME_EMBED_DIM
+    latent = np.asarray(latent, np.float32)
+
+    def rows(values):
+        return np.asarray(values, np.float32)[:, None, None, None]
+
+    out = np.float32(0.1) * latent + rows(np.float32(0.01) * sin_t)
+    out = out + rows(context[:, 1, 0])
+    out = out + rows(context[:, 76, width - SDXL_CONTEXT_DIMS[1]])
+    out = out + rows(np.float32(0.1) * added[:, 0])
+    out = out + rows(np.float32(0.01) * added[:, SDXL_POOLED_DIM + 4 * dim + dim // 2])
+    return out.astype(np.float32)
+
+
+def sdxl_text_inputs(tokenizer, encoders, prompt, negative_prompt, force_zeros, micro):
+    """The UNet's (2, 77, W) contexts and (2, P + n d) added embeddings (unconditional row first) with the fake
+    encoders: one token row per prompt, re-padded per encoder (``StableDiffusionXL._encoder_ids``)."""
+    from sd_keras.pipeline_sdxl import StableDiffusionXL
+
+    pads = [SDXL_PAD_IDS[0] if name == "text_encoder" else SDXL_PAD_IDS[1] for name in encoders]
+    ids = tokenizer.tokenize([negative_prompt, prompt], pad_token_id=pads[0])
+    contexts, pooled = _sdxl_fake_encoders(StableDiffusionXL._encoder_ids(_sdxl_self(pads), ids), encoders)
+    context = np.concatenate(contexts, axis=-1)
+    if force_zeros and negative_prompt == "":
+        context[0] = 0
+        pooled[0] = 0
+    positive, negative = _sdxl_time_ids(micro)
+    added = sdxl_added_embedding(pooled, np.stack([negative, positive]), SDXL_TIME_EMBED_DIM)
+    return context, added
+
+
+def sdxl_host_trajectory(sampler, tokenizer, encoders, prompt, negative_prompt, seed, force_zeros, micro):
+    """One fake SDXL generation step by step (the host loop of the bundle runner and the Android app)."""
+    context, added = sdxl_text_inputs(tokenizer, encoders, prompt, negative_prompt, force_zeros, micro)
+    initial, step_noise = noise_lib.latent_noise(seed, 1, SDXL_LATENT_SHAPE,
+                                                 sampler.num_steps if sampler.needs_noise else 0)
+    latent = initial * np.float32(sampler.init_noise_sigma)
+    state = sampler.initial_state(latent)
+    latents = []
+    from sd_keras.export.runner import timestep_embedding as runner_embedding
+
+    for i in range(sampler.num_steps):
+        t = np.float32(sampler.timesteps[i])
+        embedding = np.repeat(runner_embedding(np.array([t], np.float32), TRAJECTORY_EMBEDDING_DIM), 2, axis=0)
+        model_input = np.asarray(sampler.scale_model_input(latent, i), np.float32)
+        outputs = _sdxl_fake_unet(np.concatenate([model_input, model_input]), embedding, context, added)
+        unconditional, conditional = outputs[:1], outputs[1:]
+        prediction = unconditional + np.float32(SDXL_GUIDANCE) * (conditional - unconditional)
+        noise = step_noise[i] if sampler.needs_noise else None
+        latent, state = sampler.step(latent, prediction, i, state, noise)
+        latent = np.asarray(latent, np.float32)
+        latents.append(latent)
+    return context, added, latents, to_uint8(fake_decoder(latent))
+
+
+def _sdxl_fixture(tokenizer):
+    from sd_keras.pipeline_sdxl import StableDiffusionXL
+
+    repadding = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PromptTruncatedWarning)
+        for text in SDXL_REPADDING_PROMPTS:
+            ids = tokenizer.tokenize([text], pad_token_id=SDXL_PAD_IDS[0])
+            rows = StableDiffusionXL._encoder_ids(_sdxl_self(), ids)
+            repadding.append({"text": text, "ids": [int(v) for v in ids[0]],
+                              "encoder_ids": [[int(v) for v in row[0]] for row in rows]})
+    added_cases = []
+    for micro, dim, pooled_dim in SDXL_ADDED_CASES:
+        positive, negative = _sdxl_time_ids(micro)
+        pooled = (np.arange(2 * pooled_dim, dtype=np.float32) * np.float32(0.37) % np.float32(2.0)
+                  - np.float32(1.0)).reshape(2, pooled_dim)
+        added = sdxl_added_embedding(pooled, np.stack([negative, positive]), dim)
+        added_cases.append({"micro_conditioning": _micro_json(micro), "addition_time_embed_dim": dim,
+                            "time_ids": _floats(positive), "negative_time_ids": _floats(negative),
+                            "pooled": [_floats(row) for row in pooled], "added": [_floats(row) for row in added]})
+    cases = []
+    for encoders, name, seed, prompt, negative, force_zeros, micro in _SDXL_CASES:
+        sampler = get_sampler(name, SDXL_STEPS)
+        context, added, latents, pixels = sdxl_host_trajectory(sampler, tokenizer, encoders, prompt, negative, seed,
+                                                               force_zeros, micro)
+        cases.append({
+            "encoders": list(encoders),
+            "pad_ids": [SDXL_PAD_IDS[0] if e == "text_encoder" else SDXL_PAD_IDS[1] for e in encoders],
+            "sampler": name,
+            "seed": seed,
+            "prompt": prompt,
+            "negative_prompt": negative,
+            "force_zeros_for_empty_prompt": force_zeros,
+            "micro_conditioning": _micro_json(micro),
+            "contexts": _floats(context),
+            "added": _floats(added),
+            "latents": [_floats(latent) for latent in latents],
+            "pixels": [int(v) for v in pixels.ravel()],
+        })
+    return {
+        "description": _SDXL_DESCRIPTION,
+        "pad_ids": list(SDXL_PAD_IDS),
+        "repadding": repadding,
+        "added_embedding": added_cases,
+        "latent_shape": list(SDXL_LATENT_SHAPE),
+        "image_size": list(SDXL_IMAGE_SIZE),
+        "steps": SDXL_STEPS,
+        "guidance_scale": _Raw(repr(SDXL_GUIDANCE)),
+        "context_dims": list(SDXL_CONTEXT_DIMS),
+        "pooled_dim": SDXL_POOLED_DIM,
+        "addition_time_embed_dim": SDXL_TIME_EMBED_DIM,
+        "timestep_embedding_dim": TRAJECTORY_EMBEDDING_DIM,
+        "cases": cases,
+    }
+
+
 def write_golden(out_dir):
     """Write every golden fixture (``FIXTURE_NAMES``) into ``out_dir``; returns the written paths.
 
@@ -472,6 +701,7 @@ def write_golden(out_dir):
         "trajectories.json": lambda: _trajectories_fixture(tokenizer),
         "pixels.json": _pixels_fixture,
         "tiling.json": _tiling_fixture,
+        "sdxl.json": lambda: _sdxl_fixture(tokenizer),
     }
     return [_write_atomic(out_dir / name, _dump(builders[name]()) + "\n") for name in FIXTURE_NAMES]
 

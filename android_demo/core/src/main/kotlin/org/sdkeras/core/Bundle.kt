@@ -68,6 +68,7 @@ class Bundle private constructor(val directory: File, val manifest: BundleManife
             val cache = HashCache(hashCache)
             val entries = ArrayList<Triple<String, String, String>>()
             entries.add(Triple("tokenizer", manifest.tokenizer.file, manifest.tokenizer.sha256))
+            manifest.tokenizer2?.let { entries.add(Triple("tokenizer_2", it.file, it.sha256)) }
             for (component in manifest.components.values) {
                 for (entry in component.fileEntries) entries.add(Triple(entry.name, entry.file!!, entry.sha256!!))
             }

@@ -12,7 +12,9 @@ class GeneratorConfig(
     val latentChannels: Int,
     val timestepEmbeddingDim: Int,
     val schedule: NoiseSchedule,
-    val padId: Int = ClipTokenizer.END_ID
+    val padId: Int = ClipTokenizer.END_ID,
+    /** An SDXL bundle's conditioning (two text encoders, `added_embedding`); null for SD 1.x/2.x. */
+    val sdxl: SdxlSpec? = null
 ) {
     val latentSize: Int get() = latentHeight * latentWidth * latentChannels
 
@@ -20,7 +22,8 @@ class GeneratorConfig(
         @JvmStatic
         fun fromManifest(manifest: BundleManifest) = GeneratorConfig(
             manifest.imageHeight, manifest.imageWidth, manifest.latentHeight, manifest.latentWidth,
-            manifest.latentChannels, manifest.timestepEmbeddingDim, manifest.schedule, manifest.tokenizer.padId
+            manifest.latentChannels, manifest.timestepEmbeddingDim, manifest.schedule, manifest.tokenizer.padId,
+            manifest.sdxl
         )
     }
 }
@@ -76,6 +79,11 @@ class StepResult(val stepsDone: Int, val totalSteps: Int, val image: RgbImage?, 
  * initial latent (and for ancestral samplers one draw per step) comes from [SeedNoise], and each step runs the
  * UNet on the `[unconditional, conditional]` pair, applies [ClassifierFreeGuidance] and the sampler's update.
  *
+ * An SDXL bundle ([GeneratorConfig.sdxl]) runs the same loop with [SdxlConditioning]: the prompt's token row is
+ * re-padded for each text encoder, the UNet's context is their contexts side by side and its `added_embedding`
+ * the pooled embedding with the micro-conditioning; pass `text_encoder` as [textEncoder] and `text_encoder_2` as
+ * [textEncoder2] (a refiner bundle has only `text_encoder_2`: pass it as [textEncoder] and no [textEncoder2]).
+ *
  * Example:
  * ```
  * val generator = ImageGenerator(tokenizer, textEncoder, unet, decoder, GeneratorConfig.fromManifest(manifest))
@@ -93,11 +101,15 @@ class ImageGenerator @JvmOverloads constructor(
     private val decoder: Decoder,
     val config: GeneratorConfig,
     /** The bundle's VAE encoder, for [setImageInputs]; null when the bundle has none. */
-    private val imageEncoder: ImageEncoder? = null
+    private val imageEncoder: ImageEncoder? = null,
+    /** SDXL: the bundle's `text_encoder_2` when it also has a `text_encoder`; null otherwise. */
+    private val textEncoder2: TextEncoder? = null
 ) {
+    private val sdxlEncoders: List<TextEncoder> = checkedSdxlEncoders()
     private var inputs: GenerationInputs? = null
     private var latent = FloatArray(0)
     private var contexts = FloatArray(0)
+    private var addedEmbeddings = FloatArray(0)
     private var stepNoise = FloatArray(0)
     private var state = SamplerState()
     private var nextStep = 0
@@ -109,6 +121,20 @@ class ImageGenerator @JvmOverloads constructor(
 
     /** Whether the current generation has returned its final image (or none was set up). */
     val isFinished: Boolean get() = finished
+
+    private fun checkedSdxlEncoders(): List<TextEncoder> {
+        val spec = config.sdxl
+        if (spec == null) {
+            require(textEncoder2 == null) { "a second text encoder is for SDXL bundles (this config has no sdxl)" }
+            return emptyList()
+        }
+        val encoders = listOf(textEncoder) + listOfNotNull(textEncoder2)
+        require(encoders.size == spec.textEncoders.size) {
+            "the bundle has ${spec.textEncoders.size} text encoders (${spec.textEncoders.joinToString()}) but " +
+                "${encoders.size} were given"
+        }
+        return encoders
+    }
 
     /** Whether [setImageInputs] can be used: the bundle has an image encoder. */
     val supportsImageToImage: Boolean get() = imageEncoder != null
@@ -177,13 +203,25 @@ class ImageGenerator @JvmOverloads constructor(
         val built = Samplers.create(sampler, steps, config.schedule)
         val positive = tokenizer.tokenize(prompt, config.padId)
         val negative = tokenizer.tokenize(negativePrompt, config.padId)
-        val conditional = textEncoder.encode(positive.ids)
-        val unconditional = textEncoder.encode(negative.ids)
-        if (conditional.size != unconditional.size || conditional.isEmpty() || conditional.size % positive.ids.size != 0) {
-            throw IllegalStateException(
-                "text encoder returned ${conditional.size} and ${unconditional.size} values for " +
-                    "${positive.ids.size} tokens; expected (${positive.ids.size}, width) each"
-            )
+        val sdxl = config.sdxl
+        val textInputs: FloatArray
+        if (sdxl != null) {
+            val conditionalRow = SdxlConditioning.encode(sdxl, sdxlEncoders, prompt, positive, false)
+            val unconditionalRow = SdxlConditioning.encode(sdxl, sdxlEncoders, negativePrompt, negative, true)
+            textInputs = unconditionalRow.context + conditionalRow.context
+            addedEmbeddings = unconditionalRow.addedEmbedding + conditionalRow.addedEmbedding
+        } else {
+            val conditional = textEncoder.encode(positive.ids)
+            val unconditional = textEncoder.encode(negative.ids)
+            if (conditional.size != unconditional.size || conditional.isEmpty() ||
+                conditional.size % positive.ids.size != 0) {
+                throw IllegalStateException(
+                    "text encoder returned ${conditional.size} and ${unconditional.size} values for " +
+                        "${positive.ids.size} tokens; expected (${positive.ids.size}, width) each"
+                )
+            }
+            textInputs = unconditional + conditional
+            addedEmbeddings = FloatArray(0)
         }
         val size = config.latentSize
         val (initial, extra) = SeedNoise.latentNoise(seed, 1, size, if (built.needsNoise) steps else 0)
@@ -200,7 +238,7 @@ class ImageGenerator @JvmOverloads constructor(
             start = ImageToImage.startIndex(steps, strength)
             latent = if (start >= steps) original else ImageToImage.noised(original, initial, built.tables, start)
         }
-        contexts = unconditional + conditional
+        contexts = textInputs
         stepNoise = extra
         state = built.newState()
         startStep = start
@@ -231,7 +269,11 @@ class ImageGenerator @JvmOverloads constructor(
         val size = latent.size
         val modelInput = sampler.scaleModelInput(latent, i)
         val embedding = TimestepEmbedding.compute(sampler.tables.timesteps[i], config.timestepEmbeddingDim)
-        val output = diffusionModel.predict(modelInput + modelInput, embedding + embedding, contexts)
+        val output = if (config.sdxl != null) {
+            diffusionModel.predict(modelInput + modelInput, embedding + embedding, contexts, addedEmbeddings)
+        } else {
+            diffusionModel.predict(modelInput + modelInput, embedding + embedding, contexts)
+        }
         if (output.size != 2 * size) {
             throw IllegalStateException("diffusion model returned ${output.size} values; expected ${2 * size} (batch 2)")
         }

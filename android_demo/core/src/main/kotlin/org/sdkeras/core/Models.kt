@@ -1,12 +1,18 @@
 package org.sdkeras.core
 
 /**
- * The three networks of a generation, as the sampling loop sees them: flat float arrays in C order (batch first,
+ * The networks of a generation, as the sampling loop sees them: flat float arrays in C order (batch first,
  * channels last), the shapes a bundle's manifest lists. The Android app binds them to LiteRT; tests bind fakes.
  */
 interface TextEncoder {
     /** `tokens` (77 ids, one prompt) to the context `(77, D)`; the binding supplies positions 0..76. */
     fun encode(tokens: IntArray): FloatArray
+
+    /**
+     * Every output by name: `context`, and for SDXL's `text_encoder_2` also `pooled` `(P)`. An encoder with one
+     * output need not override this.
+     */
+    fun encodeOutputs(tokens: IntArray): Map<String, FloatArray> = mapOf("context" to encode(tokens))
 }
 
 interface DiffusionModel {
@@ -16,6 +22,15 @@ interface DiffusionModel {
      * Returns `(2, h, w, c)`.
      */
     fun predict(latent: FloatArray, timestepEmbedding: FloatArray, context: FloatArray): FloatArray
+
+    /**
+     * An SDXL UNet: as above with `context` `(2, 77, D1 + D2)` and `addedEmbedding` `(2, P + n d)` (the pooled text
+     * embedding and the micro-conditioning sinusoids of each row, [SdxlConditioning]). SD 1.x/2.x UNets do not
+     * take it.
+     */
+    fun predict(latent: FloatArray, timestepEmbedding: FloatArray, context: FloatArray,
+                addedEmbedding: FloatArray): FloatArray =
+        throw UnsupportedOperationException("this diffusion model takes no added_embedding (not an SDXL UNet)")
 }
 
 interface Decoder {

@@ -131,8 +131,8 @@ class BundleTest {
 
     @Test
     fun unknownVersion() {
-        writeManifest(version = "2")
-        expectBroken("format_version 2", "not supported")
+        writeManifest(version = "3")
+        expectBroken("format_version 3", "not supported")
     }
 
     @Test
