@@ -155,4 +155,74 @@ def test_trajectories_equal_the_compiled_pipeline_loop():
         np.testing.assert_allclose(latent, expected, rtol=1e-5, atol=1e-5, err_msg=case["sampler"])
 
 
+
+def _fake_keras_sdxl_unet(context_width, num_time_ids):
+    """sdxl.json's fake UNet as a Keras model with the SDXL UNet's inputs: the added embedding is built inside, by
+    the UNet's own ``TimeIdsEmbedding`` (``add_time_proj``), from ``text_embeds`` and ``time_ids``."""
+    from sd_keras.models.layers import TimeIdsEmbedding
+
+    height, width, channels = golden.SDXL_LATENT_SHAPE
+    dim, d = golden.TRAJECTORY_EMBEDDING_DIM, golden.SDXL_TIME_EMBED_DIM
+    inputs = {"latent": keras.Input((height, width, channels), name="latent"),
+              "timestep_embedding": keras.Input((dim,), name="timestep_embedding"),
+              "context": keras.Input((77, context_width), name="context"),
+              "text_embeds": keras.Input((golden.SDXL_POOLED_DIM,), name="text_embeds"),
+              "time_ids": keras.Input((num_time_ids,), name="time_ids")}
+    added = ops.concatenate([inputs["text_embeds"], TimeIdsEmbedding(d)(inputs["time_ids"])], axis=-1)
+
+    def row(values):
+        return ops.reshape(values, (-1, 1, 1, 1))
+
+    context = inputs["context"]
+    out = 0.1 * inputs["latent"] + row(0.01 * inputs["timestep_embedding"][:, dim // 2])
+    out = out + row(context[:, 1, 0])
+    out = out + row(context[:, 76, context_width - golden.SDXL_CONTEXT_DIMS[1]])
+    out = out + row(0.1 * added[:, 0])
+    out = out + row(0.01 * added[:, golden.SDXL_POOLED_DIM + 4 * d + d // 2])
+    return keras.Model(inputs, out)
+
+
+def test_sdxl_added_embedding_is_the_unet_time_ids_layer():
+    """The host recipe of added_embedding (sdxl.json, what Kotlin computes bit for bit) is the SDXL UNet's
+    ``TimeIdsEmbedding`` (add_time_proj) after the pooled embedding, within float32 exp/cos/sin rounding."""
+    from sd_keras.models.layers import TimeIdsEmbedding
+
+    fixture = json.loads((FIXTURES / "sdxl.json").read_text(encoding="utf-8"))
+    assert {len(case["time_ids"]) for case in fixture["added_embedding"]} == {5, 6}  # refiner and base
+    for case in fixture["added_embedding"]:
+        dim = case["addition_time_embed_dim"]
+        ids = np.array([case["negative_time_ids"], case["time_ids"]], np.float32)
+        keras_rows = np.concatenate([np.array(case["pooled"], np.float32),
+                                     np.asarray(TimeIdsEmbedding(dim)(ids))], axis=-1)
+        np.testing.assert_allclose(np.array(case["added"], np.float32), keras_rows, atol=2e-4)
+
+
+@pytest.mark.slow  # compiles one loop per case (about 5 s)
+def test_sdxl_trajectories_equal_the_compiled_pipeline_loop():
+    """sdxl.json's host loop (what Kotlin and the bundle runner do: added_embedding made on the host) equals the
+    pipeline's compiled loop with SDXL's added conditioning (pooled + time ids through the Keras TimeIdsEmbedding)."""
+    from sd_keras import noise as noise_lib
+
+    fixture = json.loads((FIXTURES / "sdxl.json").read_text(encoding="utf-8"))
+    shape = tuple(fixture["latent_shape"])
+    pooled_dim = fixture["pooled_dim"]
+    for case in fixture["cases"]:
+        width = sum(golden.SDXL_CONTEXT_DIMS[0] if e == "text_encoder" else golden.SDXL_CONTEXT_DIMS[1]
+                    for e in case["encoders"])
+        time_ids = golden._sdxl_time_ids(case["micro_conditioning"])
+        loop = DenoisingLoop(_fake_keras_sdxl_unet(width, len(time_ids[0])))
+        sampler = get_sampler(case["sampler"], fixture["steps"])
+        contexts = np.array(case["contexts"], np.float32).reshape(2, 77, width)
+        pooled = np.array(case["added"], np.float32).reshape(2, -1)[:, :pooled_dim]
+        initial, step_noise = noise_lib.latent_noise(case["seed"], 1, shape,
+                                                     sampler.num_steps if sampler.needs_noise else 0)
+        added = {"text_embeds": pooled[1:], "uncond_text_embeds": pooled[:1], "time_ids": time_ids[0][None],
+                 "uncond_time_ids": time_ids[1][None]}
+        latent = loop(sampler, contexts[1:], contexts[:1], initial * np.float32(sampler.init_noise_sigma),
+                      step_noise if sampler.needs_noise else None, guidance_scale=fixture["guidance_scale"],
+                      added=added)
+        expected = np.array(case["latents"][-1], np.float32).reshape(latent.shape)
+        np.testing.assert_allclose(latent, expected, rtol=1e-4, atol=1e-4, err_msg=case["sampler"])
+
+
 pytestmark = pytest.mark.once  # backend-independent (see conftest.py)
