@@ -124,7 +124,7 @@ class StableDiffusionXL(KerasGenerator):
     default_sampler = "Euler"  # diffusers' SDXL pipelines use EulerDiscreteScheduler
     nan_hint = (" (numerical overflow: the stock SDXL VAE overflows in float16; decode in float32 or load the "
                 "fp16-fix VAE with vae=)")
-    can_merge_lora = False  # SDXL LoRAs are merged when the checkpoint loads (loras=)
+    can_merge_lora = True  # sd_keras.weights.lora merges into both text encoders and the UNet (prompt tags)
 
     def __init__(self, config, text_encoder, text_encoder_2, diffusion_model, decoder, image_encoder=None,
                  tokenizer=None, *, dtype="float32"):

@@ -361,9 +361,13 @@ def sync_prompt_loras(generator, loras):
     previous prompt and not by this one are taken out, new ones merged (``sd_keras.weights.lora.apply_lora``, the
     reader and checks of ``--lora``). LoRAs merged otherwise (``--lora``, ``apply_lora``) are left alone.
 
+    Works alike for SD 1.x / 2.x (``StableDiffusion``) and SDXL (``StableDiffusionXL``: kohya ``lora_te1_`` /
+    ``lora_te2_`` / ``lora_unet_`` and diffusers / PEFT files, merged into both text encoders and the UNet).
+
     Raises:
-        InputError: a tag names no file of the LoRA folder, there is no LoRA folder, or the engine cannot merge
-            LoRAs (an exported bundle).
+        InputError: a tag names no file of the LoRA folder, there is no LoRA folder, the file is not a LoRA of this
+            model (e.g. an SD 1.x LoRA on SDXL: the message names the tag, the file and the model class), or the
+            engine cannot merge LoRAs (an exported bundle).
     """
     if loras and not getattr(generator, "can_merge_lora", False):
         raise InputError("prompt: <lora:...> tags need a Keras model (a preset or checkpoint), not an exported "
@@ -379,13 +383,14 @@ def sync_prompt_loras(generator, loras):
     generator._prompt_loras = ()
     applied = []
     try:
-        for path, weight in wanted:
+        for lora, (path, weight) in zip(loras, wanted):
             try:
                 applied.append(apply_lora(generator, path, weight))
-            except InputError:
-                raise
-            except (ValueError, OSError) as error:
-                raise InputError(f"prompt: LoRA {path}: {error}") from None
+            except (ValueError, OSError) as error:  # InputError too: a file of the other model family
+                # the file by its name only: the folder stays private (the server's)
+                message = str(error).replace(path, os.path.basename(path))
+                raise InputError(f"prompt: <lora:{lora.name}:{lora.weight:g}> ({os.path.basename(path)}) does not "
+                                 f"fit this {type(generator).__name__} model: {message}") from None
     except BaseException:
         for done in reversed(applied):
             done.remove()
