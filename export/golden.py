@@ -501,7 +501,7 @@ _SDXL_DESCRIPTION = (
     "after the first end token 49407 set to the pad id). 'added_embedding': StableDiffusionXL._time_ids of the "
     "'micro_conditioning' (manifest form; 'time_ids' conditional row, 'negative_time_ids' unconditional) and "
     "added = concat(pooled, emb(time_ids[0]), ..., emb(time_ids[n-1])), emb(v) = [cos(v f_k), sin(v f_k)], f_k = "
-    "exp(-ln(10000) k / (d/2)) in the bit-exact recipe of sd_keras.export.runner.timestep_embedding, d = "
+    "exp(-ln(10000) k / (d/2)) as sd_keras.export.runner.added_embedding makes it (bit-exact recipe), d = "
     "'addition_time_embed_dim'. 'cases': one generation each, float32 throughout, latent {latent}, image {image}, "
     "{steps} steps, guidance {guidance}. Token rows: one tokenize of each prompt padded with {pad0}, re-padded per "
     "encoder with its pad id (encoders listed in 'encoders', pads in 'pad_ids'). Fake text_encoder (width {w1}): "
@@ -514,7 +514,8 @@ _SDXL_DESCRIPTION = (
     "timestep_embedding[b][{half}] (embedding dim {emb}), W the context width, P the pooled width. Guidance, "
     "sampler, noise and decoder (0.25 * latent[..., :3], to_uint8) as trajectories.json. 'contexts' (2, 77, W) and "
     "'added' (2, P + n d) are the UNet's text inputs (unconditional row first); 'latents' the latent after each "
-    "step; 'pixels' the final uint8 image."
+    "step; 'pixels' the final uint8 image. 'manifest_text': an SDXL manifest.json as export.bundle.build_manifest "
+    "writes it for these widths (placeholder hashes)."
 ).format(pad0=SDXL_PAD_IDS[0], pads=list(SDXL_PAD_IDS), latent=list(SDXL_LATENT_SHAPE), image=list(SDXL_IMAGE_SIZE),
          steps=SDXL_STEPS, guidance=SDXL_GUIDANCE, w1=SDXL_CONTEXT_DIMS[0], w2=SDXL_CONTEXT_DIMS[1],
          pooled=SDXL_POOLED_DIM, half=TRAJECTORY_EMBEDDING_DIM // 2, emb=TRAJECTORY_EMBEDDING_DIM)
@@ -544,12 +545,11 @@ def _micro_json(micro):
 
 
 def sdxl_added_embedding(pooled, time_ids, dim):
-    """(B, P) pooled + (B, n) time ids -> (B, P + n * dim): the bundle UNet's ``added_embedding`` (numpy float32)."""
-    from sd_keras.export.runner import timestep_embedding as runner_embedding
+    """(B, P) pooled + (B, n) time ids -> (B, P + n * dim): the bundle UNet's ``added_embedding`` as the bundle
+    runner makes it (``sd_keras.export.runner.added_embedding``)."""
+    from sd_keras.export.runner import added_embedding
 
-    time_ids = np.asarray(time_ids, np.float32)
-    sinusoids = runner_embedding(time_ids, dim).reshape(time_ids.shape[0], -1)
-    return np.concatenate([np.asarray(pooled, np.float32), sinusoids], axis=-1)
+    return added_embedding(pooled, time_ids, dim)
 
 
 def _sdxl_fake_encoders(ids, encoders):
@@ -628,6 +628,52 @@ def sdxl_host_trajectory(sampler, tokenizer, encoders, prompt, negative_prompt, 
     return context, added, latents, to_uint8(fake_decoder(latent))
 
 
+def _sdxl_manifest():
+    """An SDXL manifest as the exporter writes it (``export.bundle.build_manifest``) for the fixture's widths; file
+    hashes are placeholders (the Kotlin test parses it, it opens no files)."""
+    from sd_keras.export.bundle import build_manifest
+    from sd_keras.schedulers import SAMPLER_NAMES
+
+    height, width, channels = SDXL_LATENT_SHAPE
+    d1, d2 = SDXL_CONTEXT_DIMS
+    added = SDXL_POOLED_DIM + 6 * SDXL_TIME_EMBED_DIM
+
+    def spec(name, *shape, dtype="float32"):
+        return {"name": name, "shape": list(shape), "dtype": dtype}
+
+    def entry(name, inputs, outputs):
+        return {"file": f"{name}.tflite", "sha256": "0" * 64, "quantization": "fp32", "signature": name,
+                "inputs": inputs, "outputs": outputs, "large_model_layout": False}
+
+    tokens = [spec("tokens", 1, 77, dtype="int32"), spec("positions", 1, 77, dtype="int32")]
+    components = {
+        "text_encoder": entry("text_encoder", tokens, [spec("context", 1, 77, d1)]),
+        "text_encoder_2": entry("text_encoder_2", tokens, [spec("context", 1, 77, d2),
+                                                           spec("pooled", 1, SDXL_POOLED_DIM)]),
+        "diffusion_model": entry("diffusion_model", [
+            spec("latent", 2, height, width, channels), spec("timestep_embedding", 2, TRAJECTORY_EMBEDDING_DIM),
+            spec("context", 2, 77, d1 + d2), spec("added_embedding", 2, added)],
+            [spec("model_output", 2, height, width, channels)]),
+        "decoder": entry("decoder", [spec("latent", 1, height, width, channels)],
+                         [spec("image", 1, height * 8, width * 8, 3)]),
+    }
+    token_spec = {"file": "merges.txt", "sha256": "0" * 64, "context_length": 77, "start_id": 49406,
+                  "end_id": 49407, "pad_id": SDXL_PAD_IDS[0]}
+    schedule = NoiseSchedule()
+    return build_manifest(
+        model="golden-xl", image_size=(height * 8, width * 8), latent_size=SDXL_LATENT_SHAPE,
+        latent_scale_factor=0.13025, prediction_type="epsilon",
+        schedule={key: (float(value) if isinstance(value, _Raw) else value)
+                  for key, value in _schedule_dict(schedule).items()},
+        default_sampler="Euler", samplers=SAMPLER_NAMES, timestep_embedding_dim=TRAJECTORY_EMBEDDING_DIM,
+        tokenizer=token_spec, components=components, quantization="fp32",
+        sdxl={"tokenizer_2": dict(token_spec, pad_id=SDXL_PAD_IDS[1]), "pooled_dim": SDXL_POOLED_DIM,
+              "addition_time_embed_dim": SDXL_TIME_EMBED_DIM,
+              "micro_conditioning": {"original_size": [height * 8, width * 8], "crops_coords_top_left": [0, 0],
+                                     "target_size": [height * 8, width * 8]},
+              "force_zeros_for_empty_prompt": True})
+
+
 def _sdxl_fixture(tokenizer):
     from sd_keras.pipeline_sdxl import StableDiffusionXL
 
@@ -681,6 +727,7 @@ def _sdxl_fixture(tokenizer):
         "addition_time_embed_dim": SDXL_TIME_EMBED_DIM,
         "timestep_embedding_dim": TRAJECTORY_EMBEDDING_DIM,
         "cases": cases,
+        "manifest_text": json.dumps(_sdxl_manifest(), default=str),
     }
 
 

@@ -137,12 +137,17 @@ class LiteRtComponent(
     private fun describe(error: Throwable) = error.message?.lineSequence()?.firstOrNull() ?: error.javaClass.simpleName
 }
 
-/** The text encoder signature: `tokens` and `positions` (0..76), each (1, 77) int32. */
+/**
+ * The text encoder signature: `tokens` and `positions` (0..76), each (1, 77) int32, to `context` (and, for SDXL's
+ * `text_encoder_2`, `pooled`: [encodeOutputs] returns both by name).
+ */
 class LiteRtTextEncoder(private val component: LiteRtComponent, contextLength: Int) : TextEncoder {
     private val positions = IntArray(contextLength) { it }
 
-    override fun encode(tokens: IntArray): FloatArray =
-        component.run(mapOf("tokens" to tokens, "positions" to positions))
+    override fun encode(tokens: IntArray): FloatArray = encodeOutputs(tokens).getValue("context")
+
+    override fun encodeOutputs(tokens: IntArray): Map<String, FloatArray> =
+        component.runAll(mapOf("tokens" to tokens, "positions" to positions))
 }
 
 /**
@@ -151,11 +156,20 @@ class LiteRtTextEncoder(private val component: LiteRtComponent, contextLength: I
  * outputs of the parts before it, and the last part gives `model_output`.
  */
 class LiteRtDiffusionModel(private val parts: List<LiteRtComponent>) : DiffusionModel {
-    override fun predict(latent: FloatArray, timestepEmbedding: FloatArray, context: FloatArray): FloatArray {
+    override fun predict(latent: FloatArray, timestepEmbedding: FloatArray, context: FloatArray): FloatArray =
+        run(latent, timestepEmbedding, context, null)
+
+    /** An SDXL UNet: also `added_embedding` (2, pooled + time-id sinusoids), fed to whichever parts take it. */
+    override fun predict(latent: FloatArray, timestepEmbedding: FloatArray, context: FloatArray,
+                         addedEmbedding: FloatArray): FloatArray = run(latent, timestepEmbedding, context, addedEmbedding)
+
+    private fun run(latent: FloatArray, timestepEmbedding: FloatArray, context: FloatArray,
+                    addedEmbedding: FloatArray?): FloatArray {
         val values = HashMap<String, Any>()
         values["latent"] = latent
         values["timestep_embedding"] = timestepEmbedding
         values["context"] = context
+        if (addedEmbedding != null) values["added_embedding"] = addedEmbedding
         var outputs: Map<String, FloatArray> = emptyMap()
         for (part in parts) {
             outputs = part.runAll(values)

@@ -11,10 +11,12 @@ import org.sdkeras.core.TextEncoder
 
 /**
  * A loaded bundle: checked files, tokenizer, the LiteRT components (text encoder, UNet, decoder and, when the
- * bundle has one, the VAE encoder for image-to-image) and the core's [ImageGenerator] over them.
+ * bundle has one, the VAE encoder for image-to-image) and the core's [ImageGenerator] over them. An SDXL bundle
+ * (format_version 2) has two text encoders, `text_encoder` and `text_encoder_2` (a refiner only the second).
  *
- * With [lowMemory] the text encoder is loaded only while the prompts are encoded and closed before sampling, so
- * the UNet and the decoder do not share memory with it (the peak is what phones with 6 GB need for SD 1.x).
+ * With [lowMemory] the text encoders are loaded only while the prompts are encoded and closed before sampling, so
+ * the UNet and the decoder do not share memory with them (the peak is what phones with 6 GB need for SD 1.x; for
+ * SDXL the 1.4 B-parameter `text_encoder_2` is as large as an int8 SD 1.x UNet).
  */
 class ModelSession private constructor(
     val bundle: Bundle,
@@ -27,27 +29,38 @@ class ModelSession private constructor(
     private val decoder: LiteRtComponent,
     private val imageEncoderComponent: LiteRtComponent?
 ) : AutoCloseable {
-    private var textEncoderComponent: LiteRtComponent? = null
+    /** The loaded text encoders by component name (loaded on first use; see [lowMemory]). */
+    private val textEncoderComponents = LinkedHashMap<String, LiteRtComponent>()
 
-    private val textEncoder = object : TextEncoder {
-        override fun encode(tokens: IntArray): FloatArray {
-            val spec = bundle.manifest.component("text_encoder")
-            val component = textEncoderComponent ?: LiteRtComponent(
-                bundle.file("text_encoder"), spec, preferGpu, cpuSettings(spec, threads, cacheDirectory)
-            ).also { textEncoderComponent = it }
-            return LiteRtTextEncoder(component, tokens.size).encode(tokens)
+    /** The text encoder component [name], loaded when a prompt is first encoded. */
+    private inner class LazyTextEncoder(private val name: String) : TextEncoder {
+        private fun component(): LiteRtComponent = textEncoderComponents[name] ?: run {
+            val spec = bundle.manifest.component(name)
+            LiteRtComponent(bundle.file(name), spec, preferGpu, cpuSettings(spec, threads, cacheDirectory))
+                .also { textEncoderComponents[name] = it }
         }
+
+        override fun encode(tokens: IntArray): FloatArray = LiteRtTextEncoder(component(), tokens.size).encode(tokens)
+
+        override fun encodeOutputs(tokens: IntArray): Map<String, FloatArray> =
+            LiteRtTextEncoder(component(), tokens.size).encodeOutputs(tokens)
     }
 
+    // SD 1.x/2.x: text_encoder; SDXL base: text_encoder + text_encoder_2; SDXL refiner: text_encoder_2 alone
+    private val textEncoderNames: List<String> = bundle.manifest.sdxl?.textEncoders ?: listOf("text_encoder")
+
     val generator = ImageGenerator(
-        tokenizer, textEncoder, LiteRtDiffusionModel(unet), LiteRtDecoder(decoder),
-        GeneratorConfig.fromManifest(bundle.manifest), imageEncoderComponent?.let { LiteRtImageEncoder(it) }
+        tokenizer, LazyTextEncoder(textEncoderNames[0]), LiteRtDiffusionModel(unet), LiteRtDecoder(decoder),
+        GeneratorConfig.fromManifest(bundle.manifest), imageEncoderComponent?.let { LiteRtImageEncoder(it) },
+        textEncoderNames.getOrNull(1)?.let { LazyTextEncoder(it) }
     )
 
     /** Where each component runs, for the status line. */
     val accelerators: String
         get() = "UNet ${unet.map { it.accelerator }.distinct().joinToString("/")}, decoder ${decoder.accelerator}" +
-            (textEncoderComponent?.let { ", text encoder ${it.accelerator}" } ?: "") +
+            textEncoderComponents.entries.joinToString("") { (name, component) ->
+                ", ${name.replace('_', ' ')} ${component.accelerator}"
+            } +
             (imageEncoderComponent?.let { ", image encoder ${it.accelerator}" } ?: "") + ", $threads CPU threads"
 
     /** Called after the prompts are encoded: frees the text encoder in low-memory mode. */
@@ -56,8 +69,8 @@ class ModelSession private constructor(
     }
 
     private fun releaseTextEncoder() {
-        textEncoderComponent?.close()
-        textEncoderComponent = null
+        for (component in textEncoderComponents.values) component.close()
+        textEncoderComponents.clear()
     }
 
     override fun close() {

@@ -22,7 +22,8 @@ class BundleEntry(
     fun describe(): String {
         val size = BundleLibrary.formatSize(sizeBytes)
         val manifest = this.manifest ?: return "$label: unusable ($problem), $size"
-        return "$label: ${manifest.model} ${manifest.imageWidth}x${manifest.imageHeight}, " +
+        return "$label: ${manifest.model}${if (manifest.isSdxl) " (SDXL)" else ""} " +
+            "${manifest.imageWidth}x${manifest.imageHeight}, " +
             "${manifest.quantization ?: "unknown quantization"}, $size" +
             (if ("image_encoder" in manifest.components) ", image-to-image" else "")
     }

@@ -263,6 +263,10 @@ class BundleManifest(
                 throw JsonException("manifest.components.text_encoder_2 output \"pooled\" must be (1, width), got $pooled")
             }
             val pooledDim = pooled.shape[1]
+            if (root.has("pooled_dim") && root.int("pooled_dim") != pooledDim) {
+                throw JsonException("manifest.pooled_dim ${root.int("pooled_dim")} differs from text_encoder_2's " +
+                    "\"pooled\" output width $pooledDim")
+            }
             val micro = root.obj("micro_conditioning")
             val (timeIds, negativeTimeIds) = timeIds(micro)
             val unet = components.getValue("diffusion_model")

@@ -71,7 +71,8 @@ class SdxlBundleTest {
                        "beta_schedule": "scaled_linear", "steps_offset": 1},
           "default_sampler": "Euler", "samplers": ["DDIM", "Euler", "Euler a"], "timestep_embedding_dim": 320,
           "tokenizer": ${tokenizer(49407)}, "tokenizer_2": ${tokenizer(0)},
-          "micro_conditioning": $micro, "addition_time_embed_dim": 256, "force_zeros_for_empty_prompt": true,
+          "pooled_dim": 1280, "addition_time_embed_dim": 256,
+          "micro_conditioning": $micro, "force_zeros_for_empty_prompt": true,
           "components": {${components.joinToString(",")}},
           "quantization": "fp16"
         }"""
@@ -142,6 +143,7 @@ class SdxlBundleTest {
         expectRefused(manifest(micro = """{"original_size": [64], "crops_coords_top_left": [0, 0], "target_size": [64, 64]}"""),
             "original_size", "two numbers")
         expectRefused(manifest().replace("\"tokenizer_2\"", "\"tokenizer_x\""), "tokenizer_2")
+        expectRefused(manifest().replace("\"pooled_dim\": 1280", "\"pooled_dim\": 1024"), "pooled_dim 1024", "1280")
     }
 
     @Test

@@ -205,6 +205,23 @@ class SdxlGoldenTest {
     }
 
     @Test
+    fun readsTheManifestThePythonExporterWrites() {
+        val manifest = BundleManifest.parse(golden.string("manifest_text"))
+        assertEquals(2, manifest.formatVersion)
+        assertEquals("sdxl", manifest.family)
+        val sdxl = manifest.sdxl!!
+        assertEquals(listOf("text_encoder", "text_encoder_2"), sdxl.textEncoders)
+        assertArrayEquals(golden.ints("pad_ids"), sdxl.padIds)
+        assertArrayEquals(contextDims, sdxl.contextWidths)
+        assertEquals(pooledDim, sdxl.pooledDim)
+        assertEquals(timeEmbedDim, sdxl.additionTimeEmbedDim)
+        assertTrue(sdxl.forceZerosForEmptyPrompt)
+        val size = manifest.imageHeight.toFloat()
+        assertArrayEquals(floatArrayOf(size, size, 0f, 0f, size, size), sdxl.timeIds, 0f)
+        assertEquals("Euler", manifest.defaultSampler)
+    }
+
+    @Test
     fun aGeneratorRefusesTheWrongNumberOfTextEncoders() {
         val spec = SdxlSpec(listOf("text_encoder", "text_encoder_2"), intArrayOf(49407, 0), intArrayOf(3, 5), 4, 8,
             FloatArray(6), FloatArray(6), true)
