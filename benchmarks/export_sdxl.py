@@ -1,0 +1,185 @@
+"""Export SDXL base shapes (random weights) as a LiteRT bundle on this machine's CPU: time, peak memory, sizes.
+
+The model is ``StableDiffusionXL.from_config("sd-xl")``: the published base model's shapes (UNet 2.57 B
+parameters, CLIP ViT-L and OpenCLIP ViT-bigG text encoders, the VAE) with random weights. The export is the
+library's ``export_bundle`` (the UNet in parts, each converted in its own process); this script records the wall
+time, the exporter's peak resident memory and that of every converter process (``os.wait4``'s ``ru_maxrss`` of
+each one), and the file sizes. The per-component parity checks run on one recorded sample; the end-to-end image
+and the quality gates do not (each is a full generation of a 2.6 B-parameter UNet at 1024x1024 on the CPU, for the
+Keras model and the bundle: hours on two cores), and calibration records one step of one prompt.
+
+Usage:
+    python benchmarks/export_sdxl.py [--quantize int8] [--size 1024x1024] [--output benchmarks/results/...]
+Not part of CI: it takes most of an hour and about 20 GB of memory.
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from export_sd_v1 import PeakMemory, _child_rss_mb  # noqa: E402  (the same memory sampling)
+
+
+def supervise(argv, output):
+    """Run the export in a child process and record its outcome even when it is killed (out of memory): then
+    with the converter processes that had finished (``<output>.progress.json``)."""
+    started = time.perf_counter()
+    child = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--child", *argv])
+    peak = 0.0
+    while child.poll() is None:
+        peak = max(peak, _child_rss_mb(child.pid))
+        time.sleep(0.5)
+    result = {}
+    progress = output + ".progress.json"
+    if child.returncode == 0 and os.path.exists(output):
+        with open(output) as handle:
+            result = json.load(handle)
+    elif os.path.exists(progress):
+        with open(progress) as handle:
+            result = json.load(handle)
+    if os.path.exists(progress):
+        os.unlink(progress)
+    result["status"] = ("ok" if child.returncode == 0 else
+                        f"killed by signal {-child.returncode} (out of memory?)" if child.returncode < 0 else
+                        f"failed with exit status {child.returncode}")
+    result["wall_seconds"] = round(time.perf_counter() - started, 1)
+    result["exporter_peak_rss_mb_sampled"] = round(peak)
+    result["machine_memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    temporary = output + ".tmp"
+    with open(temporary, "w") as handle:
+        json.dump(result, handle, indent=2)
+        handle.write("\n")
+    os.replace(temporary, output)
+    print(json.dumps(result, indent=2))
+    return 0 if child.returncode == 0 else 1
+
+
+class ConverterProcesses:
+    """Stands in for ``subprocess`` inside ``sd_keras.export.litert``: runs each converter process as it would
+    and keeps its peak resident memory (``os.wait4``), wall time and the component it converted."""
+
+    def __init__(self, log, progress):
+        self.runs = []
+        self.log = log
+        self.progress = progress  # {"path": ..., "result": the result so far}
+
+    def __getattr__(self, name):  # everything but ``run``: the real module
+        return getattr(subprocess, name)
+
+    def run(self, args, env=None, capture_output=False, text=False, **kwargs):
+        job = {}
+        try:
+            with open(args[-1]) as handle:
+                job = json.load(handle)
+        except (OSError, ValueError):
+            pass
+        what = job.get("component", "worker")
+        self.log(f"converter process: {what} ({job.get('mode', '?')})")
+        started = time.perf_counter()
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            process = subprocess.Popen(args, env=env, stdout=out if capture_output else None,
+                                       stderr=err if capture_output else None, **kwargs)
+            _, status, usage = os.wait4(process.pid, 0)
+            process.returncode = os.waitstatus_to_exitcode(status)
+            out.seek(0)
+            err.seek(0)
+            stdout, stderr = out.read(), err.read()
+        if text:
+            stdout, stderr = stdout.decode(errors="replace"), stderr.decode(errors="replace")
+        record = {"component": what, "mode": job.get("mode"), "seconds": round(time.perf_counter() - started, 1),
+                  "peak_rss_mb": round(usage.ru_maxrss / 1024), "exit_status": process.returncode}
+        self.runs.append(record)
+        self.log(f"converter process done: {record}")
+        self.progress["result"]["converter_processes"] = self.runs
+        with open(self.progress["path"] + ".tmp", "w") as handle:
+            json.dump(self.progress["result"], handle, indent=2)
+        os.replace(self.progress["path"] + ".tmp", self.progress["path"])
+        return subprocess.CompletedProcess(args, process.returncode, stdout if capture_output else None,
+                                           stderr if capture_output else None)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quantize", default="int8")
+    parser.add_argument("--size", default="1024x1024", help="WIDTHxHEIGHT")
+    parser.add_argument("--output")
+    parser.add_argument("--model", default="sd-xl", help="SDXL preset whose shapes are built (tiny-xl: a smoke run)")
+    parser.add_argument("--max-part-mb", type=float, help="UNet part size (default: the exporter's, 1024)")
+    parser.add_argument("--keep", help="keep the bundle in this folder")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.output is None:
+        args.output = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                   f"export_sdxl_{args.model}_{args.quantize}_{args.size}.json")
+        argv = [*argv, "--output", args.output]
+    if not args.child:
+        return supervise(argv, args.output)
+
+    import keras
+
+    from sd_keras.cli.export import _parse_size
+    from sd_keras.export import litert
+    from sd_keras.export.bundle import write_json_atomic
+    from sd_keras.export.exporter import export_bundle
+    from sd_keras.pipeline_sdxl import StableDiffusionXL
+
+    def log(message):
+        print(f"{time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
+
+    import numpy as np
+
+    height, width = _parse_size(args.size)
+    result = {"model": f"{args.model} shapes, random weights", "quantization": args.quantize,
+              "image_size": [height, width], "backend": keras.backend.backend(),
+              "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                          "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)},
+              "settings": {"calibration_prompts": 1, "calibration_steps": 1, "parity_samples": 1,
+                           "latency_runs": 1, "end_to_end": False, "quality_gates": False}}
+    converters = ConverterProcesses(log, {"path": args.output + ".progress.json", "result": result})
+    litert.subprocess = converters
+    with PeakMemory() as memory:
+        start = time.perf_counter()
+        model = StableDiffusionXL.from_config(args.model, seed=0)
+        result["build_seconds"] = round(time.perf_counter() - start, 1)
+        result["parameters"] = {name: int(sum(int(np.prod(w.shape)) for w in getattr(model, name).weights))
+                                for name in ("text_encoder", "text_encoder_2", "diffusion_model", "decoder",
+                                             "image_encoder")}
+        log(f"built in {result['build_seconds']} s: {result['parameters']}")
+        with tempfile.TemporaryDirectory(prefix="sd_keras_export_sdxl_") as tmp:
+            destination = args.keep or os.path.join(tmp, "sd-xl-bundle")
+            start = time.perf_counter()
+            report = export_bundle(model, destination, quantization=args.quantize, image_size=(height, width),
+                                   random_weights=True, calibration_prompts=["a photograph of an astronaut"],
+                                   calibration_steps=1, parity_samples=1, latency_runs=1, end_to_end=False,
+                                   quality_gates=False, log=log,
+                                   max_part_bytes=None if args.max_part_mb is None else int(args.max_part_mb * 2**20))
+            result["export_seconds_total"] = round(time.perf_counter() - start, 1)
+            with open(os.path.join(destination, "manifest.json")) as handle:
+                manifest = json.load(handle)
+    result["convert_seconds"] = report["export_seconds"]
+    result["peak_rss_mb"] = {"exporter": round(memory.peak),
+                             "largest_converter": max((run["peak_rss_mb"] for run in converters.runs), default=0)}
+    result["converter_processes"] = converters.runs
+    result["components"] = {
+        name: {"size_mb": round(entry["size_bytes"] / 1e6, 1), "files": entry["files"],
+               "parity": entry["parity"], "latency_ms": entry["latency"]["median_ms"]}
+        for name, entry in report["components"].items()}
+    result["total_size_mb"] = round(report["total_size_bytes"] / 1e6, 1)
+    result["manifest"] = {key: manifest[key] for key in ("format_version", "family", "micro_conditioning",
+                                                          "pooled_dim", "addition_time_embed_dim", "quantization")}
+    result["passed"] = report["passed"]
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    write_json_atomic(args.output, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
