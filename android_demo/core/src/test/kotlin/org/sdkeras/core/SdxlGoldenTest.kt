@@ -222,6 +222,36 @@ class SdxlGoldenTest {
     }
 
     @Test
+    fun imageToImageRunsTheStepsTheStrengthLeavesWithTheAddedEmbedding() {
+        val case = golden.objects("cases")[0]
+        val shape = golden.ints("latent_shape")
+        val (timeIds, negativeTimeIds) = BundleManifest.timeIds(case.obj("micro_conditioning"))
+        val spec = SdxlSpec(case.strings("encoders"), case.ints("pad_ids"), contextDims, pooledDim, timeEmbedDim,
+            timeIds, negativeTimeIds, true)
+        val config = GeneratorConfig(shape[0], shape[1], shape[0], shape[1], shape[2], embeddingDim,
+            NoiseSchedule(), 49407, spec)
+        val encoder = object : ImageEncoder {
+            // "image" (h, w, 3) to a latent (h, w, 4): the channels, then a constant fourth
+            override fun encode(image: FloatArray): FloatArray =
+                FloatArray(shape[0] * shape[1] * shape[2]) { if (it % 4 == 3) 0.5f else image[(it / 4) * 3 + it % 4] }
+        }
+        val unet = FakeUnet()
+        val generator = ImageGenerator(Golden.tokenizer, FakeEncoder1(), unet, FakeDecoder(shape[2]), config, encoder,
+            FakeEncoder2())
+        val image = FloatArray(shape[0] * shape[1] * 3) { (it % 7) / 7f - 0.5f }
+        val inputs = generator.setImageInputs(case.string("prompt"), "", 10, 5f, 1L, "Euler", image, 0.5)
+        assertEquals(5, inputs.stepsToRun)
+        var result: StepResult
+        do {
+            result = generator.execute()
+        } while (!result.isFinal)
+        assertEquals(5, unet.calls)
+        // the same text inputs as text-to-image: the golden case's zero unconditional row and its conditional row
+        Golden.assertClose("added", case.floats("added"), unet.added)
+        Golden.assertClose("contexts", case.floats("contexts"), unet.context)
+    }
+
+    @Test
     fun aGeneratorRefusesTheWrongNumberOfTextEncoders() {
         val spec = SdxlSpec(listOf("text_encoder", "text_encoder_2"), intArrayOf(49407, 0), intArrayOf(3, 5), 4, 8,
             FloatArray(6), FloatArray(6), true)
