@@ -16,7 +16,7 @@ import org.sdkeras.core.TextEncoder
  *
  * With [lowMemory] the text encoders are loaded only while the prompts are encoded and closed before sampling, so
  * the UNet and the decoder do not share memory with them (the peak is what phones with 6 GB need for SD 1.x; for
- * SDXL the 1.4 B-parameter `text_encoder_2` is as large as an int8 SD 1.x UNet).
+ * SDXL the 695 M-parameter `text_encoder_2` is about as large as an SD 1.x UNet in the same mode).
  */
 class ModelSession private constructor(
     val bundle: Bundle,
@@ -63,7 +63,7 @@ class ModelSession private constructor(
             } +
             (imageEncoderComponent?.let { ", image encoder ${it.accelerator}" } ?: "") + ", $threads CPU threads"
 
-    /** Called after the prompts are encoded: frees the text encoder in low-memory mode. */
+    /** Called after the prompts are encoded: frees the text encoders in low-memory mode. */
     fun afterTextEncoding() {
         if (lowMemory) releaseTextEncoder()
     }
