@@ -13,6 +13,11 @@ reference of the on-device loop:
    guidance scale and update the latent;
 5. decode with the VAE decoder and map [-1, 1] to uint8 as KerasCV does.
 
+An SDXL bundle (format version 2, ``export/BUNDLE.md``) adds the second text encoder (each encoder gets its own
+padding of the prompt's tokens; the second also gives the pooled embedding, zeros for an empty negative prompt
+when the manifest says so) and the UNet's ``added_embedding`` (``added_embedding`` below: the pooled embedding and
+the manifest's micro-conditioning values through the timestep sinusoid).
+
 The steps that are not networks (argument checks, prompts, seeds, image preparation, results) are
 ``sd_keras.generator.Generator``'s, shared with the Keras pipeline; ``BundleRunner`` is its LiteRT engine and,
 like the base, imports no Keras.

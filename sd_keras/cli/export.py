@@ -5,6 +5,7 @@ The parsers are built without importing the export modules (they import numpy, T
 
 Example:
     sd-keras export -m tiny -o bundles/tiny-int8 --quantize int8 --size 64x64
+    sd-keras export -m tiny-xl -o bundles/tiny-xl-int8 --quantize int8   # SDXL: a format-version-2 bundle
 """
 
 import importlib
@@ -122,7 +123,7 @@ def register(subparsers):
     parser.add_argument("--quantize", default="fp32",
                         help=f"one of {', '.join(QUANTIZE_MODES)} (default fp32), or a mode per component: "
                              f"unet=int8,text_encoder=fp16,decoder=fp16 (components not named: fp32, or a bare "
-                             f"mode in the list)")
+                             f"mode in the list; SDXL models also have text_encoder_2)")
     parser.add_argument("--size", help="WIDTHxHEIGHT, multiples of 64 (default: the model's native size)")
     parser.add_argument("--no-image-encoder", action="store_true", help="leave out the VAE encoder (no img2img)")
     parser.add_argument("--calibration-steps", type=int, default=4,
