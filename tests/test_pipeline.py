@@ -38,7 +38,12 @@ def test_second_call_does_not_retrace_and_new_weights_do_not_recompile(sd):
     assert sd._loop.trace_count == traces + 1  # a new shape is a new program
 
 
-@pytest.mark.parametrize("sampler", ["DDIM", "Euler", "Euler a", "DPM++ 2M", "DPM++ 2M Karras"])
+# DDIM (deterministic) and Euler a (fresh noise at every step) in the fast tier; the other deterministic samplers
+# (one compiled loop per sampler and batch size, ~10 s each on a 2-core CPU) in the slow tier. test_schedulers.py
+# checks every sampler's steps against diffusers without a model.
+@pytest.mark.parametrize("sampler", ["DDIM", pytest.param("Euler", marks=pytest.mark.slow), "Euler a",
+                                     pytest.param("DPM++ 2M", marks=pytest.mark.slow),
+                                     pytest.param("DPM++ 2M Karras", marks=pytest.mark.slow)])
 def test_batch_image_i_equals_single_generation_with_seed_plus_i(sd, sampler):
     batch = sd.text_to_image("a green triangle", batch_size=3, num_steps=4, seed=10, sampler=sampler, **SIZE)
     assert batch.shape == (3, 64, 64, 3) and batch.dtype == np.uint8
