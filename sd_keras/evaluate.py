@@ -108,6 +108,14 @@ def largest_component(mask):
     """
     if not mask.any():
         return mask
+    labels = component_labels(mask)
+    counts = np.bincount(labels[mask])
+    return labels == int(np.argmax(counts))
+
+
+def component_labels(mask):
+    """Labels of the 4-connected components of a boolean mask: each component's pixels share one label (the
+    smallest pixel index in it); pixels outside the mask get ``mask.size``."""
     height, width = mask.shape
     none = height * width
     labels = np.where(mask, np.arange(none).reshape(height, width), none)
@@ -124,8 +132,7 @@ def largest_component(mask):
         if np.array_equal(jumped, labels):
             break
         labels = jumped
-    counts = np.bincount(labels[mask])
-    return labels == int(np.argmax(counts))
+    return labels
 
 
 def _shape_ious(mask, box):
@@ -158,6 +165,49 @@ def _position_class(center, image_size):
     return ("top" if dy < 0 else "bottom") + " " + ("left" if dx < 0 else "right")
 
 
+def _color_cores(image):
+    """(pixels, background rgb, background name, object colour names, their cores, the smallest core an object
+    has): the first steps of ``analyze_image``."""
+    pixels = np.asarray(image, np.float32)
+    if pixels.ndim != 3 or pixels.shape[-1] != 3 or pixels.shape[0] != pixels.shape[1]:
+        raise ValueError(f"image must be a square (H, W, 3) array, got shape {pixels.shape}")
+    scale = pixels.shape[0] / REFERENCE_SIZE
+    border = np.concatenate([pixels[:2].reshape(-1, 3), pixels[-2:].reshape(-1, 3), pixels[:, :2].reshape(-1, 3),
+                             pixels[:, -2:].reshape(-1, 3)])
+    background_rgb = np.median(border, axis=0)
+    background = _nearest(background_rgb, BACKGROUND_COLORS)
+    foreground = np.sqrt(((pixels - background_rgb) ** 2).sum(-1)) > FOREGROUND_DISTANCE
+    names = [name for name in OBJECT_COLORS if name != background]
+    table = np.asarray([PALETTE[name] for name in names], np.float32)
+    labels = np.argmin(((pixels[:, :, None, :] - table) ** 2).sum(-1), axis=-1)
+    cores = [erode(foreground & (labels == index)) for index in range(len(names))]
+    return pixels, background_rgb, background, names, cores, max(4, int(12 * scale * scale))
+
+
+def count_objects(image):
+    """How many separate objects of each colour a uint8 (H, W, 3) image shows: {colour: count}, colours with
+    none left out. ``analyze_image`` keeps one object per colour (the largest); this counts every 4-connected
+    core (as ``analyze_image`` finds them, at least as large as it requires) so that a model that repeats an
+    object across a picture larger than its native size is seen doing so.
+
+    Example:
+        >>> from sd_keras.data import ShapesDataset
+        >>> sample = ShapesDataset(seed=0, two_object_fraction=0.0)[0]
+        >>> count_objects(sample.image) == {sample.scene.objects[0].color: 1}
+        True
+    """
+    _, _, _, names, cores, min_core = _color_cores(image)
+    counts = {}
+    for name, core in zip(names, cores):
+        if core.sum() >= min_core:
+            labels = component_labels(core)
+            sizes = np.bincount(labels[core])
+            number = int((sizes >= min_core).sum())
+            if number:
+                counts[name] = number
+    return counts
+
+
 def analyze_image(image, max_objects=2):
     """Measure the background and up to ``max_objects`` objects of a uint8 (H, W, 3) image.
 
@@ -166,32 +216,20 @@ def analyze_image(image, max_objects=2):
         >>> analyze_image(ShapesDataset(seed=0)[0].image).objects[0].shape  # doctest: +SKIP
         'square'
     """
-    pixels = np.asarray(image, np.float32)
-    if pixels.ndim != 3 or pixels.shape[-1] != 3 or pixels.shape[0] != pixels.shape[1]:
-        raise ValueError(f"image must be a square (H, W, 3) array, got shape {pixels.shape}")
+    pixels, background_rgb, background, names, cores, min_core = _color_cores(image)
     size = pixels.shape[0]
     scale = size / REFERENCE_SIZE
-    border = np.concatenate([pixels[:2].reshape(-1, 3), pixels[-2:].reshape(-1, 3), pixels[:, :2].reshape(-1, 3),
-                             pixels[:, -2:].reshape(-1, 3)])
-    background_rgb = np.median(border, axis=0)
-    background = _nearest(background_rgb, BACKGROUND_COLORS)
     offset = pixels - background_rgb
-    foreground = np.sqrt((offset ** 2).sum(-1)) > FOREGROUND_DISTANCE
-    names = [name for name in OBJECT_COLORS if name != background]
-    table = np.asarray([PALETTE[name] for name in names], np.float32)
-    labels = np.argmin(((pixels[:, :, None, :] - table) ** 2).sum(-1), axis=-1)
 
     candidates = []
-    min_core = max(4, int(12 * scale * scale))
-    for index, name in enumerate(names):
-        core = erode(foreground & (labels == index))
+    for name, core in zip(names, cores):
         if core.sum() >= min_core:
             core = largest_component(core)
             if core.sum() >= min_core:
                 candidates.append((int(core.sum()), name, core))
     candidates.sort(key=lambda item: -item[0])
 
-    objects, taken = [], np.zeros(foreground.shape, bool)
+    objects, taken = [], np.zeros(pixels.shape[:2], bool)
     for _, name, core in candidates:
         if len(objects) == max_objects:
             break

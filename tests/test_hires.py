@@ -177,3 +177,49 @@ def test_server_enable_hr(tiny_sd):
         plain = client.post("/sdapi/v1/txt2img", json={**body, "enable_hr": False, "width": 128})
         warnings_ = json.loads(plain.json()["info"])["warnings"]
         assert len(warnings_) == 1 and "native size of model 'tiny'" in warnings_[0] and "hires" in warnings_[0]
+
+
+# the shapes model (native 128x128) at 512x512: plain text-to-image repeats the object across the picture; hires
+# fix (first pass at 128, latent x4, a light second pass) draws the one object the prompt asks for. Prompts: six
+# held-out single-object prompts, every shape twice, six colours (sd_keras.evaluate.heldout_scenes).
+DONE_CHECK_PROMPTS = (1, 5, 6, 10, 14, 15)
+DONE_CHECK_STRENGTH = 0.3  # the measured limit: at 0.45 and 0.6 the second pass adds objects (README, hires)
+
+
+def test_count_objects_sees_an_object_repeated():
+    """The measure of the check below: analyze_image keeps one object per colour; count_objects counts each."""
+    from sd_keras.data import ShapesDataset
+    from sd_keras.evaluate import analyze_image, count_objects
+
+    sample = ShapesDataset(seed=0, two_object_fraction=0.0)[0]
+    color = sample.scene.objects[0].color
+    assert count_objects(sample.image) == {color: 1}
+    repeated = np.tile(sample.image, (2, 2, 1))  # the same picture four times: four objects of one colour
+    assert count_objects(repeated) == {color: 4}
+    assert [obj.color for obj in analyze_image(repeated, max_objects=32).objects] == [color]
+
+
+@pytest.mark.slow  # the shapes model: six hires generations to 512x512 and one plain 512x512 one (about a minute)
+def test_shapes_model_at_512_through_hires_fix_draws_the_one_object_asked_for():
+    from sd_keras.evaluate import analyze_image, count_objects, heldout_scenes, score_scene
+    from sd_keras.pipeline import StableDiffusion
+
+    sd = StableDiffusion.from_preset("shapes")
+    scenes = heldout_scenes(num_single=24, num_double=0)
+    scenes = [scenes[index] for index in DONE_CHECK_PROMPTS]
+    assert {scene.objects[0].shape for scene in scenes} == {"circle", "square", "triangle"}
+    assert len({scene.objects[0].color for scene in scenes}) == 6
+    hires = HiresFix(scale=4, upscaler="Latent", denoising_strength=DONE_CHECK_STRENGTH, second_pass_steps=10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AboveNativeSizeWarning)
+        plain = sd.text_to_image(scenes[0].caption, num_steps=10, seed=0, height=512, width=512)[0]
+    # the measure sees the repeats that hires fix is there to avoid
+    assert sum(count_objects(plain).values()) > 3, count_objects(plain)
+    found = []
+    for index, scene in enumerate(scenes):
+        image = sd.text_to_image(scene.caption, num_steps=20, seed=index, height=128, width=128, hires=hires)[0]
+        assert image.shape == (512, 512, 3)
+        score = score_scene(scene, analyze_image(image, max_objects=32))
+        found.append((scene.caption, count_objects(image), score["color"], score["shape"]))
+    wanted = [(scene.caption, {scene.objects[0].color: 1}, True, True) for scene in scenes]
+    assert found == wanted
