@@ -191,8 +191,8 @@ def test_resume_rules(trainer, uninterrupted, tmp_path):
         other.run(str(out), resume=True, progress=False)
 
 
-def test_model_init_allows_another_image_size_but_not_another_architecture():
-    source = StableDiffusion.from_preset("tiny")
+def test_model_init_allows_another_image_size_but_not_another_architecture(tiny_sd):
+    source = tiny_sd  # StableDiffusion.from_preset("tiny"), the session's (conftest.py)
     trainer = train_lib.Trainer(two_stage_config(model={"preset": "tiny", "init": "tiny", "image_size": [128, 128]}))
     assert trainer.model_config.image_size == (128, 128) != source.config.image_size
     for name in ("text_encoder", "diffusion_model", "decoder"):
