@@ -348,7 +348,8 @@ def test_modified_file_is_named(fp32_bundle, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("edit, message", [
-    ({"format_version": 2}, "format_version 2 is not supported"),
+    ({"format_version": 3}, "format_version 3 is not supported"),
+    ({"format_version": 2}, "format_version 2 needs family 'sdxl'"),
     ({"format": "other"}, "has format 'other'"),
     ({"components": {"text_encoder": {}, "decoder": {}}}, "'diffusion_model' is missing"),
 ])
