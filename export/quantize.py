@@ -397,10 +397,10 @@ def record_trajectories(model, *, prompts=CALIBRATION_PROMPTS, num_steps=4, samp
 
 
 def _record_sdxl(model, *, prompts, num_steps, sampler, guidance_scale, seed, image_size, images):
-    """``record_trajectories`` for an SDXL model: the export graphs' inputs (``litert.export_graphs``)."""
+    """``record_trajectories`` for an SDXL model: the export graphs' inputs (``unet_parts.export_unet``)."""
     from sd_keras import noise as noise_lib
-    from sd_keras.export import litert
     from sd_keras.export.runner import added_embedding, denoise
+    from sd_keras.export.unet_parts import export_unet
     from sd_keras.schedulers import get_sampler
 
     config = model.config
@@ -408,7 +408,7 @@ def _record_sdxl(model, *, prompts, num_steps, sampler, guidance_scale, seed, im
     factor = config.vae.downsample_factor
     latent_shape = (height // factor, width // factor, config.vae.latent_channels)
     scheduler = get_sampler(sampler, num_steps, prediction_type=config.prediction_type)
-    unet = litert.export_graphs({"diffusion_model": model.diffusion_model})["diffusion_model"]
+    unet = export_unet(model.diffusion_model)
     records = {"text_encoder": [], "text_encoder_2": [], "diffusion_model": [], "decoder": [], "image_encoder": []}
     time_ids = np.asarray([[height, width, 0, 0, height, width]], np.float32)
     encoders = [name for name in ("text_encoder", "text_encoder_2") if getattr(model, name, None) is not None]
