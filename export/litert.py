@@ -43,12 +43,11 @@ import numpy as np
 from sd_keras import backend, files
 from sd_keras.export import quantize
 from sd_keras.export.bundle import ExportError  # noqa: F401  (raised here; litert.ExportError for callers)
+from sd_keras.export.verify import ENCODER_2_OUTPUTS, export_graphs  # noqa: F401  (litert.export_graphs for callers)
 
 COMPONENTS = ("text_encoder", "text_encoder_2", "diffusion_model", "decoder", "image_encoder")
 OUTPUT_NAMES = {"text_encoder": "context", "text_encoder_2": "context", "diffusion_model": "model_output",
                 "decoder": "image", "image_encoder": "latent"}
-# SDXL's second text encoder: its Keras outputs by the bundle's output names
-ENCODER_2_OUTPUTS = {"context": "hidden_states", "pooled": "pooled"}
 FLATBUFFER_LIMIT = 2**31 - 1
 # Bytes per weight the converter writes for each mode (int8-full keeps int32 biases: close to int8).
 _BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "int8-full": 1.0, "w8a16": 4.0, "int4": 4.0}
@@ -75,29 +74,6 @@ def config_from_dict(data):
     from sd_keras.config import ModelConfig
 
     return ModelConfig.from_dict(data)
-
-
-def export_graphs(models):
-    """``{component: keras.Model}`` as the bundle's signatures compute them: the SDXL UNet from
-    ``added_embedding`` (``unet_parts.export_unet``, same layers and weights); the other models unchanged."""
-    from sd_keras.export import unet_parts
-
-    graphs = dict(models)
-    if graphs.get("diffusion_model") is not None:
-        graphs["diffusion_model"] = unet_parts.export_unet(graphs["diffusion_model"])
-    return graphs
-
-
-def keras_outputs(model, component, feed):
-    """``{output name: float32 array}`` of a Keras component (an ``export_graphs`` model) on one feed."""
-    if component in ("text_encoder", "text_encoder_2", "diffusion_model"):
-        out = model.predict_on_batch(feed)
-    else:
-        (value,) = feed.values()
-        out = model.predict_on_batch(value)
-    if isinstance(out, dict):
-        return {name: np.asarray(out[key], np.float32) for name, key in ENCODER_2_OUTPUTS.items()}
-    return {OUTPUT_NAMES[component]: np.asarray(out, np.float32)}
 
 
 def component_signatures(config, image_size, *, unet_batch=2):

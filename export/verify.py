@@ -113,12 +113,39 @@ def _worst(results):
     return worst
 
 
+# SDXL's second text encoder: its Keras outputs by the bundle's output names
+ENCODER_2_OUTPUTS = {"context": "hidden_states", "pooled": "pooled"}
+_OUTPUT_NAMES = {"text_encoder": "context", "text_encoder_2": "context", "diffusion_model": "model_output",
+                 "decoder": "image", "image_encoder": "latent"}
+
+
+def export_graphs(models):
+    """``{component: keras.Model}`` as the bundle's signatures compute them: the SDXL UNet from
+    ``added_embedding`` (``unet_parts.export_unet``, same layers and weights); the other models unchanged."""
+    from sd_keras.export import unet_parts
+
+    graphs = dict(models)
+    if graphs.get("diffusion_model") is not None:
+        graphs["diffusion_model"] = unet_parts.export_unet(graphs["diffusion_model"])
+    return graphs
+
+
+def component_outputs(model, component, feed):
+    """``{output name: float32 array}`` of a Keras component (an ``export_graphs`` model) on one feed."""
+    if component in ("text_encoder", "text_encoder_2", "diffusion_model"):
+        out = model.predict_on_batch(feed)
+    else:
+        (value,) = feed.values()
+        out = model.predict_on_batch(value)
+    if isinstance(out, dict):
+        return {name: np.asarray(out[key], np.float32) for name, key in ENCODER_2_OUTPUTS.items()}
+    return {_OUTPUT_NAMES[component]: np.asarray(out, np.float32)}
+
+
 def _keras_output(model, component, feed):
     """The Keras component's outputs on ``feed``, flattened and concatenated in the bundle's output order (one
     array; SDXL's second text encoder has two outputs, ``context`` and ``pooled``)."""
-    from sd_keras.export.litert import keras_outputs
-
-    return _joined(keras_outputs(model, component, feed))
+    return _joined(component_outputs(model, component, feed))
 
 
 def _joined(outputs, names=None):
@@ -131,8 +158,6 @@ def _joined(outputs, names=None):
 
 def _keras_models(model):
     """``{component: Keras model}`` of a pipeline as the bundle's signatures compute them."""
-    from sd_keras.export.litert import export_graphs
-
     return export_graphs({name: getattr(model, name, None) for name in
                           ("text_encoder", "text_encoder_2", "diffusion_model", "decoder", "image_encoder")})
 
