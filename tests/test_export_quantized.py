@@ -132,7 +132,8 @@ def test_quantization_spec_errors_name_the_cause(spec, message):
 
 def test_quantization_spec_gives_each_component_a_mode():
     plan = quantize.parse_spec("unet=int8, text_encoder=fp16,decoder=fp16")
-    assert plan == {"text_encoder": "fp16", "diffusion_model": "int8", "decoder": "fp16", "image_encoder": "fp32"}
+    assert plan == {"text_encoder": "fp16", "text_encoder_2": "fp32", "diffusion_model": "int8", "decoder": "fp16",
+                    "image_encoder": "fp32"}
     assert quantize.parse_spec("w8a16") == dict.fromkeys(quantize.COMPONENTS, "w8a16")
     assert quantize.parse_spec("fp16,unet=int8")["image_encoder"] == "fp16"
     assert quantize.spec_name(quantize.parse_spec("int8")) == "int8"
