@@ -78,7 +78,8 @@ class StableDiffusion(KerasGenerator):
         policy = loop_lib.keras_dtype_policy(dtype)
         from sd_keras import models
 
-        # mixed precision: float32 variables, low-precision compute (a model built otherwise is rebuilt, same weights)
+        # weights stored and computed in ``dtype`` (the VAE in float32); a model built otherwise is rebuilt with its
+        # weights
         text_encoder = models.rebuild(text_encoder, "text_encoder", config, policy)
         diffusion_model = models.rebuild(diffusion_model, "diffusion_model", config, policy)
         self.text_encoder = text_encoder

@@ -288,9 +288,10 @@ def test_a_keras_cv_preset_loads_through_the_registry(tmp_path, monkeypatch):
     config, weights = presets.load("tiny")
     assert config.name == "tiny" and list(weights) == list(COMPONENTS) and weights.source == "preset 'tiny'"
     sd = StableDiffusion.from_preset("tiny", dtype="bfloat16")
-    assert models.built_with(sd.diffusion_model, "mixed_bfloat16") and models.built_with(sd.decoder, "float32")
-    for component, model in sources.items():
-        assert all(np.array_equal(a, b) for a, b in zip(getattr(sd, component).get_weights(), model.get_weights()))
+    assert models.built_with(sd.diffusion_model, "bfloat16") and models.built_with(sd.decoder, "float32")
+    for component, model in sources.items():  # the h5 file's float32 values, rounded to bfloat16 where stored so
+        for a, b in zip(getattr(sd, component).get_weights(), model.get_weights()):
+            np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b.astype(a.dtype), np.float32))
 
 
 def test_a_file_that_is_not_keras_weights_is_refused(tmp_path):

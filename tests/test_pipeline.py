@@ -274,9 +274,11 @@ def test_same_seed_same_image_on_the_other_backend(sd, tmp_path):
 
 
 @pytest.mark.slow
-def test_mixed_precision_runs_the_unet_in_bfloat16_with_float32_sampling():
+def test_bfloat16_stores_and_runs_the_unet_in_bfloat16_with_float32_sampling():
     half = StableDiffusion.from_preset("tiny", dtype="bfloat16")
-    assert {l.dtype_policy.name for l in half.diffusion_model.layers if l.weights} == {"mixed_bfloat16"}
+    assert {l.dtype_policy.name for l in half.diffusion_model.layers if l.weights} == {"bfloat16"}
+    assert {str(w.dtype) for w in half.diffusion_model.weights} == {"bfloat16"}  # half the memory of float32
+    assert {str(w.dtype) for w in half.decoder.weights} == {"float32"}  # the VAE stays float32
     full = StableDiffusion.from_preset("tiny")
     a = half.generate_image(half.encode_text("a cat"), num_steps=2, seed=1, return_latent=True, **SIZE)
     b = full.generate_image(full.encode_text("a cat"), num_steps=2, seed=1, return_latent=True, **SIZE)

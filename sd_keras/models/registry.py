@@ -177,7 +177,8 @@ def built_with(model, dtype):
 
 def rebuild(model, name, config, dtype=None):
     """``model`` itself when it is built under ``dtype``; else component ``name`` built under ``dtype`` with
-    ``model``'s weights (a mixed-precision policy keeps float32 variables, so nothing is rounded)."""
+    ``model``'s weights (rounded to the policy's variable dtype: none under a mixed-precision policy, whose
+    variables stay float32)."""
     if built_with(model, dtype):
         return model
     return build(name, config, dtype, weights=model)
