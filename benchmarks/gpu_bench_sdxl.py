@@ -131,9 +131,11 @@ def bench_cold(out_dir):
 
 def bench_16gb(repeats):
     """Batch 1 in a fresh process whose JAX may use 16 GB of the card (XLA_PYTHON_CLIENT_MEM_FRACTION)."""
-    total = _jax_memory().get("bytes_limit")
-    if not total:
+    limit = _jax_memory().get("bytes_limit")
+    if not limit:
         return {"skipped": "no device memory statistics (CPU)"}
+    # this process's limit is the share of the card JAX took (XLA_PYTHON_CLIENT_MEM_FRACTION, 0.75 by default)
+    total = limit / float(os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.75"))
     fraction = round(min(1.0, MEMORY_16GB_FRACTION / total), 4)
     code = _sd_keras_code(
         "run(1); times = []\n"
