@@ -215,8 +215,8 @@ class DenoisingLoop:
         def program(weights, latent, state, context, unconditional_context, noise, guidance_scale, start, stop,
                     every, extra):
             self.trace_count += 1
-            # Mixed precision keeps float32 weights; cast them once per generation rather than in every step
-            # (XLA folds the per-layer float32 round trip of an already-cast value away).
+            # Weights held in float32 under a half compute policy (a mixed policy) are cast once per generation
+            # rather than in every step (XLA folds the per-layer round trip of an already-cast value away).
             trainable, non_trainable = (_cast_floats(part, compute_dtype) for part in weights)
             batch = ops.shape(latent)[0]
             both_contexts = _pairs(unconditional_context, context)
