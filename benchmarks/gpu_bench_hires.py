@@ -122,7 +122,8 @@ def diffusers_hires(parts, cfg):
         latent = denoise(latent, scheduler.timesteps, context)
         latent = torch.nn.functional.interpolate(latent, scale_factor=cfg["scale"], mode="bilinear")
         scheduler.set_timesteps(cfg["hires_steps"])
-        start = int(cfg["hires_steps"] * (1 - STRENGTH))
+        # diffusers' image-to-image rule, as sd_keras's start_index: int(steps * strength) steps run
+        start = cfg["hires_steps"] - min(int(cfg["hires_steps"] * STRENGTH), cfg["hires_steps"])
         timesteps = scheduler.timesteps[start:]
         noise = torch.randn(latent.shape, generator=generator, device=device, dtype=dtype)
         latent = scheduler.add_noise(latent, noise, timesteps[:1])
@@ -170,6 +171,36 @@ def rrdbnet_file(folder, blocks):
     return path
 
 
+def import_spandrel():
+    """spandrel's ModelLoader. Two of spandrel's architectures (LaMa, RestoreFormer) import torchvision when the
+    package loads; where torchvision cannot be imported (PyPI's torchvision wheels need PyPI's CUDA build of torch:
+    a CPU-only torch, as on the CPU smoke run, cannot load them) placeholder modules let spandrel's registry load.
+    ESRGAN's RRDBNet, the one run here, needs torch only (as in tests/test_upscalers.py)."""
+    import types
+
+    try:
+        import torchvision  # noqa: F401
+    except Exception:  # noqa: BLE001 - ImportError, or RuntimeError from a torchvision built for another torch
+        for name in [name for name in sys.modules if name == "torchvision" or name.startswith("torchvision.")]:
+            del sys.modules[name]
+
+        def unavailable(*args, **kwargs):
+            raise RuntimeError("torchvision is not available")
+
+        functional = types.ModuleType("torchvision.transforms.functional")
+        functional.InterpolationMode = type("InterpolationMode", (), {"NEAREST": "nearest", "BILINEAR": "bilinear"})
+        functional.rotate = functional.normalize = unavailable
+        transforms = types.ModuleType("torchvision.transforms")
+        transforms.functional = functional
+        package = types.ModuleType("torchvision")
+        package.transforms = transforms
+        sys.modules.update({"torchvision": package, "torchvision.transforms": transforms,
+                            "torchvision.transforms.functional": functional})
+    from spandrel import ModelLoader
+
+    return ModelLoader
+
+
 def bench_rrdbnet(cfg):
     import numpy as np
 
@@ -184,7 +215,8 @@ def bench_rrdbnet(cfg):
                                                        cfg["repeats"]), "tile": cfg["tile"]}}
         try:
             import torch
-            from spandrel import ModelLoader
+
+            ModelLoader = import_spandrel()
         except ImportError as error:
             result["spandrel"] = {"skipped": str(error)}
             return result
@@ -200,6 +232,10 @@ def bench_rrdbnet(cfg):
             return out
 
         result["spandrel"] = {"seconds": _median_time(run, cfg["repeats"]), "output": list(run().shape)}
+        # the same file gives the same picture (uint8 levels; sd_keras tiles where the run asks it to)
+        reference = (run()[0].permute(1, 2, 0).float().clamp(0, 1) * 255).round().cpu().numpy()
+        ours = upscale(image, model, tile=cfg["tile"]).astype(np.float32)
+        result["max_level_difference"] = float(np.abs(ours - reference).max())
     return result
 
 
@@ -210,7 +246,11 @@ def main(argv=None):
     parser.add_argument("--out", help="JSON file to write")
     args = parser.parse_args(argv)
     cfg = SMOKE if args.smoke else FULL
-    results = {"card": card_name(), "smoke": args.smoke, "settings": cfg}
+    results = {"card": card_name(), "date": time.strftime("%Y-%m-%d", time.gmtime()), "smoke": args.smoke,
+               "settings": cfg}
+    if args.smoke:
+        results["note"] = ("smoke run: tiny random models on the CPU; it checks that the script runs end to end, "
+                           "its times are not a measurement")
     parts = {"sd_keras": lambda: bench_sd_keras_hires(cfg),
              "diffusers": lambda: bench_diffusers_hires(cfg, compiled=False),
              "compile": lambda: bench_diffusers_hires(cfg, compiled=True),
