@@ -151,6 +151,21 @@ def weight_bytes(model):
     return int(sum(int(np.prod(weight.shape)) for weight in model.weights) * 4)
 
 
+def release_freed_memory():
+    """Give the C heap's freed pages back to the system (glibc ``malloc_trim``; nothing elsewhere).
+
+    Sampling at a large size leaves gigabytes of freed activation buffers in this process's heap, counted in its
+    resident memory while a converter process needs the machine's memory."""
+    import ctypes
+    import ctypes.util
+
+    gc.collect()
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _flex_ops(message):
     names = set(re.findall(r"\btf\.([A-Z]\w*)", message))
     names |= set(re.findall(r"'tf\.([A-Z]\w*)'", message))
@@ -223,6 +238,7 @@ def convert_function(serve, weights, component, signature, mode, path, *, repres
             quantize.save_records({"feeds": feeds}, job["representative"])
         job_path = os.path.join(workdir, "convert.json")
         job["result"] = os.path.join(workdir, "result.json")
+        release_freed_memory()
         with open(job_path, "w") as handle:
             json.dump(job, handle)
         env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
