@@ -27,14 +27,26 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from export_sd_v1 import PeakMemory, _child_rss_mb  # noqa: E402  (the same memory sampling)
 
 
+def _available_mb():
+    """The machine's MemAvailable (MB)."""
+    with open("/proc/meminfo") as handle:
+        for line in handle:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def supervise(argv, output):
     """Run the export in a child process and record its outcome even when it is killed (out of memory): then
     with the converter processes that had finished (``<output>.progress.json``)."""
     started = time.perf_counter()
+    available_at_start = _available_mb()
+    lowest_available = available_at_start
     child = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--child", *argv])
     peak = 0.0
     while child.poll() is None:
         peak = max(peak, _child_rss_mb(child.pid))
+        lowest_available = min(lowest_available, _available_mb())
         time.sleep(0.5)
     result = {}
     progress = output + ".progress.json"
@@ -52,6 +64,8 @@ def supervise(argv, output):
     result["wall_seconds"] = round(time.perf_counter() - started, 1)
     result["exporter_peak_rss_mb_sampled"] = round(peak)
     result["machine_memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    # the machine is shared: what other processes left to this run
+    result["machine_available_mb"] = {"at_start": round(available_at_start), "lowest": round(lowest_available)}
     temporary = output + ".tmp"
     with open(temporary, "w") as handle:
         json.dump(result, handle, indent=2)
