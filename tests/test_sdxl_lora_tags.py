@@ -151,6 +151,35 @@ def test_server_sdxl_lora_tag(a1111, lora_dir):
     assert np.abs(served.astype(int) - expected).max() <= 1
 
 
+@pytest.mark.slow  # a server with its worker thread, and the tiny refiner
+def test_server_refiner_reads_the_prompt_without_lora_tags(a1111, lora_dir):
+    """The tag's LoRA is the base model's: the refiner (no CLIP ViT-L, other UNet) continues without it."""
+    import base64
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from sd_keras.pipeline_sdxl import StableDiffusionXL
+    from sd_keras.server.app import ServerSettings, create_app
+
+    refiner = StableDiffusionXL.from_preset("tiny-xl-refiner")
+    settings = ServerSettings(models={"xl": "tiny-xl", "xl-refiner": "tiny-xl-refiner"}, model="xl",
+                              lora_dir=str(lora_dir))
+    body = {"width": 64, "height": 64, "steps": 2, "sampler_name": "Euler", "cfg_scale": 5.0, "seed": 3,
+            "prompt": "a cat <lora:style:0.7>", "refiner_checkpoint": "xl-refiner", "refiner_switch_at": 0.5}
+    loader = {"tiny-xl": a1111, "tiny-xl-refiner": refiner}
+    with TestClient(create_app(settings, loader=lambda spec, dtype: loader[spec])) as client:
+        answer = client.post("/sdapi/v1/txt2img", json=body)
+        assert answer.status_code == 200, answer.text
+    served = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer.json()["images"][0]))).convert("RGB"))
+    assert refiner.prompt_syntax == "a1111" and getattr(refiner, "_prompt_loras", ()) == ()
+    options = dict(GENERATE, height=None, width=None)
+    latent = a1111.text_to_image("a cat <lora:style:0.7>", denoising_end=0.5, return_latent=True, **GENERATE)
+    expected = refiner.image_to_image("a cat ", latent, denoising_start=0.5, **options)[0]
+    assert np.abs(served.astype(int) - expected).max() <= 1
+
+
 # ------------------------------------------------- against the LoRA fused while a diffusers SDXL folder loads
 @pytest.fixture(scope="module")
 def fused(tmp_path_factory):

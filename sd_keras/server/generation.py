@@ -331,7 +331,12 @@ class GenerationRunner:
         latent = model.text_to_image(spec.prompt, denoising_end=spec.refiner_switch_at, return_latent=True,
                                      **common)
         refined = dict(common, height=None, width=None)
-        return refiner.image_to_image(spec.prompt, latent, denoising_start=spec.refiner_switch_at, **refined)
+        prompt = spec.prompt
+        if refiner.prompt_syntax is not None:  # <lora:...> tags name LoRAs of the base model: the refiner skips them
+            from sd_keras.prompt_syntax import extract_loras
+
+            prompt = extract_loras(prompt)[0]
+        return refiner.image_to_image(prompt, latent, denoising_start=spec.refiner_switch_at, **refined)
 
     def _run_one(self, model, job, context):
         spec = job.spec
