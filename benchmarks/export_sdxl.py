@@ -127,12 +127,17 @@ def main(argv=None):
     parser.add_argument("--output")
     parser.add_argument("--model", default="sd-xl", help="SDXL preset whose shapes are built (tiny-xl: a smoke run)")
     parser.add_argument("--max-part-mb", type=float, help="UNet part size (default: the exporter's, 1024)")
+    parser.add_argument("--unet-only", action="store_true",
+                        help="convert only the UNet (litert.export_components, in parts, with its chain check) in a "
+                             "process that holds only the UNet: the converter processes' memory and the files, "
+                             "without the exporter's other components, sampling and parity checks")
     parser.add_argument("--keep", help="keep the bundle in this folder")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.output is None:
         args.output = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                   f"export_sdxl_{args.model}_{args.quantize}_{args.size}.json")
+                                   f"export_sdxl_{args.model}_{args.quantize}_{args.size}"
+                                   f"{'_unet_only' if args.unet_only else ''}.json")
         argv = [*argv, "--output", args.output]
     if not args.child:
         return supervise(argv, args.output)
@@ -159,6 +164,8 @@ def main(argv=None):
                            "latency_runs": 1, "end_to_end": False, "quality_gates": False}}
     converters = ConverterProcesses(log, {"path": args.output + ".progress.json", "result": result})
     litert.subprocess = converters
+    if args.unet_only:
+        return unet_only(args, result, converters, log, (height, width))
     with PeakMemory() as memory:
         start = time.perf_counter()
         model = StableDiffusionXL.from_config(args.model, seed=0)
@@ -190,6 +197,44 @@ def main(argv=None):
     result["manifest"] = {key: manifest[key] for key in ("format_version", "family", "micro_conditioning",
                                                           "pooled_dim", "addition_time_embed_dim", "quantization")}
     result["passed"] = report["passed"]
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    write_json_atomic(args.output, result)
+    return 0
+
+
+def unet_only(args, result, converters, log, image_size):
+    """Convert the UNet alone (random initial weights at the preset's shapes) and record the converters."""
+    import numpy as np
+
+    from sd_keras import models
+    from sd_keras.export import litert
+    from sd_keras.export.bundle import write_json_atomic
+    from sd_keras.pipeline_sdxl import tiny_xl_config
+    from sd_keras.config_sdxl import get_sdxl_config
+
+    config = tiny_xl_config(args.model) if args.model.startswith("tiny") else get_sdxl_config(args.model)
+    result["settings"] = {"unet_only": True}
+    with PeakMemory() as memory:
+        start = time.perf_counter()
+        unet = models.build("diffusion_model", config)
+        result["build_seconds"] = round(time.perf_counter() - start, 1)
+        result["parameters"] = {"diffusion_model": int(sum(int(np.prod(w.shape)) for w in unet.weights))}
+        log(f"built in {result['build_seconds']} s: {result['parameters']}")
+        with tempfile.TemporaryDirectory(prefix="sd_keras_export_sdxl_unet_") as tmp:
+            start = time.perf_counter()
+            converted = litert.export_components(
+                {"diffusion_model": unet}, config, image_size, args.quantize, tmp,
+                max_part_bytes=None if args.max_part_mb is None else int(args.max_part_mb * 2**20))
+            result["convert_seconds"] = round(time.perf_counter() - start, 1)
+            entry = converted["diffusion_model"]
+            files = [part["file"] for part in entry.get("parts", [entry])]
+            sizes = {name: os.path.getsize(os.path.join(tmp, name)) for name in files}
+    result["peak_rss_mb"] = {"exporter": round(memory.peak),
+                             "largest_converter": max((run["peak_rss_mb"] for run in converters.runs), default=0)}
+    result["converter_processes"] = converters.runs
+    result["components"] = {"diffusion_model": {"size_mb": round(sum(sizes.values()) / 1e6, 1),
+                                                "files": {name: round(size / 1e6, 1) for name, size in sizes.items()},
+                                                "large_model_layout": entry["large_model_layout"]}}
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     write_json_atomic(args.output, result)
     return 0
