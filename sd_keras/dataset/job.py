@@ -266,13 +266,15 @@ def _run_local(out, manifest, validation, ranges, by_shard, pending, model, mode
         return {"images": 0, "compile_seconds": 0.0, "rate": None}
     worker = ShardWorker(model, batch_size=batch_size, quality_filter=filter_function, model_name=model_name,
                          dtype=dtype)
-    _set_model(manifest, worker.identity)
     work = queue.Queue(maxsize=QUEUE_BATCHES)
     failure = []
 
     def writer():
         collected = {}
         try:
+            # the model's hash (seconds of host work) is checked against a resumed job's here, before any shard is
+            # written, while the first batches generate
+            _set_model(manifest, worker.identity)
             while True:
                 task = work.get()
                 if task is None:

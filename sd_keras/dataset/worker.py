@@ -11,6 +11,7 @@ so where it sits in a batch does not change what it shows.
 import hashlib
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -56,8 +57,17 @@ class ShardWorker:
         self.model = model
         self.batch_size = batch_size
         self.quality_filter = quality_filter
-        self.identity = model_identity(model, model_name or model.config.name)
+        # hashing every weight takes seconds (SD 1.x in float32: 4 GB read back from the accelerator and hashed):
+        # it runs beside the first batches, and ``identity`` waits for it
+        hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sd-keras-model-hash")
+        self._identity = hashing.submit(model_identity, model, model_name or model.config.name)
+        hashing.shutdown(wait=False)
         self.compiled_groups = set()
+
+    @property
+    def identity(self):
+        """``model_identity`` of the model (waits for the hash)."""
+        return self._identity.result()
 
     def compilations(self):
         """Programs compiled so far (a LiteRT bundle compiles none)."""
