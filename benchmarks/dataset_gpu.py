@@ -96,6 +96,7 @@ def main(argv=None):
     parser.add_argument("--images", type=int, default=256, help="rows of each timed dataset job")
     parser.add_argument("--shard-size", type=int, default=64)
     parser.add_argument("--bare-runs", type=int, default=8)
+    parser.add_argument("--dtype", default="bfloat16", help="the model's dtype (float32 with --smoke)")
     parser.add_argument("--no-ray", action="store_true")
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny preset, 64x64, 2 steps: checks the script")
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
@@ -103,6 +104,7 @@ def main(argv=None):
     if args.smoke:
         args.model, args.random, args.size, args.steps = "tiny", False, 64, 2
         args.batches, args.images, args.shard_size, args.bare_runs = [2, 4], 16, 4, 3
+        args.dtype = "float32"
 
     # the Ray actor shares the GPU with this process: JAX must not reserve most of its memory up front
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -111,7 +113,8 @@ def main(argv=None):
 
     work = tempfile.mkdtemp(prefix="dataset-gpu-bench-")
     try:
-        model = StableDiffusion.from_config(args.model) if args.random else loading.load(args.model)
+        model = (StableDiffusion.from_config(args.model, dtype=args.dtype) if args.random
+                 else loading.load(args.model, dtype=args.dtype))
         model_spec = args.model
         if args.random and not args.no_ray:
             model_spec = os.path.join(work, "model")
@@ -141,7 +144,7 @@ def main(argv=None):
             try:
                 for batch in args.batches:
                     on_ray = _dataset(model_spec, batch, args, work, ray="auto", ray_workers=1,
-                                      ray_gpus_per_worker=gpus)
+                                      ray_gpus_per_worker=gpus, dtype=args.dtype)
                     results[str(batch)]["ray_one_actor"] = on_ray
                     steady = on_ray["steady_images_per_second"]
                     results[str(batch)]["ray_steady_vs_bare"] = (
@@ -153,7 +156,8 @@ def main(argv=None):
         shutil.rmtree(work, ignore_errors=True)
     result = {"what": "sd-keras dataset vs the bare compiled loop, warm, images/s",
               "smoke": args.smoke, "model": args.model, "random_weights": args.random, "size": args.size,
-              "steps": args.steps, "sampler": args.sampler, "cfg_scale": 7.0, "images_per_job": args.images,
+              "steps": args.steps, "sampler": args.sampler, "cfg_scale": 7.0, "dtype": args.dtype,
+              "images_per_job": args.images,
               "shard_size": args.shard_size, "backend": os.environ.get("KERAS_BACKEND", "tensorflow"),
               "device": device, "target_dataset_vs_bare": 0.95, "batches": results,
               "python": platform.python_version()}
