@@ -12,7 +12,9 @@ Usage:
     python benchmarks/export_sdxl.py [--quantize int8] [--size 1024x1024] [--unet-only] [--output ...]
 Not part of CI. Measured on this 23.5 GB machine (``benchmarks/results/export_sdxl_*.json``): the whole export is
 killed for memory at 1024x1024 and at 768x768 when its first converter process starts (the exporter holds the
-float32 model, 13.9 GB, and is 17-19 GB resident after sampling); ``--unet-only`` measures the UNet's parts alone.
+float32 model, 13.9 GB, and is 17-19 GB resident after sampling); ``--unet-only`` measures the UNet's parts alone:
+8 parts, a converter process of a 1.4 GB part peaks at 9.1 GB beside the 15.3 GB process holding the UNet (killed
+for memory in part 4, other work holding 3-5 GB of the machine).
 """
 
 import argparse
