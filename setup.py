@@ -26,6 +26,7 @@ DEV = TF + JAX + SERVE + DATASET + RAY + [
     "datasets>=2.14",        # loads sd-keras dataset's --hf layout in tests (imagefolder)
     "nbformat>=5.9",
     "pytest>=8",
+    "pytest-xdist>=3.5",     # the fast tier on every core: pytest tests -n 2
     "nbclient>=0.10",
     "nbmake>=1.5",           # pytest --nbmake notebooks/ runs them as written
     "ipykernel",
