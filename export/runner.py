@@ -37,7 +37,7 @@ import numpy as np
 
 from sd_keras.errors import InputError
 from sd_keras.export.bundle import read_bundle
-from sd_keras.generator import TXT2IMG, Generator, to_uint8  # noqa: F401 (to_uint8: this module's name for it)
+from sd_keras.generator import TXT2IMG, Generator, to_uint8, unpack  # noqa: F401 (to_uint8: this module's name for it)
 
 
 def timestep_embedding(timesteps, dim, max_period=10000):
@@ -305,26 +305,10 @@ class BundleRunner(Generator):
         return np.concatenate(hidden, axis=0)
 
     def _packed(self, prompts, negative):
-        """SDXL encoded text (B, 1 + 77, D) of a list of prompts: row 0 the pooled output (``pipeline_sdxl.pack``),
-        zeros for an empty negative prompt when the manifest's ``force_zeros_for_empty_prompt`` says so."""
-        from sd_keras.pipeline_sdxl import pack
-
-        count = len(prompts)
-        if negative and self.force_zeros_for_empty_prompt and all(p == "" for p in prompts):
-            width = int(self.diffusion_model.inputs["context"]["shape"][-1])
-            return pack(np.zeros((count, 77, width), np.float32), np.zeros((count, self.pooled_dim), np.float32))
-        self._pooled_log = []
-        try:
-            if negative:
-                _, hidden = super()._contexts(None, prompts)
-            else:
-                hidden, _ = super()._contexts(prompts, None)
-            pooled = self._pooled_log[0]
-        finally:
-            self._pooled_log = None
-        if pooled.shape[0] != count:
-            pooled = np.repeat(pooled[:1], count, axis=0)
-        return pack(hidden, pooled)
+        """SDXL encoded text (B, 1 + 77, D) of a list of prompts (``generator.pack``); zeros for an empty negative
+        prompt when the manifest's ``force_zeros_for_empty_prompt`` says so."""
+        zeros = int(self.diffusion_model.inputs["context"]["shape"][-1]) if self.force_zeros_for_empty_prompt else None
+        return self._pooled_contexts(prompts, negative, zeros)
 
     def _contexts(self, prompts, negative_prompts):
         if not self.sdxl:
@@ -357,7 +341,6 @@ class BundleRunner(Generator):
         batch_size = latent.shape[0]
         added = unconditional_added = [None] * batch_size
         if self.sdxl:
-            from sd_keras.pipeline_sdxl import unpack
 
             context, pooled = unpack(context, self.pooled_dim)
             unconditional, unconditional_pooled = unpack(unconditional, self.pooled_dim)

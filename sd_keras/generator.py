@@ -347,6 +347,27 @@ class Generator:
             unconditional, _ = self._encode_prompts(negative_prompts)
         return context, unconditional
 
+    def _pooled_contexts(self, prompts, negative, zeros_width=None):
+        """SDXL encoded text ``(B, 1 + L, D)`` of a list of prompts (``pack``: row 0 the pooled embedding, then the
+        hidden states) through ``_contexts``, whose encoder appends each call's pooled output to
+        ``self._pooled_log``. ``zeros_width``: an empty negative prompt is zero embeddings of that context width
+        (``force_zeros_for_empty_prompt``); None encodes it as any prompt."""
+        count = len(prompts)
+        if negative and zeros_width is not None and all(p == "" for p in prompts):
+            return pack(np.zeros((count, 77, zeros_width), np.float32), np.zeros((count, self.pooled_dim), np.float32))
+        self._pooled_log = []
+        try:
+            if negative:  # the base step (prompt syntax included), not the caller's SDXL override
+                _, hidden = Generator._contexts(self, None, prompts)
+            else:
+                hidden, _ = Generator._contexts(self, prompts, None)
+            pooled = self._pooled_log[0]
+        finally:
+            self._pooled_log = None
+        if pooled.shape[0] != count:
+            pooled = np.repeat(pooled[:1], count, axis=0)
+        return pack(hidden, pooled)
+
     def encode_text(self, prompt):
         """Text encoder output (B, 77, D) for a prompt or a list of prompts (KerasCV's ``encode_text``).
 
@@ -696,3 +717,18 @@ def _negative_list(negative_prompt, batch_size):
     """Negative prompts repeated to ``batch_size`` (None: the empty prompt, i.e. the unconditional context)."""
     return _repeat_to(prompt_list("" if negative_prompt is None else negative_prompt, "negative_prompt"),
                       batch_size, "negative_prompt")
+
+
+def pack(hidden, pooled):
+    """SDXL encoded text ``(B, 1 + L, D)`` from hidden states ``(B, L, D)`` and pooled embeddings ``(B, P)``."""
+    hidden = np.asarray(hidden, np.float32)
+    pooled = np.asarray(pooled, np.float32)
+    row = np.zeros((hidden.shape[0], 1, hidden.shape[-1]), np.float32)
+    row[:, 0, :pooled.shape[-1]] = pooled
+    return np.concatenate([row, hidden], axis=1)
+
+
+def unpack(encoded, pooled_dim):
+    """``(hidden (B, L, D), pooled (B, pooled_dim))`` of SDXL encoded text."""
+    encoded = np.asarray(encoded, np.float32)
+    return encoded[:, 1:], encoded[:, 0, :pooled_dim]

@@ -37,7 +37,7 @@ import numpy as np
 
 from sd_keras.config_sdxl import SDXL_PRESETS, SDXLConfig
 from sd_keras.errors import InputError
-from sd_keras.generator import TXT2IMG, KerasGenerator, _repeat_to, batch_size_for, prompt_list
+from sd_keras.generator import TXT2IMG, KerasGenerator, _repeat_to, batch_size_for, pack, prompt_list, unpack
 from sd_keras.tokenizer import END_OF_TEXT_ID
 
 CLIP_VOCAB_SIZE = 49408
@@ -240,23 +240,8 @@ class StableDiffusionXL(KerasGenerator):
 
     def _packed(self, prompts, negative):
         """Encoded text ``(B, 1 + 77 n, D)`` of a list of prompts: row 0 the pooled embedding, then hidden states."""
-        count = len(prompts)
-        if negative and self.config.force_zeros_for_empty_prompt and all(p == "" for p in prompts):
-            hidden = np.zeros((count, 77, self.config.context_width), np.float32)
-            pooled = np.zeros((count, self.pooled_dim), np.float32)
-        else:
-            self._pooled_log = []
-            try:
-                if negative:
-                    _, hidden = super()._contexts(None, prompts)
-                else:
-                    hidden, _ = super()._contexts(prompts, None)
-                pooled = self._pooled_log[0]
-            finally:
-                self._pooled_log = None
-            if pooled.shape[0] != count:
-                pooled = np.repeat(pooled[:1], count, axis=0)
-        return pack(hidden, pooled)
+        zeros = self.config.context_width if self.config.force_zeros_for_empty_prompt else None
+        return self._pooled_contexts(prompts, negative, zeros)
 
     def _contexts(self, prompts, negative_prompts):
         context = self._packed(prompts, False) if prompts is not None else None
@@ -446,21 +431,6 @@ def _pool_first(outputs):
         raise InputError(f"text_encoder_2: pooled width {size} is above its width {width}")
     row = ops.pad(ops.cast(pooled, hidden.dtype), [[0, 0], [0, width - size]])[:, None, :]
     return ops.concatenate([row, hidden], axis=1)
-
-
-def pack(hidden, pooled):
-    """SDXL encoded text ``(B, 1 + L, D)`` from hidden states ``(B, L, D)`` and pooled embeddings ``(B, P)``."""
-    hidden = np.asarray(hidden, np.float32)
-    pooled = np.asarray(pooled, np.float32)
-    row = np.zeros((hidden.shape[0], 1, hidden.shape[-1]), np.float32)
-    row[:, 0, :pooled.shape[-1]] = pooled
-    return np.concatenate([row, hidden], axis=1)
-
-
-def unpack(encoded, pooled_dim):
-    """``(hidden (B, L, D), pooled (B, pooled_dim))`` of SDXL encoded text."""
-    encoded = np.asarray(encoded, np.float32)
-    return encoded[:, 1:], encoded[:, 0, :pooled_dim]
 
 
 __all__ = ["StableDiffusionXL", "pack", "unpack", "preset_names", "split_index", "timestep_cutoff",
