@@ -132,14 +132,23 @@ def _category(name):
     return "other fusions"
 
 
-def top_kernels(sd, out_dir, count=30, batch=8):
-    """Run one generation under the JAX profiler and sum GPU kernel time by name and by kind."""
+def top_kernels(sd, out_dir, count=30, batch=8, generate=None, steps=None):
+    """Run one generation under the JAX profiler and sum GPU kernel time by name and by kind.
+
+    ``generate``: a function of no arguments that runs the generation (default: ``sd``'s SD 1.x text-to-image of
+    this benchmark at ``batch``); ``steps``: its sampling steps, for the launches per step (default ``STEPS``).
+    """
     import jax
+
+    steps = STEPS if steps is None else steps
+    if generate is None:
+        def generate():
+            sd.text_to_image("a photograph", batch_size=batch, num_steps=STEPS, seed=0, sampler="DDIM",
+                             height=SIZE, width=SIZE)
 
     trace_dir = os.path.join(out_dir, f"jax_trace_batch{batch}")
     with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
-        sd.text_to_image("a photograph", batch_size=batch, num_steps=STEPS, seed=0, sampler="DDIM", height=SIZE,
-                         width=SIZE)
+        generate()
     paths = [os.path.join(root, name) for root, _, names in os.walk(trace_dir) for name in names
              if name.endswith(".trace.json.gz")]
     if not paths:
@@ -166,7 +175,7 @@ def top_kernels(sd, out_dir, count=30, batch=8):
     print("top kernels:", flush=True)
     for name, seconds in top:
         print(f"  {seconds * 1e3:8.1f} ms  {100 * seconds / max(total, 1e-9):5.1f}%  {name[:100]}", flush=True)
-    print(f"{launches} kernel launches ({launches / STEPS:.0f} per step)", flush=True)
+    print(f"{launches} kernel launches ({launches / steps:.0f} per step)", flush=True)
     # The library kernels (cuDNN convolutions and flash attention, cuBLAS/Triton matrix products) do the arithmetic;
     # their sum bounds how fast a generation can get without faster kernels for those operations.
     library = sum(seconds for kind, seconds in categories.items()

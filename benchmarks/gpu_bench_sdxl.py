@@ -8,7 +8,11 @@ with a warm persistent compilation cache, peak GPU memory of each, and one sd_ke
 
     KERAS_BACKEND=jax python benchmarks/gpu_bench_sdxl.py --out benchmarks/results/gpu_bench_sdxl_h200.json
     KERAS_BACKEND=jax python benchmarks/gpu_bench_sdxl.py --parts sd_keras,cold   # a subset
+    KERAS_BACKEND=jax python benchmarks/gpu_bench_sdxl.py --parts sd_keras --profile   # + top kernels of batch 1
     python benchmarks/gpu_bench_sdxl.py --smoke --out /tmp/smoke.json                 # CPU: tiny-xl, 64x64, 2 steps
+
+``--profile`` also runs one batch-1 generation under the JAX profiler and records its top GPU kernels, summed by
+name and by kind (``gpu_bench.top_kernels``; the trace is written beside the JSON, in ``sdxl_trace/``).
 
 Prints a table and writes JSON atomically (card named). ``--smoke`` checks the script on a CPU with the tiny SDXL
 (diffusers then runs on the CPU in float32 with the tiny diffusers shapes); its numbers are not measurements.
@@ -24,7 +28,7 @@ import time
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_bench import _median_time, card_name  # noqa: E402
+from gpu_bench import _median_time, card_name, top_kernels  # noqa: E402
 
 STEPS, SIZE, GUIDANCE = 30, 1024, 5.0
 PRESET = "sd-xl"  # shapes only: random weights
@@ -75,8 +79,9 @@ def _run_fresh(code, tag, env=None):
     return {"error": result.stderr[-2000:]}
 
 
-def bench_sd_keras(repeats):
-    """Warm times of batch 1 and 4 (compiled once per shape), peak memory, per-call first time."""
+def bench_sd_keras(repeats, profile_dir=None):
+    """Warm times of batch 1 and 4 (compiled once per shape), peak memory, per-call first time; with
+    ``profile_dir``, the top kernels of one batch-1 generation (its trace written there)."""
     import numpy as np
 
     from sd_keras.pipeline_sdxl import StableDiffusionXL
@@ -97,6 +102,12 @@ def bench_sd_keras(repeats):
         print(f"sd_keras batch {batch}: {median:.3f} s ({median / batch:.3f} s/image), first {first:.1f} s, "
               f"peak {results[f'batch{batch}']['peak_gib']} GiB", flush=True)
     results["components"] = components(xl, repeats)
+    if profile_dir:
+        def generate_one():
+            return xl.text_to_image("a photo of a cat", batch_size=1, num_steps=STEPS, seed=0, sampler="Euler",
+                                    unconditional_guidance_scale=GUIDANCE, height=SIZE, width=SIZE)
+
+        results["kernels_batch1"] = top_kernels(xl, profile_dir, batch=1, generate=generate_one, steps=STEPS)
     return results
 
 
@@ -278,6 +289,8 @@ def main():
     parser.add_argument("--parts", default="sd_keras,cold,mem16,diffusers,compile")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--smoke", action="store_true", help="CPU: tiny-xl, 64x64, 2 steps (checks the script)")
+    parser.add_argument("--profile", action="store_true",
+                        help="top GPU kernels of one batch-1 generation (runs the sd_keras part)")
     args = parser.parse_args()
     global STEPS, SIZE, SMOKE
     if args.smoke:
@@ -285,6 +298,8 @@ def main():
         args.repeats = min(args.repeats, 2)
     parts = set(args.parts.split(","))
     out_dir = os.path.dirname(os.path.abspath(args.out))
+    if args.profile:
+        parts.add("sd_keras")
     results = {"card": card_name(), "date": time.strftime("%Y-%m-%d"), "steps": STEPS, "size": SIZE,
                "guidance": GUIDANCE, "smoke": SMOKE, "targets": TARGETS}
 
@@ -294,7 +309,8 @@ def main():
         os.replace(args.out + ".tmp", args.out)
 
     for part, key, fn in (
-        ("sd_keras", "sd_keras", lambda: bench_sd_keras(args.repeats)),
+        ("sd_keras", "sd_keras", lambda: bench_sd_keras(
+            args.repeats, os.path.join(out_dir, "sdxl_trace") if args.profile else None)),
         ("cold", "cold", lambda: bench_cold(out_dir)),
         ("mem16", "mem16", lambda: bench_16gb(args.repeats)),
         ("diffusers", "diffusers", lambda: bench_diffusers(args.repeats, compiled=False)),
