@@ -59,9 +59,10 @@ def supervise(argv, output):
     available_at_start = _available_mb()
     lowest_available = available_at_start
     child = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--child", *argv])
-    peak = 0.0
+    peak, tree = 0.0, ProcessTree(child.pid)
     while child.poll() is None:
         peak = max(peak, _child_rss_mb(child.pid))
+        tree.sample()
         lowest_available = min(lowest_available, _available_mb())
         time.sleep(0.5)
     result = {}
@@ -79,6 +80,7 @@ def supervise(argv, output):
                         f"failed with exit status {child.returncode}")
     result["wall_seconds"] = round(time.perf_counter() - started, 1)
     result["exporter_peak_rss_mb_sampled"] = round(peak)
+    result["process_tree"] = tree.report()
     result["machine_memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     # the machine is shared: what other processes left to this run
     result["machine_available_mb"] = {"at_start": round(available_at_start), "lowest": round(lowest_available)}
@@ -89,6 +91,68 @@ def supervise(argv, output):
     os.replace(temporary, output)
     print(json.dumps(result, indent=2))
     return 0 if child.returncode == 0 else 1
+
+
+class ProcessTree:
+    """Every process under ``root`` (sampled): its peak resident memory (``VmHWM``) by what it runs, and the
+    largest sum of resident memory of the whole tree at one time."""
+
+    def __init__(self, root):
+        self.root = root
+        self.peaks = {}  # pid -> [label, peak MB]
+        self.largest_total_mb = 0.0
+
+    def _children(self):
+        parents = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as handle:
+                        parents.setdefault(int(handle.read().rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+                except (OSError, IndexError, ValueError):
+                    continue
+        found, queue = [], [self.root]
+        while queue:
+            pid = queue.pop()
+            found.append(pid)
+            queue.extend(parents.get(pid, []))
+        return found
+
+    @staticmethod
+    def _label(pid):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                args = handle.read().decode(errors="replace").split("\0")
+        except OSError:
+            return None
+        if "--save-model" in args:
+            return "saving the random-weights model"
+        if "sd_keras.export.exporter" in args:
+            return f"{args[args.index('sd_keras.export.exporter') + 1]} worker"
+        if "--convert" in args:
+            try:
+                with open(args[args.index("--convert") + 1]) as handle:
+                    return f"converter: {json.load(handle)['component']}"
+            except (OSError, ValueError, KeyError, IndexError):
+                return "converter"
+        return "exporter" if pid != os.getpid() else None
+
+    def sample(self):
+        total = 0.0
+        for pid in self._children():
+            peak = _high_water_mb(pid)
+            total += _child_rss_mb(pid)
+            if pid not in self.peaks:
+                label = self._label(pid)
+                if label is None:
+                    continue
+                self.peaks[pid] = [label, 0.0]
+            self.peaks[pid][1] = max(self.peaks[pid][1], peak)
+        self.largest_total_mb = max(self.largest_total_mb, total)
+
+    def report(self):
+        return {"largest_total_rss_mb": round(self.largest_total_mb),
+                "processes": [{"process": label, "peak_rss_mb": round(peak)} for label, peak in self.peaks.values()]}
 
 
 class ConverterProcesses:
@@ -152,6 +216,12 @@ def main(argv=None):
                              "process that holds only the UNet: the converter processes' memory and the files, "
                              "without the exporter's other components, sampling and parity checks")
     parser.add_argument("--keep", help="keep the bundle in this folder")
+    parser.add_argument("--model-dir", help="where the random-weights model is saved (sd_keras's format, float16 "
+                                            "files) and reused if there; default: a temporary folder")
+    parser.add_argument("--in-process", action="store_true",
+                        help="export the model object in this process (export_bundle(model)), as before "
+                             "the workers: the converters then run beside the model")
+    parser.add_argument("--save-model", help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.output is None:
@@ -159,6 +229,8 @@ def main(argv=None):
                                    f"export_sdxl_{args.model}_{args.quantize}_{args.size}"
                                    f"{'_unet_only' if args.unet_only else ''}.json")
         argv = [*argv, "--output", args.output]
+    if args.save_model:
+        return save_model(args.model, args.save_model)
     if not args.child:
         return supervise(argv, args.output)
 
@@ -173,8 +245,6 @@ def main(argv=None):
     def log(message):
         print(f"{time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
 
-    import numpy as np
-
     height, width = _parse_size(args.size)
     result = {"model": f"{args.model} shapes, random weights", "quantization": args.quantize,
               "image_size": [height, width], "backend": keras.backend.backend(),
@@ -186,25 +256,31 @@ def main(argv=None):
     litert.subprocess = converters
     if args.unet_only:
         return unet_only(args, result, converters, log, (height, width))
-    with PeakMemory() as memory:
+    with PeakMemory() as memory, tempfile.TemporaryDirectory(prefix="sd_keras_export_sdxl_") as tmp:
         start = time.perf_counter()
-        model = StableDiffusionXL.from_config(args.model, seed=0)
+        if args.in_process:
+            model = StableDiffusionXL.from_config(args.model, seed=0)
+            result["parameters"] = parameters(model)
+        else:  # the model is saved by another process and loaded by the export's workers
+            model = args.model_dir or os.path.join(tmp, "model")
+            if not os.path.exists(model):
+                subprocess.run([sys.executable, os.path.abspath(__file__), "--model", args.model, "--save-model",
+                                model], check=True)
+            with open(os.path.join(model, "parameters.json")) as handle:
+                result["parameters"] = json.load(handle)
+        result["settings"]["exported"] = "model object, in process" if args.in_process else "model folder, workers"
         result["build_seconds"] = round(time.perf_counter() - start, 1)
-        result["parameters"] = {name: int(sum(int(np.prod(w.shape)) for w in getattr(model, name).weights))
-                                for name in ("text_encoder", "text_encoder_2", "diffusion_model", "decoder",
-                                             "image_encoder")}
         log(f"built in {result['build_seconds']} s: {result['parameters']}")
-        with tempfile.TemporaryDirectory(prefix="sd_keras_export_sdxl_") as tmp:
-            destination = args.keep or os.path.join(tmp, "sd-xl-bundle")
-            start = time.perf_counter()
-            report = export_bundle(model, destination, quantization=args.quantize, image_size=(height, width),
-                                   random_weights=True, calibration_prompts=["a photograph of an astronaut"],
-                                   calibration_steps=1, parity_samples=1, latency_runs=1, end_to_end=False,
-                                   quality_gates=False, log=log,
-                                   max_part_bytes=None if args.max_part_mb is None else int(args.max_part_mb * 2**20))
-            result["export_seconds_total"] = round(time.perf_counter() - start, 1)
-            with open(os.path.join(destination, "manifest.json")) as handle:
-                manifest = json.load(handle)
+        destination = args.keep or os.path.join(tmp, "sd-xl-bundle")
+        start = time.perf_counter()
+        report = export_bundle(model, destination, quantization=args.quantize, image_size=(height, width),
+                               random_weights=True, calibration_prompts=["a photograph of an astronaut"],
+                               calibration_steps=1, parity_samples=1, latency_runs=1, end_to_end=False,
+                               quality_gates=False, log=log,
+                               max_part_bytes=None if args.max_part_mb is None else int(args.max_part_mb * 2**20))
+        result["export_seconds_total"] = round(time.perf_counter() - start, 1)
+        with open(os.path.join(destination, "manifest.json")) as handle:
+            manifest = json.load(handle)
     result["convert_seconds"] = report["export_seconds"]
     result["peak_rss_mb"] = {"exporter": round(memory.peak),
                              "largest_converter": max((run["peak_rss_mb"] for run in converters.runs), default=0)}
@@ -219,6 +295,24 @@ def main(argv=None):
     result["passed"] = report["passed"]
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     write_json_atomic(args.output, result)
+    return 0
+
+
+def parameters(model):
+    import numpy as np
+
+    return {name: int(sum(int(np.prod(w.shape)) for w in getattr(model, name).weights))
+            for name in ("text_encoder", "text_encoder_2", "diffusion_model", "decoder", "image_encoder")}
+
+
+def save_model(name, folder):
+    """Random weights at ``name``'s shapes saved to ``folder`` (float16 files) with ``parameters.json``."""
+    from sd_keras.export.bundle import write_json_atomic
+    from sd_keras.pipeline_sdxl import StableDiffusionXL
+
+    model = StableDiffusionXL.from_config(name, seed=0)
+    model.save_pretrained(folder, weight_dtype="float16")
+    write_json_atomic(os.path.join(folder, "parameters.json"), parameters(model))
     return 0
 
 

@@ -3,6 +3,8 @@
 
 Records calibration trajectories, converts each component (``litert``, ``quantize``), writes the files and the
 manifest (``bundle``), then runs the parity and quality gates (``verify``) before the folder is renamed into place.
+Given a model spec instead of a model, the stages that need the Keras model run in worker processes
+(``prepare``, ``finish``) and the converters run while no process holds the model.
 
 Example:
     >>> from sd_keras import StableDiffusion                                  # doctest: +SKIP
@@ -40,7 +42,12 @@ def export_bundle(model, output_dir, *, quantization="fp32", image_size=None, im
     ``ExportError``, removes the staging folder and leaves the report as ``<output_dir>.report.json``.
 
     Args:
-        model: the source ``StableDiffusion``.
+        model: the source ``StableDiffusion`` / ``StableDiffusionXL``, or a model spec (a preset name, checkpoint
+            file or folder, as ``sd_keras.load`` takes): then the model is loaded in a worker process that records
+            the calibration trajectories and writes the converters' inputs and exits before any converter runs,
+            and again in one that runs the gates, so the converters never share the machine with the model
+            (what lets an SDXL base model export at 1024x1024 on a 24 GB machine; ``sd-keras export`` does this
+            for large models, ``exports_in_workers``).
         output_dir: the bundle folder to create (an existing bundle there is replaced).
         quantization: one of ``quantize.MODES``, or a mode per component (``"unet=int8,text_encoder=fp16"``
             or a dict; see ``quantize.parse_spec``).
@@ -80,141 +87,366 @@ def export_bundle(model, output_dir, *, quantization="fp32", image_size=None, im
         >>> report = export_bundle(sd, "bundles/tiny-int8", quantization="int8")       # doctest: +SKIP
         >>> report["passed"], report["components"]["diffusion_model"]["size_bytes"]    # doctest: +SKIP
     """
-    import time
-
-    from sd_keras import presets
-    from sd_keras.export import litert, quantize, verify
-    from sd_keras.pipeline import DEFAULT_SAMPLER, check_size
-    from sd_keras.schedulers import SAMPLER_NAMES
-    from sd_keras.tokenizer import CONTEXT_LENGTH, END_OF_TEXT_ID, START_OF_TEXT_ID
-    from sd_keras.version import __version__
-
-    started = time.perf_counter()
-    user_log = log or (lambda message: None)
-
-    def log(message):
-        user_log(f"[{time.perf_counter() - started:6.1f}s] {message}")
-
-    plan = quantize.parse_spec(quantization)
-    config = model.config
-    height, width = config.image_size if image_size is None else image_size
-    check_size(height, width)
-    if quality_reference is not None and quality_reference["image_size"] != [height, width]:
-        raise InputError(f"quality_reference was measured at {quality_reference['image_size']}, the export is "
-                         f"{[height, width]}")
-    sdxl = litert.is_sdxl(config)
-    if sdxl and (config.text_encoder is None or config.unet.num_time_ids != 6
-                 or config.unet.in_channels != config.vae.latent_channels):
-        raise InputError(f"model {config.name}: only SDXL base models export to a bundle (not the refiner or a "
-                         f"9-channel inpainting UNet)")
+    settings = dict(quantization=quantization, image_size=image_size, image_encoder=image_encoder,
+                    random_weights=random_weights, calibration_prompts=calibration_prompts,
+                    calibration_steps=calibration_steps, calibration_sampler=calibration_sampler,
+                    parity_samples=parity_samples, latency_runs=latency_runs, threads=threads, end_to_end=end_to_end,
+                    max_part_bytes=max_part_bytes, quality_gates=quality_gates, gate_prompts=gate_prompts,
+                    gate_steps=gate_steps, gate_sampler=gate_sampler, prompt_following=prompt_following,
+                    evaluate_prompts=evaluate_prompts, max_accuracy_drop=max_accuracy_drop,
+                    quality_reference=quality_reference)
+    log = _timed(log)
     destination = check_destination(output_dir)
-    if random_weights is None:
-        from sd_keras.pipeline_sdxl import TINY_PRESETS
+    if isinstance(model, (str, os.PathLike)):
+        return _export_in_workers(os.fspath(model), destination, settings, log)
+    from sd_keras.export import litert
 
-        random_weights = config.name in presets.RANDOM_PRESETS or config.name in TINY_PRESETS
-    models = {"text_encoder": model.text_encoder, "diffusion_model": model.diffusion_model,
-              "decoder": model.decoder}
-    if sdxl:
-        models = {"text_encoder": model.text_encoder, "text_encoder_2": model.text_encoder_2, **models}
-    if image_encoder and getattr(model, "image_encoder", None) is not None:
-        models["image_encoder"] = model.image_encoder
-    quantization = quantize.spec_name(plan, tuple(models))
+    plan = _check(model, settings)
     staging = files.new_folder_beside(destination)
     try:
-        log(f"recording {len(calibration_prompts or quantize.CALIBRATION_PROMPTS)} trajectories of "
-            f"{calibration_steps} steps ({calibration_sampler}) at {width}x{height}")
-        records = quantize.record_trajectories(
-            model, prompts=calibration_prompts or quantize.CALIBRATION_PROMPTS, num_steps=calibration_steps,
-            sampler=calibration_sampler, image_size=(height, width))
-        log(f"converting {', '.join(models)} ({quantization})")
-        converted = litert.export_components(models, config, (height, width), plan, staging,
+        models, records = _record(model, plan, settings, log)
+        log(f"converting {', '.join(models)} ({_plan_name(plan, models)})")
+        converted = litert.export_components(models, model.config, _size(model, settings), plan, staging,
                                              representative=records, max_part_bytes=max_part_bytes)
-        export_seconds = time.perf_counter() - started
-        log("converted")
-        merges = model.tokenizer.save_merges(os.path.join(staging, TOKENIZER_FILE))
-        signatures = litert.component_signatures(config, (height, width))
-        components = {}
-        for name in models:
-            if "parts" in converted[name]:
-                parts = [{"file": part["file"], "sha256": sha256_file(os.path.join(staging, part["file"])),
-                          **{key: part[key] for key in ("signature", "inputs", "outputs", "steps",
-                                                          "large_model_layout")}}
-                         for part in converted[name]["parts"]]
-                components[name] = {"parts": parts, "quantization": plan[name], **signatures[name],
-                                    "large_model_layout": converted[name]["large_model_layout"]}
-                continue
-            path = os.path.join(staging, converted[name]["file"])
-            components[name] = {"file": converted[name]["file"], "sha256": sha256_file(path),
-                                "quantization": plan[name], **signatures[name],
-                                "large_model_layout": converted[name]["large_model_layout"]}
-            for fact in ("integer_only", "float_ops", "activations", "int8_activations_psnr_db",
-                         "int16_activations_psnr_db"):
-                if converted[name].get(fact) is not None:
-                    components[name][fact] = converted[name][fact]
-        factor = config.vae.downsample_factor
-        token_spec = {"file": os.path.basename(merges), "sha256": sha256_file(merges),
-                      "context_length": CONTEXT_LENGTH, "start_id": START_OF_TEXT_ID, "end_id": END_OF_TEXT_ID,
-                      "pad_id": config.pad_token_id}
-        extra = None
-        if sdxl:
-            extra = {"tokenizer_2": dict(token_spec, pad_id=config.pad_token_ids[1]),
-                     "pooled_dim": config.unet.pooled_dim,
-                     "addition_time_embed_dim": config.unet.addition_time_embed_dim,
-                     "micro_conditioning": {"original_size": [height, width], "crops_coords_top_left": [0, 0],
-                                            "target_size": [height, width]},
-                     "force_zeros_for_empty_prompt": config.force_zeros_for_empty_prompt}
-        manifest = build_manifest(
-            model=config.name, image_size=(height, width),
-            latent_size=(height // factor, width // factor, config.vae.latent_channels),
-            latent_scale_factor=config.vae.scaling_factor, prediction_type=config.prediction_type,
-            schedule=_schedule_entry(), default_sampler=model.default_sampler if sdxl else DEFAULT_SAMPLER,
-            samplers=SAMPLER_NAMES, timestep_embedding_dim=config.unet.timestep_dim, tokenizer=token_spec,
-            components=components, quantization=quantization, model_config=config.to_dict(),
-            producer={"name": "sd_keras", "version": __version__}, sdxl=extra)
-        write_json_atomic(os.path.join(staging, MANIFEST), manifest)
-        log("checking parity with the Keras model")
-        settings = None
-        if end_to_end:
-            settings = {"prompt": "a red circle on a white background", "seed": 42, "sampler": DEFAULT_SAMPLER,
-                        "num_steps": 4, "guidance_scale": 7.5}
-            if isinstance(end_to_end, dict):
-                settings.update(end_to_end)
-        report = verify.evaluate(model, staging, manifest, records, plan, random_weights=random_weights,
-                                 threads=threads, latency_runs=latency_runs, max_samples=parity_samples,
-                                 end_to_end_settings=settings)
-        report["export_seconds"] = round(export_seconds, 2)
-        report["calibration"] = {"prompts": len(calibration_prompts or quantize.CALIBRATION_PROMPTS),
-                                 "steps": calibration_steps, "sampler": calibration_sampler,
-                                 "unet_samples": len(records["diffusion_model"])}
-        if report["passed"] and quality_gates:
-            reference = quality_reference
-            if reference is None:
-                if prompt_following is None:
-                    prompt_following = config.name == "shapes"
-                count = gate_prompts if gate_prompts is not None else (
-                    verify.RANDOM_WEIGHTS_GATE_PROMPTS if random_weights else verify.GATE_PROMPTS)
-                reference = verify.quality_reference(
-                    model, prompts=count, num_steps=gate_steps or verify.GATE_STEPS,
-                    sampler=gate_sampler or verify.GATE_SAMPLER, image_size=(height, width),
-                    evaluate_prompts=(evaluate_prompts or (verify.EVALUATE_SINGLE, verify.EVALUATE_DOUBLE))
-                    if prompt_following else None, log=log)
-            quality = verify.quality_gates(
-                staging, plan, reference, random_weights=random_weights, threads=threads, log=log,
-                max_accuracy_drop=verify.MAX_ACCURACY_DROP if max_accuracy_drop is None else max_accuracy_drop)
-            report["quality"] = quality
-            report["failures"] += quality["failures"]
-            report["passed"] = not report["failures"]
-            manifest["quality_gates"] = verify.quality_summary(quality)
-            write_json_atomic(os.path.join(staging, MANIFEST), manifest)
-        if not report["passed"]:
-            failed_report = write_json_atomic(f"{destination}.report.json", report)
-            kind = "quality" if report.get("quality", {}).get("failures") else "parity"
-            raise litert.ExportError(f"{kind} gate failed for {config.name} ({quantization}), bundle not written: "
-                                     f"{'; '.join(report['failures'])}; report: {failed_report}")
-        write_json_atomic(os.path.join(staging, REPORT), report)
+        settings["export_seconds"] = log.elapsed()
+        report = _finish(model, staging, destination, converted, records, plan, settings, log)
         replace_folder(staging, destination)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     log(f"wrote {destination}")
     return report
+
+
+def _timed(log):
+    import time
+
+    started = time.perf_counter()
+    user_log = log or (lambda message: None)
+
+    def timed(message):
+        user_log(f"[{time.perf_counter() - started:6.1f}s] {message}")
+    timed.elapsed = lambda: time.perf_counter() - started
+    return timed
+
+
+def _size(model, settings):
+    height, width = model.config.image_size if settings["image_size"] is None else settings["image_size"]
+    return int(height), int(width)
+
+
+def _components(model, settings):
+    """``{component: Keras model}`` that go into the bundle."""
+    from sd_keras.export import litert
+
+    models = {"text_encoder": model.text_encoder, "diffusion_model": model.diffusion_model,
+              "decoder": model.decoder}
+    if litert.is_sdxl(model.config):
+        models = {"text_encoder": model.text_encoder, "text_encoder_2": model.text_encoder_2, **models}
+    if settings["image_encoder"] and getattr(model, "image_encoder", None) is not None:
+        models["image_encoder"] = model.image_encoder
+    return models
+
+
+def _plan_name(plan, models):
+    from sd_keras.export import quantize
+
+    return quantize.spec_name(plan, tuple(models))
+
+
+def _check(model, settings):
+    """The quantization plan, after the checks that need only the model's configuration."""
+    from sd_keras.export import litert, quantize
+    from sd_keras.pipeline import check_size
+
+    plan = quantize.parse_spec(settings["quantization"])
+    config = model.config
+    height, width = _size(model, settings)
+    check_size(height, width)
+    reference = settings["quality_reference"]
+    if reference is not None and reference["image_size"] != [height, width]:
+        raise InputError(f"quality_reference was measured at {reference['image_size']}, the export is "
+                         f"{[height, width]}")
+    if litert.is_sdxl(config) and (config.text_encoder is None or config.unet.num_time_ids != 6
+                                   or config.unet.in_channels != config.vae.latent_channels):
+        raise InputError(f"model {config.name}: only SDXL base models export to a bundle (not the refiner or a "
+                         f"9-channel inpainting UNet)")
+    return plan
+
+
+def _random_weights(model, settings):
+    from sd_keras import presets
+    from sd_keras.pipeline_sdxl import TINY_PRESETS
+
+    if settings["random_weights"] is not None:
+        return settings["random_weights"]
+    return model.config.name in presets.RANDOM_PRESETS or model.config.name in TINY_PRESETS
+
+
+def _record(model, plan, settings, log):
+    """The components to convert and the recorded calibration trajectories."""
+    from sd_keras.export import quantize
+
+    height, width = _size(model, settings)
+    prompts = settings["calibration_prompts"] or quantize.CALIBRATION_PROMPTS
+    log(f"recording {len(prompts)} trajectories of {settings['calibration_steps']} steps "
+        f"({settings['calibration_sampler']}) at {width}x{height}")
+    records = quantize.record_trajectories(
+        model, prompts=prompts, num_steps=settings["calibration_steps"], sampler=settings["calibration_sampler"],
+        image_size=(height, width))
+    return _components(model, settings), records
+
+
+def _finish(model, staging, destination, converted, records, plan, settings, log):
+    """Write the tokenizer files and the manifest into ``staging``, run the parity and quality gates; the report
+    (``report.json`` in ``staging``). ExportError when a gate fails (its report beside ``destination``)."""
+    from sd_keras.export import litert, quantize, verify
+    from sd_keras.pipeline import DEFAULT_SAMPLER
+    from sd_keras.schedulers import SAMPLER_NAMES
+    from sd_keras.tokenizer import CONTEXT_LENGTH, END_OF_TEXT_ID, START_OF_TEXT_ID
+    from sd_keras.version import __version__
+
+    config = model.config
+    height, width = _size(model, settings)
+    sdxl = litert.is_sdxl(config)
+    models = _components(model, settings)
+    quantization = _plan_name(plan, models)
+    random_weights = _random_weights(model, settings)
+    log("converted")
+    merges = model.tokenizer.save_merges(os.path.join(staging, TOKENIZER_FILE))
+    signatures = litert.component_signatures(config, (height, width))
+    components = {}
+    for name in models:
+        if "parts" in converted[name]:
+            parts = [{"file": part["file"], "sha256": sha256_file(os.path.join(staging, part["file"])),
+                      **{key: part[key] for key in ("signature", "inputs", "outputs", "steps",
+                                                      "large_model_layout")}}
+                     for part in converted[name]["parts"]]
+            components[name] = {"parts": parts, "quantization": plan[name], **signatures[name],
+                                "large_model_layout": converted[name]["large_model_layout"]}
+            continue
+        path = os.path.join(staging, converted[name]["file"])
+        components[name] = {"file": converted[name]["file"], "sha256": sha256_file(path),
+                            "quantization": plan[name], **signatures[name],
+                            "large_model_layout": converted[name]["large_model_layout"]}
+        for fact in ("integer_only", "float_ops", "activations", "int8_activations_psnr_db",
+                     "int16_activations_psnr_db"):
+            if converted[name].get(fact) is not None:
+                components[name][fact] = converted[name][fact]
+    factor = config.vae.downsample_factor
+    token_spec = {"file": os.path.basename(merges), "sha256": sha256_file(merges),
+                  "context_length": CONTEXT_LENGTH, "start_id": START_OF_TEXT_ID, "end_id": END_OF_TEXT_ID,
+                  "pad_id": config.pad_token_id}
+    extra = None
+    if sdxl:
+        extra = {"tokenizer_2": dict(token_spec, pad_id=config.pad_token_ids[1]),
+                 "pooled_dim": config.unet.pooled_dim,
+                 "addition_time_embed_dim": config.unet.addition_time_embed_dim,
+                 "micro_conditioning": {"original_size": [height, width], "crops_coords_top_left": [0, 0],
+                                        "target_size": [height, width]},
+                 "force_zeros_for_empty_prompt": config.force_zeros_for_empty_prompt}
+    manifest = build_manifest(
+        model=config.name, image_size=(height, width),
+        latent_size=(height // factor, width // factor, config.vae.latent_channels),
+        latent_scale_factor=config.vae.scaling_factor, prediction_type=config.prediction_type,
+        schedule=_schedule_entry(), default_sampler=model.default_sampler if sdxl else DEFAULT_SAMPLER,
+        samplers=SAMPLER_NAMES, timestep_embedding_dim=config.unet.timestep_dim, tokenizer=token_spec,
+        components=components, quantization=quantization, model_config=config.to_dict(),
+        producer={"name": "sd_keras", "version": __version__}, sdxl=extra)
+    write_json_atomic(os.path.join(staging, MANIFEST), manifest)
+    log("checking parity with the Keras model")
+    end_to_end, image_settings = settings["end_to_end"], None
+    if end_to_end:
+        image_settings = {"prompt": "a red circle on a white background", "seed": 42, "sampler": DEFAULT_SAMPLER,
+                          "num_steps": 4, "guidance_scale": 7.5}
+        if isinstance(end_to_end, dict):
+            image_settings.update(end_to_end)
+    report = verify.evaluate(model, staging, manifest, records, plan, random_weights=random_weights,
+                             threads=settings["threads"], latency_runs=settings["latency_runs"],
+                             max_samples=settings["parity_samples"], end_to_end_settings=image_settings)
+    report["export_seconds"] = round(settings.get("export_seconds", 0.0), 2)
+    calibration_prompts = settings["calibration_prompts"] or quantize.CALIBRATION_PROMPTS
+    report["calibration"] = {"prompts": len(calibration_prompts), "steps": settings["calibration_steps"],
+                             "sampler": settings["calibration_sampler"],
+                             "unet_samples": len(records["diffusion_model"])}
+    if report["passed"] and settings["quality_gates"]:
+        reference = settings["quality_reference"]
+        if reference is None:
+            prompt_following = settings["prompt_following"]
+            if prompt_following is None:
+                prompt_following = config.name == "shapes"
+            count = settings["gate_prompts"] if settings["gate_prompts"] is not None else (
+                verify.RANDOM_WEIGHTS_GATE_PROMPTS if random_weights else verify.GATE_PROMPTS)
+            reference = verify.quality_reference(
+                model, prompts=count, num_steps=settings["gate_steps"] or verify.GATE_STEPS,
+                sampler=settings["gate_sampler"] or verify.GATE_SAMPLER, image_size=(height, width),
+                evaluate_prompts=(settings["evaluate_prompts"] or (verify.EVALUATE_SINGLE, verify.EVALUATE_DOUBLE))
+                if prompt_following else None, log=log)
+        max_accuracy_drop = settings["max_accuracy_drop"]
+        quality = verify.quality_gates(
+            staging, plan, reference, random_weights=random_weights, threads=settings["threads"], log=log,
+            max_accuracy_drop=verify.MAX_ACCURACY_DROP if max_accuracy_drop is None else max_accuracy_drop)
+        report["quality"] = quality
+        report["failures"] += quality["failures"]
+        report["passed"] = not report["failures"]
+        manifest["quality_gates"] = verify.quality_summary(quality)
+        write_json_atomic(os.path.join(staging, MANIFEST), manifest)
+    if not report["passed"]:
+        failed_report = write_json_atomic(f"{destination}.report.json", report)
+        kind = "quality" if report.get("quality", {}).get("failures") else "parity"
+        raise litert.ExportError(f"{kind} gate failed for {config.name} ({quantization}), bundle not written: "
+                                 f"{'; '.join(report['failures'])}; report: {failed_report}")
+    write_json_atomic(os.path.join(staging, REPORT), report)
+    return report
+
+
+# -- a model spec: every stage that holds the model in a process of its own ------------------------------------
+# The Keras model is needed to record the calibration trajectories and write the converters' SavedModels
+# (``prepare``), and again for the parity and quality gates (``finish``); the converters need only their
+# SavedModel. So for a spec the model is loaded twice, in two worker processes, and no converter process runs
+# beside a process holding the model: an SDXL base model (13.9 GB of float32 weights, 17-19 GB resident while
+# sampling at 1024x1024) next to a converter of its 2.8 GB second text encoder (10.3 GB) does not fit 24 GB.
+WORKER_STAGES = ("prepare", "finish")
+# ``sd-keras export`` loads a model in workers when its checkpoint data is at least this large (or it is an
+# SDXL preset with published weights); smaller models are exported in the command's own process.
+WORKER_BYTES = 4 * 2**30
+
+
+def exports_in_workers(spec):
+    """Whether ``sd-keras export -m spec`` should export in worker processes (``export_bundle`` given the spec):
+    an SDXL preset with published weights, or a checkpoint file or folder of at least ``WORKER_BYTES``."""
+    from sd_keras import loading
+    from sd_keras.pipeline_sdxl import TINY_PRESETS, preset_names
+
+    kind = loading.spec_kind(spec)
+    if kind == loading.PRESET:
+        return spec in preset_names() and spec not in TINY_PRESETS
+    if kind != loading.CHECKPOINT:
+        return False
+    if os.path.isfile(spec):
+        return os.path.getsize(spec) >= WORKER_BYTES
+    total = 0
+    for folder, _, names in os.walk(spec):
+        total += sum(os.path.getsize(os.path.join(folder, name)) for name in names
+                     if name.endswith((".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".h5")))
+    return total >= WORKER_BYTES
+
+
+def _export_in_workers(spec, destination, settings, log):
+    import pickle
+
+    from sd_keras import loading
+    from sd_keras.export import litert
+
+    if loading.spec_kind(spec) == loading.BUNDLE:
+        raise InputError(f"{spec} is already an exported bundle; export from a preset or checkpoint")
+    staging = files.new_folder_beside(destination)
+    workdir = files.new_folder_beside(destination)  # the SavedModels: the bundle's file system, not /tmp's
+    try:
+        job = {"spec": spec, "destination": destination, "staging": staging, "workdir": workdir,
+               "settings": settings}
+        _run_worker("prepare", job, log)
+        with open(os.path.join(workdir, "prepared.pkl"), "rb") as handle:
+            prepared = pickle.load(handle)
+        tasks = []
+        for task in prepared["tasks"]:
+            log(f"converting {task['job']['component']} ({task['mode']}) in its own process")
+            tasks.append(litert.run_task(task))
+            shutil.rmtree(task["job"]["saved_model"], ignore_errors=True)
+        job["settings"] = dict(settings, export_seconds=log.elapsed())
+        job["tasks"], job["records"] = tasks, prepared["records"]
+        report = _run_worker("finish", job, log)
+        replace_folder(staging, destination)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    log(f"wrote {destination}")
+    return report
+
+
+def _run_worker(stage, job, log):
+    """Run ``python -m sd_keras.export.exporter STAGE JOB`` (TensorFlow backend), its lines to ``log``; the
+    stage's result. An ExportError or InputError in the worker is raised here with its message."""
+    import pickle
+    import subprocess
+    import sys
+    import tempfile
+
+    from sd_keras.export.bundle import ExportError
+
+    job_path = os.path.join(job["workdir"], f"{stage}.job.pkl")
+    result_path = os.path.join(job["workdir"], f"{stage}.result.pkl")
+    with open(job_path, "wb") as handle:
+        pickle.dump(dict(job, result=result_path), handle)
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
+    with tempfile.TemporaryFile(mode="w+") as errors:
+        process = subprocess.Popen([sys.executable, "-m", "sd_keras.export.exporter", stage, job_path], env=env,
+                                   stdout=subprocess.PIPE, stderr=errors, text=True)
+        for line in process.stdout:
+            log(f"{stage}: {line.rstrip()}")
+        process.wait()
+        errors.seek(0)
+        tail = "\n".join(errors.read().strip().splitlines()[-15:])
+    if process.returncode != 0 or not os.path.exists(result_path):
+        killed = " (killed: out of memory?)" if process.returncode < 0 else ""
+        raise ExportError(f"the export's {stage} worker failed (exit {process.returncode}){killed}:\n{tail}")
+    with open(result_path, "rb") as handle:
+        result = pickle.load(handle)
+    if "error" in result:
+        raise (InputError if result["type"] == "InputError" else ExportError)(result["error"])
+    return result.get("report")
+
+
+def _worker(stage, job_path):
+    """Worker entry point: load the model from its spec and run ``prepare`` or ``finish``."""
+    import pickle
+
+    import sd_keras
+    from sd_keras.export import litert, quantize, verify
+    from sd_keras.export.bundle import ExportError
+
+    with open(job_path, "rb") as handle:
+        job = pickle.load(handle)
+    settings = job["settings"]
+
+    def log(message):
+        print(message, flush=True)
+
+    try:
+        log(f"loading {job['spec']}")
+        model = sd_keras.load(job["spec"])
+        plan = _check(model, settings)
+        if stage == "prepare":
+            models, records = _record(model, plan, settings, log)
+            models = {name: litert._float32_model(graph, model.config, name) for name, graph in models.items()}
+            records_path = quantize.save_records(records, os.path.join(job["workdir"], "records.npz"))
+            tasks = []
+            for task in litert.prepare_components(models, model.config, _size(model, settings), plan, job["staging"],
+                                                  records, list(models), job["workdir"],
+                                                  max_part_bytes=settings["max_part_bytes"]):
+                log(f"prepared {task['job']['component']}")
+                tasks.append(task)
+            result = {"tasks": tasks, "records": records_path}
+            with open(os.path.join(job["workdir"], "prepared.pkl"), "wb") as handle:
+                pickle.dump(result, handle)
+        else:
+            graphs = verify.export_graphs(_components(model, settings))
+            tasks = [litert.widen_activations(task, graphs[task["component"]])
+                     if litert.needs_widening_check(task) else task for task in job["tasks"]]
+            records = quantize.load_records(job["records"])
+            result = {"report": _finish(model, job["staging"], job["destination"], litert.collect_results(tasks),
+                                        records, plan, settings, log)}
+    except (ExportError, InputError) as error:
+        result = {"error": str(error), "type": type(error).__name__}
+    with open(job["result"], "wb") as handle:
+        pickle.dump(result, handle)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) != 3 or sys.argv[1] not in WORKER_STAGES:
+        sys.exit(f"usage: python -m sd_keras.export.exporter {{{','.join(WORKER_STAGES)}}} JOB")
+    _worker(sys.argv[1], sys.argv[2])

@@ -34,6 +34,7 @@ import gc
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -200,6 +201,18 @@ def convert_function(serve, weights, component, signature, mode, path, *, repres
     """``convert_component`` for any function of tensors: ``serve`` takes the signature's inputs by name and
     returns ``{output name: tensor}``; ``weights`` are the Keras variables it uses; ``component`` names it in
     messages (a component, or a part of one)."""
+    with tempfile.TemporaryDirectory(prefix="sd_keras_savedmodel_") as workdir:
+        job = prepare_function(serve, weights, component, signature, mode, path, workdir,
+                               representative=representative, activations=activations)
+        return run_job(job, isolate=isolate)
+
+
+def prepare_function(serve, weights, component, signature, mode, path, workdir, *, representative=None,
+                     activations="int8"):
+    """The first half of ``convert_function``: write ``serve`` with its weights as a SavedModel (and the
+    representative feeds) into the existing folder ``workdir``; return the converter job (a JSON-able dict) that
+    ``run_job`` converts to ``path``, in this process or another one: the job needs no Keras model, so a process
+    that prepared every job may exit before the converters run (``export_bundle`` on a model spec does that)."""
     import keras
     import tensorflow as tf
 
@@ -209,48 +222,55 @@ def convert_function(serve, weights, component, signature, mode, path, *, repres
     specs = [tf.TensorSpec(spec["shape"], spec["dtype"], name=spec["name"]) for spec in signature["inputs"]]
     size = int(sum(int(np.prod(weight.shape)) for weight in weights) * 4)
     large = size * _BYTES_PER_WEIGHT[mode] / 4.0 > _LARGE_MODEL_MARGIN * FLATBUFFER_LIMIT
-    if isolate is None:
-        isolate = size > ISOLATE_BYTES
     feeds = None
     if representative is not None:
         feeds = [{spec["name"]: np.asarray(feed[spec["name"]], spec["dtype"]) for spec in signature["inputs"]}
                  for feed in representative]
     if quantize.needs_representative_data(mode) and not feeds:
         raise ExportError(f"{component}: {mode} needs representative data (recorded sampling trajectories)")
-    with tempfile.TemporaryDirectory(prefix="sd_keras_savedmodel_") as workdir:
-        saved_model = os.path.join(workdir, "saved_model")
-        # A plain tf.Module holding each tf.Variable once: Keras 3.15's ExportArchive writes every variable twice
-        # ("variables" and "_all_variables"), which doubles the SavedModel and the converter's memory.
-        module = tf.Module()
-        module.model_variables = [variable.value for variable in weights]
-        module.serve = tf.function(serve, input_signature=specs)
-        with backend.native_convolutions():  # CONV_2D operators for LiteRT, whatever runs fastest on this CPU
-            tf.saved_model.save(module, saved_model,
-                                signatures={signature["signature"]: module.serve.get_concrete_function()})
-        del module
-        job = {"saved_model": saved_model, "signature": signature["signature"], "component": component,
-               "mode": mode, "large": bool(large), "path": path, "representative": None,
-               "activations": activations}
-        if not isolate:
-            return convert_saved_model(job, feeds)
-        if feeds is not None:
-            job["representative"] = os.path.join(workdir, "representative.npz")
-            quantize.save_records({"feeds": feeds}, job["representative"])
-        job_path = os.path.join(workdir, "convert.json")
-        job["result"] = os.path.join(workdir, "result.json")
-        release_freed_memory()
-        with open(job_path, "w") as handle:
-            json.dump(job, handle)
-        env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
-        process = subprocess.run([sys.executable, "-m", "sd_keras.export.litert", "--convert", job_path],
-                                 env=env, capture_output=True, text=True)
-        if process.returncode != 0 or not os.path.exists(job["result"]):
-            tail = "\n".join(process.stderr.strip().splitlines()[-15:])
-            killed = " (killed: out of memory?)" if process.returncode < 0 else ""
-            raise ExportError(f"{component}: the converter process failed (exit {process.returncode}){killed}:"
-                              f"\n{tail}")
-        with open(job["result"]) as handle:
-            result = json.load(handle)
+    saved_model = os.path.join(workdir, "saved_model")
+    # A plain tf.Module holding each tf.Variable once: Keras 3.15's ExportArchive writes every variable twice
+    # ("variables" and "_all_variables"), which doubles the SavedModel and the converter's memory.
+    module = tf.Module()
+    module.model_variables = [variable.value for variable in weights]
+    module.serve = tf.function(serve, input_signature=specs)
+    with backend.native_convolutions():  # CONV_2D operators for LiteRT, whatever runs fastest on this CPU
+        tf.saved_model.save(module, saved_model,
+                            signatures={signature["signature"]: module.serve.get_concrete_function()})
+    del module
+    job = {"saved_model": saved_model, "signature": signature["signature"], "component": component,
+           "mode": mode, "large": bool(large), "path": path, "representative": None, "activations": activations,
+           "weight_bytes": size, "workdir": workdir}
+    if feeds is not None:
+        job["representative"] = quantize.save_records({"feeds": feeds},
+                                                      os.path.join(workdir, "representative.npz"))
+    return job
+
+
+def run_job(job, *, isolate=None):
+    """Convert a ``prepare_function`` job; its report facts (see ``convert_component``). ``isolate``: in a child
+    process (default: for weights over ``ISOLATE_BYTES``)."""
+    if isolate is None:
+        isolate = job["weight_bytes"] > ISOLATE_BYTES
+    if not isolate:
+        feeds = quantize.load_records(job["representative"])["feeds"] if job["representative"] else None
+        return convert_saved_model(job, feeds)
+    job_path = os.path.join(job["workdir"], "convert.json")
+    job = dict(job, result=os.path.join(job["workdir"], "result.json"))
+    release_freed_memory()
+    with open(job_path, "w") as handle:
+        json.dump(job, handle)
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
+    process = subprocess.run([sys.executable, "-m", "sd_keras.export.litert", "--convert", job_path],
+                             env=env, capture_output=True, text=True)
+    component = job["component"]
+    if process.returncode != 0 or not os.path.exists(job["result"]):
+        tail = "\n".join(process.stderr.strip().splitlines()[-15:])
+        killed = " (killed: out of memory?)" if process.returncode < 0 else ""
+        raise ExportError(f"{component}: the converter process failed (exit {process.returncode}){killed}:"
+                          f"\n{tail}")
+    with open(job["result"]) as handle:
+        result = json.load(handle)
     if "error" in result:
         raise ExportError(result["error"])
     return result["facts"]
@@ -342,11 +362,25 @@ def _to_w8a16(path, feeds, component, signature_key):
 
 def _convert_all(models, config, image_size, plan, output_dir, representative, components,
                  max_part_bytes=None):
+    """Prepare and convert one file at a time (each SavedModel is removed once converted)."""
+    tasks, graphs = [], export_graphs({component: models[component] for component in components})
+    with tempfile.TemporaryDirectory(prefix="sd_keras_convert_") as workdir:
+        for task in prepare_components(models, config, image_size, plan, output_dir, representative, components,
+                                       workdir, max_part_bytes=max_part_bytes):
+            tasks.append(run_task(task, models=graphs))
+            shutil.rmtree(task["job"]["workdir"], ignore_errors=True)
+    return collect_results(tasks)
+
+
+def prepare_components(models, config, image_size, plan, output_dir, representative, components, workdir, *,
+                       max_part_bytes=None):
+    """Yield the conversion tasks of ``components`` (JSON-able dicts; ``run_task`` runs one), each with its
+    SavedModel written into a folder of its own under ``workdir``: one per component, or one per UNet part.
+    Only this step needs the Keras models: the UNet parts' chain is checked against the whole UNet here."""
     signatures = component_signatures(config, image_size)
     max_part_bytes = MAX_PART_BYTES if max_part_bytes is None else max_part_bytes
     plan = quantize.parse_spec(plan)
-    models = export_graphs(models)
-    results = {}
+    models = export_graphs({component: models[component] for component in components})
     for component in components:
         mode = plan[component]
         path = os.path.join(output_dir, f"{component}.tflite")
@@ -354,27 +388,18 @@ def _convert_all(models, config, image_size, plan, output_dir, representative, c
         if quantize.needs_representative_data(mode) and not feeds:
             raise ExportError(f"{component}: {mode} needs representative data for this component")
         if component == "diffusion_model" and max_part_bytes and weight_bytes(models[component]) > max_part_bytes:
-            results[component] = _convert_unet_parts(models[component], config, signatures[component], mode,
-                                                     output_dir, feeds, max_part_bytes)
+            yield from _prepare_unet_parts(models[component], config, signatures[component], mode, output_dir,
+                                           feeds, max_part_bytes, workdir)
             continue
-        facts = convert_component(models[component], component, signatures[component], mode, path,
-                                  representative=feeds)
-        if mode == "int8-full":
-            facts = _widen_activations_if_needed(models[component], component, signatures[component], path,
-                                                 feeds, facts)
-        if mode == "w8a16":
-            facts = {**facts, **_to_w8a16(path, feeds, component, signatures[component]["signature"])}
-        if mode == "int4":
-            _to_int4(path)
-        results[component] = {"file": os.path.basename(path), **facts}
-    return results
+        folder = tempfile.mkdtemp(prefix=f"{component}_", dir=workdir)
+        job = prepare_function(_serving_function(models[component], component), models[component].weights,
+                               component, signatures[component], mode, path, folder, representative=feeds)
+        yield {"component": component, "mode": mode, "signature": signatures[component], "job": job}
 
 
-def _convert_unet_parts(model, config, signature, mode, output_dir, feeds, max_part_bytes):
+def _prepare_unet_parts(model, config, signature, mode, output_dir, feeds, max_part_bytes, workdir):
     """The UNet as consecutive part files (``unet_parts``); their chain is checked against the whole model on
-    one input before anything else is converted. Returns ``{"parts": [...], "large_model_layout": bool}``."""
-    from ai_edge_litert.interpreter import Interpreter
-
+    one input before any part is prepared. Yields one task per part, each converted in its own process."""
     from sd_keras.export import unet_parts
 
     steps = unet_parts.unet_steps(model, config.unet)
@@ -387,31 +412,79 @@ def _convert_unet_parts(model, config, signature, mode, output_dir, feeds, max_p
     whole = np.asarray(model.predict_on_batch(probe), np.float32)
     if not np.allclose(output, whole, rtol=1e-4, atol=1e-4 * float(np.abs(whole).max())):
         raise ExportError("diffusion_model: the chain of UNet parts does not compute the whole model")
+    del whole, output, probe
     part_feeds = [[] for _ in parts]
     for feed in feeds or ():
         for index, values in enumerate(unet_parts.trace_values(steps, parts, interfaces, feed)[0]):
             part_feeds[index].append(values)
-    entries = []
+    release_freed_memory()
     for index, (part, (inputs, outputs)) in enumerate(zip(parts, interfaces)):
         name = f"diffusion_model_part{index}"
         part_signature = {"signature": name, "inputs": [_spec(n, traced_inputs[index][n].shape) for n in inputs],
                           "outputs": [_spec(n, traced_outputs[index][n].shape) for n in outputs]}
         path = os.path.join(output_dir, f"{name}.tflite")
         weights = [w for layer in unet_parts.part_layers(steps, part) for w in model.get_layer(layer).weights]
-        # each part in its own converter process: this one holds the whole pipeline already
-        facts = convert_function(unet_parts.part_function(steps, part, (inputs, outputs)), weights,
-                                 f"diffusion_model part {index + 1}/{len(parts)}", part_signature, mode, path,
-                                 representative=part_feeds[index] or None, isolate=True)
-        if mode == "int4":
-            _to_int4(path)
-        if mode == "w8a16":
-            facts = {**facts, **_to_w8a16(path, part_feeds[index], f"diffusion_model part {index + 1}", name)}
+        folder = tempfile.mkdtemp(prefix=f"{name}_", dir=workdir)
+        job = prepare_function(unet_parts.part_function(steps, part, (inputs, outputs)), weights,
+                               f"diffusion_model part {index + 1}/{len(parts)}", part_signature, mode, path,
+                               folder, representative=part_feeds[index] or None)
+        part_feeds[index] = None
+        yield {"component": "diffusion_model", "mode": mode, "signature": part_signature, "job": job,
+               "part": {"index": index, "count": len(parts), "steps": [step.name for step in steps[part[0]:part[1]]]}}
+
+
+def run_task(task, *, models=None):
+    """Convert one ``prepare_components`` task and finish its file (int4, w8a16; int8-full's activation check
+    when ``models`` holds the Keras component). Returns the task with its ``facts``; needs no Keras model
+    otherwise. A UNet part (whatever its size) is converted in a process of its own."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    job, mode, part = task["job"], task["mode"], task.get("part")
+    path, label, key = job["path"], job["component"], task["signature"]["signature"]
+    facts = run_job(job, isolate=True if part else None)
+    feeds = quantize.load_records(job["representative"])["feeds"] if job["representative"] else None
+    if models is not None and needs_widening_check(task):
+        facts = widen_activations(dict(task, facts=facts), models[task["component"]])["facts"]
+    if mode == "w8a16":
+        facts = {**facts, **_to_w8a16(path, feeds, label, key)}
+    if mode == "int4":
+        _to_int4(path)
+    signature = task["signature"]
+    if part is not None:
         # the converter drops inputs a part does not read (e.g. the context of a part without attention)
-        kept = set(Interpreter(model_path=path).get_signature_list()[name]["inputs"])
-        part_signature["inputs"] = [spec for spec in part_signature["inputs"] if spec["name"] in kept]
-        entries.append({"file": os.path.basename(path), **part_signature, **facts,
-                        "steps": [step.name for step in steps[part[0]:part[1]]]})
-    return {"parts": entries, "large_model_layout": any(entry["large_model_layout"] for entry in entries)}
+        kept = set(Interpreter(model_path=path).get_signature_list()[key]["inputs"])
+        signature = dict(signature, inputs=[spec for spec in signature["inputs"] if spec["name"] in kept])
+    return dict(task, signature=signature, facts=facts)
+
+
+def needs_widening_check(task):
+    """An int8-full component file (not a UNet part): ``widen_activations`` measures it against Keras."""
+    return task["mode"] == "int8-full" and task.get("part") is None
+
+
+def widen_activations(task, graph):
+    """``task`` after int8-full's activation check (``_widen_activations_if_needed``) against ``graph``, the
+    component's Keras model as ``export_graphs`` gives it."""
+    job = task["job"]
+    feeds = quantize.load_records(job["representative"])["feeds"]
+    facts = _widen_activations_if_needed(graph, task["component"], task["signature"], job["path"], feeds,
+                                         task["facts"])
+    return dict(task, facts=facts)
+
+
+def collect_results(tasks):
+    """``export_components``' result from the tasks ``run_task`` returned."""
+    results = {}
+    for task in tasks:
+        component, part, facts = task["component"], task.get("part"), task["facts"]
+        file = os.path.basename(task["job"]["path"])
+        if part is None:
+            results[component] = {"file": file, **facts}
+            continue
+        entry = results.setdefault(component, {"parts": [], "large_model_layout": False})
+        entry["parts"].append({"file": file, **task["signature"], **facts, "steps": part["steps"]})
+        entry["large_model_layout"] = entry["large_model_layout"] or bool(facts["large_model_layout"])
+    return results
 
 
 def _widen_activations_if_needed(model, component, signature, path, feeds, facts):

@@ -199,11 +199,24 @@ class StableDiffusionXL(KerasGenerator):
         """An SDXL diffusers folder (``text_encoder_2``, fp16 variants) or single ``.safetensors`` file; ``loras``:
         ``(path, scale)`` pairs merged while loading; ``vae``: a separate VAE (e.g. the fp16-fix one)."""
         from sd_keras import loop
+        from sd_keras.weights import saved
         from sd_keras.weights.sdxl import load_sdxl_checkpoint
 
         loop.keras_dtype_policy(dtype)
+        if saved.is_saved_folder(path):  # written by save_pretrained
+            if prediction_type is not None or loras or vae is not None:
+                raise InputError(f"{path}: an sd_keras saved model: prediction_type=, loras= and vae= apply to "
+                                 "checkpoints (convert again to change them)")
+            return cls._from_weights(*saved.load(path), dtype)
         return cls._from_weights(*load_sdxl_checkpoint(path, prediction_type=prediction_type, loras=loras,
                                                        vae=vae), dtype)
+
+    def save_pretrained(self, folder, *, weight_dtype=None):
+        """Write this model in sd_keras's own format (loadable by ``from_checkpoint`` and ``sd_keras.load``),
+        atomically; ``weight_dtype="float16"`` halves the files."""
+        from sd_keras.weights.saved import save_pretrained
+
+        return save_pretrained(self, folder, weight_dtype=weight_dtype)
 
     # -- the engine's primitives -----------------------------------------------------------------------------
     @property

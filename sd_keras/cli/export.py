@@ -62,7 +62,10 @@ def cmd_export(args):
         raise InputError(f"{args.model} is already an exported bundle; export from a preset or checkpoint")
     from sd_keras.export.bundle import ExportError
 
-    model = sd_keras.load(args.model)  # imports Keras: after the cheap checks
+    from sd_keras.export.exporter import exports_in_workers
+
+    # a large model is loaded by the export's worker processes, never beside a converter process; a small one here
+    model = args.model if exports_in_workers(args.model) else sd_keras.load(args.model)  # imports Keras: last
     log = (lambda message: print(message, file=sys.stderr, flush=True)) if not args.quiet else None
     try:
         report = export_bundle(model, args.output, quantization=args.quantize, image_size=size,

@@ -72,8 +72,13 @@ def _as_input_error(call, *args, **kwargs):
 
 def is_sdxl_checkpoint(path):
     """True for a diffusers SDXL folder (``text_encoder_2/`` or an ``XL`` pipeline class in
-    ``model_index.json``) or a single file with ``conditioner.embedders.*`` tensors; reads headers only."""
+    ``model_index.json``), a single file with ``conditioner.embedders.*`` tensors or an sd_keras saved folder of
+    an SDXL family; reads headers only."""
     path = os.fspath(path)
+    from sd_keras.weights import saved
+
+    if saved.is_saved_folder(path):  # sd_keras's own format: its family says
+        return registry.family_of(saved.read_config(path)).name.startswith("sdxl")
     if os.path.isdir(path):
         index_path = os.path.join(path, "model_index.json")
         index = _read_json(index_path) if os.path.exists(index_path) else {}
