@@ -3,8 +3,9 @@
 
 Records calibration trajectories, converts each component (``litert``, ``quantize``), writes the files and the
 manifest (``bundle``), then runs the parity and quality gates (``verify``) before the folder is renamed into place.
-Given a model spec instead of a model, the stages that need the Keras model run in worker processes
-(``prepare``, ``finish``) and the converters run while no process holds the model.
+Everything the gates compare with is taken from the Keras model before the bundle is checked
+(``_keras_side``). Given a model spec instead of a model, all that needs the model runs in a worker process that
+exits before any converter starts; the converters and the gates then run while no process holds the model.
 
 Example:
     >>> from sd_keras import StableDiffusion                                  # doctest: +SKIP
@@ -44,10 +45,10 @@ def export_bundle(model, output_dir, *, quantization="fp32", image_size=None, im
     Args:
         model: the source ``StableDiffusion`` / ``StableDiffusionXL``, or a model spec (a preset name, checkpoint
             file or folder, as ``sd_keras.load`` takes): then the model is loaded in a worker process that records
-            the calibration trajectories and writes the converters' inputs and exits before any converter runs,
-            and again in one that runs the gates, so the converters never share the machine with the model
-            (what lets an SDXL base model export at 1024x1024 on a 24 GB machine; ``sd-keras export`` does this
-            for large models, ``exports_in_workers``).
+            the calibration trajectories, writes the converters' inputs, takes the gates' Keras references and
+            exits before any converter runs, so neither the converters nor the bundle's checks share the machine
+            with the model (what lets an SDXL base model export at 1024x1024 on a 24 GB machine; ``sd-keras
+            export`` does this for large models, ``exports_in_workers``).
         output_dir: the bundle folder to create (an existing bundle there is replaced).
         quantization: one of ``quantize.MODES``, or a mode per component (``"unet=int8,text_encoder=fp16"``
             or a dict; see ``quantize.parse_spec``).
@@ -60,7 +61,7 @@ def export_bundle(model, output_dir, *, quantization="fp32", image_size=None, im
         parity_samples: recorded inputs compared per component.
         latency_runs, threads: CPU latency measurement (LiteRT interpreter, XNNPACK).
         end_to_end: compare the bundle runner's image with the Keras pipeline's (True, False, or a dict of
-            ``verify.end_to_end`` settings).
+            ``prompt``, ``seed``, ``sampler``, ``num_steps``, ``guidance_scale``).
         max_part_bytes: UNets with more float32 weight bytes are written as parts (``litert.MAX_PART_BYTES``
             by default; 0 never splits): the converter needs several times a file's weights in memory.
         quality_gates: judge the bundle as a user meets it (``verify.quality_gates``): every component against
@@ -109,7 +110,9 @@ def export_bundle(model, output_dir, *, quantization="fp32", image_size=None, im
         converted = litert.export_components(models, model.config, _size(model, settings), plan, staging,
                                              representative=records, max_part_bytes=max_part_bytes)
         settings["export_seconds"] = log.elapsed()
-        report = _finish(model, staging, destination, converted, records, plan, settings, log)
+        log("converted")
+        source = _keras_side(model, records, settings, staging, log)
+        report = _finish(source, staging, destination, converted, records, plan, settings, log)
         replace_folder(staging, destination)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -197,23 +200,70 @@ def _record(model, plan, settings, log):
     return _components(model, settings), records
 
 
-def _finish(model, staging, destination, converted, records, plan, settings, log):
-    """Write the tokenizer files and the manifest into ``staging``, run the parity and quality gates; the report
-    (``report.json`` in ``staging``). ExportError when a gate fails (its report beside ``destination``)."""
-    from sd_keras.export import litert, quantize, verify
+def _keras_side(model, records, settings, staging, log):
+    """Everything the manifest and the gates need from the Keras model, taken before the model is let go: the
+    configuration, the tokenizer file (written into ``staging``), the Keras outputs the parity checks compare
+    with (``verify.keras_references``) and the quality gates' reference (``verify.quality_reference``)."""
+    from sd_keras.export import litert, verify
     from sd_keras.pipeline import DEFAULT_SAMPLER
+
+    config = model.config
+    height, width = _size(model, settings)
+    random_weights = _random_weights(model, settings)
+    log("computing the Keras references of the parity checks")
+    signatures = litert.component_signatures(config, (height, width))
+    checked = {name: signatures[name] for name in _components(model, settings)}
+    references = verify.keras_references(model, checked, records, max_samples=settings["parity_samples"],
+                                         end_to_end_settings=_image_settings(settings), image_size=(height, width))
+    reference = settings["quality_reference"]
+    if settings["quality_gates"] and reference is None:
+        prompt_following = settings["prompt_following"]
+        if prompt_following is None:
+            prompt_following = config.name == "shapes"
+        count = settings["gate_prompts"] if settings["gate_prompts"] is not None else (
+            verify.RANDOM_WEIGHTS_GATE_PROMPTS if random_weights else verify.GATE_PROMPTS)
+        reference = verify.quality_reference(
+            model, prompts=count, num_steps=settings["gate_steps"] or verify.GATE_STEPS,
+            sampler=settings["gate_sampler"] or verify.GATE_SAMPLER, image_size=(height, width),
+            evaluate_prompts=(settings["evaluate_prompts"] or (verify.EVALUATE_SINGLE, verify.EVALUATE_DOUBLE))
+            if prompt_following else None, log=log)
+    return {"config": config, "image_size": (height, width), "components": list(_components(model, settings)),
+            "random_weights": random_weights, "merges": model.tokenizer.save_merges(os.path.join(staging,
+                                                                                                TOKENIZER_FILE)),
+            "default_sampler": model.default_sampler if litert.is_sdxl(config) else DEFAULT_SAMPLER,
+            "references": references, "quality_reference": reference if settings["quality_gates"] else None}
+
+
+def _image_settings(settings):
+    """The end-to-end image comparison's settings (None: not compared)."""
+    from sd_keras.pipeline import DEFAULT_SAMPLER
+
+    end_to_end = settings["end_to_end"]
+    if not end_to_end:
+        return None
+    image_settings = {"prompt": "a red circle on a white background", "seed": 42, "sampler": DEFAULT_SAMPLER,
+                      "num_steps": 4, "guidance_scale": 7.5}
+    if isinstance(end_to_end, dict):
+        image_settings.update(end_to_end)
+    return image_settings
+
+
+def _finish(source, staging, destination, converted, records, plan, settings, log):
+    """Write the manifest into ``staging`` and run the parity and quality gates against ``source`` (what
+    ``_keras_side`` took from the model: no Keras model is needed here); the report (``report.json`` in
+    ``staging``). ExportError when a gate fails (its report beside ``destination``)."""
+    from sd_keras.export import litert, quantize, verify
     from sd_keras.schedulers import SAMPLER_NAMES
     from sd_keras.tokenizer import CONTEXT_LENGTH, END_OF_TEXT_ID, START_OF_TEXT_ID
     from sd_keras.version import __version__
 
-    config = model.config
-    height, width = _size(model, settings)
+    config = source["config"]
+    height, width = source["image_size"]
     sdxl = litert.is_sdxl(config)
-    models = _components(model, settings)
+    models = source["components"]
     quantization = _plan_name(plan, models)
-    random_weights = _random_weights(model, settings)
-    log("converted")
-    merges = model.tokenizer.save_merges(os.path.join(staging, TOKENIZER_FILE))
+    random_weights = source["random_weights"]
+    merges = source["merges"]
     signatures = litert.component_signatures(config, (height, width))
     components = {}
     for name in models:
@@ -249,43 +299,26 @@ def _finish(model, staging, destination, converted, records, plan, settings, log
         model=config.name, image_size=(height, width),
         latent_size=(height // factor, width // factor, config.vae.latent_channels),
         latent_scale_factor=config.vae.scaling_factor, prediction_type=config.prediction_type,
-        schedule=_schedule_entry(), default_sampler=model.default_sampler if sdxl else DEFAULT_SAMPLER,
+        schedule=_schedule_entry(), default_sampler=source["default_sampler"],
         samplers=SAMPLER_NAMES, timestep_embedding_dim=config.unet.timestep_dim, tokenizer=token_spec,
         components=components, quantization=quantization, model_config=config.to_dict(),
         producer={"name": "sd_keras", "version": __version__}, sdxl=extra)
     write_json_atomic(os.path.join(staging, MANIFEST), manifest)
     log("checking parity with the Keras model")
-    end_to_end, image_settings = settings["end_to_end"], None
-    if end_to_end:
-        image_settings = {"prompt": "a red circle on a white background", "seed": 42, "sampler": DEFAULT_SAMPLER,
-                          "num_steps": 4, "guidance_scale": 7.5}
-        if isinstance(end_to_end, dict):
-            image_settings.update(end_to_end)
-    report = verify.evaluate(model, staging, manifest, records, plan, random_weights=random_weights,
+    report = verify.evaluate(None, staging, manifest, records, plan, random_weights=random_weights,
                              threads=settings["threads"], latency_runs=settings["latency_runs"],
-                             max_samples=settings["parity_samples"], end_to_end_settings=image_settings)
+                             max_samples=settings["parity_samples"], end_to_end_settings=_image_settings(settings),
+                             references=source["references"])
     report["export_seconds"] = round(settings.get("export_seconds", 0.0), 2)
     calibration_prompts = settings["calibration_prompts"] or quantize.CALIBRATION_PROMPTS
     report["calibration"] = {"prompts": len(calibration_prompts), "steps": settings["calibration_steps"],
                              "sampler": settings["calibration_sampler"],
                              "unet_samples": len(records["diffusion_model"])}
-    if report["passed"] and settings["quality_gates"]:
-        reference = settings["quality_reference"]
-        if reference is None:
-            prompt_following = settings["prompt_following"]
-            if prompt_following is None:
-                prompt_following = config.name == "shapes"
-            count = settings["gate_prompts"] if settings["gate_prompts"] is not None else (
-                verify.RANDOM_WEIGHTS_GATE_PROMPTS if random_weights else verify.GATE_PROMPTS)
-            reference = verify.quality_reference(
-                model, prompts=count, num_steps=settings["gate_steps"] or verify.GATE_STEPS,
-                sampler=settings["gate_sampler"] or verify.GATE_SAMPLER, image_size=(height, width),
-                evaluate_prompts=(settings["evaluate_prompts"] or (verify.EVALUATE_SINGLE, verify.EVALUATE_DOUBLE))
-                if prompt_following else None, log=log)
+    if report["passed"] and source["quality_reference"] is not None:
         max_accuracy_drop = settings["max_accuracy_drop"]
         quality = verify.quality_gates(
-            staging, plan, reference, random_weights=random_weights, threads=settings["threads"], log=log,
-            max_accuracy_drop=verify.MAX_ACCURACY_DROP if max_accuracy_drop is None else max_accuracy_drop)
+            staging, plan, source["quality_reference"], random_weights=random_weights, threads=settings["threads"],
+            log=log, max_accuracy_drop=verify.MAX_ACCURACY_DROP if max_accuracy_drop is None else max_accuracy_drop)
         report["quality"] = quality
         report["failures"] += quality["failures"]
         report["passed"] = not report["failures"]
@@ -300,15 +333,16 @@ def _finish(model, staging, destination, converted, records, plan, settings, log
     return report
 
 
-# -- a model spec: every stage that holds the model in a process of its own ------------------------------------
-# The Keras model is needed to record the calibration trajectories and write the converters' SavedModels
-# (``prepare``), and again for the parity and quality gates (``finish``); the converters need only their
-# SavedModel. So for a spec the model is loaded twice, in two worker processes, and no converter process runs
-# beside a process holding the model: an SDXL base model (13.9 GB of float32 weights, 17-19 GB resident while
-# sampling at 1024x1024) next to a converter of its 2.8 GB second text encoder (10.3 GB) does not fit 24 GB.
-WORKER_STAGES = ("prepare", "finish")
-# ``sd-keras export`` loads a model in workers when its checkpoint data is at least this large (or it is an
-# SDXL preset with published weights); smaller models are exported in the command's own process.
+# -- a model spec: the model in a worker process that exits before any converter runs -------------------------
+# The Keras model is needed to record the calibration trajectories, write the converters' SavedModels and compute
+# what the gates compare with (the parity outputs, the end-to-end image, the quality reference). For a spec all of
+# that runs in one worker process, which then exits: the converters and the gates run in this process, which never
+# holds the model. An SDXL base model (13.9 GB of float32 weights, 17-22 GB resident while sampling at 1024x1024)
+# next to a converter of its 2.8 GB second text encoder (10.3 GB) or next to the interpreters of its bundle does not
+# fit 24 GB.
+WORKER_STAGES = ("prepare",)
+# ``sd-keras export`` loads a model in a worker when its checkpoint data is at least this large (or it is an SDXL
+# preset with published weights); smaller models are exported in the command's own process.
 WORKER_BYTES = 4 * 2**30
 
 
@@ -336,7 +370,7 @@ def _export_in_workers(spec, destination, settings, log):
     import pickle
 
     from sd_keras import loading
-    from sd_keras.export import litert
+    from sd_keras.export import litert, quantize
 
     if loading.spec_kind(spec) == loading.BUNDLE:
         raise InputError(f"{spec} is already an exported bundle; export from a preset or checkpoint")
@@ -350,12 +384,14 @@ def _export_in_workers(spec, destination, settings, log):
             prepared = pickle.load(handle)
         tasks = []
         for task in prepared["tasks"]:
-            log(f"converting {task['job']['component']} ({task['mode']}) in its own process")
+            log(f"converting {task['job']['component']} ({task['mode']})")
             tasks.append(litert.run_task(task))
             shutil.rmtree(task["job"]["saved_model"], ignore_errors=True)
-        job["settings"] = dict(settings, export_seconds=log.elapsed())
-        job["tasks"], job["records"] = tasks, prepared["records"]
-        report = _run_worker("finish", job, log)
+        settings = dict(settings, export_seconds=log.elapsed())
+        log("converted")
+        records = quantize.load_records(prepared["records"])
+        report = _finish(prepared["source"], staging, destination, litert.collect_results(tasks), records,
+                         prepared["plan"], settings, log)
         replace_folder(staging, destination)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -395,12 +431,13 @@ def _run_worker(stage, job, log):
     with open(result_path, "rb") as handle:
         result = pickle.load(handle)
     if "error" in result:
-        raise (InputError if result["type"] == "InputError" else ExportError)(result["error"])
+        raise {"input": InputError, "export": ExportError, "runtime": RuntimeError}[result["type"]](result["error"])
     return result.get("report")
 
 
 def _worker(stage, job_path):
-    """Worker entry point: load the model from its spec and run ``prepare`` or ``finish``."""
+    """Worker entry point: load the model from its spec; record, write the converters' SavedModels and take what
+    the gates need from the model (``prepared.pkl``); then exit, freeing the model before any converter runs."""
     import pickle
 
     import sd_keras
@@ -409,7 +446,7 @@ def _worker(stage, job_path):
 
     with open(job_path, "rb") as handle:
         job = pickle.load(handle)
-    settings = job["settings"]
+    settings, staging, workdir = job["settings"], job["staging"], job["workdir"]
 
     def log(message):
         print(message, flush=True)
@@ -418,28 +455,25 @@ def _worker(stage, job_path):
         log(f"loading {job['spec']}")
         model = sd_keras.load(job["spec"])
         plan = _check(model, settings)
-        if stage == "prepare":
-            models, records = _record(model, plan, settings, log)
-            models = {name: litert._float32_model(graph, model.config, name) for name, graph in models.items()}
-            records_path = quantize.save_records(records, os.path.join(job["workdir"], "records.npz"))
-            tasks = []
-            for task in litert.prepare_components(models, model.config, _size(model, settings), plan, job["staging"],
-                                                  records, list(models), job["workdir"],
-                                                  max_part_bytes=settings["max_part_bytes"]):
-                log(f"prepared {task['job']['component']}")
-                tasks.append(task)
-            result = {"tasks": tasks, "records": records_path}
-            with open(os.path.join(job["workdir"], "prepared.pkl"), "wb") as handle:
-                pickle.dump(result, handle)
-        else:
-            graphs = verify.export_graphs(_components(model, settings))
-            tasks = [litert.widen_activations(task, graphs[task["component"]])
-                     if litert.needs_widening_check(task) else task for task in job["tasks"]]
-            records = quantize.load_records(job["records"])
-            result = {"report": _finish(model, job["staging"], job["destination"], litert.collect_results(tasks),
-                                        records, plan, settings, log)}
-    except (ExportError, InputError) as error:
-        result = {"error": str(error), "type": type(error).__name__}
+        models, records = _record(model, plan, settings, log)
+        models = {name: litert._float32_model(graph, model.config, name) for name, graph in models.items()}
+        graphs = verify.export_graphs(models)
+        tasks = []
+        for task in litert.prepare_components(models, model.config, _size(model, settings), plan, staging, records,
+                                              list(models), workdir, max_part_bytes=settings["max_part_bytes"]):
+            if litert.needs_widening_check(task):
+                task["widening_references"] = litert.widening_references(task, graphs[task["component"]])
+            log(f"prepared {task['job']['component']}")
+            tasks.append(task)
+        source = _keras_side(model, records, settings, staging, log)
+        result = {"tasks": tasks, "records": quantize.save_records(records, os.path.join(workdir, "records.npz")),
+                  "source": source, "plan": plan}
+        with open(os.path.join(workdir, "prepared.pkl"), "wb") as handle:
+            pickle.dump(result, handle)
+        result = {}
+    except (ExportError, InputError, RuntimeError) as error:  # RuntimeError: e.g. weights not downloadable
+        kind = "input" if isinstance(error, InputError) else "export" if isinstance(error, ExportError) else "runtime"
+        result = {"error": str(error), "type": kind}
     with open(job["result"], "wb") as handle:
         pickle.dump(result, handle)
 

@@ -443,8 +443,12 @@ def run_task(task, *, models=None):
     path, label, key = job["path"], job["component"], task["signature"]["signature"]
     facts = run_job(job, isolate=True if part else None)
     feeds = quantize.load_records(job["representative"])["feeds"] if job["representative"] else None
-    if models is not None and needs_widening_check(task):
-        facts = widen_activations(dict(task, facts=facts), models[task["component"]])["facts"]
+    if needs_widening_check(task):
+        graph = None if models is None else models[task["component"]]
+        if graph is None and "widening_references" not in task:
+            raise ExportError(f"{label}: int8-full needs the Keras component or its widening_references")
+        facts = widen_activations(dict(task, facts=facts), graph=graph,
+                                  references=task.get("widening_references"))["facts"]
     if mode == "w8a16":
         facts = {**facts, **_to_w8a16(path, feeds, label, key)}
     if mode == "int4":
@@ -462,14 +466,55 @@ def needs_widening_check(task):
     return task["mode"] == "int8-full" and task.get("part") is None
 
 
-def widen_activations(task, graph):
-    """``task`` after int8-full's activation check (``_widen_activations_if_needed``) against ``graph``, the
-    component's Keras model as ``export_graphs`` gives it."""
-    job = task["job"]
+def widening_references(task, graph):
+    """The Keras outputs ``widen_activations`` compares an int8-full file with (``graph``: the component as
+    ``export_graphs`` gives it), computed while the model is at hand."""
+    from sd_keras.export import verify
+
+    samples = _widening_samples(quantize.load_records(task["job"]["representative"])["feeds"])
+    return [verify._keras_output(graph, task["component"], sample) for sample in samples]
+
+
+def _widening_samples(feeds):
+    return feeds[:: max(1, len(feeds) // 4)][:4]
+
+
+def widen_activations(task, *, graph=None, references=None):
+    """int8-full: measure the int8-activation file against Keras (``graph``, or the ``widening_references``) on
+    up to 4 of the calibration feeds; below ``quantize.INT8_ACTIVATIONS_MIN_PSNR_DB`` replace it with the
+    component at int16 activations and int8 weights (``w8a16``: integer inputs such as the text encoder's
+    positions are left alone, ops without an int16 kernel stay float), converted from the task's SavedModel.
+    A widened file that cannot run, or runs worse than the int8 one, is an ExportError. Returns the task with
+    its facts updated."""
+    from sd_keras.export import verify
+
+    job, component, signature = task["job"], task["component"], task["signature"]
+    path = job["path"]
     feeds = quantize.load_records(job["representative"])["feeds"]
-    facts = _widen_activations_if_needed(graph, task["component"], task["signature"], job["path"], feeds,
-                                         task["facts"])
-    return dict(task, facts=facts)
+    samples = _widening_samples(feeds)
+
+    def psnr_of(file):
+        return verify.compare_component(graph, component, file, signature, samples,
+                                        references=references)["psnr_db"]
+
+    psnr = psnr_of(path)
+    facts = {**task["facts"], "int8_activations_psnr_db": round(float(psnr), 2)}
+    if psnr >= quantize.INT8_ACTIVATIONS_MIN_PSNR_DB:
+        return dict(task, facts=facts)
+    wide = f"{path}.int16"
+    try:
+        run_job(dict(job, mode="fp32", path=wide, representative=None,
+                     large=job["weight_bytes"] > _LARGE_MODEL_MARGIN * FLATBUFFER_LIMIT))
+        widened = _to_w8a16(wide, feeds, component, signature["signature"])
+        wide_psnr = psnr_of(wide)
+        if not wide_psnr > psnr:  # NaN included
+            raise ExportError(f"{component}: int16 activations measure {wide_psnr:.1f} dB against Keras, no "
+                              f"better than int8's {psnr:.1f} dB")
+        os.replace(wide, path)
+    finally:
+        if os.path.exists(wide):
+            os.unlink(wide)
+    return dict(task, facts={**facts, **widened, "int16_activations_psnr_db": round(float(wide_psnr), 2)})
 
 
 def collect_results(tasks):
@@ -485,33 +530,6 @@ def collect_results(tasks):
         entry["parts"].append({"file": file, **task["signature"], **facts, "steps": part["steps"]})
         entry["large_model_layout"] = entry["large_model_layout"] or bool(facts["large_model_layout"])
     return results
-
-
-def _widen_activations_if_needed(model, component, signature, path, feeds, facts):
-    """int8-full: measure the int8-activation file against Keras on (up to 4 of) the calibration feeds; below
-    ``quantize.INT8_ACTIVATIONS_MIN_PSNR_DB`` replace it with the component at int16 activations and int8
-    weights (``w8a16``: integer inputs such as the text encoder's positions are left alone, ops without an int16
-    kernel stay float). A widened file that cannot run, or runs worse than the int8 one, is an ExportError."""
-    from sd_keras.export import verify
-
-    samples = feeds[:: max(1, len(feeds) // 4)][:4]
-    psnr = verify.compare_component(model, component, path, signature, samples)["psnr_db"]
-    facts = {**facts, "int8_activations_psnr_db": round(float(psnr), 2)}
-    if psnr >= quantize.INT8_ACTIVATIONS_MIN_PSNR_DB:
-        return facts
-    wide = f"{path}.int16"
-    try:
-        convert_component(model, component, signature, "fp32", wide)
-        widened = _to_w8a16(wide, feeds, component, signature["signature"])
-        wide_psnr = verify.compare_component(model, component, wide, signature, samples)["psnr_db"]
-        if not wide_psnr > psnr:  # NaN included
-            raise ExportError(f"{component}: int16 activations measure {wide_psnr:.1f} dB against Keras, no "
-                              f"better than int8's {psnr:.1f} dB")
-        os.replace(wide, path)
-    finally:
-        if os.path.exists(wide):
-            os.unlink(wide)
-    return {**facts, **widened, "int16_activations_psnr_db": round(float(wide_psnr), 2)}
 
 
 def export_components(models, config, image_size, mode, output_dir, *, representative=None, components=None,

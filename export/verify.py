@@ -162,8 +162,10 @@ def _keras_models(model):
                           ("text_encoder", "text_encoder_2", "diffusion_model", "decoder", "image_encoder")})
 
 
-def compare_component(model, component, path, entry, feeds, *, threads=2):
-    """Run the ``.tflite`` at ``path`` and the Keras ``model`` on each feed; the worst metrics over the feeds."""
+def compare_component(model, component, path, entry, feeds, *, threads=2, references=None):
+    """Run the ``.tflite`` at ``path`` and the Keras ``model`` on each feed; the worst metrics over the feeds.
+    ``references``: the Keras outputs of the feeds computed earlier (``_keras_output``); ``model`` is then not
+    used (None)."""
     from sd_keras.export.bundle import ExportError
     from sd_keras.export.runner import open_signature
 
@@ -171,10 +173,11 @@ def compare_component(model, component, path, entry, feeds, *, threads=2):
     results = []
     try:
         runner = open_signature(path, entry, threads)
-        for feed in feeds:
+        for index, feed in enumerate(feeds):
             feed = {spec["name"]: np.asarray(feed[spec["name"]], spec["dtype"]) for spec in entry["inputs"]}
             candidate = _joined(runner(**feed), output_names)
-            results.append(metrics(_keras_output(model, component, feed), candidate))
+            reference = _keras_output(model, component, feed) if references is None else references[index]
+            results.append(metrics(reference, candidate))
     except RuntimeError as error:  # the LiteRT interpreter refused the file (e.g. a kernel without the type)
         if isinstance(error, ExportError):
             raise
@@ -225,22 +228,51 @@ def failures(report):
     return failed
 
 
-def end_to_end(model, runner, *, prompt, seed, sampler, num_steps, guidance_scale):
-    """The Keras pipeline's and the bundle runner's images for the same settings, and their ``image_metrics``."""
-    settings = dict(num_steps=num_steps, unconditional_guidance_scale=guidance_scale, seed=seed, sampler=sampler,
-                    height=runner.image_size[0], width=runner.image_size[1])
-    reference = model.text_to_image(prompt, **settings)
-    candidate = runner.text_to_image(prompt, **settings)
-    return {"prompt": prompt, "seed": seed, "sampler": sampler, "num_steps": num_steps,
-            "guidance_scale": guidance_scale, **image_metrics(reference, candidate)}
+def parity_feeds(feeds, max_samples):
+    """The recorded feeds a parity check uses: up to ``max_samples``, evenly picked."""
+    return [feeds[i] for i in sorted(set(np.linspace(0, len(feeds) - 1, min(max_samples, len(feeds)))
+                                         .round().astype(int)))]
+
+
+def keras_references(model, signatures, records, *, max_samples=6, end_to_end_settings=None, image_size=None):
+    """Everything ``evaluate`` needs from the Keras model, computed before a bundle exists: the outputs of each
+    component on its parity feeds and the end-to-end reference image. With these, a bundle is checked by a
+    process that does not hold the model (``export_bundle`` on a model spec).
+
+    Args:
+        signatures: ``{component: {"inputs": [spec, ...], ...}}`` of the components to check (manifest entries
+            or ``litert.component_signatures``): the feeds are given to Keras as the bundle's inputs are.
+
+    Returns:
+        ``{"parity": {component: [output, ...]}, "end_to_end": uint8 image or None}``.
+    """
+    keras_models = _keras_models(model)
+    parity = {component: [_keras_output(keras_models[component], component,
+                                        {spec["name"]: np.asarray(feed[spec["name"]], spec["dtype"])
+                                         for spec in entry["inputs"]})
+                          for feed in parity_feeds(records[component], max_samples)]
+              for component, entry in signatures.items()}
+    image = None
+    if end_to_end_settings is not None:
+        height, width = image_size or model.config.image_size
+        image = model.text_to_image(end_to_end_settings["prompt"], **_image_settings(end_to_end_settings, height,
+                                                                                     width))
+    return {"parity": parity, "end_to_end": None if image is None else np.asarray(image)}
+
+
+def _image_settings(settings, height, width):
+    return dict(num_steps=settings["num_steps"], unconditional_guidance_scale=settings["guidance_scale"],
+                seed=settings["seed"], sampler=settings["sampler"], height=height, width=width)
 
 
 def evaluate(model, bundle_path, manifest, records, mode, *, random_weights, threads=2, latency_runs=3,
-             max_samples=6, end_to_end_settings=None):
+             max_samples=6, end_to_end_settings=None, references=None):
     """Measure and gate a written bundle; the report dict (``report["passed"]`` tells).
 
     Args:
-        model: the source ``StableDiffusion`` (Keras).
+        model: the source ``StableDiffusion`` (Keras), or None with ``references``.
+        references: ``keras_references`` of the model for these records and settings (computed earlier, maybe
+            by another process); default: computed here from ``model``.
         bundle_path: the bundle folder (its manifest already written).
         manifest: the manifest dict.
         records: ``{component: [feed, ...]}`` recorded from real trajectories (``quantize.record_trajectories``).
@@ -264,14 +296,15 @@ def evaluate(model, bundle_path, manifest, records, mode, *, random_weights, thr
               "thresholds": {"components": {component: GATES[plan[component]]["component"] for component in present},
                              "image": image},
               "components": {}}
-    keras_models = _keras_models(model)
+    if references is None:
+        references = keras_references(model, manifest["components"], records, max_samples=max_samples,
+                                      end_to_end_settings=end_to_end_settings, image_size=manifest["image_size"])
     for component, entry in manifest["components"].items():
         path = bundle_path if "parts" in entry else os.path.join(bundle_path, entry["file"])
         files = [os.path.join(bundle_path, part["file"]) for part in entry.get("parts", [entry])]
-        feeds = records[component]
-        picked = [feeds[i] for i in sorted(set(np.linspace(0, len(feeds) - 1, min(max_samples, len(feeds)))
-                                               .round().astype(int)))]
-        parity = compare_component(keras_models[component], component, path, entry, picked, threads=threads)
+        picked = parity_feeds(records[component], max_samples)
+        parity = compare_component(None, component, path, entry, picked, threads=threads,
+                                   references=references["parity"][component])
         report["components"][component] = {
             "files": [os.path.basename(file) for file in files], "size_bytes": sum(map(os.path.getsize, files)),
             "quantization": entry["quantization"],
@@ -283,7 +316,11 @@ def evaluate(model, bundle_path, manifest, records, mode, *, random_weights, thr
     report["total_size_bytes"] = sum(entry["size_bytes"] for entry in report["components"].values())
     if end_to_end_settings is not None:
         runner = BundleRunner(bundle_path, num_threads=threads)
-        result = end_to_end(model, runner, **end_to_end_settings)
+        settings = _image_settings(end_to_end_settings, *runner.image_size)
+        candidate = runner.text_to_image(end_to_end_settings["prompt"], **settings)
+        result = {key: end_to_end_settings[key] for key in ("prompt", "seed", "sampler", "num_steps",
+                                                            "guidance_scale")}
+        result.update(image_metrics(references["end_to_end"], candidate))
         enforced = not random_weights or all(mode in WEIGHT_INDEPENDENT_IMAGE_GATES for mode in modes)
         result["gates"] = [dict(gate, enforced=enforced) for gate in check_gates(result, image)]
         report["end_to_end"] = result

@@ -1,5 +1,6 @@
-"""``export_bundle`` given a model spec: the model is loaded by worker processes (``prepare``, ``finish``) and the
-converters run while no process holds it. The bundle must be the one the in-process export writes, byte for
+"""``export_bundle`` given a model spec: the model is loaded by a worker process that records, writes the
+converters' inputs and takes the gates' Keras references, and exits; the converters and the gates run while no
+process holds the model. The bundle must be the one the in-process export writes, byte for
 byte; errors in a worker reach the caller as the same exception; nothing is left beside the destination."""
 
 import json
@@ -91,8 +92,9 @@ def test_spec_export_writes_the_in_process_bundle(saved_tiny_xl, tmp_path):
     workers = exporter.export_bundle(folder, str(tmp_path / "workers"), log=lines.append, **settings)
     assert in_process["passed"] and workers["passed"]
     assert any("prepare: recording 1 trajectories" in line for line in lines)
-    assert any("in its own process" in line for line in lines)
-    assert any("finish: checking parity" in line for line in lines)
+    assert any("prepare: computing the Keras references" in line for line in lines)
+    assert any("converting diffusion_model part 2/" in line for line in lines)
+    assert any(line.endswith("checking parity with the Keras model") and "prepare:" not in line for line in lines)
     names = sorted(os.listdir(tmp_path / "in_process"))
     assert names == sorted(os.listdir(tmp_path / "workers"))
     assert len([name for name in names if name.startswith("diffusion_model_part")]) > 1
