@@ -1,20 +1,23 @@
 """Export SDXL base shapes (random weights) as a LiteRT bundle on this machine's CPU: time, peak memory, sizes.
 
 The model is ``StableDiffusionXL.from_config("sd-xl")``: the published base model's shapes (UNet 2.57 B
-parameters, CLIP ViT-L and OpenCLIP ViT-bigG text encoders, the VAE) with random weights. The export is the
-library's ``export_bundle`` (the UNet in parts, each converted in its own process); this script records the wall
-time, the exporter's peak resident memory and that of every converter process (its ``VmHWM``, sampled), and the
-file sizes. The per-component parity checks run on one recorded sample; the end-to-end image
-and the quality gates do not (each is a full generation of a 2.6 B-parameter UNet at 1024x1024 on the CPU, for the
+parameters, CLIP ViT-L and OpenCLIP ViT-bigG text encoders, the VAE) with random weights, saved by another process
+in sd_keras's format (float16 files, ``--model-dir`` keeps it for the next run). The export is the library's
+``export_bundle`` on that folder, as ``sd-keras export`` runs it for SDXL: a worker process loads the model,
+records, writes the converters' SavedModels and the gates' Keras references, and exits; then each file is
+converted in its own process (the UNet in parts) and the bundle is checked without the model in memory
+(``--in-process`` exports a model object in this process instead). This script records the wall time, the peak
+resident memory (``VmHWM``, sampled) of every process of the export by what it runs, the machine's lowest available
+memory, and the file sizes. The per-component parity checks run on one recorded sample; the end-to-end image and
+the quality gates do not (each is a full generation of a 2.6 B-parameter UNet at 1024x1024 on the CPU, for the
 Keras model and the bundle: hours on two cores), and calibration records one step of one prompt.
 
 Usage:
-    python benchmarks/export_sdxl.py [--quantize int8] [--size 1024x1024] [--unet-only] [--output ...]
-Not part of CI. Measured on this 23.5 GB machine (``benchmarks/results/export_sdxl_*.json``): the whole export is
-killed for memory at 1024x1024 and at 768x768 when its first converter process starts (the exporter holds the
-float32 model, 13.9 GB, and is 17-19 GB resident after sampling); ``--unet-only`` measures the UNet's parts alone:
-8 parts, a converter process of a 1.4 GB part peaks at 9.1 GB beside the 15.3 GB process holding the UNet (killed
-for memory in part 4, other work holding 3-5 GB of the machine).
+    python benchmarks/export_sdxl.py [--quantize int8] [--size 1024x1024] [--model-dir DIR] [--unet-only]
+Not part of CI. Measured on this 23.5 GB, 2-core machine (``benchmarks/results/export_sdxl_*.json``): int8 at
+1024x1024 completes in 21 min, a 3.49 GB bundle; the worker peaks at 23.2 GB resident (with its mapped weight
+files; 3.1 GB of the machine stayed available), the largest converter at 10.3 GB. Exporting the model object in
+the process that holds it was killed for memory at 1024x1024 and at 768x768 when its first converter started.
 """
 
 import argparse
