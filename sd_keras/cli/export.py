@@ -120,7 +120,10 @@ def cmd_golden(args):
 def register(subparsers):
     """Add ``export`` and ``golden`` to the ``sd-keras`` command line."""
     parser = subparsers.add_parser("export", help="export a model as a LiteRT bundle for phones (verified)")
-    parser.add_argument("-m", "--model", required=True, help="preset name or checkpoint path")
+    parser.add_argument("-m", "--model", required=True,
+                        help="preset name or checkpoint path (SDXL presets and checkpoints of 4 GiB or more are "
+                             "loaded by a worker process that exits before the converters run, so that they fit "
+                             "the memory of a 24 GB machine)")
     parser.add_argument("-o", "--output", required=True,
                         help="bundle folder to write (missing parent folders are created)")
     parser.add_argument("--quantize", default="fp32",
