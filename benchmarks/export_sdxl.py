@@ -130,8 +130,8 @@ class ProcessTree:
             return None
         if "--save-model" in args:
             return "saving the random-weights model"
-        if "sd_keras.export.exporter" in args:
-            return f"{args[args.index('sd_keras.export.exporter') + 1]} worker"
+        if "sd_keras.export_worker" in args:
+            return f"{args[args.index('sd_keras.export_worker') + 1]} worker"
         if "--convert" in args:
             try:
                 with open(args[args.index("--convert") + 1]) as handle:

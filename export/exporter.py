@@ -341,38 +341,15 @@ def _finish(source, staging, destination, converted, records, plan, settings, lo
 # next to a converter of its 2.8 GB second text encoder (10.3 GB) or next to the interpreters of its bundle does not
 # fit 24 GB.
 WORKER_STAGES = ("prepare",)
-# ``sd-keras export`` loads a model in a worker when its checkpoint data is at least this large (or it is an SDXL
-# preset with published weights); smaller models are exported in the command's own process.
-WORKER_BYTES = 4 * 2**30
-
-
-def exports_in_workers(spec):
-    """Whether ``sd-keras export -m spec`` should export in worker processes (``export_bundle`` given the spec):
-    an SDXL preset with published weights, or a checkpoint file or folder of at least ``WORKER_BYTES``."""
-    from sd_keras import loading
-    from sd_keras.pipeline_sdxl import TINY_PRESETS, preset_names
-
-    kind = loading.spec_kind(spec)
-    if kind == loading.PRESET:
-        return spec in preset_names() and spec not in TINY_PRESETS
-    if kind != loading.CHECKPOINT:
-        return False
-    if os.path.isfile(spec):
-        return os.path.getsize(spec) >= WORKER_BYTES
-    total = 0
-    for folder, _, names in os.walk(spec):
-        total += sum(os.path.getsize(os.path.join(folder, name)) for name in names
-                     if name.endswith((".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".h5")))
-    return total >= WORKER_BYTES
 
 
 def _export_in_workers(spec, destination, settings, log):
     import pickle
 
-    from sd_keras import loading
+    from sd_keras import paths
     from sd_keras.export import litert, quantize
 
-    if loading.spec_kind(spec) == loading.BUNDLE:
+    if paths.is_bundle_folder(spec):
         raise InputError(f"{spec} is already an exported bundle; export from a preset or checkpoint")
     staging = files.new_folder_beside(destination)
     workdir = files.new_folder_beside(destination)  # the SavedModels: the bundle's file system, not /tmp's
@@ -403,7 +380,7 @@ def _export_in_workers(spec, destination, settings, log):
 
 
 def _run_worker(stage, job, log):
-    """Run ``python -m sd_keras.export.exporter STAGE JOB`` (TensorFlow backend), its lines to ``log``; the
+    """Run ``python -m sd_keras.export_worker STAGE JOB`` (TensorFlow backend), its lines to ``log``; the
     stage's result. An ExportError or InputError in the worker is raised here with its message."""
     import pickle
     import subprocess
@@ -418,7 +395,7 @@ def _run_worker(stage, job, log):
         pickle.dump(dict(job, result=result_path), handle)
     env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
     with tempfile.TemporaryFile(mode="w+") as errors:
-        process = subprocess.Popen([sys.executable, "-m", "sd_keras.export.exporter", stage, job_path], env=env,
+        process = subprocess.Popen([sys.executable, "-m", "sd_keras.export_worker", stage, job_path], env=env,
                                    stdout=subprocess.PIPE, stderr=errors, text=True)
         for line in process.stdout:
             log(f"{stage}: {line.rstrip()}")
@@ -435,12 +412,12 @@ def _run_worker(stage, job, log):
     return result.get("report")
 
 
-def _worker(stage, job_path):
-    """Worker entry point: load the model from its spec; record, write the converters' SavedModels and take what
-    the gates need from the model (``prepared.pkl``); then exit, freeing the model before any converter runs."""
+def run_worker_job(stage, job_path, load):
+    """The worker's work (``python -m sd_keras.export_worker``): load the model from its spec with ``load``
+    (``sd_keras.loading.load``); record, write the converters' SavedModels and take what the gates need from the
+    model (``prepared.pkl``); the process then exits, freeing the model before any converter runs."""
     import pickle
 
-    import sd_keras
     from sd_keras.export import litert, quantize, verify
     from sd_keras.export.bundle import ExportError
 
@@ -453,7 +430,7 @@ def _worker(stage, job_path):
 
     try:
         log(f"loading {job['spec']}")
-        model = sd_keras.load(job["spec"])
+        model = load(job["spec"])
         plan = _check(model, settings)
         models, records = _record(model, plan, settings, log)
         models = {name: litert._float32_model(graph, model.config, name) for name, graph in models.items()}
@@ -476,11 +453,3 @@ def _worker(stage, job_path):
         result = {"error": str(error), "type": kind}
     with open(job["result"], "wb") as handle:
         pickle.dump(result, handle)
-
-
-if __name__ == "__main__":
-    import sys
-
-    if len(sys.argv) != 3 or sys.argv[1] not in WORKER_STAGES:
-        sys.exit(f"usage: python -m sd_keras.export.exporter {{{','.join(WORKER_STAGES)}}} JOB")
-    _worker(sys.argv[1], sys.argv[2])

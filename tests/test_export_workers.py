@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from sd_keras.cli.export import WORKER_BYTES, exports_in_workers
 from sd_keras.errors import InputError
 from sd_keras.export import exporter
 
@@ -20,27 +21,27 @@ def _leftovers(folder, keep):
 
 # -- fast: which exports use workers --------------------------------------------------------------------------------
 def test_exports_in_workers_for_large_models_only(tmp_path):
-    assert exporter.exports_in_workers("sd-xl") and exporter.exports_in_workers("sd-xl-refiner")
-    assert not exporter.exports_in_workers("tiny-xl") and not exporter.exports_in_workers("tiny")
+    assert exports_in_workers("sd-xl") and exports_in_workers("sd-xl-refiner")
+    assert not exports_in_workers("tiny-xl") and not exports_in_workers("tiny")
     small = tmp_path / "small.safetensors"
     small.write_bytes(b"\0" * 1024)
-    assert not exporter.exports_in_workers(str(small))
+    assert not exports_in_workers(str(small))
     large = tmp_path / "large.safetensors"
     with open(large, "wb") as handle:  # sparse: the size is what counts
-        handle.truncate(exporter.WORKER_BYTES)
-    assert exporter.exports_in_workers(str(large))
+        handle.truncate(WORKER_BYTES)
+    assert exports_in_workers(str(large))
     folder = tmp_path / "diffusers" / "unet"
     folder.mkdir(parents=True)
     (folder / "config.json").write_text("{}")
-    assert not exporter.exports_in_workers(str(tmp_path / "diffusers"))
+    assert not exports_in_workers(str(tmp_path / "diffusers"))
     with open(folder / "diffusion_pytorch_model.safetensors", "wb") as handle:
-        handle.truncate(exporter.WORKER_BYTES // 2)
+        handle.truncate(WORKER_BYTES // 2)
     (tmp_path / "diffusers" / "text_encoder").mkdir()
     with open(tmp_path / "diffusers" / "text_encoder" / "model.safetensors", "wb") as handle:
-        handle.truncate(exporter.WORKER_BYTES // 2)
-    assert exporter.exports_in_workers(str(tmp_path / "diffusers"))
+        handle.truncate(WORKER_BYTES // 2)
+    assert exports_in_workers(str(tmp_path / "diffusers"))
     with pytest.raises(InputError, match="unknown model"):
-        exporter.exports_in_workers(str(tmp_path / "missing"))
+        exports_in_workers(str(tmp_path / "missing"))
 
 
 def test_a_bundle_spec_is_refused_before_any_work(tmp_path):

@@ -55,6 +55,7 @@ LAYERS = {
     "sd_keras.pipeline_sdxl": TASKS,
     "sd_keras.prompts": TASKS,
     "sd_keras.export": TASKS,
+    "sd_keras.export_worker": TASKS,
     "sd_keras.train": TASKS,
     "sd_keras.data": TASKS,
     "sd_keras.dataset": TASKS,

@@ -41,6 +41,34 @@ def _parse_evaluate_prompts(text):
     return int(parts[0]), int(parts[1])
 
 
+# ``sd-keras export`` loads a model in a worker process (``export_bundle`` given the spec) when its checkpoint data
+# is at least this large, or when it is an SDXL preset with published weights; smaller models are exported in the
+# command's own process.
+WORKER_BYTES = 4 * 2**30
+
+
+def exports_in_workers(spec):
+    """Whether ``sd-keras export -m spec`` should export in worker processes (``export_bundle`` given the spec):
+    an SDXL preset with published weights, or a checkpoint file or folder of at least ``WORKER_BYTES``."""
+    import os
+
+    from sd_keras import loading
+    from sd_keras.pipeline_sdxl import TINY_PRESETS, preset_names
+
+    kind = loading.spec_kind(spec)
+    if kind == loading.PRESET:
+        return spec in preset_names() and spec not in TINY_PRESETS
+    if kind != loading.CHECKPOINT:
+        return False
+    if os.path.isfile(spec):
+        return os.path.getsize(spec) >= WORKER_BYTES
+    total = 0
+    for folder, _, names in os.walk(spec):
+        total += sum(os.path.getsize(os.path.join(folder, name)) for name in names
+                     if name.endswith((".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".h5")))
+    return total >= WORKER_BYTES
+
+
 def cmd_export(args):
     import sd_keras
     from sd_keras.cli.arguments import check_model_spec
@@ -61,8 +89,6 @@ def cmd_export(args):
     if check_model_spec(args.model) == "bundle":
         raise InputError(f"{args.model} is already an exported bundle; export from a preset or checkpoint")
     from sd_keras.export.bundle import ExportError
-
-    from sd_keras.export.exporter import exports_in_workers
 
     # a large model is loaded by the export's worker processes, never beside a converter process; a small one here
     model = args.model if exports_in_workers(args.model) else sd_keras.load(args.model)  # imports Keras: last
