@@ -181,8 +181,9 @@ def convert_component(model, component, signature, mode, path, *, representative
         model: the Keras model (KerasCV signature).
         component: one of ``COMPONENTS``.
         signature: that component's entry of ``component_signatures``.
-        mode: a quantization mode (``int4`` writes the fp32 model; ``quantize.quantize_int4`` follows).
-        representative: ``int8-full`` calibration feeds (list of dicts).
+        mode: a quantization mode (``int4`` and ``w8a16`` files are made from the converter's fp32 file by the
+            process that converts it).
+        representative: ``int8-full`` and ``w8a16`` calibration feeds (list of dicts).
         isolate: run the converter in a child process that holds only the SavedModel (not this process's
             Keras models), so its peak memory adds to a small parent. Default: for weights over
             ``ISOLATE_BYTES`` (the converter peaks at several times the weight bytes).
@@ -218,7 +219,8 @@ def prepare_function(serve, weights, component, signature, mode, path, workdir, 
 
     if keras.backend.backend() != "tensorflow":
         raise ExportError("converting needs KERAS_BACKEND=tensorflow; use export_components")
-    mode = quantize.converter_mode(quantize.check_mode(mode))
+    quantization = quantize.check_mode(mode)
+    mode = quantize.converter_mode(quantization)
     specs = [tf.TensorSpec(spec["shape"], spec["dtype"], name=spec["name"]) for spec in signature["inputs"]]
     size = int(sum(int(np.prod(weight.shape)) for weight in weights) * 4)
     large = size * _BYTES_PER_WEIGHT[mode] / 4.0 > _LARGE_MODEL_MARGIN * FLATBUFFER_LIMIT
@@ -240,7 +242,10 @@ def prepare_function(serve, weights, component, signature, mode, path, workdir, 
     del module
     job = {"saved_model": saved_model, "signature": signature["signature"], "component": component,
            "mode": mode, "large": bool(large), "path": path, "representative": None, "activations": activations,
-           "weight_bytes": size, "workdir": workdir}
+           "weight_bytes": size, "workdir": workdir,
+           # modes made from the converter's fp32 file, by the process that converts it (their tools hold
+           # several times the file, and all intermediate tensors while calibrating, in memory)
+           "finish": quantization if quantization in ("w8a16", "int4") else None}
     if feeds is not None:
         job["representative"] = quantize.save_records({"feeds": feeds},
                                                       os.path.join(workdir, "representative.npz"))
@@ -316,6 +321,10 @@ def convert_saved_model(job, feeds=None):
     del data
     if mode == "int8-full":
         facts.update(_integer_facts(job["path"]), activations=job.get("activations", "int8"))
+    if job.get("finish") == "w8a16":
+        facts.update(_to_w8a16(job["path"], feeds, component, job["signature"]))
+    elif job.get("finish") == "int4":
+        _to_int4(job["path"], component)
     return facts
 
 
@@ -341,11 +350,14 @@ def _run_convert(job_path):
         json.dump(result, handle)
 
 
-def _to_int4(path):
+def _to_int4(path, component):
+    """Quantize the fp32 file at ``path`` in place to int4 weights (``quantize.quantize_int4``)."""
     float_path = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.fp32")
     os.replace(path, float_path)
     try:
         quantize.quantize_int4(float_path, path)
+    except (RuntimeError, ValueError, KeyError) as error:  # e.g. a weight dimension the block size does not divide
+        raise ExportError(f"{component}: int4 weights failed: {' '.join(str(error).split())[-300:]}") from None
     finally:
         os.unlink(float_path)
 
@@ -434,25 +446,21 @@ def _prepare_unet_parts(model, config, signature, mode, output_dir, feeds, max_p
 
 
 def run_task(task, *, models=None):
-    """Convert one ``prepare_components`` task and finish its file (int4, w8a16; int8-full's activation check
-    when ``models`` holds the Keras component). Returns the task with its ``facts``; needs no Keras model
-    otherwise. A UNet part (whatever its size) is converted in a process of its own."""
+    """Convert one ``prepare_components`` task (int4 and w8a16 files are made by the converting process too) and
+    run int8-full's activation check (against ``models``' Keras component or the task's
+    ``widening_references``). Returns the task with its ``facts``. A UNet part (whatever its size) is converted in
+    a process of its own."""
     from ai_edge_litert.interpreter import Interpreter
 
-    job, mode, part = task["job"], task["mode"], task.get("part")
+    job, part = task["job"], task.get("part")
     path, label, key = job["path"], job["component"], task["signature"]["signature"]
     facts = run_job(job, isolate=True if part else None)
-    feeds = quantize.load_records(job["representative"])["feeds"] if job["representative"] else None
     if needs_widening_check(task):
         graph = None if models is None else models[task["component"]]
         if graph is None and "widening_references" not in task:
             raise ExportError(f"{label}: int8-full needs the Keras component or its widening_references")
         facts = widen_activations(dict(task, facts=facts), graph=graph,
                                   references=task.get("widening_references"))["facts"]
-    if mode == "w8a16":
-        facts = {**facts, **_to_w8a16(path, feeds, label, key)}
-    if mode == "int4":
-        _to_int4(path)
     signature = task["signature"]
     if part is not None:
         # the converter drops inputs a part does not read (e.g. the context of a part without attention)
@@ -503,9 +511,9 @@ def widen_activations(task, *, graph=None, references=None):
         return dict(task, facts=facts)
     wide = f"{path}.int16"
     try:
-        run_job(dict(job, mode="fp32", path=wide, representative=None,
-                     large=job["weight_bytes"] > _LARGE_MODEL_MARGIN * FLATBUFFER_LIMIT))
-        widened = _to_w8a16(wide, feeds, component, signature["signature"])
+        widened = run_job(dict(job, mode="fp32", finish="w8a16", path=wide,
+                               large=job["weight_bytes"] > _LARGE_MODEL_MARGIN * FLATBUFFER_LIMIT))
+        widened = {key: widened[key] for key in ("activations", "integer_only", "float_ops")}
         wide_psnr = psnr_of(wide)
         if not wide_psnr > psnr:  # NaN included
             raise ExportError(f"{component}: int16 activations measure {wide_psnr:.1f} dB against Keras, no "

@@ -122,3 +122,15 @@ def test_an_error_in_a_worker_reaches_the_caller_and_leaves_nothing(tmp_path):
     with pytest.raises(InputError, match="only SDXL base models export"):
         exporter.export_bundle(refiner, str(tmp_path / "out"), quantization="int8")
     assert _leftovers(tmp_path, {"refiner"}) == []
+
+
+@pytest.mark.slow
+def test_int4_on_a_dimension_the_block_size_does_not_divide_is_an_export_error(saved_tiny_xl, tmp_path):
+    """tiny-xl's added-embedding layer takes 144 inputs, which int4's 32-wide blocks do not divide."""
+    from sd_keras.export.bundle import ExportError
+
+    model, _ = saved_tiny_xl
+    with pytest.raises(ExportError, match="int4 weights failed: .*not divisible by block size 32"):
+        exporter.export_bundle(model, str(tmp_path / "out"), quantization="int4", calibration_prompts=[PROMPT],
+                               calibration_steps=1, quality_gates=False, end_to_end=False)
+    assert _leftovers(tmp_path, set()) == []
