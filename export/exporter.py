@@ -211,8 +211,9 @@ def _keras_side(model, records, settings, staging, log):
     height, width = _size(model, settings)
     random_weights = _random_weights(model, settings)
     log("computing the Keras references of the parity checks")
+    components = list(_components(model, settings))
     signatures = litert.component_signatures(config, (height, width))
-    checked = {name: signatures[name] for name in _components(model, settings)}
+    checked = {name: signatures[name] for name in components}
     references = verify.keras_references(model, checked, records, max_samples=settings["parity_samples"],
                                          end_to_end_settings=_image_settings(settings), image_size=(height, width))
     reference = settings["quality_reference"]
@@ -227,7 +228,7 @@ def _keras_side(model, records, settings, staging, log):
             sampler=settings["gate_sampler"] or verify.GATE_SAMPLER, image_size=(height, width),
             evaluate_prompts=(settings["evaluate_prompts"] or (verify.EVALUATE_SINGLE, verify.EVALUATE_DOUBLE))
             if prompt_following else None, log=log)
-    return {"config": config, "image_size": (height, width), "components": list(_components(model, settings)),
+    return {"config": config, "image_size": (height, width), "components": components,
             "random_weights": random_weights, "merges": model.tokenizer.save_merges(os.path.join(staging,
                                                                                                 TOKENIZER_FILE)),
             "default_sampler": model.default_sampler if litert.is_sdxl(config) else DEFAULT_SAMPLER,
@@ -344,10 +345,8 @@ WORKER_STAGES = ("prepare",)
 
 
 def _export_in_workers(spec, destination, settings, log):
-    import pickle
-
     from sd_keras import paths
-    from sd_keras.export import litert, quantize
+    from sd_keras.export import litert
 
     if paths.is_bundle_folder(spec):
         raise InputError(f"{spec} is already an exported bundle; export from a preset or checkpoint")
@@ -356,9 +355,7 @@ def _export_in_workers(spec, destination, settings, log):
     try:
         job = {"spec": spec, "destination": destination, "staging": staging, "workdir": workdir,
                "settings": settings}
-        _run_worker("prepare", job, log)
-        with open(os.path.join(workdir, "prepared.pkl"), "rb") as handle:
-            prepared = pickle.load(handle)
+        prepared = _run_worker("prepare", job, log)
         tasks = []
         for task in prepared["tasks"]:
             log(f"converting {task['job']['component']} ({task['mode']})")
@@ -366,9 +363,8 @@ def _export_in_workers(spec, destination, settings, log):
             shutil.rmtree(task["job"]["saved_model"], ignore_errors=True)
         settings = dict(settings, export_seconds=log.elapsed())
         log("converted")
-        records = quantize.load_records(prepared["records"])
-        report = _finish(prepared["source"], staging, destination, litert.collect_results(tasks), records,
-                         prepared["plan"], settings, log)
+        report = _finish(prepared["source"], staging, destination, litert.collect_results(tasks),
+                         prepared["records"], prepared["plan"], settings, log)
         replace_folder(staging, destination)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -381,7 +377,8 @@ def _export_in_workers(spec, destination, settings, log):
 
 def _run_worker(stage, job, log):
     """Run ``python -m sd_keras.export_worker STAGE JOB`` (TensorFlow backend), its lines to ``log``; the
-    stage's result. An ExportError or InputError in the worker is raised here with its message."""
+    stage's result (a dict). An InputError, ExportError or RuntimeError in the worker is raised here with its
+    message."""
     import pickle
     import subprocess
     import sys
@@ -409,16 +406,17 @@ def _run_worker(stage, job, log):
         result = pickle.load(handle)
     if "error" in result:
         raise {"input": InputError, "export": ExportError, "runtime": RuntimeError}[result["type"]](result["error"])
-    return result.get("report")
+    return result
 
 
 def run_worker_job(stage, job_path, load):
     """The worker's work (``python -m sd_keras.export_worker``): load the model from its spec with ``load``
     (``sd_keras.loading.load``); record, write the converters' SavedModels and take what the gates need from the
-    model (``prepared.pkl``); the process then exits, freeing the model before any converter runs."""
+    model (the job's result file: the tasks, the records, ``_keras_side``'s references and the plan); the process
+    then exits, freeing the model before any converter runs."""
     import pickle
 
-    from sd_keras.export import litert, quantize, verify
+    from sd_keras.export import litert, verify
     from sd_keras.export.bundle import ExportError
 
     with open(job_path, "rb") as handle:
@@ -442,12 +440,8 @@ def run_worker_job(stage, job_path, load):
                 task["widening_references"] = litert.widening_references(task, graphs[task["component"]])
             log(f"prepared {task['job']['component']}")
             tasks.append(task)
-        source = _keras_side(model, records, settings, staging, log)
-        result = {"tasks": tasks, "records": quantize.save_records(records, os.path.join(workdir, "records.npz")),
-                  "source": source, "plan": plan}
-        with open(os.path.join(workdir, "prepared.pkl"), "wb") as handle:
-            pickle.dump(result, handle)
-        result = {}
+        result = {"tasks": tasks, "records": records, "plan": plan,
+                  "source": _keras_side(model, records, settings, staging, log)}
     except (ExportError, InputError, RuntimeError) as error:  # RuntimeError: e.g. weights not downloadable
         kind = "input" if isinstance(error, InputError) else "export" if isinstance(error, ExportError) else "runtime"
         result = {"error": str(error), "type": kind}
