@@ -50,7 +50,9 @@ def card_name():
 
 
 # -- hires fix -------------------------------------------------------------------------------------------------
-def bench_sd_keras_hires(cfg):
+def bench_sd_keras_hires(cfg, profile_dir=None):
+    """The hires generation, then each pass alone (first pass at the first-pass size; second pass: image-to-image at
+    the target size from the first pass's image); with ``profile_dir``, the top GPU kernels of one hires run."""
     from sd_keras.hires import HiresFix
     from sd_keras.pipeline import StableDiffusion
 
@@ -64,7 +66,35 @@ def bench_sd_keras_hires(cfg):
                                 hires=hires)
 
     seconds = _median_time(run, cfg["repeats"])
-    return {"seconds": seconds, "compilations": sd.programs.compilations, "output": list(run().shape)}
+    result = {"seconds": seconds, "compilations": sd.programs.compilations, "output": list(run().shape)}
+
+    def first_pass():
+        return sd.text_to_image("a red circle", num_steps=cfg["steps"], seed=0, sampler="DDIM",
+                                unconditional_guidance_scale=GUIDANCE, height=cfg["size"], width=cfg["size"])
+
+    target = cfg["size"] * cfg["scale"]
+    start = _resize(first_pass()[0], target)
+
+    def second_pass():
+        return sd.image_to_image("a red circle", start, num_steps=cfg["hires_steps"], strength=STRENGTH, seed=0,
+                                 sampler="DDIM", unconditional_guidance_scale=GUIDANCE)
+
+    result["first_pass_seconds"] = _median_time(first_pass, cfg["repeats"])
+    result["second_pass_seconds"] = _median_time(second_pass, cfg["repeats"])
+    if profile_dir:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from gpu_bench import top_kernels
+
+        result["kernels"] = top_kernels(sd, profile_dir, batch=1, generate=run,
+                                        steps=cfg["steps"] + cfg["hires_steps"])
+    return result
+
+
+def _resize(image, side):
+    """The first pass's image (uint8 HWC) resized to side x side (Lanczos), as an image upscaler's hand-off."""
+    from PIL import Image
+
+    return __import__("numpy").asarray(Image.fromarray(image).resize((side, side), Image.LANCZOS))
 
 
 def build_diffusers(cfg):
@@ -212,7 +242,9 @@ def bench_rrdbnet(cfg):
         path = rrdbnet_file(folder, cfg["rrdb_blocks"])
         model = load_upscaler(path, dtype=None if cfg["dtype"] == "float32" else cfg["dtype"])
         result = {"sd_keras": {"seconds": _median_time(lambda: upscale(image, model, tile=cfg["tile"]),
-                                                       cfg["repeats"]), "tile": cfg["tile"]}}
+                                                       cfg["repeats"]), "tile": cfg["tile"]},
+                  "sd_keras_whole_image": {"seconds": _median_time(lambda: upscale(image, model, tile=0),
+                                                                   cfg["repeats"]), "tile": 0}}
         try:
             import torch
 
@@ -244,6 +276,8 @@ def main(argv=None):
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU: checks the script only")
     parser.add_argument("--parts", default="sd_keras,diffusers,compile,rrdbnet")
     parser.add_argument("--out", help="JSON file to write")
+    parser.add_argument("--profile", help="folder for a trace of one sd_keras hires run (its top GPU kernels are "
+                                          "recorded)")
     args = parser.parse_args(argv)
     cfg = SMOKE if args.smoke else FULL
     results = {"card": card_name(), "date": time.strftime("%Y-%m-%d", time.gmtime()), "smoke": args.smoke,
@@ -251,7 +285,7 @@ def main(argv=None):
     if args.smoke:
         results["note"] = ("smoke run: tiny random models on the CPU; it checks that the script runs end to end, "
                            "its times are not a measurement")
-    parts = {"sd_keras": lambda: bench_sd_keras_hires(cfg),
+    parts = {"sd_keras": lambda: bench_sd_keras_hires(cfg, args.profile),
              "diffusers": lambda: bench_diffusers_hires(cfg, compiled=False),
              "compile": lambda: bench_diffusers_hires(cfg, compiled=True),
              "rrdbnet": lambda: bench_rrdbnet(cfg)}

@@ -54,6 +54,12 @@ W8A16_FLOAT_RANGE = 1e6
 W8A16_FLOAT_OPS = ("RSQRT",)  # ... and so do these ops and the ops reading their outputs (see quantize_w8a16)
 INT4_BLOCK_SIZE = 32
 INT8_ACTIVATIONS_MIN_PSNR_DB = 30.0  # int8-full: below this on the calibration data, use int16 activations
+# ai-edge-quantizer (0.10) quantizes a weight of more than 32 MiB in row chunks of its 2-D reshape, and broadcasting
+# per-channel scales of rank 3 or more to that reshape fails ("input operand has more dimensions than allowed by
+# the axis remapping"; google-ai-edge/ai-edge-quantizer#512, #472): every 3x3 convolution of 1024 or more channels
+# of the SD UNets. ``_weights_in_slices`` hands such a weight to the quantizer in slices of its first axis below
+# this size instead (per-element arithmetic: the slices quantize exactly as the whole would).
+QUANTIZER_CHUNKED_BYTES = 32 * 1024 * 1024
 
 
 def check_mode(mode):
@@ -180,10 +186,52 @@ def quantize_int4(float_path, output_path, block_size=INT4_BLOCK_SIZE):
         engine.add_dynamic_config(regex=".*", operation_name=op, num_bits=4, granularity=granularity)
     engine.add_weight_only_config(regex=".*", operation_name=ops.CONV_2D, num_bits=4,
                                   granularity=qtyping.QuantGranularity.CHANNELWISE)
-    result = engine.quantize()
+    with _weights_in_slices():
+        result = engine.quantize()
     with files.atomic_path(output_path) as temporary:
         result.export_model(temporary, overwrite=True)
     return output_path
+
+
+class _weights_in_slices:
+    """Within this context, ai-edge-quantizer's ``uniform_quantize`` receives weights of rank 3 or more above
+    ``limit`` bytes in slices along their first axis (scales and zero points sliced with them where they vary
+    along it), so its failing chunked path is never taken; see ``QUANTIZER_CHUNKED_BYTES``."""
+
+    def __init__(self, limit=None):
+        self.limit = QUANTIZER_CHUNKED_BYTES if limit is None else limit
+
+    def __enter__(self):
+        from ai_edge_quantizer.algorithms.uniform_quantize import uniform_quantize_tensor as module
+
+        self.module, self.original = module, module.uniform_quantize
+        module.uniform_quantize = self.quantize
+        return self
+
+    def __exit__(self, *exc):
+        self.module.uniform_quantize = self.original
+
+    def quantize(self, tensor_data, quantization_params, is_blockwise_quant=False):
+        import dataclasses
+
+        tensor_data = np.asarray(tensor_data)
+        if is_blockwise_quant or tensor_data.ndim < 3 or tensor_data.nbytes <= self.limit:
+            return self.original(tensor_data, quantization_params, is_blockwise_quant)
+        params = self.module.fix_quantization_params_rank(tensor_data, quantization_params)
+        rows = tensor_data.shape[0]
+        per_row = max(1, tensor_data.nbytes // rows)
+        step = max(1, self.limit // per_row)
+        pieces = []
+        for start in range(0, rows, step):
+            rows_here = slice(start, min(start + step, rows))
+
+            def along(values):
+                values = np.asarray(values)
+                return values[rows_here] if values.ndim and values.shape[0] == rows and rows > 1 else values
+
+            piece = dataclasses.replace(params, scale=along(params.scale), zero_point=along(params.zero_point))
+            pieces.append(self.original(tensor_data[rows_here], piece, False))
+        return np.concatenate(pieces, axis=0)
 
 
 def quantize_w8a16(float_path, output_path, feeds, signature):
@@ -233,7 +281,8 @@ def quantize_w8a16(float_path, output_path, feeds, signature):
              for scope in sorted(kept_float)]
     engine = quantizer.Quantizer(str(float_path))
     engine.load_quantization_recipe(plan)
-    quantized = engine.quantize(calibration, enable_progress_report=False).quantized_model
+    with _weights_in_slices():
+        quantized = engine.quantize(calibration, enable_progress_report=False).quantized_model
     files.write_bytes(output_path, _float_inputs_and_outputs(quantized))
     return {"kept_float": sorted(kept_float)}
 

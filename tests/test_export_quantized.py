@@ -281,3 +281,74 @@ def test_snr_floors_of_quantized_modes_are_enforced_for_trained_weights():
 
 
 pytestmark = pytest.mark.once  # backend-independent (see conftest.py)
+
+
+def _convolution_file(path, channels, seed=0):
+    """A float .tflite of one 3x3 convolution (channels -> channels, with a bias) on an 8x8 input."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    kernel = tf.constant(rng.standard_normal((3, 3, channels, channels)).astype(np.float32) * 0.02)
+    bias = tf.constant(rng.standard_normal(channels).astype(np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 8, 8, channels], tf.float32, name="x")])
+    def convolution(x):
+        return {"y": tf.nn.conv2d(x, kernel, 1, "SAME") + bias}
+
+    module = tf.Module()
+    module.convolution = convolution
+    saved = str(path) + ".savedmodel"
+    tf.saved_model.save(module, saved, signatures={"serving_default": convolution})
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved)
+    with open(path, "wb") as handle:
+        handle.write(converter.convert())
+    return path
+
+
+def _run_file(path, x):
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_path=str(path)).get_signature_runner("serving_default")
+    return runner(x=x)["y"]
+
+
+def _weight_types(path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    return {detail["dtype"] for detail in Interpreter(model_path=str(path)).get_tensor_details()
+            if len(detail["shape"]) == 4 and detail["shape"][1] == 3
+            and len(detail["quantization_parameters"]["scales"]) == detail["shape"][0]}  # per output channel
+
+
+def test_weights_quantized_in_slices_are_the_files_of_the_whole(tmp_path, monkeypatch):
+    """Handing the quantizer a convolution's weights in slices (see QUANTIZER_CHUNKED_BYTES) writes the same int4 and
+    w8a16 files, byte for byte, as handing it the whole weight."""
+    source = _convolution_file(tmp_path / "float.tflite", 24)
+    feeds = [{"x": np.random.default_rng(i).standard_normal((1, 8, 8, 24)).astype(np.float32)} for i in range(2)]
+    whole = {"int4": quantize.quantize_int4(source, tmp_path / "int4.tflite"),
+             "w8a16": quantize.quantize_w8a16(source, tmp_path / "w8a16.tflite", feeds, "serving_default")}
+    monkeypatch.setattr(quantize, "QUANTIZER_CHUNKED_BYTES", 3 * 3 * 24 * 4 * 5)  # 5 output channels a slice
+    sliced = {"int4": quantize.quantize_int4(source, tmp_path / "int4_sliced.tflite"),
+              "w8a16": quantize.quantize_w8a16(source, tmp_path / "w8a16_sliced.tflite", feeds, "serving_default")}
+    assert whole["w8a16"] == sliced["w8a16"]
+    for mode in ("int4", "w8a16"):
+        assert (tmp_path / f"{mode}.tflite").read_bytes() == (tmp_path / f"{mode}_sliced.tflite").read_bytes()
+
+
+def test_convolutions_of_more_than_32_mib_quantize_to_int4_and_w8a16(tmp_path):
+    """A 3x3 convolution of 1024 channels (37.7 MB of float32 weights, as in the SD and SDXL UNets' lowest levels):
+    ai-edge-quantizer's own path for weights over 32 MiB fails on it; the export's int4 and w8a16 complete, with
+    the weights stored per output channel as 4 bits (packed; the file under a sixth of the float one) and 8 bits, and
+    the output near the float file's."""
+    source = _convolution_file(tmp_path / "float.tflite", 1024)
+    x = np.random.default_rng(1).standard_normal((1, 8, 8, 1024)).astype(np.float32)
+    expected = _run_file(source, x)
+    quantize.quantize_int4(source, tmp_path / "int4.tflite")
+    quantize.quantize_w8a16(source, tmp_path / "w8a16.tflite", [{"x": x}], "serving_default")
+    for mode, weight_type, min_snr_db in (("int4", np.int8, 12.0), ("w8a16", np.int8, 30.0)):
+        path = tmp_path / f"{mode}.tflite"
+        assert os.path.getsize(path) < os.path.getsize(source) / (6 if mode == "int4" else 3)
+        assert _weight_types(path) == {weight_type}
+        got = _run_file(path, x)
+        snr = 10 * np.log10(np.mean(expected**2) / np.mean((expected - got) ** 2))
+        assert snr >= min_snr_db, (mode, snr)
