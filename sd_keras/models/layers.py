@@ -25,10 +25,15 @@ class HostUniform(keras.initializers.Initializer):
     every backend, and JAX compiles no RNG program per weight shape (that dominated building the tiny model).
     """
 
+    skip = False  # set by ``filled_later``
+
     def __init__(self, limit=None):
         self.limit = limit
 
     def __call__(self, shape, dtype=None):
+        if HostUniform.skip:  # the weights are assigned next: zeros, which the system hands over without work
+            return ops.zeros(shape, dtype) if dtype is not None and \
+                keras.backend.standardize_dtype(dtype) != "float32" else np.zeros(shape, np.float32)
         limit = self.limit
         if limit is None:
             receptive = math.prod(shape[:-2]) if len(shape) > 2 else 1
@@ -44,6 +49,19 @@ class HostUniform(keras.initializers.Initializer):
 
     def get_config(self):
         return {"limit": self.limit}
+
+
+class filled_later:
+    """Within this context ``HostUniform`` draws nothing and returns zeros: for models whose every weight is
+    assigned right after building (``registry.build`` with weights; ``assign`` checks that every one is). Drawing
+    SDXL's 3.5 B random values was most of the time of loading it on a CPU."""
+
+    def __enter__(self):
+        self.previous, HostUniform.skip = HostUniform.skip, True
+        return self
+
+    def __exit__(self, *exc):
+        HostUniform.skip = self.previous
 
 
 def dense(units, **kwargs):

@@ -128,11 +128,15 @@ def build(name, config, dtype=None, *, weights=None, source=None):
     """Build component ``name`` of ``config`` (a family config or preset name) under the Keras dtype policy
     ``dtype`` (a policy or its name; None: float32), filled from ``weights`` (see the module docstring; None:
     the initializers' random weights)."""
+    from sd_keras.models.layers import filled_later
+
     config = _resolve_config(config)
     spec = component(name, config)
-    model = spec.builder(getattr(config, spec.config_field), dtype=dtype, name=spec.name)
-    if weights is not None:
-        fill(model, weights, source=source or f"{name} weights")
+    if weights is None:
+        return spec.builder(getattr(config, spec.config_field), dtype=dtype, name=spec.name)
+    with filled_later():  # every weight is assigned below (``assign`` checks that none is missing)
+        model = spec.builder(getattr(config, spec.config_field), dtype=dtype, name=spec.name)
+    fill(model, weights, source=source or f"{name} weights")
     return model
 
 
