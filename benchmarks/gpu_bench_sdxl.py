@@ -3,7 +3,8 @@
 
 Work: SDXL base shapes with random weights (UNet 2.57 B parameters), 1024x1024, 30 Euler steps, CFG 5, VAE decode
 included; batch 1 and 4. Also the cold start (first image in a fresh process, compilation included) without and
-with a warm persistent compilation cache, peak GPU memory of each, and one sd_keras run in a fresh process under
+with a warm persistent compilation cache (``cold``: the model built with random weights; ``cold_files``: loaded from
+a folder of float16 weight files, as a user's checkpoint is), peak GPU memory of each, and one sd_keras run in a fresh process under
 ``XLA_PYTHON_CLIENT_MEM_FRACTION`` set for a 16 GB card.
 
     KERAS_BACKEND=jax python benchmarks/gpu_bench_sdxl.py --out benchmarks/results/gpu_bench_sdxl_h200.json
@@ -62,7 +63,10 @@ def _sd_keras_code(body):
         "cache = os.environ.get('BENCH_CACHE')\n"
         "backend.enable_compilation_cache(cache) if cache else None\n"
         "from sd_keras.pipeline_sdxl import StableDiffusionXL\n"
-        f"t0 = time.perf_counter(); xl = StableDiffusionXL.from_config({preset!r}, dtype='bfloat16')\n"
+        "folder = os.environ.get('BENCH_MODEL_DIR')\n"
+        "t0 = time.perf_counter()\n"
+        f"xl = (StableDiffusionXL.from_checkpoint(folder, dtype='bfloat16') if folder else "
+        f"StableDiffusionXL.from_config({preset!r}, dtype='bfloat16'))\n"
         "build_s = time.perf_counter() - t0\n"
         f"run = lambda batch: xl.text_to_image('a photo of a cat', batch_size=batch, num_steps={STEPS}, seed=0, "
         f"sampler='Euler', unconditional_guidance_scale={GUIDANCE}, height={SIZE}, width={SIZE})\n"
@@ -128,15 +132,29 @@ def components(xl, repeats):
     return {"text_encoders_s": encode, "loop_s": loop, "loop_per_step_s": loop / STEPS, "vae_decode_s": decode}
 
 
-def bench_cold(out_dir):
-    """First batch-1 image in a fresh process: no cache, filling a cache, warm cache."""
+def bench_cold(out_dir, from_files=False):
+    """First batch-1 image in a fresh process: no cache, filling a cache, warm cache. ``from_files``: the model is
+    loaded from a folder of weight files (saved once by another fresh process, float16 files, as a user's
+    checkpoint is read) instead of built with random weights; ``build_s`` is then the load."""
     code = _sd_keras_code("t1 = time.perf_counter(); run(1); first = time.perf_counter() - t1\n"
                           "print('COLD', json.dumps({'build_s': build_s, 'first_image_s': first}))\n")
-    cache = os.path.join(out_dir, "xla_cache_sdxl")
-    results = {"no_cache": _run_fresh(code, "COLD", {"SD_KERAS_COMPILATION_CACHE": "0"}),
-               "cache_fill": _run_fresh(code, "COLD", {"BENCH_CACHE": cache}),
-               "warm_cache": _run_fresh(code, "COLD", {"BENCH_CACHE": cache})}
-    print("cold start:", results, flush=True)
+    env = {}
+    if from_files:
+        folder = os.path.join(out_dir, "sdxl_saved")
+        preset = "tiny-xl" if SMOKE else PRESET
+        save = ("import os, json, time\nfrom sd_keras.pipeline_sdxl import StableDiffusionXL\n"
+                f"t = time.perf_counter(); StableDiffusionXL.from_config({preset!r}, dtype='bfloat16')"
+                f".save_pretrained({folder!r}, weight_dtype='float16')\n"
+                "print('SAVED', json.dumps({'seconds': time.perf_counter() - t}))\n")
+        saved = _run_fresh(save, "SAVED")
+        if "error" in saved:
+            return {"save": saved}
+        env = {"BENCH_MODEL_DIR": folder}
+    cache = os.path.join(out_dir, "xla_cache_sdxl" + ("_files" if from_files else ""))
+    results = {"no_cache": _run_fresh(code, "COLD", {**env, "SD_KERAS_COMPILATION_CACHE": "0"}),
+               "cache_fill": _run_fresh(code, "COLD", {**env, "BENCH_CACHE": cache}),
+               "warm_cache": _run_fresh(code, "COLD", {**env, "BENCH_CACHE": cache})}
+    print("cold start" + (" (weights from files)" if from_files else "") + ":", results, flush=True)
     return results
 
 
@@ -286,7 +304,7 @@ def table(results):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="gpu_bench_sdxl.json")
-    parser.add_argument("--parts", default="sd_keras,cold,mem16,diffusers,compile")
+    parser.add_argument("--parts", default="sd_keras,cold,cold_files,mem16,diffusers,compile")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--smoke", action="store_true", help="CPU: tiny-xl, 64x64, 2 steps (checks the script)")
     parser.add_argument("--profile", action="store_true",
@@ -312,6 +330,7 @@ def main():
         ("sd_keras", "sd_keras", lambda: bench_sd_keras(
             args.repeats, os.path.join(out_dir, "sdxl_trace") if args.profile else None)),
         ("cold", "cold", lambda: bench_cold(out_dir)),
+        ("cold_files", "cold_from_files", lambda: bench_cold(out_dir, from_files=True)),
         ("mem16", "mem16", lambda: bench_16gb(args.repeats)),
         ("diffusers", "diffusers", lambda: bench_diffusers(args.repeats, compiled=False)),
         ("compile", "diffusers_compile", lambda: bench_diffusers(args.repeats, compiled=True)),
