@@ -54,6 +54,9 @@ def main(argv=None):
                                      usage="python tests/run.py [--groups N] [pytest options]")
     parser.add_argument("--groups", type=int, default=8, help="pytest processes to spread the modules over (8)")
     args, pytest_args = parser.parse_known_args(argv)
+    paths = [arg for arg in pytest_args if not arg.startswith("-") and os.path.exists(arg.split("::")[0])]
+    if paths:  # they would run beside every group's modules, not instead of them
+        parser.error(f"runs the whole suite; for {' '.join(paths)} alone use python -m pytest {' '.join(paths)}")
     status, summary = 0, []
     for index, group in enumerate(groups(test_files(), args.groups), 1):
         names = [os.path.basename(path) for path in group]

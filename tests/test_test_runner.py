@@ -38,3 +38,10 @@ def test_groups_share_the_source_about_evenly():
 def test_no_groups_is_an_error():
     with pytest.raises(ValueError, match="--groups must be at least 1, got 0"):
         _runner().groups(["a"], 0)
+
+
+def test_test_paths_are_refused_with_the_command_to_use(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _runner().main(["--slow", os.path.join(HERE, "test_test_runner.py")])
+    assert exit_info.value.code == 2
+    assert "use python -m pytest" in capsys.readouterr().err
