@@ -51,6 +51,7 @@ COMPONENT_NAMES = {"text_encoder": "text_encoder", "text_encoder_2": "text_encod
 # w8a16: a calibrated value whose magnitude passes this is not an activation int16 can hold with useful resolution
 # (the attention mask's select of -inf / float32 min): the ops producing or reading it stay float.
 W8A16_FLOAT_RANGE = 1e6
+W8A16_CALIBRATION = "CALIBRATION_PROFILER_BASED"  # ai-edge-quantizer's CalibrationMode for w8a16 (see there)
 W8A16_FLOAT_OPS = ("RSQRT",)  # ... and so do these ops and the ops reading their outputs (see quantize_w8a16)
 INT4_BLOCK_SIZE = 32
 INT8_ACTIVATIONS_MIN_PSNR_DB = 30.0  # int8-full: below this on the calibration data, use int16 activations
@@ -255,13 +256,21 @@ def quantize_w8a16(float_path, output_path, feeds, signature):
     feeds = [{name: np.asarray(feed[name], details["dtype"]) for name, details in inputs.items()}
              for feed in feeds]
     # ranges: the extremes over every feed (the quantizer's default is a moving average of each feed's extremes,
-    # which clips the values of the feeds beyond the average: the first and last steps of a trajectory)
+    # which clips the values of the feeds beyond the average: the first and last steps of a trajectory). The
+    # profiler-based calibration tracks them inside the interpreter: the default mode keeps every intermediate
+    # tensor of the run, more memory than an SDXL UNet part at 1024x1024 leaves on a 24 GB machine. Its extremes
+    # are the same; given in the tensors' own dtypes, as the default mode gives them, the files are byte for byte
+    # the default mode's (tests/test_export_quantized.py).
     recipes = recipe_manager.RecipeManager()
     recipes.load_quantization_recipe(recipe.static_wi8_ai16())
     calibrator_ = calibrator.Calibrator(str(float_path), num_threads=os.cpu_count() or 1,
+                                        mode=getattr(calibrator.CalibrationMode, W8A16_CALIBRATION),
                                         qsv_update_func=qsv_utils.min_max_update)
     calibrator_.calibrate({signature: feeds}, recipes)
-    calibration = calibrator_.get_model_qsvs()
+    dtypes = {tensor["name"]: np.dtype(tensor["dtype"]) for tensor in interpreter.get_tensor_details()}
+    calibration = {name: {key: np.asarray(value, dtypes.get(name)) if key in ("min", "max") else value
+                          for key, value in ranges.items()}
+                   for name, ranges in calibrator_.get_model_qsvs().items()}
     del calibrator_
     huge = {name for name, ranges in calibration.items()
             if ranges and max(float(np.max(np.abs(ranges["min"]))), float(np.max(np.abs(ranges["max"]))))

@@ -106,6 +106,29 @@ def test_w8a16_keeps_float_inputs_and_outputs_and_beats_int8_activations(tiny, r
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("component", ["diffusion_model", "text_encoder"])
+def test_w8a16_profiler_calibration_writes_the_file_of_keeping_every_tensor(tiny, records, tmp_path, monkeypatch,
+                                                                           component):
+    """w8a16 calibrates inside the interpreter (ai-edge-quantizer's profiler-based mode, which keeps no intermediate
+    tensor): on the UNet (softmax, sigmoid, norms) and the text encoder (gathers, the causal mask's select), the file
+    is byte for byte the one of its default mode, which keeps every tensor of the run for Python to read."""
+    folder = tmp_path / "fp32"
+    folder.mkdir()
+    result = litert.export_components({component: getattr(tiny, component)}, tiny.config, (64, 64), "fp32",
+                                      str(folder))
+    source = folder / result[component]["file"]
+    signature = litert.component_signatures(tiny.config, (64, 64))[component]["signature"]
+    feeds = records[component]
+    assert quantize.W8A16_CALIBRATION == "CALIBRATION_PROFILER_BASED"
+    profiled = quantize.quantize_w8a16(source, tmp_path / "profiled.tflite", feeds, signature)
+    monkeypatch.setattr(quantize, "W8A16_CALIBRATION", "CALIBRATION_PRESERVE_ALL_TENSORS")
+    kept = quantize.quantize_w8a16(source, tmp_path / "kept.tflite", feeds, signature)
+    assert profiled == kept
+    assert (tmp_path / "profiled.tflite").read_bytes() == (tmp_path / "kept.tflite").read_bytes()
+    assert os.path.getsize(tmp_path / "profiled.tflite") < 0.6 * os.path.getsize(source)  # int8 weights
+
+
+@pytest.mark.slow
 def test_integer_only_describes_the_file(decoders):
     """``integer_only`` comes from the written file's ops: float ops (the norms' NEG/SQUARE between DEQUANTIZE
     and QUANTIZE) make it false and are listed, whatever the converter was asked for."""
