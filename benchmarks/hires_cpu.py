@@ -4,6 +4,8 @@
 - ``hires_128_to_512``: first pass at 128x128 (20 steps), latent upscale x4, second pass at 512x512 (10 steps,
   denoising strength 0.3: 3 of them run);
 - ``hires_128_to_512_strength_0.6``: the same with strength 0.6 (6 second-pass steps run);
+- ``hires_128_to_512_lanczos`` (strength 0.3) and ``..._lanczos_strength_0.6``: the upscale in pixels instead
+  (decode, Lanczos x4, encode): no latent interpolation between the passes;
 - ``compact_128_to_512``: SRVGGNetCompact as realesr-general-x4v3 (64 features, 32 convolutions, x4, random
   weights) on a 128x128 image, untiled and in the default tiles.
 
@@ -15,7 +17,7 @@ colour; ``one_object_right_rate``: that and the right shape. Times are the wall 
 (compiling) call of the same shapes. The machine may be shared: the load average is recorded at the start and
 the end.
 
-    KERAS_BACKEND=jax nice -n 5 python benchmarks/hires_cpu.py [--prompts 6]
+    KERAS_BACKEND=jax nice -n 5 python benchmarks/hires_cpu.py [--prompts 8]
 
 Writes ``benchmarks/results/hires_cpu_<backend>.json``.
 """
@@ -50,12 +52,14 @@ def generation_cases(num_prompts):
     pool = heldout_scenes(num_single=24, num_double=0)  # every colour / shape pair, colour by colour
     scenes = [pool[(index * 7) % len(pool)] for index in range(num_prompts)]  # a new colour and shape each time
 
-    def hires(strength):
-        return HiresFix(scale=4, upscaler="Latent", denoising_strength=strength, second_pass_steps=10)
+    def hires(strength, upscaler="Latent"):
+        return HiresFix(scale=4, upscaler=upscaler, denoising_strength=strength, second_pass_steps=10)
 
     cases = {"plain_512": dict(height=512, width=512),
              "hires_128_to_512": dict(height=128, width=128, hires=hires(0.3)),
-             "hires_128_to_512_strength_0.6": dict(height=128, width=128, hires=hires(0.6))}
+             "hires_128_to_512_strength_0.6": dict(height=128, width=128, hires=hires(0.6)),
+             "hires_128_to_512_lanczos": dict(height=128, width=128, hires=hires(0.3, "Lanczos")),
+             "hires_128_to_512_lanczos_strength_0.6": dict(height=128, width=128, hires=hires(0.6, "Lanczos"))}
     results = {}
     for name, options in cases.items():
         call = dict(num_steps=20, sampler="Euler", unconditional_guidance_scale=7.5, **options)
@@ -104,7 +108,7 @@ def upscaler_cases():
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--prompts", type=int, default=6)
+    parser.add_argument("--prompts", type=int, default=8)
     args = parser.parse_args()
     import keras
 
