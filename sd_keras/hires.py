@@ -247,7 +247,10 @@ def resize_latent(latent, height, width, mode="bilinear"):
         raise InputError(f"latent must be (batch, height, width, channels), got shape {latent.shape}")
     rows = _axis_matrix(latent.shape[1], height, mode)
     cols = _axis_matrix(latent.shape[2], width, mode)
-    return np.einsum("yh,bhwc,xw->byxc", rows, latent.astype(np.float64), cols).astype(np.float32)
+    # one axis at a time: a single three-operand einsum loops over every (y, h, w, x) quadruple (0.46 s for a
+    # 64x64 latent to 128x128 on one core, against 6 ms)
+    along_rows = np.einsum("yh,bhwc->bywc", rows, latent.astype(np.float64))
+    return np.einsum("bywc,xw->byxc", along_rows, cols).astype(np.float32)
 
 
 def _cover_crop_latent(latent, height, width, mode):
