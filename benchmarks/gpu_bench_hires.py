@@ -292,11 +292,11 @@ def main(argv=None):
     for part in args.parts.split(","):
         results[part] = parts[part]()
         print(part, json.dumps(results[part]), flush=True)
-    if args.out:
-        from sd_keras import files
+        if args.out:  # after every part: a run stopped by a time limit keeps the parts it finished
+            from sd_keras import files
 
-        with files.atomic_write(args.out, "w") as handle:
-            json.dump(results, handle, indent=1)
+            with files.atomic_write(args.out, "w") as handle:
+                json.dump(results, handle, indent=1)
     return 0
 
 

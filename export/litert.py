@@ -38,6 +38,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import traceback
 
 import numpy as np
 
@@ -350,6 +351,15 @@ def _run_convert(job_path):
         json.dump(result, handle)
 
 
+def _quantizer_error(error):
+    """The quantizer's error in one line: its type, its message's last 300 characters, and where it was raised
+    (the quantizer's errors are often a bare ``RuntimeError()`` from its native code)."""
+    message = " ".join(str(error).split())[-300:]
+    frames = traceback.extract_tb(error.__traceback__)
+    where = f" (at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno} in {frames[-1].name})" if frames else ""
+    return f"{type(error).__name__}{': ' + message if message else ' without a message'}{where}"
+
+
 def _to_int4(path, component):
     """Quantize the fp32 file at ``path`` in place to int4 weights (``quantize.quantize_int4``)."""
     float_path = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.fp32")
@@ -357,7 +367,7 @@ def _to_int4(path, component):
     try:
         quantize.quantize_int4(float_path, path)
     except (RuntimeError, ValueError, KeyError) as error:  # e.g. a weight dimension the block size does not divide
-        raise ExportError(f"{component}: int4 weights failed: {' '.join(str(error).split())[-300:]}") from None
+        raise ExportError(f"{component}: int4 weights failed: {_quantizer_error(error)}") from None
     finally:
         os.unlink(float_path)
 
@@ -367,8 +377,7 @@ def _to_w8a16(path, feeds, component, signature_key):
     try:
         quantize.quantize_w8a16(path, path, feeds, signature_key)
     except (RuntimeError, ValueError, KeyError) as error:  # the quantizer's calibration or rewriting failed
-        raise ExportError(f"{component}: int16 activations (w8a16) failed: "
-                          f"{' '.join(str(error).split())[-300:]}") from None
+        raise ExportError(f"{component}: int16 activations (w8a16) failed: {_quantizer_error(error)}") from None
     return {"activations": "int16", **_integer_facts(path)}
 
 

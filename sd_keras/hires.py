@@ -16,11 +16,12 @@ the first-pass size and adds detail in a second, image-to-image pass at the targ
 
 How much the second pass may redraw depends on how far the target is above the native size: the second pass is
 a text-to-image model at a size it repeats objects at, held to the first pass's picture only by the part of the
-noise schedule it skips. The ``shapes`` model (native 128) taken to 512x512 (x4, latent upscale, 10 second-pass
-steps, objects counted with ``sd_keras.evaluate.count_objects``): at strength 0.3 the six held-out prompts of
-``tests/test_hires.py`` each keep their one object, and 2 of the 4 of ``benchmarks/hires_cpu.py`` (a small object
-broken into several, a colour fringe from the x4 latent interpolation); at 0.6, 1 of those 4 (plain 512x512: 7.5
-objects per image). A1111's default of 0.7 suits x1.5 to x2 on SD 1.x.
+noise schedule it skips. The ``shapes`` model (native 128) taken to 512x512 (x4, 10 second-pass steps, objects
+counted with ``sd_keras.evaluate.count_objects``, 8 held-out prompts of ``benchmarks/hires_cpu.py``): upscaled in
+pixels (``"Lanczos"``) at strength 0.3, every image keeps its one object; with the latent upscale, 5 of 8 (the x4
+interpolation leaves a fringe of another colour around an edge and can break a small object in pieces); at 0.6,
+3 and 2 of 8 (plain 512x512: 8.6 objects per image). ``tests/test_hires.py`` checks six other held-out prompts
+with the latent upscale at 0.3 (all six keep their object; with ``"Lanczos"``, five). A1111's default of 0.7 suits x1.5 to x2 on SD 1.x.
 
 Both passes run the engine's compiled loop: the second is exactly an image-to-image call at the target size (the
 same compiled program ``image_to_image`` uses for that size, steps and sampler), so a repeated hires generation

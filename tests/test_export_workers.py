@@ -134,3 +134,22 @@ def test_int4_on_a_dimension_the_block_size_does_not_divide_is_an_export_error(s
         exporter.export_bundle(model, str(tmp_path / "out"), quantization="int4", calibration_prompts=[PROMPT],
                                calibration_steps=1, quality_gates=False, end_to_end=False)
     assert _leftovers(tmp_path, set()) == []
+
+
+def test_a_quantizer_error_without_a_message_is_named_by_its_type_and_place(tmp_path, monkeypatch):
+    """The quantizer's native code can raise a bare ``RuntimeError()``: the export error names the type and where it
+    was raised instead of ending in an empty message."""
+    from sd_keras.export import litert, quantize
+    from sd_keras.export.bundle import ExportError
+
+    def calibration_fails(*args, **kwargs):
+        raise RuntimeError()
+
+    monkeypatch.setattr(quantize, "quantize_w8a16", calibration_fails)
+    with pytest.raises(ExportError, match=r"^unet part 3: int16 activations \(w8a16\) failed: RuntimeError without a "
+                                          r"message \(at test_export_workers\.py:\d+ in calibration_fails\)$"):
+        litert._to_w8a16(str(tmp_path / "part.tflite"), [], "unet part 3", "serving_default")
+    monkeypatch.setattr(quantize, "quantize_int4", lambda *args: (_ for _ in ()).throw(ValueError("bad  block\nsize")))
+    (tmp_path / "part.tflite").write_bytes(b"float")
+    with pytest.raises(ExportError, match=r"int4 weights failed: ValueError: bad block size \(at "):
+        litert._to_int4(str(tmp_path / "part.tflite"), "unet part 3")
