@@ -235,6 +235,39 @@ class _weights_in_slices:
         return np.concatenate(pieces, axis=0)
 
 
+class _calibration_check_without_tensors:
+    """Within this context, ai-edge-quantizer's check that every tensor of a signature has calibrated ranges
+    reads the tensors' names from an interpreter that allocates nothing. Its own check builds an interpreter that
+    keeps every intermediate tensor and allocates them all, only to read their names: for the last SDXL UNet part
+    at 1024x1024 that allocation fails (a bare ``RuntimeError`` from ``allocate_tensors``)."""
+
+    def __enter__(self):
+        from ai_edge_quantizer import quantizer
+
+        self.owner, self.original = quantizer.Quantizer, quantizer.Quantizer._ensure_model_qsv_sufficient
+        self.owner._ensure_model_qsv_sufficient = self.check
+        return self
+
+    def __exit__(self, *exc):
+        self.owner._ensure_model_qsv_sufficient = self.original
+
+    @staticmethod
+    def check(engine, calibration_result):
+        from ai_edge_quantizer.utils import tfl_interpreter_utils as utils
+
+        empty = {name for name, ranges in calibration_result.items() if not ranges}
+        if not empty:
+            return
+        interpreter = utils.create_tfl_interpreter(engine._float_model_buffer, allocate_tensors=False,
+                                                   preserve_all_tensors=False)
+        for key in interpreter.get_signature_list():
+            subgraph = utils.get_signature_main_subgraph_index(interpreter, key)
+            missing = sorted({tensor["name"] for tensor in interpreter.get_tensor_details(subgraph)} & empty)
+            if missing:
+                raise ValueError(f"Missing QSVs (min/max) for tensor {missing[0]} in Signature '{key}'. Please "
+                                 f"check if Signature {key} has been calibrated.")
+
+
 def quantize_w8a16(float_path, output_path, feeds, signature):
     """Write the int8-weight, int16-activation version of the float ``.tflite`` at ``float_path`` (atomic).
 
@@ -290,7 +323,7 @@ def quantize_w8a16(float_path, output_path, feeds, signature):
              for scope in sorted(kept_float)]
     engine = quantizer.Quantizer(str(float_path))
     engine.load_quantization_recipe(plan)
-    with _weights_in_slices():
+    with _weights_in_slices(), _calibration_check_without_tensors():
         quantized = engine.quantize(calibration, enable_progress_report=False).quantized_model
     files.write_bytes(output_path, _float_inputs_and_outputs(quantized))
     return {"kept_float": sorted(kept_float)}

@@ -5,8 +5,10 @@ tested in test_export.py).
 Thresholds are the export's own gates (``verify.GATES``), which hold on the tiny preset's random weights.
 """
 
+import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -375,3 +377,36 @@ def test_convolutions_of_more_than_32_mib_quantize_to_int4_and_w8a16(tmp_path):
         got = _run_file(path, x)
         snr = 10 * np.log10(np.mean(expected**2) / np.mean((expected - got) ** 2))
         assert snr >= min_snr_db, (mode, snr)
+
+
+def test_calibration_check_reads_names_without_allocating_and_still_refuses_missing_ranges(tmp_path, monkeypatch):
+    """w8a16 replaces ai-edge-quantizer's check that every tensor was calibrated (its interpreter allocates every
+    intermediate tensor, which fails for the last SDXL UNet part at 1024x1024) by one that allocates nothing: the
+    file is the one the quantizer's own check lets through, a missing range is still refused, and the quantizer is
+    left as it was."""
+    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_quantizer import quantizer
+    from ai_edge_quantizer.utils import tfl_interpreter_utils
+
+    source = _convolution_file(tmp_path / "float.tflite", 16)
+    feeds = [{"x": np.random.default_rng(i).standard_normal((1, 8, 8, 16)).astype(np.float32)} for i in range(2)]
+    original = quantizer.Quantizer._ensure_model_qsv_sufficient
+    check = quantize._calibration_check_without_tensors.check
+    quantize.quantize_w8a16(source, tmp_path / "light.tflite", feeds, "serving_default")
+    assert quantizer.Quantizer._ensure_model_qsv_sufficient is original
+    allocations = []
+    creating = tfl_interpreter_utils.create_tfl_interpreter
+    monkeypatch.setattr(tfl_interpreter_utils, "create_tfl_interpreter",
+                        lambda *args, **kwargs: allocations.append(kwargs) or creating(*args, **kwargs))
+    monkeypatch.setattr(quantize, "_calibration_check_without_tensors", contextlib.nullcontext)
+    quantize.quantize_w8a16(source, tmp_path / "own_check.tflite", feeds, "serving_default")
+    assert any(kwargs.get("preserve_all_tensors", True) for kwargs in allocations)  # the quantizer's own check ran
+    assert (tmp_path / "light.tflite").read_bytes() == (tmp_path / "own_check.tflite").read_bytes()
+
+    engine = quantizer.Quantizer(str(source))
+    names = [tensor["name"] for tensor in Interpreter(model_path=str(source)).get_tensor_details()]
+    assert check(engine, {name: {"min": np.zeros(1), "max": np.ones(1)} for name in names}) is None
+    with pytest.raises(ValueError, match=f"Missing QSVs \\(min/max\\) for tensor {re.escape(names[-1])} in "
+                                         "Signature 'serving_default'"):
+        check(engine, {name: ({} if name == names[-1] else {"min": np.zeros(1), "max": np.ones(1)})
+                       for name in names})
