@@ -10,6 +10,10 @@ peak device memory, for the variants in ``--probe`` (extra environments).
     python benchmarks/first_image.py --model sd-v1 --random --dtype bfloat16 --size 512 --steps 50 \\
         --batches 1,8 --probe --out first_image_gpu.json                                            # GPU
 
+Each variant also records where its time went (JAX's own timings): seconds spent tracing Python to jaxprs, lowering
+them to StableHLO, compiling with XLA and reading the persistent cache, per stage, and the slowest programs.
+``--model sd-xl --random`` (or ``tiny-xl``) runs the SDXL pipeline.
+
 Prints one line per variant and writes JSON. Not a test: numbers depend on the machine.
 """
 
@@ -36,23 +40,63 @@ import collections
 import numpy as np
 import keras
 events = collections.Counter()
+# where a first call's time goes (JAX): seconds in tracing to a jaxpr, lowering to StableHLO, XLA's compilation and
+# reading the persistent cache, summed per stage of this script, and the programs that took longest
+PHASES = {"jaxpr_trace_duration": "trace_s", "jaxpr_to_mlir_module_duration": "lower_s",
+          "backend_compile_duration": "xla_compile_s", "cache_retrieval_time_sec": "cache_read_s"}
+phases = collections.defaultdict(collections.Counter)
+programs = collections.Counter()
+current = ["import"]
+
+def on_duration(name, seconds, **kwargs):
+    phase = PHASES.get(name.rsplit("/", 1)[-1])
+    if phase:
+        phases[current[0]][phase] += seconds
+        if phase != "cache_read_s":
+            programs[(current[0], phase, str(kwargs.get("fun_name", "?"))[:60])] += seconds
+
 if keras.backend.backend() == "jax":
     import jax
     jax.monitoring.register_event_listener(lambda name, **kw: events.update([name.rsplit("/", 1)[-1]]))
+    jax.monitoring.register_event_duration_secs_listener(on_duration)
 from sd_keras import backend
+from sd_keras.config_sdxl import SDXL_PRESETS
 from sd_keras.pipeline import StableDiffusion
+from sd_keras.pipeline_sdxl import TINY_PRESETS, StableDiffusionXL
+pipeline = StableDiffusionXL if options["model"] in {*SDXL_PRESETS, *TINY_PRESETS} else StableDiffusion
 imported = time.perf_counter()
 stage("build")
-if options["random"]:
-    model = StableDiffusion.from_config(options["model"], dtype=options["dtype"])
+current[0] = "build"
+if options["random"] and options.get("narrow", 1) > 1:
+    # the architecture's every layer, each width divided: the same programs to trace and lower
+    import dataclasses
+    from sd_keras.config_sdxl import get_sdxl_config
+    n = options["narrow"]
+    config = get_sdxl_config(options["model"])
+    def narrow(part, fields):
+        return dataclasses.replace(part, **{f: (tuple(v // n for v in getattr(part, f))
+                                                if isinstance(getattr(part, f), tuple) else getattr(part, f) // n)
+                                            for f in fields if getattr(part, f) is not None})
+    encoder_fields = ("width", "intermediate_size", "projection_dim")
+    config = dataclasses.replace(
+        config, name=config.name + f"-narrow{n}",
+        text_encoder=config.text_encoder and narrow(config.text_encoder, encoder_fields),
+        text_encoder_2=narrow(config.text_encoder_2, encoder_fields),
+        unet=narrow(config.unet, ("block_out_channels", "head_size", "context_dim", "timestep_dim",
+                                  "time_embed_dim", "addition_time_embed_dim", "pooled_dim")),
+        vae=narrow(config.vae, ("block_out_channels",)))
+    model = pipeline.from_config(config, dtype=options["dtype"])
+elif options["random"]:
+    model = pipeline.from_config(options["model"], dtype=options["dtype"])
 else:
-    model = StableDiffusion.from_preset(options["model"], dtype=options["dtype"])
+    model = pipeline.from_preset(options["model"], dtype=options["dtype"])
 built = time.perf_counter()
 result = {"import_s": imported - started, "build_s": built - imported, "batches": {}}
 for batch in options["batches"]:
     times = []
     for run in ("first", "second"):
         stage(f"batch{batch}_{run}")
+        current[0] = f"batch{batch}_{run}"
         steps = []
         start = time.perf_counter()
         model.text_to_image("a red circle above a blue square", batch_size=batch, num_steps=options["steps"],
@@ -63,7 +107,11 @@ for batch in options["batches"]:
     result["batches"][str(batch)] = {"first_image_s": times[0], "second_image_s": times[1]}
 stage("end")
 result.update(backend=keras.backend.backend(), cache_folder=backend.compilation_cache_dir(),
-              cache_hits=events["cache_hits"], cache_misses=events["cache_misses"])
+              cache_hits=events["cache_hits"], cache_misses=events["cache_misses"],
+              phases={name: {key: round(value, 3) for key, value in counter.items()}
+                      for name, counter in phases.items()},
+              slowest_programs=[{"stage": stage, "phase": phase, "program": program, "seconds": round(seconds, 3)}
+                                for (stage, phase, program), seconds in programs.most_common(12)])
 if keras.backend.backend() == "jax":
     device = jax.devices()[0]
     result["device"] = device.device_kind
@@ -105,6 +153,9 @@ def main():
     parser.add_argument("--model", default="shapes", help="preset name (or a config name with --random)")
     parser.add_argument("--random", action="store_true", help="random weights of the preset's architecture")
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--narrow", type=int, default=1,
+                        help="with --random and an SDXL preset: every width divided by this (the same layers, so "
+                             "the same tracing and lowering work; for a machine without the memory for the model)")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batches", default="1", help="comma-separated batch sizes, in this order")
@@ -117,7 +168,7 @@ def main():
     args = parser.parse_args()
 
     options = {"model": args.model, "random": args.random, "dtype": args.dtype, "size": args.size,
-               "steps": args.steps, "batches": [int(b) for b in args.batches.split(",")]}
+               "steps": args.steps, "narrow": args.narrow, "batches": [int(b) for b in args.batches.split(",")]}
     cache_root = tempfile.mkdtemp(prefix="sd-keras-first-image-")
     base = {**os.environ, "KERAS_BACKEND": args.backend, "SD_KERAS_CACHE": cache_root, "PYTHONUNBUFFERED": "1"}
     base.pop("SD_KERAS_COMPILATION_CACHE", None)
