@@ -53,6 +53,11 @@ class ProgramCache:
     def __contains__(self, key):
         return key in self._programs
 
+    def peek(self, key):
+        """The program held for ``key``, or None; builds nothing and leaves the order of use as it is."""
+        with self._lock:
+            return self._programs.get(key)
+
     def resize(self, max_size):
         """Hold at most ``max_size`` programs from now on (None: no bound); drops the oldest ones over it."""
         if max_size is not None and (isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1):
@@ -270,9 +275,17 @@ class DenoisingLoop:
                 self._progress_sink(step)
             self._reported = max(self._reported, int(i) + 1)
 
+    def _key(self, sampler, mode, with_callback, shapes):
+        return (id(self), _sampler_key(sampler), mode, with_callback, _shape_key(shapes))
+
     def _program(self, sampler, mode, with_callback, shapes):
-        key = (id(self), _sampler_key(sampler), mode, with_callback, _shape_key(shapes))
+        key = self._key(sampler, mode, with_callback, shapes)
         return self.programs.get(key, lambda: _Program(self._build(sampler, mode, with_callback)))
+
+    def _compiled(self, sampler, mode, with_callback, shapes):
+        """Whether this shape's program (with or without progress reports) has been compiled already."""
+        program = self.programs.peek(self._key(sampler, mode, with_callback, shapes))
+        return program is not None and program.compiled
 
     def _start(self, program, progress, weights, latent, state, args, every, extra):
         """Tell ``progress`` that the steps start; first compile ``program`` by running it for zero steps when this
@@ -307,7 +320,9 @@ class DenoisingLoop:
             progress: ``callable(step_done)`` or None, called once for every step, in order, in groups of
                 ``progress_interval(num_steps, seconds_per_step)`` steps (at most 4 groups, none shorter than
                 0.25 s once a generation of this shape has been timed; a faster generation runs without reports
-                and then reports every step at the end). The compiled loop reports to the host from inside (JAX;
+                and then reports every step at the end, or, where only this shape's reporting program has been
+                compiled so far, runs that one with a single report at the last step rather than compiling
+                another). The compiled loop reports to the host from inside (JAX;
                 TensorFlow graphs: large models on a CPU-only TensorFlow); with TensorFlow's XLA, whose programs
                 cannot call Python, the same program runs that many steps per call. If ``progress`` has a
                 ``phase`` method, it is called with ``"compiling"`` before the first run of a shape compiles
@@ -335,7 +350,16 @@ class DenoisingLoop:
         every = progress_interval(num_steps, self._seconds_per_step.get(timing_key))
         in_one_go = progress is not None and every >= num_steps - start_index  # fast: one report, at the end
         if progress is None or in_one_go or backend.supports_loop_callback(self._num_params):
-            program = self._program(sampler, mode, progress is not None and not in_one_go, (latent, noise, extra))
+            shapes = (latent, noise, extra)
+            with_callback = progress is not None and not in_one_go
+            if (in_one_go and backend.supports_loop_callback(self._num_params)
+                    and not self._compiled(sampler, mode, False, shapes)
+                    and self._compiled(sampler, mode, True, shapes)):
+                # A generation fast enough to report once, whose shape so far ran only with reports (the first
+                # run of a shape reports as it goes): its reporting program reports once, at the last step,
+                # instead of a second program being compiled for the same work.
+                with_callback, in_one_go, every = True, False, max(1, num_steps - start_index)
+            program = self._program(sampler, mode, with_callback, shapes)
             self._start(program, progress, weights, latent, state, args, every, extra)
             traces, started = self.trace_count, time.perf_counter()
             self._progress_sink, self._reported = progress, start_index

@@ -125,6 +125,35 @@ def test_progress_inside_the_loop_reports_every_few_steps_and_covers_all(monkeyp
     assert loop_lib.progress_interval(1, None) == 1
 
 
+def test_a_fast_generation_reports_once_through_the_program_it_already_has(monkeypatch):
+    # Progress from inside the loop (JAX without the persistent cache; TensorFlow's graph path): the first run of a
+    # shape reports as it goes. Once timed as fast, a generation reports once, at the end, through that program:
+    # no second program is compiled for the same work.
+    from sd_keras import backend
+
+    monkeypatch.setattr(backend, "CPU_GRAPH_MIN_PARAMS", 1)
+    monkeypatch.setattr(backend, "compilation_cache_dir", lambda: None)
+    model = StableDiffusion.from_preset("tiny")
+    reports = []
+    on_step = model._loop._on_step
+    model._loop._on_step = lambda i: (reports.append(int(i)), on_step(i))
+    seen = []
+    first = model.text_to_image("x", num_steps=9, seed=0, progress=seen.append, **SIZE)
+    assert seen == list(range(1, 10)) and reports == [2, 5, 8]
+    compilations, traces = model.programs.compilations, model._loop.trace_count
+    timings = model._loop._seconds_per_step
+    assert len(timings) == 1
+    timings.update({key: 0.001 for key in timings})  # a fast generation: one report, at the end
+    reports.clear(), seen.clear()
+    second = model.text_to_image("x", num_steps=9, seed=0, progress=seen.append, **SIZE)
+    assert seen == list(range(1, 10)) and reports == [8]
+    assert (model.programs.compilations, model._loop.trace_count) == (compilations, traces)
+    np.testing.assert_array_equal(first, second)
+    # without progress, the program without reports is compiled as before
+    model.text_to_image("x", num_steps=9, seed=0, **SIZE)
+    assert model._loop.trace_count == traces + 1
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_progress_in_chunks_gives_the_same_image(dtype, monkeypatch):
