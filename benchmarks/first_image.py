@@ -163,12 +163,17 @@ def main():
     parser.add_argument("--probe", action="store_true",
                         help="also run without the cache under XLA_PYTHON_CLIENT_PREALLOCATE=false and with XLA's "
                              "rematerialization pass off (GPU: where the rematerialization warnings come from)")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=XLA_FLAGS",
+                        help="also run without the cache under these XLA flags (repeatable), e.g. "
+                             "autotune_0=--xla_gpu_autotune_level=0: how much of XLA's compilation is autotuning")
     parser.add_argument("--logs", help="folder for each variant's stderr")
     parser.add_argument("--out", help="JSON file to write")
     args = parser.parse_args()
 
     options = {"model": args.model, "random": args.random, "dtype": args.dtype, "size": args.size,
                "steps": args.steps, "narrow": args.narrow, "batches": [int(b) for b in args.batches.split(",")]}
+    if args.logs:
+        os.makedirs(args.logs, exist_ok=True)
     cache_root = tempfile.mkdtemp(prefix="sd-keras-first-image-")
     base = {**os.environ, "KERAS_BACKEND": args.backend, "SD_KERAS_CACHE": cache_root, "PYTHONUNBUFFERED": "1"}
     base.pop("SD_KERAS_COMPILATION_CACHE", None)
@@ -184,6 +189,12 @@ def main():
                 ("no_cache_no_rematerialization",
                  {**off, "XLA_FLAGS": (off.get("XLA_FLAGS", "") + " --xla_disable_hlo_passes=rematerialization")},
                  first_batch)]
+        for variant in args.variant:
+            name, _, flags = variant.partition("=")
+            if not name or not flags:
+                parser.error(f"--variant needs NAME=XLA_FLAGS, got {variant!r}")
+            variants.append((f"no_cache_{name}", {**off, "XLA_FLAGS": (off.get("XLA_FLAGS", "") + " " + flags).strip()},
+                             first_batch))
     results = {"options": options, "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                                                "python": platform.python_version()},
                "variants": {}}
@@ -193,12 +204,12 @@ def main():
             measured = run_child(variant_options, env, log)
             results["variants"][name] = measured
             print(name, json.dumps(measured), flush=True)
+            if args.out:  # after each variant: a run cut short keeps what it measured
+                from sd_keras import files
+
+                files.write_json(args.out, results)
     finally:
         shutil.rmtree(cache_root, ignore_errors=True)
-    if args.out:
-        from sd_keras import files
-
-        files.write_json(args.out, results)
 
 
 if __name__ == "__main__":
