@@ -280,8 +280,7 @@ def _finish(source, staging, destination, converted, records, plan, settings, lo
         components[name] = {"file": converted[name]["file"], "sha256": sha256_file(path),
                             "quantization": plan[name], **signatures[name],
                             "large_model_layout": converted[name]["large_model_layout"]}
-        for fact in ("integer_only", "float_ops", "activations", "int8_activations_psnr_db",
-                     "int16_activations_psnr_db"):
+        for fact in quantize.FILE_FACTS:
             if converted[name].get(fact) is not None:
                 components[name][fact] = converted[name][fact]
     factor = config.vae.downsample_factor

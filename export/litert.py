@@ -375,10 +375,13 @@ def _to_int4(path, component):
 def _to_w8a16(path, feeds, component, signature_key):
     """Quantize the fp32 file at ``path`` in place to int8 weights / int16 activations; its integer facts."""
     try:
-        quantize.quantize_w8a16(path, path, feeds, signature_key)
+        kept = quantize.quantize_w8a16(path, path, feeds, signature_key)
     except (RuntimeError, ValueError, KeyError) as error:  # the quantizer's calibration or rewriting failed
         raise ExportError(f"{component}: int16 activations (w8a16) failed: {_quantizer_error(error)}") from None
-    return {"activations": "int16", **_integer_facts(path)}
+    facts = {"activations": "int16", **_integer_facts(path)}
+    if kept["im2col_float"]:
+        facts["im2col_float_convolutions"] = len(kept["im2col_float"])
+    return facts
 
 
 def _convert_all(models, config, image_size, plan, output_dir, representative, components,
@@ -522,7 +525,8 @@ def widen_activations(task, *, graph=None, references=None):
     try:
         widened = run_job(dict(job, mode="fp32", finish="w8a16", path=wide,
                                large=job["weight_bytes"] > _LARGE_MODEL_MARGIN * FLATBUFFER_LIMIT))
-        widened = {key: widened[key] for key in ("activations", "integer_only", "float_ops")}
+        widened = {key: widened[key] for key in ("activations", "integer_only", "float_ops",
+                                                 "im2col_float_convolutions") if key in widened}
         wide_psnr = psnr_of(wide)
         if not wide_psnr > psnr:  # NaN included
             raise ExportError(f"{component}: int16 activations measure {wide_psnr:.1f} dB against Keras, no "

@@ -53,6 +53,14 @@ COMPONENT_NAMES = {"text_encoder": "text_encoder", "text_encoder_2": "text_encod
 W8A16_FLOAT_RANGE = 1e6
 W8A16_CALIBRATION = "CALIBRATION_PROFILER_BASED"  # ai-edge-quantizer's CalibrationMode for w8a16 (see there)
 W8A16_FLOAT_OPS = ("RSQRT",)  # ... and so do these ops and the ops reading their outputs (see quantize_w8a16)
+# LiteRT's int16-activation CONV_2D gathers its input into one im2col buffer (batch x output pixels x kernel
+# height x width x input channels elements) and refuses to prepare one over this many ("Conv im2col elements
+# exceed the 32-bit integer limit"): the SDXL decoder's last block at 1024x1024 needs 2.4 billion. Such a
+# convolution stays float in a w8a16 file (float convolutions have no such buffer); int8 ones prepare.
+INT16_CONV_IM2COL_LIMIT = 2**31 - 1
+# what a quantized component file's manifest entry and report say about it (export/BUNDLE.md)
+FILE_FACTS = ("integer_only", "float_ops", "activations", "im2col_float_convolutions", "int8_activations_psnr_db",
+              "int16_activations_psnr_db")
 INT4_BLOCK_SIZE = 32
 INT8_ACTIVATIONS_MIN_PSNR_DB = 30.0  # int8-full: below this on the calibration data, use int16 activations
 # ai-edge-quantizer (0.10) quantizes a weight of more than 32 MiB in row chunks of its 2-D reshape, and broadcasting
@@ -278,7 +286,9 @@ def quantize_w8a16(float_path, output_path, feeds, signature):
         signature: the signature key.
 
     Returns:
-        ``{"kept_float": [op scopes kept float because their values pass W8A16_FLOAT_RANGE]}``.
+        ``{"kept_float": [op scopes kept float: their values pass W8A16_FLOAT_RANGE, or an op reads a
+        W8A16_FLOAT_OPS output], "im2col_float": [CONV_2D scopes kept float because LiteRT's int16 kernel could
+        not prepare them (``oversized_int16_convolutions``)]}``.
     """
     from ai_edge_litert.interpreter import Interpreter
     from ai_edge_quantizer import calibrator, quantizer, recipe, recipe_manager
@@ -318,6 +328,8 @@ def quantize_w8a16(float_path, output_path, feeds, signature):
         touched = {names[i] for i in list(op["inputs"]) + list(op["outputs"]) if i >= 0}
         if touched & huge:  # the quantizer names an op's scope by its outputs: "out1;out2;"
             kept_float.add("".join(names[i] + ";" for i in op["outputs"] if i >= 0))
+    im2col_float = set(oversized_int16_convolutions(interpreter))
+    kept_float |= im2col_float
     plan = recipe.static_wi8_ai16()
     plan += [{"regex": "^" + re.escape(scope) + "$", "operation": "*", "algorithm_key": "no_quantize"}
              for scope in sorted(kept_float)]
@@ -326,7 +338,28 @@ def quantize_w8a16(float_path, output_path, feeds, signature):
     with _weights_in_slices(), _calibration_check_without_tensors():
         quantized = engine.quantize(calibration, enable_progress_report=False).quantized_model
     files.write_bytes(output_path, _float_inputs_and_outputs(quantized))
-    return {"kept_float": sorted(kept_float)}
+    return {"kept_float": sorted(kept_float), "im2col_float": sorted(im2col_float)}
+
+
+def oversized_int16_convolutions(interpreter, limit=INT16_CONV_IM2COL_LIMIT):
+    """The CONV_2D ops of a float model (a LiteRT ``Interpreter``) whose im2col buffer with int16 activations
+    would pass ``limit`` elements, named by scope as the quantizer names them (their outputs, ``"out;"``).
+
+    A convolution needs the buffer unless its kernel is 1x1 and it keeps the input's height and width.
+    """
+    tensors = {tensor["index"]: tensor for tensor in interpreter.get_tensor_details()}
+    found = []
+    for op in interpreter._get_ops_details():
+        if op["op_name"] != "CONV_2D":
+            continue
+        source, kernel, output = (tensors[op["inputs"][0]]["shape"], tensors[op["inputs"][1]]["shape"],
+                                  tensors[op["outputs"][0]]["shape"])
+        (_, kernel_height, kernel_width, channels), (batch, height, width, _) = kernel, output
+        if kernel_height * kernel_width == 1 and tuple(source[1:3]) == (height, width):
+            continue
+        if int(batch) * int(height) * int(width) * int(kernel_height) * int(kernel_width) * int(channels) > limit:
+            found.append("".join(tensors[i]["name"] + ";" for i in op["outputs"] if i >= 0))
+    return found
 
 
 def _float_inputs_and_outputs(model_bytes):

@@ -310,8 +310,7 @@ def evaluate(model, bundle_path, manifest, records, mode, *, random_weights, thr
             "quantization": entry["quantization"],
             "parity": parity, "latency": measure_latency(path, entry, picked[0], runs=latency_runs, threads=threads),
             "gates": check_gates(parity, GATES[plan[component]]["component"]),
-            **{fact: entry[fact] for fact in ("integer_only", "float_ops", "activations", "int8_activations_psnr_db",
-                                              "int16_activations_psnr_db") if fact in entry},
+            **{fact: entry[fact] for fact in quantize.FILE_FACTS if fact in entry},
         }
     report["total_size_bytes"] = sum(entry["size_bytes"] for entry in report["components"].values())
     if end_to_end_settings is not None:

@@ -410,3 +410,65 @@ def test_calibration_check_reads_names_without_allocating_and_still_refuses_miss
                                          "Signature 'serving_default'"):
         check(engine, {name: ({} if name == names[-1] else {"min": np.zeros(1), "max": np.ones(1)})
                        for name in names})
+
+
+def _im2col_file(path, size=512, channels=168, kernel=7):
+    """A float .tflite of a 1x1 convolution (channels -> channels) and a ``kernel`` x ``kernel`` one (channels -> 4)
+    on a ``size`` x ``size`` input: the second's int16 im2col buffer, size^2 x kernel^2 x channels elements, is over
+    2^31 - 1 at the defaults (2,157,969,408), as the SDXL decoder's last block is at 1024x1024."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    pointwise = tf.constant(rng.standard_normal((1, 1, channels, channels)).astype(np.float32) * 0.1)
+    wide = tf.constant(rng.standard_normal((kernel, kernel, channels, 4)).astype(np.float32) * 0.01)
+
+    @tf.function(input_signature=[tf.TensorSpec([1, size, size, channels], tf.float32, name="x")])
+    def convolutions(x):
+        return {"y": tf.nn.conv2d(tf.nn.conv2d(x, pointwise, 1, "SAME"), wide, 1, "SAME")}
+
+    module = tf.Module()
+    module.convolutions = convolutions
+    saved = str(path) + ".savedmodel"
+    tf.saved_model.save(module, saved, signatures={"serving_default": convolutions})
+    with open(path, "wb") as handle:
+        handle.write(tf.lite.TFLiteConverter.from_saved_model(saved).convert())
+    return path
+
+
+@pytest.mark.slow
+def test_convolutions_whose_int16_im2col_litert_refuses_stay_float(tmp_path, monkeypatch):
+    """LiteRT refuses to prepare an int16-activation convolution whose im2col buffer has more than 2^31 - 1 elements
+    (the SDXL decoder at 1024x1024 was refused so). w8a16 keeps exactly those convolutions float: the file prepares
+    and runs near the float one, the 1x1 convolution stays int16, and the manifest fact counts the float one. The
+    same file quantized without that rule is refused by LiteRT, naming the limit."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    source = _im2col_file(tmp_path / "float.tflite")
+    x = np.random.default_rng(1).standard_normal((1, 512, 512, 168)).astype(np.float32)
+    float_model = Interpreter(model_path=str(source))
+    found = quantize.oversized_int16_convolutions(float_model)
+    assert len(found) == 1
+    elements = 512 * 512 * 7 * 7 * 168
+    assert quantize.oversized_int16_convolutions(float_model, limit=elements) == []
+    assert quantize.oversized_int16_convolutions(float_model, limit=elements - 1) == found
+
+    path = tmp_path / "w8a16.tflite"
+    assert quantize.quantize_w8a16(source, path, [{"x": x}], "serving_default")["im2col_float"] == found
+    quantized = Interpreter(model_path=str(path))
+    quantized.allocate_tensors()
+    tensors = {tensor["index"]: tensor for tensor in quantized.get_tensor_details()}
+    inputs = {tuple(tensors[op["inputs"][1]]["shape"][1:3]): tensors[op["inputs"][0]]["dtype"]
+              for op in quantized._get_ops_details() if op["op_name"] == "CONV_2D"}
+    assert inputs == {(1, 1): np.int16, (7, 7): np.float32}
+    expected, got = _run_file(source, x), _run_file(path, x)
+    snr = 10 * np.log10(np.mean(expected**2) / np.mean((expected - got) ** 2))
+    assert snr >= 30.0, snr
+
+    facts = litert._to_w8a16(str(_im2col_file(tmp_path / "again.tflite")), [{"x": x}], "decoder", "serving_default")
+    assert facts["im2col_float_convolutions"] == 1 and facts["float_ops"]["CONV_2D"] == 1
+
+    monkeypatch.setattr(quantize, "oversized_int16_convolutions", lambda interpreter: [])
+    refused = tmp_path / "refused.tflite"
+    assert quantize.quantize_w8a16(source, refused, [{"x": x}], "serving_default")["im2col_float"] == []
+    with pytest.raises(RuntimeError, match=r"im2col elements \(2157969408\) exceed the 32-bit integer limit"):
+        Interpreter(model_path=str(refused)).allocate_tensors()
