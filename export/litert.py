@@ -381,6 +381,8 @@ def _to_w8a16(path, feeds, component, signature_key):
     facts = {"activations": "int16", **_integer_facts(path)}
     if kept["im2col_float"]:
         facts["im2col_float_convolutions"] = len(kept["im2col_float"])
+    if kept["reductions_float"]:
+        facts["float_reductions"] = len(kept["reductions_float"])
     return facts
 
 
@@ -526,7 +528,7 @@ def widen_activations(task, *, graph=None, references=None):
         widened = run_job(dict(job, mode="fp32", finish="w8a16", path=wide,
                                large=job["weight_bytes"] > _LARGE_MODEL_MARGIN * FLATBUFFER_LIMIT))
         widened = {key: widened[key] for key in ("activations", "integer_only", "float_ops",
-                                                 "im2col_float_convolutions") if key in widened}
+                                                 "im2col_float_convolutions", "float_reductions") if key in widened}
         wide_psnr = psnr_of(wide)
         if not wide_psnr > psnr:  # NaN included
             raise ExportError(f"{component}: int16 activations measure {wide_psnr:.1f} dB against Keras, no "

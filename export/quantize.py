@@ -58,9 +58,14 @@ W8A16_FLOAT_OPS = ("RSQRT",)  # ... and so do these ops and the ops reading thei
 # exceed the 32-bit integer limit"): the SDXL decoder's last block at 1024x1024 needs 2.4 billion. Such a
 # convolution stays float in a w8a16 file (float convolutions have no such buffer); int8 ones prepare.
 INT16_CONV_IM2COL_LIMIT = 2**31 - 1
+# LiteRT's int16 MEAN (and SUM) adds the int16 values it reduces in an int32: over more than this many values per
+# output it can overflow and returns garbage (the mean of 512x512 values near 3 came out 0.5; GroupNorm reduces
+# 1024x1024x4 values in the SDXL decoder at 1024x1024, 512x512x4 in SD 1.x's at 512x512). Such reductions stay
+# float in a w8a16 file.
+INT16_REDUCTION_LIMIT = 2**31 // 2**15
 # what a quantized component file's manifest entry and report say about it (export/BUNDLE.md)
-FILE_FACTS = ("integer_only", "float_ops", "activations", "im2col_float_convolutions", "int8_activations_psnr_db",
-              "int16_activations_psnr_db")
+FILE_FACTS = ("integer_only", "float_ops", "activations", "im2col_float_convolutions", "float_reductions",
+              "int8_activations_psnr_db", "int16_activations_psnr_db")
 INT4_BLOCK_SIZE = 32
 INT8_ACTIVATIONS_MIN_PSNR_DB = 30.0  # int8-full: below this on the calibration data, use int16 activations
 # ai-edge-quantizer (0.10) quantizes a weight of more than 32 MiB in row chunks of its 2-D reshape, and broadcasting
@@ -288,7 +293,8 @@ def quantize_w8a16(float_path, output_path, feeds, signature):
     Returns:
         ``{"kept_float": [op scopes kept float: their values pass W8A16_FLOAT_RANGE, or an op reads a
         W8A16_FLOAT_OPS output], "im2col_float": [CONV_2D scopes kept float because LiteRT's int16 kernel could
-        not prepare them (``oversized_int16_convolutions``)]}``.
+        not prepare them (``oversized_int16_convolutions``)], "reductions_float": [MEAN/SUM scopes kept float
+        because an int16 sum of their inputs could overflow (``oversized_int16_reductions``)]}``.
     """
     from ai_edge_litert.interpreter import Interpreter
     from ai_edge_quantizer import calibrator, quantizer, recipe, recipe_manager
@@ -329,7 +335,8 @@ def quantize_w8a16(float_path, output_path, feeds, signature):
         if touched & huge:  # the quantizer names an op's scope by its outputs: "out1;out2;"
             kept_float.add("".join(names[i] + ";" for i in op["outputs"] if i >= 0))
     im2col_float = set(oversized_int16_convolutions(interpreter))
-    kept_float |= im2col_float
+    reductions_float = set(oversized_int16_reductions(interpreter))
+    kept_float |= im2col_float | reductions_float
     plan = recipe.static_wi8_ai16()
     plan += [{"regex": "^" + re.escape(scope) + "$", "operation": "*", "algorithm_key": "no_quantize"}
              for scope in sorted(kept_float)]
@@ -338,7 +345,23 @@ def quantize_w8a16(float_path, output_path, feeds, signature):
     with _weights_in_slices(), _calibration_check_without_tensors():
         quantized = engine.quantize(calibration, enable_progress_report=False).quantized_model
     files.write_bytes(output_path, _float_inputs_and_outputs(quantized))
-    return {"kept_float": sorted(kept_float), "im2col_float": sorted(im2col_float)}
+    return {"kept_float": sorted(kept_float), "im2col_float": sorted(im2col_float),
+            "reductions_float": sorted(reductions_float)}
+
+
+def oversized_int16_reductions(interpreter, limit=INT16_REDUCTION_LIMIT):
+    """The MEAN and SUM ops of a float model (a LiteRT ``Interpreter``) that reduce more than ``limit`` values into
+    each output value (LiteRT's int16 kernels sum them in an int32), named by scope as the quantizer names them."""
+    tensors = {tensor["index"]: tensor for tensor in interpreter.get_tensor_details()}
+    found = []
+    for op in interpreter._get_ops_details():
+        if op["op_name"] not in ("MEAN", "SUM"):
+            continue
+        values = int(np.prod(tensors[op["inputs"][0]]["shape"]))
+        outputs = max(1, int(np.prod(tensors[op["outputs"][0]]["shape"])))
+        if values // outputs > limit:
+            found.append("".join(tensors[i]["name"] + ";" for i in op["outputs"] if i >= 0))
+    return found
 
 
 def oversized_int16_convolutions(interpreter, limit=INT16_CONV_IM2COL_LIMIT):

@@ -472,3 +472,59 @@ def test_convolutions_whose_int16_im2col_litert_refuses_stay_float(tmp_path, mon
     assert quantize.quantize_w8a16(source, refused, [{"x": x}], "serving_default")["im2col_float"] == []
     with pytest.raises(RuntimeError, match=r"im2col elements \(2157969408\) exceed the 32-bit integer limit"):
         Interpreter(model_path=str(refused)).allocate_tensors()
+
+
+def _mean_file(path, size):
+    """A float .tflite that adds each channel's mean over a ``size`` x ``size`` image to half the image."""
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec([1, size, size, 8], tf.float32, name="x")])
+    def mean(x):
+        return {"y": x * 0.5 + tf.reduce_mean(x, axis=[1, 2], keepdims=True)}
+
+    module = tf.Module()
+    module.mean = mean
+    saved = str(path) + ".savedmodel"
+    tf.saved_model.save(module, saved, signatures={"serving_default": mean})
+    with open(path, "wb") as handle:
+        handle.write(tf.lite.TFLiteConverter.from_saved_model(saved).convert())
+    return path
+
+
+@pytest.mark.slow
+def test_means_over_more_values_than_an_int16_sum_holds_stay_float(tmp_path, monkeypatch):
+    """LiteRT's int16 MEAN sums its inputs in an int32: the mean of 512x512 values near 3 comes out wrong (GroupNorm
+    reduces that many and more in the SD decoders at 512x512 and up). w8a16 keeps such reductions float, and only
+    those: the file then matches the float one, and a 128x128 mean stays int16."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    def snr(expected, got):
+        return 10 * np.log10(np.mean(expected**2) / np.mean((expected - got) ** 2))
+
+    def mean_input_type(path):
+        model = Interpreter(model_path=str(path))
+        tensors = {tensor["index"]: tensor for tensor in model.get_tensor_details()}
+        return [tensors[op["inputs"][0]]["dtype"] for op in model._get_ops_details() if op["op_name"] == "MEAN"]
+
+    for size, kept in ((128, False), (512, True)):
+        source = _mean_file(tmp_path / f"float_{size}.tflite", size)
+        x = (np.random.default_rng(0).standard_normal((1, size, size, 8)) + 3).astype(np.float32)
+        found = quantize.oversized_int16_reductions(Interpreter(model_path=str(source)))
+        assert len(found) == int(kept)
+        path = tmp_path / f"w8a16_{size}.tflite"
+        assert quantize.quantize_w8a16(source, path, [{"x": x}], "serving_default")["reductions_float"] == found
+        assert mean_input_type(path) == [np.float32 if kept else np.int16]
+        assert snr(_run_file(source, x), _run_file(path, x)) >= 60.0
+    float_model = Interpreter(model_path=str(source))
+    assert quantize.oversized_int16_reductions(float_model, limit=512 * 512) == []
+    assert quantize.oversized_int16_reductions(float_model, limit=512 * 512 - 1) == found
+
+    facts = litert._to_w8a16(str(_mean_file(tmp_path / "again.tflite", 512)), [{"x": x}], "decoder",
+                              "serving_default")
+    assert facts["float_reductions"] == 1 and facts["float_ops"]["MEAN"] == 1
+
+    monkeypatch.setattr(quantize, "oversized_int16_reductions", lambda interpreter: [])
+    overflowing = tmp_path / "overflowing.tflite"
+    quantize.quantize_w8a16(source, overflowing, [{"x": x}], "serving_default")
+    assert mean_input_type(overflowing) == [np.int16]
+    assert snr(_run_file(source, x), _run_file(overflowing, x)) < 10.0  # LiteRT's int16 sum overflowed
