@@ -308,6 +308,19 @@ def test_snr_floors_of_quantized_modes_are_enforced_for_trained_weights():
 pytestmark = pytest.mark.once  # backend-independent (see conftest.py)
 
 
+def _float_file(function, path):
+    """Write the float .tflite of a ``tf.function`` (its ``serving_default`` signature) to ``path``."""
+    import tensorflow as tf
+
+    module = tf.Module()
+    module.function = function
+    saved = str(path) + ".savedmodel"
+    tf.saved_model.save(module, saved, signatures={"serving_default": function})
+    with open(path, "wb") as handle:
+        handle.write(tf.lite.TFLiteConverter.from_saved_model(saved).convert())
+    return path
+
+
 def _convolution_file(path, channels, seed=0):
     """A float .tflite of one 3x3 convolution (channels -> channels, with a bias) on an 8x8 input."""
     import tensorflow as tf
@@ -320,14 +333,7 @@ def _convolution_file(path, channels, seed=0):
     def convolution(x):
         return {"y": tf.nn.conv2d(x, kernel, 1, "SAME") + bias}
 
-    module = tf.Module()
-    module.convolution = convolution
-    saved = str(path) + ".savedmodel"
-    tf.saved_model.save(module, saved, signatures={"serving_default": convolution})
-    converter = tf.lite.TFLiteConverter.from_saved_model(saved)
-    with open(path, "wb") as handle:
-        handle.write(converter.convert())
-    return path
+    return _float_file(convolution, path)
 
 
 def _run_file(path, x):
@@ -426,13 +432,7 @@ def _im2col_file(path, size=512, channels=168, kernel=7):
     def convolutions(x):
         return {"y": tf.nn.conv2d(tf.nn.conv2d(x, pointwise, 1, "SAME"), wide, 1, "SAME")}
 
-    module = tf.Module()
-    module.convolutions = convolutions
-    saved = str(path) + ".savedmodel"
-    tf.saved_model.save(module, saved, signatures={"serving_default": convolutions})
-    with open(path, "wb") as handle:
-        handle.write(tf.lite.TFLiteConverter.from_saved_model(saved).convert())
-    return path
+    return _float_file(convolutions, path)
 
 
 @pytest.mark.slow
@@ -482,13 +482,7 @@ def _mean_file(path, size):
     def mean(x):
         return {"y": x * 0.5 + tf.reduce_mean(x, axis=[1, 2], keepdims=True)}
 
-    module = tf.Module()
-    module.mean = mean
-    saved = str(path) + ".savedmodel"
-    tf.saved_model.save(module, saved, signatures={"serving_default": mean})
-    with open(path, "wb") as handle:
-        handle.write(tf.lite.TFLiteConverter.from_saved_model(saved).convert())
-    return path
+    return _float_file(mean, path)
 
 
 @pytest.mark.slow
