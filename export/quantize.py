@@ -333,7 +333,7 @@ def quantize_w8a16(float_path, output_path, feeds, signature):
     for op in ops:
         touched = {names[i] for i in list(op["inputs"]) + list(op["outputs"]) if i >= 0}
         if touched & huge:  # the quantizer names an op's scope by its outputs: "out1;out2;"
-            kept_float.add("".join(names[i] + ";" for i in op["outputs"] if i >= 0))
+            kept_float.add(_scope(op, names))
     im2col_float = set(oversized_int16_convolutions(interpreter))
     reductions_float = set(oversized_int16_reductions(interpreter))
     kept_float |= im2col_float | reductions_float
@@ -349,6 +349,11 @@ def quantize_w8a16(float_path, output_path, feeds, signature):
             "reductions_float": sorted(reductions_float)}
 
 
+def _scope(op, names):
+    """An op's scope as ai-edge-quantizer names it: its outputs' names, each followed by ``;``."""
+    return "".join(names[i] + ";" for i in op["outputs"] if i >= 0)
+
+
 def oversized_int16_reductions(interpreter, limit=INT16_REDUCTION_LIMIT):
     """The MEAN and SUM ops of a float model (a LiteRT ``Interpreter``) that reduce more than ``limit`` values into
     each output value (LiteRT's int16 kernels sum them in an int32), named by scope as the quantizer names them."""
@@ -360,7 +365,7 @@ def oversized_int16_reductions(interpreter, limit=INT16_REDUCTION_LIMIT):
         values = int(np.prod(tensors[op["inputs"][0]]["shape"]))
         outputs = max(1, int(np.prod(tensors[op["outputs"][0]]["shape"])))
         if values // outputs > limit:
-            found.append("".join(tensors[i]["name"] + ";" for i in op["outputs"] if i >= 0))
+            found.append(_scope(op, {index: tensor["name"] for index, tensor in tensors.items()}))
     return found
 
 
@@ -381,7 +386,7 @@ def oversized_int16_convolutions(interpreter, limit=INT16_CONV_IM2COL_LIMIT):
         if kernel_height * kernel_width == 1 and tuple(source[1:3]) == (height, width):
             continue
         if int(batch) * int(height) * int(width) * int(kernel_height) * int(kernel_width) * int(channels) > limit:
-            found.append("".join(tensors[i]["name"] + ";" for i in op["outputs"] if i >= 0))
+            found.append(_scope(op, {index: tensor["name"] for index, tensor in tensors.items()}))
     return found
 
 
