@@ -114,24 +114,27 @@ def main(argv=None, folder=HERE):
             index, group = item
             names = [os.path.basename(path) for path in group]
             title = f"== group {index}: {names[0]} .. {names[-1]} ({len(names)} modules)"
-            if args.jobs == 1:  # one at a time: the output as it comes, as a plain pytest run shows it
-                print(title, flush=True)
-                code, seconds, peak = run_group(index, group, pytest_args, None)
-            else:
-                with tempfile.TemporaryFile() as log:
-                    code, seconds, peak = run_group(index, group, pytest_args, log)
-                    log.seek(0)
-                    with ready:
-                        print(title, flush=True)
-                        sys.stdout.buffer.write(log.read())
-                        sys.stdout.flush()
-            with ready:
-                results[index] = (code, seconds, peak)
-                if is_large(group):
-                    large_running[0] = False
-                if code not in (0, NO_TESTS_COLLECTED) and exit_first:
-                    stop.set()
-                ready.notify_all()
+            code, seconds, peak = 1, 0.0, 0  # a group whose process could not run fails the run
+            try:
+                if args.jobs == 1:  # one at a time: the output as it comes, as a plain pytest run shows it
+                    print(title, flush=True)
+                    code, seconds, peak = run_group(index, group, pytest_args, None)
+                else:
+                    with tempfile.TemporaryFile() as log:
+                        code, seconds, peak = run_group(index, group, pytest_args, log)
+                        log.seek(0)
+                        with ready:
+                            print(title, flush=True)
+                            sys.stdout.buffer.write(log.read())
+                            sys.stdout.flush()
+            finally:  # even then, the other worker must not wait for this large group forever
+                with ready:
+                    results[index] = (code, seconds, peak)
+                    if is_large(group):
+                        large_running[0] = False
+                    if code not in (0, NO_TESTS_COLLECTED) and exit_first:
+                        stop.set()
+                    ready.notify_all()
 
     start = time.monotonic()
     threads = [threading.Thread(target=worker) for _ in range(args.jobs)]
