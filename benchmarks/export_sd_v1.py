@@ -143,7 +143,7 @@ def main(argv=None):
     result["components"] = {
         name: {"size_mb": round(entry["size_bytes"] / 1e6, 1), "anchor_mb": ANCHORS_MB.get(name),
                "files": entry["files"],
-               "parity": entry["parity"], "latency_ms": entry["latency"]["median_ms"],
+               "parity": entry["parity"], "latency": entry["latency"],
                **{fact: entry[fact] for fact in quantize.FILE_FACTS if entry.get(fact) is not None}}
         for name, entry in report["components"].items()}
     result["passed"] = report["passed"]

@@ -220,6 +220,11 @@ def main(argv=None):
                              "process that holds only the UNet: the converter processes' memory and the files, "
                              "without the exporter's other components, sampling and parity checks")
     parser.add_argument("--keep", help="keep the bundle in this folder")
+    parser.add_argument("--latency-runs", type=int, default=1,
+                        help="timed calls per component after a warm-up (default 1); 0: the parity call's time only "
+                             "(w8a16: each int16 call of the UNet or decoder takes 18-33 min here)")
+    parser.add_argument("--check-workers", type=int, default=1,
+                        help="components checked side by side (2 for w8a16: its int16 kernels use one core each)")
     parser.add_argument("--model-dir", help="where the random-weights model is saved (sd_keras's format, float16 "
                                             "files) and reused if there; default: a temporary folder")
     parser.add_argument("--in-process", action="store_true",
@@ -255,7 +260,8 @@ def main(argv=None):
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                           "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)},
               "settings": {"calibration_prompts": 1, "calibration_steps": 1, "parity_samples": 1,
-                           "latency_runs": 1, "end_to_end": False, "quality_gates": False}}
+                           "latency_runs": args.latency_runs, "check_workers": args.check_workers,
+                           "end_to_end": False, "quality_gates": False}}
     converters = ConverterProcesses(log, {"path": args.output + ".progress.json", "result": result})
     litert.subprocess = converters
     if args.unet_only:
@@ -279,7 +285,8 @@ def main(argv=None):
         start = time.perf_counter()
         report = export_bundle(model, destination, quantization=args.quantize, image_size=(height, width),
                                random_weights=True, calibration_prompts=["a photograph of an astronaut"],
-                               calibration_steps=1, parity_samples=1, latency_runs=1, end_to_end=False,
+                               calibration_steps=1, parity_samples=1, latency_runs=args.latency_runs,
+                               check_workers=args.check_workers, end_to_end=False,
                                quality_gates=False, log=log,
                                max_part_bytes=None if args.max_part_mb is None else int(args.max_part_mb * 2**20))
         result["export_seconds_total"] = round(time.perf_counter() - start, 1)
@@ -291,7 +298,7 @@ def main(argv=None):
     result["converter_processes"] = converters.runs
     result["components"] = {
         name: {"size_mb": round(entry["size_bytes"] / 1e6, 1), "files": entry["files"],
-               "parity": entry["parity"], "latency_ms": entry["latency"]["median_ms"]}
+               "parity": entry["parity"], "latency": entry["latency"]}
         for name, entry in report["components"].items()}
     result["total_size_mb"] = round(report["total_size_bytes"] / 1e6, 1)
     result["manifest"] = {key: manifest[key] for key in ("format_version", "family", "micro_conditioning",

@@ -29,7 +29,7 @@ import time
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_bench import _median_time, card_name, top_kernels  # noqa: E402
+from gpu_bench import _median_time, top_kernels  # noqa: E402
 
 STEPS, SIZE, GUIDANCE = 30, 1024, 5.0
 PRESET = "sd-xl"  # shapes only: random weights
@@ -250,21 +250,33 @@ def diffusers_generate(parts, batch):
     return image
 
 
-def bench_diffusers_in_child(repeats, compiled):
-    """``bench_diffusers`` in a fresh process. JAX keeps the device memory it took for the sd_keras part (75 % of
-    the card by default) until its process ends: on an 80 GB card, diffusers' batch 4 then ran out of memory in the
-    same process. A fresh process starts with the whole card, as the sd_keras part did."""
+def _part_in_child(call, tag):
+    """``call`` (code of this module, e.g. ``bench_diffusers(3, compiled=True)``) in a fresh process; its result.
+    JAX keeps the device memory it takes (75 % of the card by default) until its process ends, and PyTorch keeps its
+    cache: a part run beside another framework's in one process ran out of memory on an 80 GB card (diffusers'
+    batch 4 after the sd_keras part). Every part therefore runs in a process of its own, which starts with the
+    whole card; this process never touches the device."""
     code = ("import json, sys\n"
             f"sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})\n"
             "import gpu_bench_sdxl as bench\n"
             f"bench.STEPS, bench.SIZE, bench.SMOKE = {STEPS!r}, {SIZE!r}, {SMOKE!r}\n"
-            f"print('TORCH', json.dumps(bench.bench_diffusers({repeats!r}, compiled={compiled!r})))\n")
+            f"print({tag!r}, json.dumps(bench.{call}))\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    for line in result.stdout.splitlines():
-        if line.startswith("TORCH "):
-            print(*(line for line in result.stdout.splitlines() if line.startswith("diffusers")), sep="\n")
-            return json.loads(line[len("TORCH "):])
+    lines = result.stdout.splitlines()
+    print(*(line for line in lines if not line.startswith(tag + " ")), sep="\n", flush=True)
+    for line in lines:
+        if line.startswith(tag + " "):
+            return json.loads(line[len(tag) + 1:])
     return {"error": result.stderr[-2000:]}
+
+
+def card_in_child():
+    """The device's name, asked by a fresh process that takes no device memory."""
+    code = "import jax; print('CARD', jax.devices()[0].device_kind)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"})
+    names = [line[5:] for line in result.stdout.splitlines() if line.startswith("CARD ")]
+    return names[0] if names else "unknown"
 
 
 def bench_diffusers(repeats, compiled):
@@ -337,7 +349,7 @@ def main():
     out_dir = os.path.dirname(os.path.abspath(args.out))
     if args.profile:
         parts.add("sd_keras")
-    results = {"card": card_name(), "date": time.strftime("%Y-%m-%d"), "steps": STEPS, "size": SIZE,
+    results = {"card": card_in_child(), "date": time.strftime("%Y-%m-%d"), "steps": STEPS, "size": SIZE,
                "guidance": GUIDANCE, "smoke": SMOKE, "targets": TARGETS}
 
     def save():
@@ -345,16 +357,16 @@ def main():
             json.dump(results, f, indent=2)
         os.replace(args.out + ".tmp", args.out)
 
-    # diffusers runs in a process of its own once JAX has taken device memory in this one
-    torch_bench = bench_diffusers_in_child if "sd_keras" in parts else bench_diffusers
+    trace = os.path.join(out_dir, "sdxl_trace") if args.profile else None
     for part, key, fn in (
-        ("sd_keras", "sd_keras", lambda: bench_sd_keras(
-            args.repeats, os.path.join(out_dir, "sdxl_trace") if args.profile else None)),
+        ("sd_keras", "sd_keras", lambda: _part_in_child(f"bench_sd_keras({args.repeats!r}, {trace!r})", "SD_KERAS")),
         ("cold", "cold", lambda: bench_cold(out_dir)),
         ("cold_files", "cold_from_files", lambda: bench_cold(out_dir, from_files=True)),
         ("mem16", "mem16", lambda: bench_16gb(args.repeats)),
-        ("diffusers", "diffusers", lambda: torch_bench(args.repeats, compiled=False)),
-        ("compile", "diffusers_compile", lambda: torch_bench(args.repeats, compiled=True)),
+        ("diffusers", "diffusers", lambda: _part_in_child(f"bench_diffusers({args.repeats!r}, compiled=False)",
+                                                          "TORCH")),
+        ("compile", "diffusers_compile", lambda: _part_in_child(f"bench_diffusers({args.repeats!r}, compiled=True)",
+                                                                "TORCH")),
     ):
         if part not in parts:
             continue

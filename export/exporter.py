@@ -32,7 +32,7 @@ def _schedule_entry():
 
 def export_bundle(model, output_dir, *, quantization="fp32", image_size=None, image_encoder=True,
                   random_weights=None, calibration_prompts=None, calibration_steps=4, calibration_sampler="Euler a",
-                  parity_samples=6, latency_runs=3, threads=2, end_to_end=True, max_part_bytes=None,
+                  parity_samples=6, latency_runs=3, threads=2, check_workers=1, end_to_end=True, max_part_bytes=None,
                   quality_gates=True, gate_prompts=None, gate_steps=None, gate_sampler=None, prompt_following=None,
                   evaluate_prompts=None, max_accuracy_drop=None, quality_reference=None, log=None):
     """Export ``model`` (a ``StableDiffusion``, or a ``StableDiffusionXL`` base model: a format-version-2 bundle
@@ -59,7 +59,10 @@ def export_bundle(model, output_dir, *, quantization="fp32", image_size=None, im
         calibration_prompts, calibration_steps, calibration_sampler: the recorded trajectories that give the
             int8-full representative dataset and the parity inputs.
         parity_samples: recorded inputs compared per component.
-        latency_runs, threads: CPU latency measurement (LiteRT interpreter, XNNPACK).
+        latency_runs, threads: CPU latency measurement (LiteRT interpreter, XNNPACK); ``latency_runs=0`` times
+            only the parity check's own calls (``verify.evaluate``).
+        check_workers: components whose parity checks run side by side (``verify.evaluate``): 2 halves the
+            check of int16-activation (w8a16) bundles on two cores, whose reference kernels use one core each.
         end_to_end: compare the bundle runner's image with the Keras pipeline's (True, False, or a dict of
             ``prompt``, ``seed``, ``sampler``, ``num_steps``, ``guidance_scale``).
         max_part_bytes: UNets with more float32 weight bytes are written as parts (``litert.MAX_PART_BYTES``
@@ -91,11 +94,15 @@ def export_bundle(model, output_dir, *, quantization="fp32", image_size=None, im
     settings = dict(quantization=quantization, image_size=image_size, image_encoder=image_encoder,
                     random_weights=random_weights, calibration_prompts=calibration_prompts,
                     calibration_steps=calibration_steps, calibration_sampler=calibration_sampler,
-                    parity_samples=parity_samples, latency_runs=latency_runs, threads=threads, end_to_end=end_to_end,
+                    parity_samples=parity_samples, latency_runs=latency_runs, threads=threads, check_workers=check_workers,
+                    end_to_end=end_to_end,
                     max_part_bytes=max_part_bytes, quality_gates=quality_gates, gate_prompts=gate_prompts,
                     gate_steps=gate_steps, gate_sampler=gate_sampler, prompt_following=prompt_following,
                     evaluate_prompts=evaluate_prompts, max_accuracy_drop=max_accuracy_drop,
                     quality_reference=quality_reference)
+    if latency_runs < 0 or check_workers < 1:
+        raise InputError(f"latency_runs must be 0 or more and check_workers 1 or more, got {latency_runs} and "
+                         f"{check_workers}")
     log = _timed(log)
     destination = check_destination(output_dir)
     if isinstance(model, (str, os.PathLike)):
@@ -307,6 +314,7 @@ def _finish(source, staging, destination, converted, records, plan, settings, lo
     log("checking parity with the Keras model")
     report = verify.evaluate(None, staging, manifest, records, plan, random_weights=random_weights,
                              threads=settings["threads"], latency_runs=settings["latency_runs"],
+                             check_workers=settings["check_workers"],
                              max_samples=settings["parity_samples"], end_to_end_settings=_image_settings(settings),
                              references=source["references"])
     report["export_seconds"] = round(settings.get("export_seconds", 0.0), 2)

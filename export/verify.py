@@ -162,10 +162,10 @@ def _keras_models(model):
                           ("text_encoder", "text_encoder_2", "diffusion_model", "decoder", "image_encoder")})
 
 
-def compare_component(model, component, path, entry, feeds, *, threads=2, references=None):
+def compare_component(model, component, path, entry, feeds, *, threads=2, references=None, call_seconds=None):
     """Run the ``.tflite`` at ``path`` and the Keras ``model`` on each feed; the worst metrics over the feeds.
     ``references``: the Keras outputs of the feeds computed earlier (``_keras_output``); ``model`` is then not
-    used (None)."""
+    used (None). ``call_seconds``: a list that gets the wall time of each interpreter call."""
     from sd_keras.export.bundle import ExportError
     from sd_keras.export.runner import open_signature
 
@@ -175,7 +175,11 @@ def compare_component(model, component, path, entry, feeds, *, threads=2, refere
         runner = open_signature(path, entry, threads)
         for index, feed in enumerate(feeds):
             feed = {spec["name"]: np.asarray(feed[spec["name"]], spec["dtype"]) for spec in entry["inputs"]}
-            candidate = _joined(runner(**feed), output_names)
+            start = time.perf_counter()
+            outputs = runner(**feed)
+            if call_seconds is not None:
+                call_seconds.append(time.perf_counter() - start)
+            candidate = _joined(outputs, output_names)
             reference = _keras_output(model, component, feed) if references is None else references[index]
             results.append(metrics(reference, candidate))
     except RuntimeError as error:  # the LiteRT interpreter refused the file (e.g. a kernel without the type)
@@ -266,7 +270,7 @@ def _image_settings(settings, height, width):
 
 
 def evaluate(model, bundle_path, manifest, records, mode, *, random_weights, threads=2, latency_runs=3,
-             max_samples=6, end_to_end_settings=None, references=None):
+             max_samples=6, end_to_end_settings=None, references=None, check_workers=1):
     """Measure and gate a written bundle; the report dict (``report["passed"]`` tells).
 
     Args:
@@ -279,6 +283,13 @@ def evaluate(model, bundle_path, manifest, records, mode, *, random_weights, thr
         mode: the quantization mode, or ``{component: mode}`` (``quantize.parse_spec``).
         random_weights: True when the weights are random (image gates of quantized modes are not enforced).
         max_samples: parity feeds per component (evenly picked from the records).
+        latency_runs: timed interpreter calls per component after a warm-up call; 0 measures no latency apart
+            from the parity check's own calls (the report gives the first one's time, ``first_call_ms``): what
+            keeps a check of int16-activation files (LiteRT's reference kernels, minutes per call at SDXL
+            sizes) to one call per component.
+        check_workers: components checked side by side (threads; the interpreter releases the GIL while it
+            runs). Worth it where each interpreter keeps one core busy (the int16 reference kernels); each
+            component's memory is then held at once, and latencies are measured beside another check.
         end_to_end_settings: ``end_to_end`` keyword arguments, or None to skip the image comparison.
     """
     import os
@@ -299,19 +310,34 @@ def evaluate(model, bundle_path, manifest, records, mode, *, random_weights, thr
     if references is None:
         references = keras_references(model, manifest["components"], records, max_samples=max_samples,
                                       end_to_end_settings=end_to_end_settings, image_size=manifest["image_size"])
-    for component, entry in manifest["components"].items():
+    def check(component):
+        entry = manifest["components"][component]
         path = bundle_path if "parts" in entry else os.path.join(bundle_path, entry["file"])
         files = [os.path.join(bundle_path, part["file"]) for part in entry.get("parts", [entry])]
         picked = parity_feeds(records[component], max_samples)
+        call_seconds = []
         parity = compare_component(None, component, path, entry, picked, threads=threads,
-                                   references=references["parity"][component])
-        report["components"][component] = {
+                                   references=references["parity"][component], call_seconds=call_seconds)
+        if latency_runs:
+            latency = measure_latency(path, entry, picked[0], runs=latency_runs, threads=threads)
+        else:
+            latency = {"first_call_ms": call_seconds[0] * 1000.0, "runs": 0, "threads": threads,
+                       "delegate": "XNNPACK"}
+        return {
             "files": [os.path.basename(file) for file in files], "size_bytes": sum(map(os.path.getsize, files)),
-            "quantization": entry["quantization"],
-            "parity": parity, "latency": measure_latency(path, entry, picked[0], runs=latency_runs, threads=threads),
+            "quantization": entry["quantization"], "parity": parity, "latency": latency,
             "gates": check_gates(parity, GATES[plan[component]]["component"]),
             **{fact: entry[fact] for fact in quantize.FILE_FACTS if fact in entry},
         }
+
+    if check_workers > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(check_workers) as pool:
+            checked = list(pool.map(check, present))
+    else:
+        checked = [check(component) for component in present]
+    report["components"] = dict(zip(present, checked))
     report["total_size_bytes"] = sum(entry["size_bytes"] for entry in report["components"].values())
     if end_to_end_settings is not None:
         runner = BundleRunner(bundle_path, num_threads=threads)

@@ -376,18 +376,20 @@ def test_runner_rejects_other_sizes_and_inpainting(runner):
         runner.inpaint(PROMPT, None, None)  # refused before the image is read
 
 
-@pytest.mark.slow
-def test_failed_gate_leaves_no_bundle(tiny, fp32_bundle, tmp_path, monkeypatch):
-    # The conversion is replaced by copying the verified files: what is tested is the gate and the staging.
-    source = fp32_bundle[0]
-
+def _copy_verified_files(source):
+    """A stand-in for the conversion that copies the verified files: what is tested is what follows it."""
     def copy_components(models, config, image_size, mode, output_dir, **kwargs):
         for name in models:
             shutil.copy(os.path.join(source, f"{name}.tflite"), output_dir)
         return {name: {"file": f"{name}.tflite", "large_model_layout": False, "integer_only": None}
                 for name in models}
+    return copy_components
 
-    monkeypatch.setattr(litert, "export_components", copy_components)
+
+@pytest.mark.slow
+def test_failed_gate_leaves_no_bundle(tiny, fp32_bundle, tmp_path, monkeypatch):
+    # The conversion is replaced by copying the verified files: what is tested is the gate and the staging.
+    monkeypatch.setattr(litert, "export_components", _copy_verified_files(fp32_bundle[0]))
     monkeypatch.setitem(verify.GATES, "fp32", {"component": {"max_abs_rel": ("<=", 0.0)}, "image": {}})
     destination = tmp_path / "bundle"
     with pytest.raises(litert.ExportError, match=r"parity gate failed .*max_abs_rel"):
@@ -397,6 +399,38 @@ def test_failed_gate_leaves_no_bundle(tiny, fp32_bundle, tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["bundle.report.json"]
     with open(tmp_path / "bundle.report.json") as handle:
         assert json.load(handle)["passed"] is False
+
+
+@pytest.mark.slow
+def test_checks_side_by_side_and_without_latency_runs_give_the_same_parity(tiny, fp32_bundle, tmp_path,
+                                                                            monkeypatch):
+    import threading
+
+    monkeypatch.setattr(litert, "export_components", _copy_verified_files(fp32_bundle[0]))
+    settings = dict(quantization="fp32", calibration_prompts=[PROMPT], calibration_steps=2, end_to_end=False,
+                    quality_gates=False)
+    one = exporter.export_bundle(tiny, str(tmp_path / "one"), latency_runs=1, **settings)
+    # two components must be in their parity checks at once, or the barrier breaks and the export fails
+    barrier, compare = threading.Barrier(2, timeout=120), verify.compare_component
+    threads = set()
+
+    def compare_beside_another(*args, **kwargs):
+        threads.add(threading.get_ident())
+        if len(threads) <= 2:
+            barrier.wait()
+        return compare(*args, **kwargs)
+
+    monkeypatch.setattr(verify, "compare_component", compare_beside_another)
+    two = exporter.export_bundle(tiny, str(tmp_path / "two"), latency_runs=0, check_workers=2, **settings)
+    assert two["passed"] and len(threads) == 2
+    assert list(two["components"]) == list(one["components"])  # the manifest's order, whatever ended first
+    for name, entry in two["components"].items():
+        assert entry["parity"] == one["components"][name]["parity"], name
+        assert entry["latency"]["runs"] == 0 and entry["latency"]["first_call_ms"] > 0, name
+        assert "median_ms" not in entry["latency"] and one["components"][name]["latency"]["runs"] == 1
+    with pytest.raises(ValueError, match="check_workers 1 or more, got 3 and 0"):
+        exporter.export_bundle(tiny, str(tmp_path / "three"), check_workers=0)
+    assert not (tmp_path / "three").exists()
 
 
 @pytest.mark.slow
@@ -443,6 +477,8 @@ def run_cli(*args):
     (["--quantize", "unet=int3,decoder=fp16"], "unknown mode 'int3' for unet"),
     (["--gate-prompts", "0"], "--gate-prompts must be at least 1"),
     (["--gate-steps", "0"], "--gate-steps must be at least 1"),
+    (["--latency-runs", "-1"], "--latency-runs must be 0 or more"),
+    (["--check-workers", "0"], "--check-workers must be at least 1"),
     (["--evaluate-prompts", "24"], "--evaluate-prompts must be SINGLE,DOUBLE"),
 ])
 def test_cli_export_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):

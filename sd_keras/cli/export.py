@@ -30,6 +30,14 @@ def _parse_size(text):
     return height, width
 
 
+def _latency(latency):
+    """A component's latency as the report gives it: the median of the timed runs, or the parity check's first
+    call when none were timed (``--latency-runs 0``)."""
+    if latency["runs"]:
+        return f"{latency['median_ms']:.1f} ms"
+    return f"{latency['first_call_ms']:.1f} ms (first call)"
+
+
 def _parse_evaluate_prompts(text):
     """``SINGLE,DOUBLE`` -> (single, double) held-out prompts for the prompt-following gate."""
     if text is None:
@@ -82,6 +90,10 @@ def cmd_export(args):
     size = _parse_size(args.size) if args.size else None
     if args.gate_prompts is not None and args.gate_prompts < 1:
         raise InputError(f"--gate-prompts must be at least 1, got {args.gate_prompts}")
+    if args.latency_runs < 0:
+        raise InputError(f"--latency-runs must be 0 or more, got {args.latency_runs}")
+    if args.check_workers < 1:
+        raise InputError(f"--check-workers must be at least 1, got {args.check_workers}")
     if args.gate_steps < 1:
         raise InputError(f"--gate-steps must be at least 1, got {args.gate_steps}")
     evaluate_prompts = _parse_evaluate_prompts(args.evaluate_prompts)
@@ -96,7 +108,7 @@ def cmd_export(args):
     try:
         report = export_bundle(model, args.output, quantization=args.quantize, image_size=size,
                                image_encoder=not args.no_image_encoder, calibration_steps=args.calibration_steps,
-                               latency_runs=args.latency_runs, log=log,
+                               latency_runs=args.latency_runs, check_workers=args.check_workers, log=log,
                                max_part_bytes=None if args.max_part_mb is None else int(args.max_part_mb * 2**20),
                                quality_gates=not args.no_quality_gates, gate_prompts=args.gate_prompts,
                                gate_steps=args.gate_steps,
@@ -109,7 +121,7 @@ def cmd_export(args):
         parity = entry["parity"]
         print(f"{name} ({entry['quantization']}): {entry['size_bytes'] / 1e6:.2f} MB, "
               f"cosine {parity['cosine']:.6f}, "
-              f"PSNR {parity['psnr_db']:.1f} dB, {entry['latency']['median_ms']:.1f} ms"
+              f"PSNR {parity['psnr_db']:.1f} dB, {_latency(entry['latency'])}"
               + (f", {entry['activations']} activations" if "activations" in entry else ""))
     image = report.get("end_to_end")
     if image:
@@ -160,7 +172,13 @@ def register(subparsers):
     parser.add_argument("--no-image-encoder", action="store_true", help="leave out the VAE encoder (no img2img)")
     parser.add_argument("--calibration-steps", type=int, default=4,
                         help="steps of each recorded calibration trajectory")
-    parser.add_argument("--latency-runs", type=int, default=3)
+    parser.add_argument("--latency-runs", type=int, default=3,
+                        help="timed interpreter calls per component after a warm-up (default 3); 0: report only "
+                             "the parity check's first call")
+    parser.add_argument("--check-workers", type=int, default=1,
+                        help="components checked side by side (default 1); 2 halves the check of a w8a16 bundle "
+                             "on two cores (its int16 kernels use one core each) and holds two components' "
+                             "memory at once")
     parser.add_argument("--max-part-mb", type=float,
                         help="export a UNet with more float32 weights than this as consecutive part files "
                              "(default 1024: the converter needs several times a file's weights in memory; "
