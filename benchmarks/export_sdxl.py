@@ -14,6 +14,7 @@ Keras model and the bundle: hours on two cores), and calibration records one ste
 
 Usage:
     python benchmarks/export_sdxl.py [--quantize int8] [--size 1024x1024] [--model-dir DIR] [--unet-only]
+    python benchmarks/export_sdxl.py --quantize w8a16 --latency-runs 0 --check-workers 2   # one int16 call each
 Not part of CI. Measured on this 23.5 GB, 2-core machine (``benchmarks/results/export_sdxl_*.json``): int8 at
 1024x1024 completes in 21 min, a 3.49 GB bundle; the worker peaks at 23.2 GB resident (with its mapped weight
 files; 3.1 GB of the machine stayed available), the largest converter at 10.3 GB; int4 completes in 31 min, a

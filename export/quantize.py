@@ -291,8 +291,8 @@ def quantize_w8a16(float_path, output_path, feeds, signature):
         signature: the signature key.
 
     Returns:
-        ``{"kept_float": [op scopes kept float: their values pass W8A16_FLOAT_RANGE, or an op reads a
-        W8A16_FLOAT_OPS output], "im2col_float": [CONV_2D scopes kept float because LiteRT's int16 kernel could
+        ``{"kept_float": [op scopes kept float: their values pass W8A16_FLOAT_RANGE, an op reads a
+        W8A16_FLOAT_OPS output, or computes what one reads (``norm_statistics``)], "im2col_float": [CONV_2D scopes kept float because LiteRT's int16 kernel could
         not prepare them (``oversized_int16_convolutions``)], "reductions_float": [MEAN/SUM scopes kept float
         because an int16 sum of their inputs could overflow (``oversized_int16_reductions``)]}``.
     """
@@ -329,7 +329,7 @@ def quantize_w8a16(float_path, output_path, feeds, signature):
     # 1/sqrt(variance + eps) of the norms: calibration meets near-constant groups, whose huge values would
     # leave the usual ones a few int16 steps; the reciprocal and the multiply reading it stay float
     huge |= {names[i] for op in ops if op["op_name"] in W8A16_FLOAT_OPS for i in op["outputs"] if i >= 0}
-    kept_float = set()
+    kept_float = set(norm_statistics(interpreter))
     for op in ops:
         touched = {names[i] for i in list(op["inputs"]) + list(op["outputs"]) if i >= 0}
         if touched & huge:  # the quantizer names an op's scope by its outputs: "out1;out2;"
@@ -352,6 +352,40 @@ def quantize_w8a16(float_path, output_path, feeds, signature):
 def _scope(op, names):
     """An op's scope as ai-edge-quantizer names it: its outputs' names, each followed by ``;``."""
     return "".join(names[i] + ";" for i in op["outputs"] if i >= 0)
+
+
+def norm_statistics(interpreter):
+    """The ops of a float model (a LiteRT ``Interpreter``) that compute what a norm's ``RSQRT`` reads: the
+    variance's reduction (MEAN or SUM) and the ops between it and the ``RSQRT`` (the ``+ epsilon``), found by
+    walking back from each ``RSQRT`` input through tensors of its shape; named by scope as the quantizer names them.
+
+    w8a16 keeps them float: one int16 scale per tensor covers every group's variance, so a near-constant group's
+    (a skip connection of small values concatenated to large ones: the SDXL UNet's decoder side) rounds to zero or
+    a few steps, and its 1/sqrt(variance + epsilon) comes out infinite or several times off (a tiny SDXL UNet fell
+    to cosine 0.93 against Keras on its own calibration input)."""
+    tensors = {tensor["index"]: tensor for tensor in interpreter.get_tensor_details()}
+    names = {index: tensor["name"] for index, tensor in tensors.items()}
+    ops = interpreter._get_ops_details()
+    producers = {index: op for op in ops for index in op["outputs"] if index >= 0}
+
+    def size(index):
+        return int(np.prod(tensors[index]["shape"]))
+
+    found = []
+    for op in ops:
+        if op["op_name"] not in W8A16_FLOAT_OPS:
+            continue
+        statistics = size(op["inputs"][0])
+        pending, seen = [op["inputs"][0]], set()
+        while pending:
+            producer = producers.get(pending.pop())
+            if producer is None or producer["index"] in seen or size(producer["outputs"][0]) != statistics:
+                continue
+            seen.add(producer["index"])
+            found.append(_scope(producer, names))
+            if producer["op_name"] not in ("MEAN", "SUM"):  # a reduction starts the statistics
+                pending += [index for index in producer["inputs"] if index >= 0]
+    return sorted(set(found))
 
 
 def oversized_int16_reductions(interpreter, limit=INT16_REDUCTION_LIMIT):

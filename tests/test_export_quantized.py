@@ -522,3 +522,47 @@ def test_means_over_more_values_than_an_int16_sum_holds_stay_float(tmp_path, mon
     quantize.quantize_w8a16(source, overflowing, [{"x": x}], "serving_default")
     assert mean_input_type(overflowing) == [np.int16]
     assert snr(_run_file(source, x), _run_file(overflowing, x)) < 10.0  # LiteRT's int16 sum overflowed
+
+
+def _group_norm_file(path):
+    """A float .tflite of a GroupNorm without scale (2 groups of 4 channels) on an 8x8x8 input."""
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 8, 8, 8], tf.float32, name="x")])
+    def group_norm(x):
+        groups = tf.reshape(x, [1, 8, 8, 2, 4])
+        mean, variance = tf.nn.moments(groups, axes=[1, 2, 4], keepdims=True)
+        return {"y": tf.reshape((groups - mean) * tf.math.rsqrt(variance + 1e-5), [1, 8, 8, 8])}
+
+    return _float_file(group_norm, path)
+
+
+def test_norm_statistics_stay_float_so_a_near_constant_group_normalises(tmp_path, monkeypatch):
+    """One int16 scale covers every group's variance: a group of small values (a skip connection concatenated to
+    large ones, as in the SDXL UNet's up blocks) had its variance rounded to zero and came out garbage. w8a16 keeps
+    the variance's MEAN and the + epsilon float."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    def snr(expected, got):
+        return 10 * np.log10(np.mean(expected**2) / np.mean((expected - got) ** 2))
+
+    source = _group_norm_file(tmp_path / "float.tflite")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 8, 8, 8)).astype(np.float32)
+    x[..., :4] *= 30.0  # variance about 900: the int16 step of the variances is then about 0.03
+    x[..., 4:] *= 0.2  # variance about 0.04: a step or two
+    model = Interpreter(model_path=str(source))
+    ops = {op["index"]: op for op in model._get_ops_details()}
+    names = {tensor["index"]: tensor["name"] for tensor in model.get_tensor_details()}
+    found = quantize.norm_statistics(model)
+    assert sorted(op["op_name"] for op in ops.values() if quantize._scope(op, names) in found) == ["ADD", "MEAN"]
+
+    path = tmp_path / "w8a16.tflite"
+    assert set(found) <= set(quantize.quantize_w8a16(source, path, [{"x": x}], "serving_default")["kept_float"])
+    expected, got = _run_file(source, x), _run_file(path, x)
+    assert snr(expected[..., 4:], got[..., 4:]) >= 40.0 and snr(expected[..., :4], got[..., :4]) >= 40.0
+
+    monkeypatch.setattr(quantize, "norm_statistics", lambda interpreter: [])
+    before = tmp_path / "before.tflite"
+    quantize.quantize_w8a16(source, before, [{"x": x}], "serving_default")
+    assert not snr(expected[..., 4:], _run_file(before, x)[..., 4:]) >= 25.0  # the small group's scale is off
