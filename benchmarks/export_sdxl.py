@@ -18,7 +18,8 @@ Usage:
 Not part of CI. Measured on this 23.5 GB, 2-core machine (``benchmarks/results/export_sdxl_*.json``): int8 at
 1024x1024 completes in 21 min, a 3.49 GB bundle; the worker peaks at 23.2 GB resident (with its mapped weight
 files; 3.1 GB of the machine stayed available), the largest converter at 10.3 GB; int4 completes in 31 min, a
-2.27 GB bundle. Exporting the model object in
+2.27 GB bundle; w8a16 (``--latency-runs 0 --check-workers 2``) completes in 94 min, a 3.59 GB bundle, 38 min of it
+checking (one int16 call of the UNet takes 22 min, of the decoder 30). Exporting the model object in
 the process that holds it was killed for memory at 1024x1024 and at 768x768 when its first converter started.
 """
 
