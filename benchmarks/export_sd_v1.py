@@ -107,6 +107,10 @@ def main(argv=None):
                         help="skip the quality gates (component SNR over full trajectories and the bundle's images): "
                              "with int16 activations (w8a16) LiteRT's reference kernels make them hours on two "
                              "cores; the per-component parity checks still run")
+    parser.add_argument("--latency-runs", type=int, default=1,
+                        help="timed calls per component after a warm-up (default 1); 0: the parity calls' time only")
+    parser.add_argument("--check-workers", type=int, default=1,
+                        help="components checked side by side (2 for w8a16: its int16 kernels use one core each)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if not args.child:
@@ -124,7 +128,8 @@ def main(argv=None):
     result = {"quantization": args.quantize, "image_size": [height, width], "backend": keras.backend.backend(),
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                           "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)},
-              "quality_gates": not args.no_quality_gates}
+              "quality_gates": not args.no_quality_gates, "latency_runs": args.latency_runs,
+              "check_workers": args.check_workers}
     with PeakMemory() as memory:
         start = time.perf_counter()
         model = StableDiffusion.from_config("sd-v1", seed=0)
@@ -134,7 +139,8 @@ def main(argv=None):
             start = time.perf_counter()
             report = export_bundle(model, destination, quantization=args.quantize, image_size=(height, width),
                                    random_weights=True, calibration_prompts=["a photograph of an astronaut"],
-                                   calibration_steps=2, parity_samples=2, latency_runs=1, end_to_end=False,
+                                   calibration_steps=2, parity_samples=2, latency_runs=args.latency_runs,
+                                   check_workers=args.check_workers, end_to_end=False,
                                    quality_gates=not args.no_quality_gates,
                                    log=lambda message: print(message, file=sys.stderr, flush=True))
             result["export_seconds_total"] = round(time.perf_counter() - start, 1)
