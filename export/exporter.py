@@ -94,9 +94,9 @@ def export_bundle(model, output_dir, *, quantization="fp32", image_size=None, im
     settings = dict(quantization=quantization, image_size=image_size, image_encoder=image_encoder,
                     random_weights=random_weights, calibration_prompts=calibration_prompts,
                     calibration_steps=calibration_steps, calibration_sampler=calibration_sampler,
-                    parity_samples=parity_samples, latency_runs=latency_runs, threads=threads, check_workers=check_workers,
-                    end_to_end=end_to_end,
-                    max_part_bytes=max_part_bytes, quality_gates=quality_gates, gate_prompts=gate_prompts,
+                    parity_samples=parity_samples, latency_runs=latency_runs, threads=threads,
+                    check_workers=check_workers, end_to_end=end_to_end, max_part_bytes=max_part_bytes,
+                    quality_gates=quality_gates, gate_prompts=gate_prompts,
                     gate_steps=gate_steps, gate_sampler=gate_sampler, prompt_following=prompt_following,
                     evaluate_prompts=evaluate_prompts, max_accuracy_drop=max_accuracy_drop,
                     quality_reference=quality_reference)

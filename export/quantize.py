@@ -292,9 +292,10 @@ def quantize_w8a16(float_path, output_path, feeds, signature):
 
     Returns:
         ``{"kept_float": [op scopes kept float: their values pass W8A16_FLOAT_RANGE, an op reads a
-        W8A16_FLOAT_OPS output, or computes what one reads (``norm_statistics``)], "im2col_float": [CONV_2D scopes kept float because LiteRT's int16 kernel could
-        not prepare them (``oversized_int16_convolutions``)], "reductions_float": [MEAN/SUM scopes kept float
-        because an int16 sum of their inputs could overflow (``oversized_int16_reductions``)]}``.
+        W8A16_FLOAT_OPS output, or computes what one reads (``norm_statistics``)], "im2col_float": [CONV_2D scopes
+        kept float because LiteRT's int16 kernel could not prepare them (``oversized_int16_convolutions``)],
+        "reductions_float": [MEAN/SUM scopes kept float because an int16 sum of their inputs could overflow
+        (``oversized_int16_reductions``)]}``.
     """
     from ai_edge_litert.interpreter import Interpreter
     from ai_edge_quantizer import calibrator, quantizer, recipe, recipe_manager

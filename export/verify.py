@@ -310,6 +310,7 @@ def evaluate(model, bundle_path, manifest, records, mode, *, random_weights, thr
     if references is None:
         references = keras_references(model, manifest["components"], records, max_samples=max_samples,
                                       end_to_end_settings=end_to_end_settings, image_size=manifest["image_size"])
+
     def check(component):
         entry = manifest["components"][component]
         path = bundle_path if "parts" in entry else os.path.join(bundle_path, entry["file"])
