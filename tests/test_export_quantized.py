@@ -343,6 +343,10 @@ def _run_file(path, x):
     return runner(x=x)["y"]
 
 
+def _snr(expected, got):
+    return 10 * np.log10(np.mean(expected**2) / np.mean((expected - got) ** 2))
+
+
 def _weight_types(path):
     from ai_edge_litert.interpreter import Interpreter
 
@@ -492,9 +496,6 @@ def test_means_over_more_values_than_an_int16_sum_holds_stay_float(tmp_path, mon
     those: the file then matches the float one, and a 128x128 mean stays int16."""
     from ai_edge_litert.interpreter import Interpreter
 
-    def snr(expected, got):
-        return 10 * np.log10(np.mean(expected**2) / np.mean((expected - got) ** 2))
-
     def mean_input_type(path):
         model = Interpreter(model_path=str(path))
         tensors = {tensor["index"]: tensor for tensor in model.get_tensor_details()}
@@ -508,7 +509,7 @@ def test_means_over_more_values_than_an_int16_sum_holds_stay_float(tmp_path, mon
         path = tmp_path / f"w8a16_{size}.tflite"
         assert quantize.quantize_w8a16(source, path, [{"x": x}], "serving_default")["reductions_float"] == found
         assert mean_input_type(path) == [np.float32 if kept else np.int16]
-        assert snr(_run_file(source, x), _run_file(path, x)) >= 60.0
+        assert _snr(_run_file(source, x), _run_file(path, x)) >= 60.0
     float_model = Interpreter(model_path=str(source))
     assert quantize.oversized_int16_reductions(float_model, limit=512 * 512) == []
     assert quantize.oversized_int16_reductions(float_model, limit=512 * 512 - 1) == found
@@ -521,7 +522,7 @@ def test_means_over_more_values_than_an_int16_sum_holds_stay_float(tmp_path, mon
     overflowing = tmp_path / "overflowing.tflite"
     quantize.quantize_w8a16(source, overflowing, [{"x": x}], "serving_default")
     assert mean_input_type(overflowing) == [np.int16]
-    assert snr(_run_file(source, x), _run_file(overflowing, x)) < 10.0  # LiteRT's int16 sum overflowed
+    assert _snr(_run_file(source, x), _run_file(overflowing, x)) < 10.0  # LiteRT's int16 sum overflowed
 
 
 def _group_norm_file(path):
@@ -543,9 +544,6 @@ def test_norm_statistics_stay_float_so_a_near_constant_group_normalises(tmp_path
     the variance's MEAN and the + epsilon float."""
     from ai_edge_litert.interpreter import Interpreter
 
-    def snr(expected, got):
-        return 10 * np.log10(np.mean(expected**2) / np.mean((expected - got) ** 2))
-
     source = _group_norm_file(tmp_path / "float.tflite")
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, 8, 8, 8)).astype(np.float32)
@@ -560,9 +558,9 @@ def test_norm_statistics_stay_float_so_a_near_constant_group_normalises(tmp_path
     path = tmp_path / "w8a16.tflite"
     assert set(found) <= set(quantize.quantize_w8a16(source, path, [{"x": x}], "serving_default")["kept_float"])
     expected, got = _run_file(source, x), _run_file(path, x)
-    assert snr(expected[..., 4:], got[..., 4:]) >= 40.0 and snr(expected[..., :4], got[..., :4]) >= 40.0
+    assert _snr(expected[..., 4:], got[..., 4:]) >= 40.0 and _snr(expected[..., :4], got[..., :4]) >= 40.0
 
     monkeypatch.setattr(quantize, "norm_statistics", lambda interpreter: [])
     before = tmp_path / "before.tflite"
     quantize.quantize_w8a16(source, before, [{"x": x}], "serving_default")
-    assert not snr(expected[..., 4:], _run_file(before, x)[..., 4:]) >= 25.0  # the small group's scale is off
+    assert not _snr(expected[..., 4:], _run_file(before, x)[..., 4:]) >= 25.0  # the small group's scale is off
